@@ -1,0 +1,269 @@
+//! 2-D convolution: forward, input gradient and weight gradient, as im2col + GEMM.
+//! Images are independent, so work is split over the batch across the rayon pool; with fewer
+//! images than threads the GEMM itself runs in parallel instead.
+
+use super::gemm::sgemm;
+use crate::geometry::ConvGeometry;
+use rayon::prelude::*;
+
+/// Unfolds one image `x: [c_in, h, w]` into `col: [c_in*k_h*k_w, h_out*w_out]`.
+pub fn im2col(x: &[f32], g: &ConvGeometry, col: &mut [f32]) {
+    let (ho, wo) = (g.h_out(), g.w_out());
+    let pq = ho * wo;
+    for c in 0..g.c_in {
+        let xc = &x[c * g.h * g.w..(c + 1) * g.h * g.w];
+        for r in 0..g.k_h {
+            for s in 0..g.k_w {
+                let row = (c * g.k_h + r) * g.k_w + s;
+                let dst = &mut col[row * pq..(row + 1) * pq];
+                // Output columns q whose input column q*stride + s - pad is inside [0, w).
+                let q_lo = g.pad.saturating_sub(s).div_ceil(g.stride).min(wo);
+                let q_hi = if g.w + g.pad > s { ((g.w + g.pad - s - 1) / g.stride + 1).min(wo) } else { 0 };
+                for p in 0..ho {
+                    let out = &mut dst[p * wo..(p + 1) * wo];
+                    let ih = (p * g.stride + r) as isize - g.pad as isize;
+                    if ih < 0 || ih >= g.h as isize || q_lo >= q_hi {
+                        out.fill(0.0);
+                        continue;
+                    }
+                    let src = &xc[ih as usize * g.w..(ih as usize + 1) * g.w];
+                    out[..q_lo].fill(0.0);
+                    out[q_hi..].fill(0.0);
+                    let base = q_lo * g.stride + s - g.pad;
+                    if g.stride == 1 {
+                        out[q_lo..q_hi].copy_from_slice(&src[base..base + (q_hi - q_lo)]);
+                    } else {
+                        for (i, o) in out[q_lo..q_hi].iter_mut().enumerate() {
+                            *o = src[base + i * g.stride];
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Folds `col: [c_in*k_h*k_w, h_out*w_out]` back onto one image `dx: [c_in, h, w]`, adding.
+pub fn col2im(col: &[f32], g: &ConvGeometry, dx: &mut [f32]) {
+    let (ho, wo) = (g.h_out(), g.w_out());
+    let pq = ho * wo;
+    for c in 0..g.c_in {
+        let xc = &mut dx[c * g.h * g.w..(c + 1) * g.h * g.w];
+        for r in 0..g.k_h {
+            for s in 0..g.k_w {
+                let row = (c * g.k_h + r) * g.k_w + s;
+                let src = &col[row * pq..(row + 1) * pq];
+                let q_lo = g.pad.saturating_sub(s).div_ceil(g.stride).min(wo);
+                let q_hi = if g.w + g.pad > s { ((g.w + g.pad - s - 1) / g.stride + 1).min(wo) } else { 0 };
+                if q_lo >= q_hi {
+                    continue;
+                }
+                for p in 0..ho {
+                    let ih = (p * g.stride + r) as isize - g.pad as isize;
+                    if ih < 0 || ih >= g.h as isize {
+                        continue;
+                    }
+                    let dst = &mut xc[ih as usize * g.w..(ih as usize + 1) * g.w];
+                    let base = q_lo * g.stride + s - g.pad;
+                    let row_src = &src[p * wo + q_lo..p * wo + q_hi];
+                    if g.stride == 1 {
+                        for (d, v) in dst[base..base + row_src.len()].iter_mut().zip(row_src) {
+                            *d += v;
+                        }
+                    } else {
+                        for (i, v) in row_src.iter().enumerate() {
+                            dst[base + i * g.stride] += v;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Splits the batch across threads only when there is at least one image per thread.
+fn batch_parallel(g: &ConvGeometry) -> bool {
+    g.n >= rayon::current_num_threads()
+}
+
+/// y = conv(x, w) + bias.
+/// x: [n, c_in, h, w], w: [c_out, c_in, k_h, k_w], bias: [c_out], y: [n, c_out, h_out, w_out]
+pub fn conv2d_forward(x: &[f32], w: &[f32], bias: Option<&[f32]>, g: &ConvGeometry, y: &mut [f32]) {
+    assert_eq!(x.len(), g.in_len());
+    assert_eq!(w.len(), g.weight_len());
+    assert_eq!(y.len(), g.out_len());
+    let (crs, pq, chw) = (g.crs(), g.pq(), g.c_in * g.h * g.w);
+    let one = |xn: &[f32], yn: &mut [f32], col: &mut Vec<f32>, par: bool| {
+        if g.is_pointwise() {
+            sgemm(g.c_out, pq, crs, w, false, xn, false, yn, false, par);
+        } else {
+            col.resize(crs * pq, 0.0);
+            im2col(xn, g, col);
+            sgemm(g.c_out, pq, crs, w, false, col, false, yn, false, par);
+        }
+        if let Some(b) = bias {
+            for (k, row) in yn.chunks_mut(pq).enumerate() {
+                row.iter_mut().for_each(|v| *v += b[k]);
+            }
+        }
+    };
+    if batch_parallel(g) {
+        y.par_chunks_mut(g.c_out * pq)
+            .zip(x.par_chunks(chw))
+            .for_each_init(Vec::new, |col, (yn, xn)| one(xn, yn, col, false));
+    } else {
+        let mut col = Vec::new();
+        for (yn, xn) in y.chunks_mut(g.c_out * pq).zip(x.chunks(chw)) {
+            one(xn, yn, &mut col, true);
+        }
+    }
+}
+
+/// dx = conv_transpose(dy, w): the gradient with respect to the input.
+/// dy: [n, c_out, h_out, w_out], w: [c_out, c_in, k_h, k_w], dx: [n, c_in, h, w] (overwritten)
+pub fn conv2d_backward_input(dy: &[f32], w: &[f32], g: &ConvGeometry, dx: &mut [f32]) {
+    assert_eq!(dy.len(), g.out_len());
+    assert_eq!(w.len(), g.weight_len());
+    assert_eq!(dx.len(), g.in_len());
+    let (crs, pq, chw) = (g.crs(), g.pq(), g.c_in * g.h * g.w);
+    let one = |dyn_: &[f32], dxn: &mut [f32], col: &mut Vec<f32>, par: bool| {
+        if g.is_pointwise() {
+            sgemm(crs, pq, g.c_out, w, true, dyn_, false, dxn, false, par);
+        } else {
+            col.resize(crs * pq, 0.0);
+            sgemm(crs, pq, g.c_out, w, true, dyn_, false, col, false, par);
+            dxn.fill(0.0);
+            col2im(col, g, dxn);
+        }
+    };
+    if batch_parallel(g) {
+        dx.par_chunks_mut(chw)
+            .zip(dy.par_chunks(g.c_out * pq))
+            .for_each_init(Vec::new, |col, (dxn, dyn_)| one(dyn_, dxn, col, false));
+    } else {
+        let mut col = Vec::new();
+        for (dxn, dyn_) in dx.chunks_mut(chw).zip(dy.chunks(g.c_out * pq)) {
+            one(dyn_, dxn, &mut col, true);
+        }
+    }
+}
+
+/// dw = Σ_n dy_n · im2col(x_n)ᵀ and db = Σ dy: the weight and bias gradients (overwritten).
+/// x: [n, c_in, h, w], dy: [n, c_out, h_out, w_out], dw: [c_out, c_in, k_h, k_w], db: [c_out]
+pub fn conv2d_backward_weight(x: &[f32], dy: &[f32], g: &ConvGeometry, dw: &mut [f32], db: Option<&mut [f32]>) {
+    assert_eq!(x.len(), g.in_len());
+    assert_eq!(dy.len(), g.out_len());
+    assert_eq!(dw.len(), g.weight_len());
+    let (crs, pq, chw) = (g.crs(), g.pq(), g.c_in * g.h * g.w);
+    let one = |xn: &[f32], dyn_: &[f32], acc: &mut [f32], col: &mut Vec<f32>, first: bool, par: bool| {
+        if g.is_pointwise() {
+            sgemm(g.c_out, crs, pq, dyn_, false, xn, true, acc, !first, par);
+        } else {
+            col.resize(crs * pq, 0.0);
+            im2col(xn, g, col);
+            sgemm(g.c_out, crs, pq, dyn_, false, col, true, acc, !first, par);
+        }
+    };
+    if batch_parallel(g) {
+        let threads = rayon::current_num_threads();
+        let per = g.n.div_ceil(threads);
+        let partials: Vec<Vec<f32>> = x
+            .par_chunks(chw * per)
+            .zip(dy.par_chunks(g.c_out * pq * per))
+            .map(|(xs, dys)| {
+                let mut acc = vec![0.0; dw.len()];
+                let mut col = Vec::new();
+                for (i, (xn, dyn_)) in xs.chunks(chw).zip(dys.chunks(g.c_out * pq)).enumerate() {
+                    one(xn, dyn_, &mut acc, &mut col, i == 0, false);
+                }
+                acc
+            })
+            .collect();
+        dw.copy_from_slice(&partials[0]);
+        for p in &partials[1..] {
+            dw.iter_mut().zip(p).for_each(|(d, v)| *d += v);
+        }
+    } else {
+        let mut col = Vec::new();
+        for (i, (xn, dyn_)) in x.chunks(chw).zip(dy.chunks(g.c_out * pq)).enumerate() {
+            one(xn, dyn_, dw, &mut col, i == 0, true);
+        }
+    }
+    if let Some(db) = db {
+        db.fill(0.0);
+        for dyn_ in dy.chunks(g.c_out * pq) {
+            for (k, row) in dyn_.chunks(pq).enumerate() {
+                db[k] += row.iter().sum::<f32>();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::reference;
+    use crate::kernels::testutil::*;
+    use crate::rng::Rng;
+
+    fn geometries() -> Vec<ConvGeometry> {
+        // awkward sizes: odd channels, non-square-friendly strides, padding larger than 1, 1x1
+        [
+            (3, 3, 7, 5, 4, 3, 1, 1),
+            (1, 2, 9, 9, 3, 3, 2, 1),
+            (4, 5, 6, 6, 7, 1, 1, 0),
+            (3, 5, 6, 7, 7, 1, 2, 0),
+            (2, 3, 8, 8, 5, 5, 1, 2),
+            (5, 1, 11, 10, 2, 7, 2, 3),
+            (2, 4, 4, 4, 6, 3, 3, 0),
+        ]
+        .iter()
+        .map(|&(n, c, h, w, k, ks, st, p)| ConvGeometry::new(n, c, h, w, k, ks, st, p).unwrap())
+        .collect()
+    }
+
+    #[test]
+    fn forward_and_backward_agree_with_reference() {
+        let mut rng = Rng::new(11);
+        for g in geometries() {
+            let x = rand_vec(g.in_len(), &mut rng);
+            let w = rand_vec(g.weight_len(), &mut rng);
+            let b = rand_vec(g.c_out, &mut rng);
+            let dy = rand_vec(g.out_len(), &mut rng);
+
+            let mut y = vec![0.0; g.out_len()];
+            let mut y_ref = vec![0.0; g.out_len()];
+            conv2d_forward(&x, &w, Some(&b), &g, &mut y);
+            reference::conv2d_forward(&x, &w, Some(&b), &g, &mut y_ref);
+            assert_close(&y, &y_ref, 1e-4, &format!("conv forward {g:?}"));
+
+            let mut dx = vec![7.0; g.in_len()];
+            let mut dx_ref = vec![0.0; g.in_len()];
+            conv2d_backward_input(&dy, &w, &g, &mut dx);
+            reference::conv2d_backward_input(&dy, &w, &g, &mut dx_ref);
+            assert_close(&dx, &dx_ref, 1e-4, &format!("conv dx {g:?}"));
+
+            let mut dw = vec![7.0; g.weight_len()];
+            let mut db = vec![7.0; g.c_out];
+            let mut dw_ref = vec![0.0; g.weight_len()];
+            let mut db_ref = vec![0.0; g.c_out];
+            conv2d_backward_weight(&x, &dy, &g, &mut dw, Some(&mut db));
+            reference::conv2d_backward_weight(&x, &dy, &g, &mut dw_ref, Some(&mut db_ref));
+            assert_close(&dw, &dw_ref, 1e-3, &format!("conv dw {g:?}"));
+            assert_close(&db, &db_ref, 1e-3, &format!("conv db {g:?}"));
+        }
+    }
+
+    #[test]
+    fn single_image_uses_parallel_gemm_path_and_agrees() {
+        let mut rng = Rng::new(12);
+        let g = ConvGeometry::new(1, 6, 9, 9, 5, 3, 1, 1).unwrap();
+        let x = rand_vec(g.in_len(), &mut rng);
+        let w = rand_vec(g.weight_len(), &mut rng);
+        let mut y = vec![0.0; g.out_len()];
+        let mut y_ref = vec![0.0; g.out_len()];
+        conv2d_forward(&x, &w, None, &g, &mut y);
+        reference::conv2d_forward(&x, &w, None, &g, &mut y_ref);
+        assert_close(&y, &y_ref, 1e-4, "conv n=1");
+    }
+}

@@ -1,0 +1,16 @@
+//! tern-core: tensors, convolution geometry, CPU kernels (each with a plain reference twin),
+//! the kernel boundary (`Backend`), a checkpointable RNG, checkpoints and the error type.
+
+pub mod backend;
+pub mod checkpoint;
+pub mod error;
+pub mod geometry;
+pub mod kernels;
+pub mod rng;
+pub mod tensor;
+
+pub use backend::{Backend, CpuBackend};
+pub use error::{Error, Result};
+pub use geometry::{ConvGeometry, PoolGeometry};
+pub use rng::Rng;
+pub use tensor::Tensor;
