@@ -10,9 +10,27 @@ pub trait Backend: Send + Sync {
     fn conv2d_forward(&self, x: &[f32], w: &[f32], bias: Option<&[f32]>, g: &ConvGeometry, y: &mut [f32]);
     fn conv2d_backward_input(&self, dy: &[f32], w: &[f32], g: &ConvGeometry, dx: &mut [f32]);
     fn conv2d_backward_weight(&self, x: &[f32], dy: &[f32], g: &ConvGeometry, dw: &mut [f32], db: Option<&mut [f32]>);
-    fn linear_forward(&self, x: &[f32], w: &[f32], bias: Option<&[f32]>, n: usize, d_in: usize, d_out: usize, y: &mut [f32]);
+    fn linear_forward(
+        &self,
+        x: &[f32],
+        w: &[f32],
+        bias: Option<&[f32]>,
+        n: usize,
+        d_in: usize,
+        d_out: usize,
+        y: &mut [f32],
+    );
     fn linear_backward_input(&self, dy: &[f32], w: &[f32], n: usize, d_in: usize, d_out: usize, dx: &mut [f32]);
-    fn linear_backward_weight(&self, x: &[f32], dy: &[f32], n: usize, d_in: usize, d_out: usize, dw: &mut [f32], db: Option<&mut [f32]>);
+    fn linear_backward_weight(
+        &self,
+        x: &[f32],
+        dy: &[f32],
+        n: usize,
+        d_in: usize,
+        d_out: usize,
+        dw: &mut [f32],
+        db: Option<&mut [f32]>,
+    );
     fn batch_norm_forward_train(
         &self,
         x: &[f32],
@@ -39,7 +57,17 @@ pub trait Backend: Send + Sync {
         eps: f32,
         y: &mut [f32],
     );
-    fn batch_norm_backward_sums(&self, x: &[f32], dy: &[f32], saved: &BnSaved, n: usize, c: usize, hw: usize, dgamma: &mut [f32], dbeta: &mut [f32]);
+    fn batch_norm_backward_sums(
+        &self,
+        x: &[f32],
+        dy: &[f32],
+        saved: &BnSaved,
+        n: usize,
+        c: usize,
+        hw: usize,
+        dgamma: &mut [f32],
+        dbeta: &mut [f32],
+    );
     fn batch_norm_backward_input(
         &self,
         x: &[f32],
@@ -62,7 +90,14 @@ pub trait Backend: Send + Sync {
     fn avg_pool_backward(&self, dy: &[f32], g: &PoolGeometry, dx: &mut [f32]);
     fn global_avg_pool_forward(&self, x: &[f32], hw: usize, y: &mut [f32]);
     fn global_avg_pool_backward(&self, dy: &[f32], hw: usize, dx: &mut [f32]);
-    fn softmax_cross_entropy(&self, logits: &[f32], labels: &[u32], classes: usize, weights: Option<&[f32]>, dlogits: &mut [f32]) -> f32;
+    fn softmax_cross_entropy(
+        &self,
+        logits: &[f32],
+        labels: &[u32],
+        classes: usize,
+        weights: Option<&[f32]>,
+        dlogits: &mut [f32],
+    ) -> f32;
 }
 
 /// The CPU backend: rayon-parallel kernels from [`kernels`].
@@ -82,13 +117,31 @@ impl Backend for CpuBackend {
     fn conv2d_backward_weight(&self, x: &[f32], dy: &[f32], g: &ConvGeometry, dw: &mut [f32], db: Option<&mut [f32]>) {
         kernels::conv::conv2d_backward_weight(x, dy, g, dw, db)
     }
-    fn linear_forward(&self, x: &[f32], w: &[f32], bias: Option<&[f32]>, n: usize, d_in: usize, d_out: usize, y: &mut [f32]) {
+    fn linear_forward(
+        &self,
+        x: &[f32],
+        w: &[f32],
+        bias: Option<&[f32]>,
+        n: usize,
+        d_in: usize,
+        d_out: usize,
+        y: &mut [f32],
+    ) {
         kernels::linear::linear_forward(x, w, bias, n, d_in, d_out, y)
     }
     fn linear_backward_input(&self, dy: &[f32], w: &[f32], n: usize, d_in: usize, d_out: usize, dx: &mut [f32]) {
         kernels::linear::linear_backward_input(dy, w, n, d_in, d_out, dx)
     }
-    fn linear_backward_weight(&self, x: &[f32], dy: &[f32], n: usize, d_in: usize, d_out: usize, dw: &mut [f32], db: Option<&mut [f32]>) {
+    fn linear_backward_weight(
+        &self,
+        x: &[f32],
+        dy: &[f32],
+        n: usize,
+        d_in: usize,
+        d_out: usize,
+        dw: &mut [f32],
+        db: Option<&mut [f32]>,
+    ) {
         kernels::linear::linear_backward_weight(x, dy, n, d_in, d_out, dw, db)
     }
     fn batch_norm_forward_train(
@@ -121,7 +174,17 @@ impl Backend for CpuBackend {
     ) {
         kernels::norm::batch_norm_forward_eval(x, gamma, beta, running_mean, running_var, c, hw, eps, y)
     }
-    fn batch_norm_backward_sums(&self, x: &[f32], dy: &[f32], saved: &BnSaved, n: usize, c: usize, hw: usize, dgamma: &mut [f32], dbeta: &mut [f32]) {
+    fn batch_norm_backward_sums(
+        &self,
+        x: &[f32],
+        dy: &[f32],
+        saved: &BnSaved,
+        n: usize,
+        c: usize,
+        hw: usize,
+        dgamma: &mut [f32],
+        dbeta: &mut [f32],
+    ) {
         kernels::norm::batch_norm_backward_sums(x, dy, saved, n, c, hw, dgamma, dbeta)
     }
     fn batch_norm_backward_input(
@@ -166,7 +229,14 @@ impl Backend for CpuBackend {
     fn global_avg_pool_backward(&self, dy: &[f32], hw: usize, dx: &mut [f32]) {
         kernels::pool::global_avg_pool_backward(dy, hw, dx)
     }
-    fn softmax_cross_entropy(&self, logits: &[f32], labels: &[u32], classes: usize, weights: Option<&[f32]>, dlogits: &mut [f32]) -> f32 {
+    fn softmax_cross_entropy(
+        &self,
+        logits: &[f32],
+        labels: &[u32],
+        classes: usize,
+        weights: Option<&[f32]>,
+        dlogits: &mut [f32],
+    ) -> f32 {
         kernels::loss::softmax_cross_entropy(logits, labels, classes, weights, dlogits)
     }
 }

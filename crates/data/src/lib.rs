@@ -1,1 +1,15 @@
-//! placeholder
+//! tern-data: data sets (IDX, CIFAR-10 binary, image folders), their transforms, and a
+//! deterministic, prefetching batch iterator.
+
+pub mod cifar;
+pub mod dataset;
+pub mod folder;
+pub mod idx;
+pub mod loader;
+pub mod named;
+pub mod transform;
+
+pub use dataset::{DataSplit, Dataset};
+pub use loader::{Batch, BatchIter, LoaderConfig};
+pub use named::{load_named, DataKind};
+pub use transform::{Augment, Normalize};

@@ -120,7 +120,9 @@ mod tests {
     #[test]
     fn pools_agree_with_reference() {
         let mut rng = Rng::new(4);
-        for &(n, c, h, w, k, s, p) in &[(2, 3, 7, 5, 2, 2, 0), (1, 2, 9, 9, 3, 2, 1), (3, 1, 4, 6, 3, 1, 1), (2, 2, 5, 5, 5, 1, 0)] {
+        for &(n, c, h, w, k, s, p) in
+            &[(2, 3, 7, 5, 2, 2, 0), (1, 2, 9, 9, 3, 2, 1), (3, 1, 4, 6, 3, 1, 1), (2, 2, 5, 5, 5, 1, 0)]
+        {
             let g = PoolGeometry::new(n, c, h, w, k, s, p).unwrap();
             let x = rand_vec(n * c * h * w, &mut rng);
             let dy = rand_vec(g.out_len(), &mut rng);

@@ -19,7 +19,9 @@ pub fn conv2d_forward(x: &[f32], w: &[f32], bias: Option<&[f32]>, g: &ConvGeomet
                     for c in 0..g.c_in {
                         for r in 0..g.k_h {
                             for t in 0..g.k_w {
-                                if let (Some(ih), Some(iw)) = (tap(p, r, g.stride, g.pad, g.h), tap(q, t, g.stride, g.pad, g.w)) {
+                                if let (Some(ih), Some(iw)) =
+                                    (tap(p, r, g.stride, g.pad, g.h), tap(q, t, g.stride, g.pad, g.w))
+                                {
                                     let xv = x[((n * g.c_in + c) * g.h + ih) * g.w + iw];
                                     let wv = w[((k * g.c_in + c) * g.k_h + r) * g.k_w + t];
                                     s += xv as f64 * wv as f64;
@@ -45,7 +47,9 @@ pub fn conv2d_backward_input(dy: &[f32], w: &[f32], g: &ConvGeometry, dx: &mut [
                     for c in 0..g.c_in {
                         for r in 0..g.k_h {
                             for t in 0..g.k_w {
-                                if let (Some(ih), Some(iw)) = (tap(p, r, g.stride, g.pad, g.h), tap(q, t, g.stride, g.pad, g.w)) {
+                                if let (Some(ih), Some(iw)) =
+                                    (tap(p, r, g.stride, g.pad, g.h), tap(q, t, g.stride, g.pad, g.w))
+                                {
                                     acc[((n * g.c_in + c) * g.h + ih) * g.w + iw] +=
                                         gv * w[((k * g.c_in + c) * g.k_h + r) * g.k_w + t] as f64;
                                 }
@@ -72,7 +76,9 @@ pub fn conv2d_backward_weight(x: &[f32], dy: &[f32], g: &ConvGeometry, dw: &mut 
                     for c in 0..g.c_in {
                         for r in 0..g.k_h {
                             for t in 0..g.k_w {
-                                if let (Some(ih), Some(iw)) = (tap(p, r, g.stride, g.pad, g.h), tap(q, t, g.stride, g.pad, g.w)) {
+                                if let (Some(ih), Some(iw)) =
+                                    (tap(p, r, g.stride, g.pad, g.h), tap(q, t, g.stride, g.pad, g.w))
+                                {
                                     acc[((k * g.c_in + c) * g.k_h + r) * g.k_w + t] +=
                                         gv * x[((n * g.c_in + c) * g.h + ih) * g.w + iw] as f64;
                                 }
@@ -110,7 +116,15 @@ pub fn linear_backward_input(dy: &[f32], w: &[f32], n: usize, d_in: usize, d_out
     }
 }
 
-pub fn linear_backward_weight(x: &[f32], dy: &[f32], n: usize, d_in: usize, d_out: usize, dw: &mut [f32], db: Option<&mut [f32]>) {
+pub fn linear_backward_weight(
+    x: &[f32],
+    dy: &[f32],
+    n: usize,
+    d_in: usize,
+    d_out: usize,
+    dw: &mut [f32],
+    db: Option<&mut [f32]>,
+) {
     for o in 0..d_out {
         for j in 0..d_in {
             let s: f64 = (0..n).map(|i| dy[i * d_out + o] as f64 * x[i * d_in + j] as f64).sum();
@@ -152,7 +166,8 @@ pub fn batch_norm_forward_train(
         for i in 0..n {
             for j in 0..hw {
                 let idx = (i * c + ch) * hw + j;
-                y[idx] = (gamma[ch] as f64 * (x[idx] as f64 - mean) / (var + eps as f64).sqrt() + beta[ch] as f64) as f32;
+                y[idx] =
+                    (gamma[ch] as f64 * (x[idx] as f64 - mean) / (var + eps as f64).sqrt() + beta[ch] as f64) as f32;
             }
         }
     }
