@@ -7,6 +7,7 @@ pub mod folder;
 pub mod idx;
 pub mod loader;
 pub mod named;
+pub mod synthetic;
 pub mod transform;
 
 pub use dataset::{DataSplit, Dataset};

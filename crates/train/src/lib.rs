@@ -1,1 +1,18 @@
-//! placeholder
+//! tern-train: the `Layer` trait and layers, models by name, SGD, learning-rate schedules and
+//! the trainer (with checkpoints and resume).
+
+pub mod checkpoint;
+pub mod layer;
+pub mod layers;
+pub mod model;
+pub mod models;
+pub mod optim;
+pub mod schedule;
+pub mod summary;
+pub mod trainer;
+
+pub use layer::{Ctx, Layer, Param};
+pub use model::{Model, ModelConfig};
+pub use optim::{Sgd, SgdConfig};
+pub use schedule::{Schedule, ScheduleKind};
+pub use trainer::{evaluate, EpochMetrics, EvalResult, Observer, Silent, TrainConfig, Trainer};

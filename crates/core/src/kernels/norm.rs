@@ -145,30 +145,6 @@ pub fn batch_norm_backward_input(
     });
 }
 
-/// Eval-mode gradients (statistics are constants): dx = dy·γ/σ, dγ = Σ dy·x̂, dβ = Σ dy.
-pub fn batch_norm_backward_eval(
-    x: &[f32],
-    dy: &[f32],
-    gamma: &[f32],
-    running_mean: &[f32],
-    running_var: &[f32],
-    n: usize,
-    c: usize,
-    hw: usize,
-    eps: f32,
-    dx: Option<&mut [f32]>,
-    dgamma: &mut [f32],
-    dbeta: &mut [f32],
-) {
-    let inv: Vec<f32> = running_var.iter().map(|v| 1.0 / (v + eps).sqrt()).collect();
-    let saved = BnSaved { mean: running_mean.to_vec(), inv_std: inv.clone() };
-    batch_norm_backward_sums(x, dy, &saved, n, c, hw, dgamma, dbeta);
-    if let Some(dx) = dx {
-        let scale: Vec<f32> = (0..c).map(|ch| gamma[ch] * inv[ch]).collect();
-        affine(dy, &scale, &vec![0.0; c], c, hw, dx);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,89 @@
+//! Model checkpoints: parameters, BN statistics and optimizer buffers in safetensors, and the
+//! model configuration plus training state as JSON metadata.
+
+use crate::model::{Model, ModelConfig};
+use crate::models;
+use std::path::Path;
+use tern_core::checkpoint::{self as ck, Checkpoint};
+use tern_core::{Error, Result, Rng, Tensor};
+
+pub const VELOCITY_PREFIX: &str = "optimizer.velocity.";
+
+/// All named tensors of a model: parameters, then buffers.
+pub fn named_tensors(model: &mut Model) -> Vec<(String, Tensor)> {
+    let mut out = Vec::new();
+    model.visit_params(&mut |p| out.push((p.name.clone(), p.value.clone())));
+    model.visit_buffers(&mut |n, t| out.push((n.to_string(), t.clone())));
+    out
+}
+
+/// Saves the model, optional optimizer velocity (in parameter order), and metadata;
+/// `meta` must be an object and gains the `model` field.
+pub fn save(path: &Path, model: &mut Model, velocity: &[Tensor], mut meta: serde_json::Value) -> Result<()> {
+    let mut tensors = named_tensors(model);
+    let mut names = Vec::new();
+    model.visit_params(&mut |p| names.push(p.name.clone()));
+    for (name, v) in names.iter().zip(velocity) {
+        tensors.push((format!("{VELOCITY_PREFIX}{name}"), v.clone()));
+    }
+    meta["format"] = "tern-checkpoint-v1".into();
+    meta["model"] = serde_json::to_value(&model.config).expect("config serialises");
+    let refs: Vec<(String, &Tensor)> = tensors.iter().map(|(n, t)| (n.clone(), t)).collect();
+    ck::save(path, &refs, &meta)
+}
+
+/// Reads a checkpoint's model configuration.
+pub fn model_config(path: &Path, c: &Checkpoint) -> Result<ModelConfig> {
+    let m = c
+        .meta
+        .get("model")
+        .ok_or_else(|| Error::Checkpoint { path: path.into(), what: "metadata has no `model` field".into() })?;
+    serde_json::from_value(m.clone())
+        .map_err(|e| Error::Checkpoint { path: path.into(), what: format!("bad `model` metadata: {e}") })
+}
+
+/// Copies the checkpoint's tensors into `model`; every parameter and buffer must be present
+/// with the right shape. Returns the optimizer velocity if the checkpoint has one.
+pub fn load_into(path: &Path, c: &Checkpoint, model: &mut Model) -> Result<Option<Vec<Tensor>>> {
+    let cfg = model_config(path, c)?;
+    if cfg.name != model.config.name {
+        return Err(Error::Checkpoint {
+            path: path.into(),
+            what: format!("holds a `{}` model, expected `{}`", cfg.name, model.config.name),
+        });
+    }
+    let mut err = None;
+    let mut copy = |name: &str, t: &mut Tensor| {
+        if err.is_some() {
+            return;
+        }
+        match c.get(name) {
+            None => err = Some(format!("tensor `{name}` is missing")),
+            Some(src) if src.shape() != t.shape() => {
+                err = Some(format!("tensor `{name}` has shape {:?}, the model expects {:?}", src.shape(), t.shape()))
+            }
+            Some(src) => *t = src.clone(),
+        }
+    };
+    model.visit_params(&mut |p| copy(&p.name, &mut p.value));
+    model.visit_buffers(&mut |n, t| copy(n, t));
+    if let Some(what) = err {
+        return Err(Error::Checkpoint { path: path.into(), what });
+    }
+    let mut velocity = Vec::new();
+    model.visit_params(&mut |p| {
+        if let Some(v) = c.get(&format!("{VELOCITY_PREFIX}{}", p.name)) {
+            velocity.push(v.clone());
+        }
+    });
+    Ok((!velocity.is_empty()).then_some(velocity))
+}
+
+/// Builds the model a checkpoint describes and loads its weights.
+pub fn load_model(path: &Path) -> Result<(Model, Checkpoint)> {
+    let c = ck::load(path)?;
+    let cfg = model_config(path, &c)?;
+    let mut model = models::build(&cfg, &mut Rng::new(0))?;
+    load_into(path, &c, &mut model)?;
+    Ok((model, c))
+}

@@ -1,0 +1,44 @@
+//! Thresholded ReLU: y = x if x > t else 0 (t = 0 is the usual ReLU; the paper's ReluT raises it).
+
+use crate::layer::{Ctx, Layer};
+use tern_core::Tensor;
+
+pub struct Relu {
+    name: String,
+    /// Must be ≥ 0 (validated where the flag is parsed).
+    pub threshold: f32,
+    cache_x: Option<Tensor>,
+}
+
+impl Relu {
+    pub fn new(name: &str) -> Self {
+        Relu { name: name.to_string(), threshold: 0.0, cache_x: None }
+    }
+}
+
+impl Layer for Relu {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn kind(&self) -> &'static str {
+        "relu"
+    }
+    fn out_shape(&self, input: &[usize]) -> Vec<usize> {
+        input.to_vec()
+    }
+    fn forward(&mut self, ctx: &Ctx, x: &Tensor) -> Tensor {
+        let mut y = Tensor::zeros(x.shape());
+        ctx.backend.relu_forward(x.data(), self.threshold, y.data_mut());
+        self.cache_x = ctx.train.then(|| x.clone());
+        y
+    }
+    fn backward_input(&mut self, ctx: &Ctx, dy: &Tensor) -> Tensor {
+        let x = self.cache_x.as_ref().expect("backward without a train-mode forward");
+        let mut dx = Tensor::zeros(x.shape());
+        ctx.backend.relu_backward(x.data(), dy.data(), self.threshold, dx.data_mut());
+        dx
+    }
+    fn clear_cache(&mut self) {
+        self.cache_x = None;
+    }
+}

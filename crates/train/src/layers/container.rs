@@ -1,0 +1,162 @@
+//! Containers: `Sequential` runs layers in order and its backward walks them in reverse;
+//! `Residual` computes relu(body(x) + shortcut(x)), the ResNet block.
+//! For containers the whole work happens in `backward`; `backward_input` runs it in full.
+
+use super::Relu;
+use crate::layer::{Ctx, Layer, Param, SummaryRow};
+use tern_core::Tensor;
+
+pub struct Sequential {
+    name: String,
+    pub layers: Vec<Box<dyn Layer>>,
+}
+
+impl Sequential {
+    pub fn new(name: &str, layers: Vec<Box<dyn Layer>>) -> Self {
+        Sequential { name: name.to_string(), layers }
+    }
+}
+
+impl Layer for Sequential {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn kind(&self) -> &'static str {
+        "sequential"
+    }
+    fn out_shape(&self, input: &[usize]) -> Vec<usize> {
+        self.layers.iter().fold(input.to_vec(), |s, l| l.out_shape(&s))
+    }
+    fn forward(&mut self, ctx: &Ctx, x: &Tensor) -> Tensor {
+        let mut h = x.clone();
+        for l in &mut self.layers {
+            h = l.forward(ctx, &h);
+            ctx.probe(l.name(), &h);
+        }
+        h
+    }
+    fn backward_input(&mut self, ctx: &Ctx, dy: &Tensor) -> Tensor {
+        self.backward(ctx, dy, true).expect("input gradient requested")
+    }
+    fn backward(&mut self, ctx: &Ctx, dy: &Tensor, need_input: bool) -> Option<Tensor> {
+        let mut g = Some(dy.clone());
+        for (i, l) in self.layers.iter_mut().enumerate().rev() {
+            let need = need_input || i > 0;
+            g = l.backward(ctx, g.as_ref().expect("gradient flows while layers remain"), need);
+        }
+        g
+    }
+    fn visit_params(&mut self, f: &mut dyn FnMut(&mut Param)) {
+        self.layers.iter_mut().for_each(|l| l.visit_params(f));
+    }
+    fn visit_buffers(&mut self, f: &mut dyn FnMut(&str, &mut Tensor)) {
+        self.layers.iter_mut().for_each(|l| l.visit_buffers(f));
+    }
+    fn summarize(&self, input: &[usize], rows: &mut Vec<SummaryRow>) -> Vec<usize> {
+        self.layers.iter().fold(input.to_vec(), |s, l| l.summarize(&s, rows))
+    }
+    fn clear_cache(&mut self) {
+        self.layers.iter_mut().for_each(|l| l.clear_cache());
+    }
+}
+
+pub struct Residual {
+    name: String,
+    pub body: Sequential,
+    /// None: identity shortcut.
+    pub shortcut: Option<Sequential>,
+    pub relu: Relu,
+}
+
+impl Residual {
+    pub fn new(name: &str, body: Sequential, shortcut: Option<Sequential>) -> Self {
+        Residual { name: name.to_string(), body, shortcut, relu: Relu::new(&format!("{name}.relu")) }
+    }
+}
+
+impl Layer for Residual {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn kind(&self) -> &'static str {
+        "residual"
+    }
+    fn out_shape(&self, input: &[usize]) -> Vec<usize> {
+        let a = self.body.out_shape(input);
+        let s = self.shortcut.as_ref().map_or(input.to_vec(), |sc| sc.out_shape(input));
+        assert_eq!(a, s, "{}: body gives {a:?} but shortcut gives {s:?}", self.name);
+        a
+    }
+    fn forward(&mut self, ctx: &Ctx, x: &Tensor) -> Tensor {
+        let a = self.body.forward(ctx, x);
+        let s = match &mut self.shortcut {
+            Some(sc) => sc.forward(ctx, x),
+            None => x.clone(),
+        };
+        let mut z = Tensor::zeros(a.shape());
+        ctx.backend.add(a.data(), s.data(), z.data_mut());
+        ctx.probe(&format!("{}.add", self.name), &z);
+        let y = self.relu.forward(ctx, &z);
+        ctx.probe(self.relu.name(), &y);
+        y
+    }
+    fn backward_input(&mut self, ctx: &Ctx, dy: &Tensor) -> Tensor {
+        self.backward(ctx, dy, true).expect("input gradient requested")
+    }
+    fn backward(&mut self, ctx: &Ctx, dy: &Tensor, need_input: bool) -> Option<Tensor> {
+        let dz = self.relu.backward_input(ctx, dy);
+        let da = self.body.backward(ctx, &dz, need_input);
+        let ds = match &mut self.shortcut {
+            Some(sc) => sc.backward(ctx, &dz, need_input),
+            None => need_input.then(|| dz.clone()),
+        };
+        match (da, ds) {
+            (Some(a), Some(s)) => {
+                let mut dx = Tensor::zeros(a.shape());
+                ctx.backend.add(a.data(), s.data(), dx.data_mut());
+                Some(dx)
+            }
+            _ => None,
+        }
+    }
+    fn visit_params(&mut self, f: &mut dyn FnMut(&mut Param)) {
+        self.body.visit_params(f);
+        if let Some(sc) = &mut self.shortcut {
+            sc.visit_params(f);
+        }
+    }
+    fn visit_buffers(&mut self, f: &mut dyn FnMut(&str, &mut Tensor)) {
+        self.body.visit_buffers(f);
+        if let Some(sc) = &mut self.shortcut {
+            sc.visit_buffers(f);
+        }
+    }
+    fn summarize(&self, input: &[usize], rows: &mut Vec<SummaryRow>) -> Vec<usize> {
+        let out = self.body.summarize(input, rows);
+        if let Some(sc) = &self.shortcut {
+            sc.summarize(input, rows);
+        }
+        rows.push(SummaryRow {
+            name: format!("{}.add", self.name),
+            kind: "add",
+            out_shape: out.clone(),
+            params: 0,
+            macs: 0,
+        });
+        rows.push(SummaryRow {
+            name: self.relu.name().to_string(),
+            kind: "relu",
+            out_shape: out.clone(),
+            params: 0,
+            macs: 0,
+        });
+        out
+    }
+    fn clear_cache(&mut self) {
+        self.body.clear_cache();
+        if let Some(sc) = &mut self.shortcut {
+            sc.clear_cache();
+        }
+        self.relu.clear_cache();
+    }
+}

@@ -1,0 +1,98 @@
+//! 2-D convolution layer (an mmOp): K = c_out, CRS = c_in·k·k, PQ = h_out·w_out.
+
+use crate::layer::{Ctx, Layer, Param, SummaryRow};
+use tern_core::{ConvGeometry, Rng, Tensor};
+
+pub struct Conv2d {
+    name: String,
+    pub c_in: usize,
+    pub c_out: usize,
+    pub k: usize,
+    pub stride: usize,
+    pub pad: usize,
+    /// [c_out, c_in, k, k]
+    pub weight: Param,
+    /// [c_out]
+    pub bias: Option<Param>,
+    cache_x: Option<Tensor>,
+}
+
+impl Conv2d {
+    /// Kaiming-normal weights (fan-in, ReLU gain), zero bias.
+    pub fn new(
+        name: &str,
+        c_in: usize,
+        c_out: usize,
+        k: usize,
+        stride: usize,
+        pad: usize,
+        bias: bool,
+        rng: &mut Rng,
+    ) -> Self {
+        let std = (2.0 / (c_in * k * k) as f32).sqrt();
+        let weight = Param::new(format!("{name}.weight"), Tensor::randn(&[c_out, c_in, k, k], std, rng), true);
+        let bias = bias.then(|| Param::new(format!("{name}.bias"), Tensor::zeros(&[c_out]), false));
+        Conv2d { name: name.to_string(), c_in, c_out, k, stride, pad, weight, bias, cache_x: None }
+    }
+
+    /// Geometry for a batch input `[n, c_in, h, w]`; panics on a shape the model builder
+    /// should have rejected.
+    pub fn geometry(&self, input: &[usize]) -> ConvGeometry {
+        assert_eq!(input.len(), 4, "{}: expected [n, c, h, w], got {input:?}", self.name);
+        assert_eq!(input[1], self.c_in, "{}: expected {} input channels, got {input:?}", self.name, self.c_in);
+        ConvGeometry::new(input[0], self.c_in, input[2], input[3], self.c_out, self.k, self.stride, self.pad)
+            .unwrap_or_else(|e| panic!("{}: {e}", self.name))
+    }
+}
+
+impl Layer for Conv2d {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn kind(&self) -> &'static str {
+        "conv"
+    }
+    fn out_shape(&self, input: &[usize]) -> Vec<usize> {
+        let g = self.geometry(input);
+        vec![g.n, g.c_out, g.h_out(), g.w_out()]
+    }
+    fn forward(&mut self, ctx: &Ctx, x: &Tensor) -> Tensor {
+        let g = self.geometry(x.shape());
+        let mut y = Tensor::zeros(&[g.n, g.c_out, g.h_out(), g.w_out()]);
+        let bias = self.bias.as_ref().map(|b| b.value.data());
+        ctx.backend.conv2d_forward(x.data(), self.weight.value.data(), bias, &g, y.data_mut());
+        self.cache_x = ctx.train.then(|| x.clone());
+        y
+    }
+    fn backward_input(&mut self, ctx: &Ctx, dy: &Tensor) -> Tensor {
+        let x = self.cache_x.as_ref().expect("backward without a train-mode forward");
+        let g = self.geometry(x.shape());
+        let mut dx = Tensor::zeros(x.shape());
+        ctx.backend.conv2d_backward_input(dy.data(), self.weight.value.data(), &g, dx.data_mut());
+        dx
+    }
+    fn backward_weight(&mut self, ctx: &Ctx, dy: &Tensor) {
+        let x = self.cache_x.as_ref().expect("backward without a train-mode forward");
+        let g = self.geometry(x.shape());
+        let db = self.bias.as_mut().map(|b| b.grad.data_mut());
+        ctx.backend.conv2d_backward_weight(x.data(), dy.data(), &g, self.weight.grad.data_mut(), db);
+    }
+    fn visit_params(&mut self, f: &mut dyn FnMut(&mut Param)) {
+        f(&mut self.weight);
+        if let Some(b) = &mut self.bias {
+            f(b);
+        }
+    }
+    fn summarize(&self, input: &[usize], rows: &mut Vec<SummaryRow>) -> Vec<usize> {
+        let mut b = vec![1];
+        b.extend_from_slice(input);
+        let g = self.geometry(&b);
+        let params = self.weight.value.len() + self.bias.as_ref().map_or(0, |b| b.value.len());
+        let out = vec![g.c_out, g.h_out(), g.w_out()];
+        rows.push(SummaryRow { name: self.name.clone(), kind: "conv", out_shape: out.clone(), params, macs: g.macs() });
+        out
+    }
+    fn clear_cache(&mut self) {
+        self.cache_x = None;
+    }
+}

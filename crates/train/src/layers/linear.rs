@@ -1,0 +1,84 @@
+//! Fully connected layer (an mmOp with CRS = d_in, PQ = 1 per image).
+
+use crate::layer::{Ctx, Layer, Param, SummaryRow};
+use tern_core::{Rng, Tensor};
+
+pub struct Linear {
+    name: String,
+    pub d_in: usize,
+    pub d_out: usize,
+    /// [d_out, d_in]
+    pub weight: Param,
+    /// [d_out]
+    pub bias: Option<Param>,
+    cache_x: Option<Tensor>,
+}
+
+impl Linear {
+    /// PyTorch's default initialisation: U(±1/√d_in) for weight and bias.
+    pub fn new(name: &str, d_in: usize, d_out: usize, bias: bool, rng: &mut Rng) -> Self {
+        let b = 1.0 / (d_in as f32).sqrt();
+        let weight = Param::new(format!("{name}.weight"), Tensor::uniform(&[d_out, d_in], -b, b, rng), true);
+        let bias = bias.then(|| Param::new(format!("{name}.bias"), Tensor::uniform(&[d_out], -b, b, rng), false));
+        Linear { name: name.to_string(), d_in, d_out, weight, bias, cache_x: None }
+    }
+
+    fn check(&self, input: &[usize]) -> usize {
+        assert!(input.len() == 2 && input[1] == self.d_in, "{}: expected [n, {}], got {input:?}", self.name, self.d_in);
+        input[0]
+    }
+}
+
+impl Layer for Linear {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn kind(&self) -> &'static str {
+        "linear"
+    }
+    fn out_shape(&self, input: &[usize]) -> Vec<usize> {
+        vec![self.check(input), self.d_out]
+    }
+    fn forward(&mut self, ctx: &Ctx, x: &Tensor) -> Tensor {
+        let n = self.check(x.shape());
+        let mut y = Tensor::zeros(&[n, self.d_out]);
+        let bias = self.bias.as_ref().map(|b| b.value.data());
+        ctx.backend.linear_forward(x.data(), self.weight.value.data(), bias, n, self.d_in, self.d_out, y.data_mut());
+        self.cache_x = ctx.train.then(|| x.clone());
+        y
+    }
+    fn backward_input(&mut self, ctx: &Ctx, dy: &Tensor) -> Tensor {
+        let n = dy.dim(0);
+        let mut dx = Tensor::zeros(&[n, self.d_in]);
+        ctx.backend.linear_backward_input(dy.data(), self.weight.value.data(), n, self.d_in, self.d_out, dx.data_mut());
+        dx
+    }
+    fn backward_weight(&mut self, ctx: &Ctx, dy: &Tensor) {
+        let x = self.cache_x.as_ref().expect("backward without a train-mode forward");
+        let db = self.bias.as_mut().map(|b| b.grad.data_mut());
+        ctx.backend.linear_backward_weight(
+            x.data(),
+            dy.data(),
+            dy.dim(0),
+            self.d_in,
+            self.d_out,
+            self.weight.grad.data_mut(),
+            db,
+        );
+    }
+    fn visit_params(&mut self, f: &mut dyn FnMut(&mut Param)) {
+        f(&mut self.weight);
+        if let Some(b) = &mut self.bias {
+            f(b);
+        }
+    }
+    fn summarize(&self, _input: &[usize], rows: &mut Vec<SummaryRow>) -> Vec<usize> {
+        let params = self.weight.value.len() + self.bias.as_ref().map_or(0, |b| b.value.len());
+        let macs = (self.d_in * self.d_out) as u64;
+        rows.push(SummaryRow { name: self.name.clone(), kind: "linear", out_shape: vec![self.d_out], params, macs });
+        vec![self.d_out]
+    }
+    fn clear_cache(&mut self) {
+        self.cache_x = None;
+    }
+}

@@ -1,0 +1,132 @@
+//! Batch normalisation over channels (dimension 1) of `[n, c, ...]`.
+
+use crate::layer::{Ctx, Layer, Param, SummaryRow};
+use tern_core::kernels::norm::BnSaved;
+use tern_core::Tensor;
+
+pub struct BatchNorm {
+    name: String,
+    pub c: usize,
+    pub eps: f32,
+    pub momentum: f32,
+    pub gamma: Param,
+    pub beta: Param,
+    pub running_mean: Tensor,
+    pub running_var: Tensor,
+    cache_x: Option<Tensor>,
+    /// Train-mode batch statistics of the last forward (None: it ran in eval mode).
+    saved: Option<BnSaved>,
+}
+
+impl BatchNorm {
+    pub fn new(name: &str, c: usize) -> Self {
+        BatchNorm {
+            name: name.to_string(),
+            c,
+            eps: 1e-5,
+            momentum: 0.1,
+            gamma: Param::new(format!("{name}.weight"), Tensor::full(&[c], 1.0), false),
+            beta: Param::new(format!("{name}.bias"), Tensor::zeros(&[c]), false),
+            running_mean: Tensor::zeros(&[c]),
+            running_var: Tensor::full(&[c], 1.0),
+            cache_x: None,
+            saved: None,
+        }
+    }
+
+    fn dims(&self, s: &[usize]) -> (usize, usize) {
+        assert!(s.len() >= 2 && s[1] == self.c, "{}: expected [n, {}, ...], got {s:?}", self.name, self.c);
+        (s[0], s[2..].iter().product())
+    }
+}
+
+impl Layer for BatchNorm {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn kind(&self) -> &'static str {
+        "bn"
+    }
+    fn out_shape(&self, input: &[usize]) -> Vec<usize> {
+        self.dims(input);
+        input.to_vec()
+    }
+    fn forward(&mut self, ctx: &Ctx, x: &Tensor) -> Tensor {
+        let (n, hw) = self.dims(x.shape());
+        let mut y = Tensor::zeros(x.shape());
+        let (g, b) = (self.gamma.value.data(), self.beta.value.data());
+        if ctx.train {
+            let saved = ctx.backend.batch_norm_forward_train(
+                x.data(),
+                g,
+                b,
+                n,
+                self.c,
+                hw,
+                self.eps,
+                self.momentum,
+                self.running_mean.data_mut(),
+                self.running_var.data_mut(),
+                y.data_mut(),
+            );
+            self.saved = Some(saved);
+            self.cache_x = Some(x.clone());
+        } else {
+            let (rm, rv) = (self.running_mean.data(), self.running_var.data());
+            ctx.backend.batch_norm_forward_eval(x.data(), g, b, rm, rv, self.c, hw, self.eps, y.data_mut());
+            self.saved = None;
+            self.cache_x = None;
+        }
+        y
+    }
+    fn backward_weight(&mut self, ctx: &Ctx, dy: &Tensor) {
+        let x = self.cache_x.as_ref().expect("backward without a train-mode forward");
+        let (n, hw) = self.dims(x.shape());
+        let saved = self.saved.as_ref().expect("train-mode statistics");
+        let (dg, db) = (self.gamma.grad.data_mut(), self.beta.grad.data_mut());
+        ctx.backend.batch_norm_backward_sums(x.data(), dy.data(), saved, n, self.c, hw, dg, db);
+    }
+    /// Uses dγ and dβ from `backward_weight` (the per-channel sums it needs); `backward` calls
+    /// the two in that order.
+    fn backward_input(&mut self, ctx: &Ctx, dy: &Tensor) -> Tensor {
+        let x = self.cache_x.as_ref().expect("backward without a train-mode forward");
+        let (n, hw) = self.dims(x.shape());
+        let saved = self.saved.as_ref().expect("train-mode statistics");
+        let mut dx = Tensor::zeros(x.shape());
+        ctx.backend.batch_norm_backward_input(
+            x.data(),
+            dy.data(),
+            self.gamma.value.data(),
+            saved,
+            self.gamma.grad.data(),
+            self.beta.grad.data(),
+            n,
+            self.c,
+            hw,
+            dx.data_mut(),
+        );
+        dx
+    }
+    fn visit_params(&mut self, f: &mut dyn FnMut(&mut Param)) {
+        f(&mut self.gamma);
+        f(&mut self.beta);
+    }
+    fn visit_buffers(&mut self, f: &mut dyn FnMut(&str, &mut Tensor)) {
+        f(&format!("{}.running_mean", self.name), &mut self.running_mean);
+        f(&format!("{}.running_var", self.name), &mut self.running_var);
+    }
+    fn summarize(&self, input: &[usize], rows: &mut Vec<SummaryRow>) -> Vec<usize> {
+        rows.push(SummaryRow {
+            name: self.name.clone(),
+            kind: "bn",
+            out_shape: input.to_vec(),
+            params: 2 * self.c,
+            macs: 0,
+        });
+        input.to_vec()
+    }
+    fn clear_cache(&mut self) {
+        self.cache_x = None;
+        self.saved = None;
+    }
+}

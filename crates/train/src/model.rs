@@ -1,0 +1,72 @@
+//! `Model`: a named network (a `Sequential`) with the configuration that rebuilds it.
+
+use crate::layer::{Ctx, Layer, Param, SummaryRow};
+use crate::layers::Sequential;
+use tern_core::Tensor;
+
+/// Everything needed to rebuild a model; stored in checkpoints.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ModelConfig {
+    pub name: String,
+    /// Per-image input `[c, h, w]`.
+    pub in_shape: [usize; 3],
+    pub classes: usize,
+    /// Base channel width (0: the model's default).
+    pub width: usize,
+    /// ImageNet-style ResNets: a 3x3 stride-1 stem without max pooling, for small images.
+    pub small_input: bool,
+}
+
+pub struct Model {
+    pub config: ModelConfig,
+    pub net: Sequential,
+}
+
+impl Model {
+    /// x: [n, c, h, w] -> logits [n, classes]
+    pub fn forward(&mut self, ctx: &Ctx, x: &Tensor) -> Tensor {
+        self.net.forward(ctx, x)
+    }
+
+    /// Backward from dL/dlogits; fills every parameter's gradient. The input gradient of the
+    /// first layer is never computed.
+    pub fn backward(&mut self, ctx: &Ctx, dlogits: &Tensor) {
+        self.net.backward(ctx, dlogits, false);
+    }
+
+    pub fn visit_params(&mut self, f: &mut dyn FnMut(&mut Param)) {
+        self.net.visit_params(f);
+    }
+
+    pub fn visit_buffers(&mut self, f: &mut dyn FnMut(&str, &mut Tensor)) {
+        self.net.visit_buffers(f);
+    }
+
+    pub fn clear_cache(&mut self) {
+        self.net.clear_cache();
+    }
+
+    /// Per-layer rows for one image.
+    pub fn summary(&self) -> Vec<SummaryRow> {
+        let mut rows = Vec::new();
+        self.net.summarize(&self.config.in_shape, &mut rows);
+        rows
+    }
+
+    pub fn num_params(&mut self) -> usize {
+        let mut n = 0;
+        self.visit_params(&mut |p| n += p.value.len());
+        n
+    }
+
+    /// Name of the first parameter holding a NaN or infinity.
+    pub fn first_non_finite_param(&mut self) -> Option<String> {
+        let mut bad = None;
+        self.visit_params(&mut |p| {
+            if bad.is_none() && !p.value.is_finite() {
+                bad = Some(p.name.clone());
+            }
+        });
+        bad
+    }
+}

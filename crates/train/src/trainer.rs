@@ -1,0 +1,362 @@
+//! The training loop: epochs of SGD over shuffled, augmented batches, evaluation after each
+//! epoch, an atomic checkpoint and `metrics.json` after each epoch, exact resume, and a
+//! clear stop on NaN/Inf that names the step and the first layer with non-finite values.
+
+use crate::checkpoint;
+use crate::layer::Ctx;
+use crate::model::{Model, ModelConfig};
+use crate::models;
+use crate::optim::{Sgd, SgdConfig};
+use crate::schedule::{Schedule, ScheduleKind};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+use tern_core::kernels::loss::top_k_correct;
+use tern_core::{Backend, CpuBackend, Error, Result, Rng, Tensor};
+use tern_data::{Augment, BatchIter, DataSplit, Dataset, LoaderConfig, Normalize};
+
+pub const CHECKPOINT_FILE: &str = "model.safetensors";
+pub const METRICS_FILE: &str = "metrics.json";
+
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct TrainConfig {
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub lr: f32,
+    pub sgd: SgdConfig,
+    pub schedule: ScheduleKind,
+    pub seed: u64,
+    pub augment: Augment,
+    /// Train on the first N samples only (quick runs, tests).
+    pub train_limit: Option<usize>,
+    /// Evaluate on the first N test samples only.
+    pub test_limit: Option<usize>,
+}
+
+impl TrainConfig {
+    pub fn validate(&self) -> Result<()> {
+        if self.epochs == 0 {
+            return Err(Error::invalid("--epochs", "must be at least 1"));
+        }
+        if self.batch_size == 0 {
+            return Err(Error::invalid("--batch", "must be at least 1"));
+        }
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            return Err(Error::invalid("--lr", format!("{}: expected a positive number", self.lr)));
+        }
+        if !(0.0..1.0).contains(&self.sgd.momentum) {
+            return Err(Error::invalid("--momentum", format!("{}: expected 0 <= momentum < 1", self.sgd.momentum)));
+        }
+        if !(self.sgd.weight_decay >= 0.0) {
+            return Err(Error::invalid("--weight-decay", format!("{}: expected >= 0", self.sgd.weight_decay)));
+        }
+        Ok(())
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct EpochMetrics {
+    /// 1-based.
+    pub epoch: usize,
+    pub train_loss: f64,
+    pub train_acc: f64,
+    pub test_acc: f64,
+    pub test_top5: f64,
+    pub test_loss: f64,
+    /// Rate at the end of the epoch.
+    pub lr: f32,
+    /// Wall time of the epoch, training and evaluation.
+    pub seconds: f64,
+    /// Training throughput.
+    pub images_per_s: f64,
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct EvalResult {
+    pub top1: f64,
+    pub top5: f64,
+    pub loss: f64,
+    pub samples: usize,
+}
+
+/// Progress callbacks; the CLI draws bars from them, the library never prints.
+pub trait Observer {
+    fn epoch_start(&mut self, _epoch: usize, _epochs: usize, _batches: usize) {}
+    fn batch_end(&mut self, _loss: f32, _correct: usize, _n: usize, _lr: f32) {}
+    fn eval_start(&mut self, _batches: usize) {}
+    fn eval_batch(&mut self) {}
+    fn epoch_end(&mut self, _m: &EpochMetrics) {}
+}
+
+/// An observer that ignores everything.
+pub struct Silent;
+impl Observer for Silent {}
+
+fn loader(
+    normalize: &Normalize,
+    input: [usize; 3],
+    batch: usize,
+    seed: u64,
+    shuffle: bool,
+    augment: Augment,
+) -> LoaderConfig {
+    LoaderConfig {
+        batch_size: batch,
+        shuffle,
+        seed,
+        augment,
+        normalize: normalize.clone(),
+        input_shape: input,
+        prefetch: 2,
+    }
+}
+
+/// Top-1/top-5 accuracy and mean loss of `model` on `ds`.
+pub fn evaluate(
+    model: &mut Model,
+    backend: &dyn Backend,
+    ds: Arc<Dataset>,
+    normalize: &Normalize,
+    batch: usize,
+    obs: &mut dyn Observer,
+) -> EvalResult {
+    let ctx = Ctx::new(backend, false);
+    let cfg = loader(normalize, model.config.in_shape, batch, 0, false, Augment::default());
+    let iter = BatchIter::new(ds, cfg, 0, false);
+    obs.eval_start(iter.len());
+    let classes = model.config.classes;
+    let (mut c1, mut c5, mut loss, mut n) = (0usize, 0usize, 0.0f64, 0usize);
+    for b in iter {
+        let logits = model.forward(&ctx, &b.x);
+        let mut d = vec![0.0; logits.len()];
+        loss += backend.softmax_cross_entropy(logits.data(), &b.labels, classes, None, &mut d) as f64
+            * b.labels.len() as f64;
+        c1 += top_k_correct(logits.data(), &b.labels, classes, 1).iter().filter(|&&c| c).count();
+        c5 += top_k_correct(logits.data(), &b.labels, classes, 5.min(classes)).iter().filter(|&&c| c).count();
+        n += b.labels.len();
+        obs.eval_batch();
+    }
+    let n_f = n.max(1) as f64;
+    EvalResult { top1: c1 as f64 / n_f, top5: c5 as f64 / n_f, loss: loss / n_f, samples: n }
+}
+
+pub struct Trainer {
+    pub model: Model,
+    pub sgd: Sgd,
+    pub schedule: Schedule,
+    pub cfg: TrainConfig,
+    pub normalize: Normalize,
+    pub history: Vec<EpochMetrics>,
+    /// 0-based index of the next epoch to run.
+    pub next_epoch: usize,
+    /// Optimizer steps taken.
+    pub step: u64,
+    pub data_name: String,
+    train: Arc<Dataset>,
+    test: Arc<Dataset>,
+    out_dir: PathBuf,
+    backend: Box<dyn Backend>,
+}
+
+fn limit(ds: &Dataset, n: Option<usize>) -> Arc<Dataset> {
+    Arc::new(match n {
+        Some(n) => ds.take(n),
+        None => ds.clone(),
+    })
+}
+
+impl Trainer {
+    /// A fresh run: builds the model from `seed`, normalises with the training set's statistics.
+    pub fn new(model_cfg: &ModelConfig, data: &DataSplit, cfg: TrainConfig, out_dir: &Path) -> Result<Self> {
+        cfg.validate()?;
+        let mut rng = Rng::new(cfg.seed);
+        let model = models::build(model_cfg, &mut rng)?;
+        let (mean, std) = data.train.channel_stats();
+        let schedule = Schedule::new(cfg.schedule.clone(), cfg.lr, cfg.epochs);
+        Ok(Trainer {
+            model,
+            sgd: Sgd::new(cfg.sgd.clone()),
+            schedule,
+            normalize: Normalize { mean, std },
+            history: Vec::new(),
+            next_epoch: 0,
+            step: 0,
+            data_name: data.name.clone(),
+            train: limit(&data.train, cfg.train_limit),
+            test: limit(&data.test, cfg.test_limit),
+            cfg,
+            out_dir: out_dir.to_path_buf(),
+            backend: Box::new(CpuBackend),
+        })
+    }
+
+    /// Continues the run saved in `out_dir`. The configuration must match the saved one,
+    /// except `epochs`, which may grow.
+    pub fn resume(model_cfg: &ModelConfig, data: &DataSplit, cfg: TrainConfig, out_dir: &Path) -> Result<Self> {
+        let path = out_dir.join(CHECKPOINT_FILE);
+        let c = tern_core::checkpoint::load(&path)?;
+        let mut t = Trainer::new(model_cfg, data, cfg.clone(), out_dir)?;
+        let velocity = checkpoint::load_into(&path, &c, &mut t.model)?;
+        let bad = |what: String| Error::Checkpoint { path: path.clone(), what };
+        let saved_model = checkpoint::model_config(&path, &c)?;
+        if &saved_model != model_cfg {
+            return Err(bad(format!("was trained as {saved_model:?}, but this run asks for {model_cfg:?}")));
+        }
+        let saved_cfg: TrainConfig = parse(&path, &c.meta, "train")?;
+        if (TrainConfig { epochs: cfg.epochs, ..saved_cfg.clone() }) != cfg {
+            return Err(bad(format!(
+                "was trained with {saved_cfg:?}; resume with the same flags (only --epochs may change)"
+            )));
+        }
+        fn parse<T: serde::de::DeserializeOwned>(path: &Path, meta: &serde_json::Value, k: &str) -> Result<T> {
+            let v = meta.get(k).cloned().ok_or_else(|| Error::Checkpoint {
+                path: path.into(),
+                what: format!("metadata has no `{k}` field (not a training checkpoint)"),
+            })?;
+            serde_json::from_value(v)
+                .map_err(|e| Error::Checkpoint { path: path.into(), what: format!("bad `{k}`: {e}") })
+        }
+        t.history = parse(&path, &c.meta, "history")?;
+        t.schedule = parse(&path, &c.meta, "schedule")?;
+        t.schedule.epochs = cfg.epochs;
+        t.normalize = parse(&path, &c.meta, "normalize")?;
+        t.step = parse(&path, &c.meta, "step")?;
+        t.next_epoch = t.history.len();
+        t.sgd.velocity = velocity.unwrap_or_default();
+        Ok(t)
+    }
+
+    pub fn train_set(&self) -> &Arc<Dataset> {
+        &self.train
+    }
+
+    /// Runs the remaining epochs; returns the final test accuracy.
+    pub fn run(&mut self, obs: &mut dyn Observer) -> Result<f64> {
+        self.run_until(self.cfg.epochs, obs)
+    }
+
+    /// Runs epochs until `stop_after` of them are done (an interrupted run, in tests).
+    pub fn run_until(&mut self, stop_after: usize, obs: &mut dyn Observer) -> Result<f64> {
+        while self.next_epoch < self.cfg.epochs.min(stop_after) {
+            let m = self.train_epoch(obs)?;
+            obs.epoch_end(&m);
+            self.history.push(m);
+            self.next_epoch += 1;
+            self.save()?;
+        }
+        Ok(self.history.last().map_or(0.0, |m| m.test_acc))
+    }
+
+    /// One epoch of training followed by evaluation.
+    pub fn train_epoch(&mut self, obs: &mut dyn Observer) -> Result<EpochMetrics> {
+        let epoch = self.next_epoch;
+        let start = Instant::now();
+        let lcfg = loader(
+            &self.normalize,
+            self.model.config.in_shape,
+            self.cfg.batch_size,
+            self.cfg.seed,
+            true,
+            self.cfg.augment,
+        );
+        let iter = BatchIter::new(self.train.clone(), lcfg, epoch, true);
+        let batches = iter.len();
+        obs.epoch_start(epoch, self.cfg.epochs, batches);
+        let classes = self.model.config.classes;
+        let (mut loss_sum, mut correct, mut seen) = (0.0f64, 0usize, 0usize);
+        let mut lr = self.schedule.lr(epoch, 0.0);
+        for (bi, b) in iter.enumerate() {
+            lr = self.schedule.lr(epoch, bi as f64 / batches as f64);
+            let ctx = Ctx::new(self.backend.as_ref(), true);
+            let logits = self.model.forward(&ctx, &b.x);
+            let mut dlogits = Tensor::zeros(logits.shape());
+            let loss = self.backend.softmax_cross_entropy(logits.data(), &b.labels, classes, None, dlogits.data_mut());
+            if !loss.is_finite() {
+                return Err(self.non_finite(&b.x, loss));
+            }
+            let ok = top_k_correct(logits.data(), &b.labels, classes, 1).iter().filter(|&&c| c).count();
+            self.model.backward(&ctx, &dlogits);
+            self.sgd.step(&mut self.model, lr);
+            self.step += 1;
+            loss_sum += loss as f64 * b.labels.len() as f64;
+            correct += ok;
+            seen += b.labels.len();
+            obs.batch_end(loss, ok, b.labels.len(), lr);
+        }
+        let train_secs = start.elapsed().as_secs_f64();
+        self.model.clear_cache();
+        let train_acc = correct as f64 / seen.max(1) as f64;
+        self.schedule.end_epoch(epoch, 1.0 - train_acc);
+        let ev = evaluate(&mut self.model, self.backend.as_ref(), self.test.clone(), &self.normalize, 256, obs);
+        Ok(EpochMetrics {
+            epoch: epoch + 1,
+            train_loss: loss_sum / seen.max(1) as f64,
+            train_acc,
+            test_acc: ev.top1,
+            test_top5: ev.top5,
+            test_loss: ev.loss,
+            lr,
+            seconds: start.elapsed().as_secs_f64(),
+            images_per_s: seen as f64 / train_secs,
+        })
+    }
+
+    /// Builds the NaN/Inf error: re-runs the batch with the finite-value probe on.
+    fn non_finite(&mut self, x: &Tensor, loss: f32) -> Error {
+        let mut ctx = Ctx::new(self.backend.as_ref(), false);
+        ctx.check_finite = true;
+        self.model.forward(&ctx, x);
+        let layer = ctx.first_non_finite.borrow().clone();
+        let param = self.model.first_non_finite_param();
+        let kept = self.out_dir.join(CHECKPOINT_FILE);
+        Error::NonFinite {
+            step: self.step,
+            what: format!(
+                "loss is {loss} in epoch {}; first layer with non-finite output: {}; first non-finite parameter: {}; {}",
+                self.next_epoch + 1,
+                layer.unwrap_or_else(|| "none (the loss itself overflowed)".into()),
+                param.unwrap_or_else(|| "none".into()),
+                if kept.exists() {
+                    format!("the last good checkpoint is kept at {}", kept.display())
+                } else {
+                    "no checkpoint was written yet".into()
+                },
+            ),
+        }
+    }
+
+    /// The metrics document of the contract: `{"epochs": [...], "test_accuracy": ...}` and more.
+    pub fn metrics_json(&mut self) -> serde_json::Value {
+        let rows = self.model.summary();
+        let totals = crate::summary::totals(&rows);
+        serde_json::json!({
+            "epochs": self.history,
+            "test_accuracy": self.history.last().map_or(0.0, |m| m.test_acc),
+            "test_top5": self.history.last().map_or(0.0, |m| m.test_top5),
+            "model": self.model.config,
+            "data": self.data_name,
+            "train": self.cfg,
+            "params": totals.params,
+            "macs_per_image": totals.macs,
+            "bytes_fp32": totals.bytes_fp32,
+            "steps": self.step,
+            "lr_lowered_at_epochs": self.schedule.lowered_at,
+        })
+    }
+
+    /// Writes the checkpoint, then `metrics.json`, both atomically.
+    pub fn save(&mut self) -> Result<()> {
+        let meta = serde_json::json!({
+            "train": self.cfg,
+            "history": self.history,
+            "schedule": self.schedule,
+            "normalize": self.normalize,
+            "step": self.step,
+            "data": self.data_name,
+            "epoch": self.history.len(),
+        });
+        checkpoint::save(&self.out_dir.join(CHECKPOINT_FILE), &mut self.model, &self.sgd.velocity, meta)?;
+        let text = serde_json::to_string_pretty(&self.metrics_json()).expect("metrics serialise");
+        tern_core::checkpoint::write_atomic(&self.out_dir.join(METRICS_FILE), text.as_bytes())
+    }
+}

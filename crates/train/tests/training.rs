@@ -1,0 +1,112 @@
+//! End-to-end training: overfitting, exact resume, NaN handling, checkpoint mismatches.
+
+use tern_core::Error;
+use tern_data::{synthetic, Augment};
+use tern_train::checkpoint;
+use tern_train::trainer::{Silent, Trainer, CHECKPOINT_FILE};
+use tern_train::{ModelConfig, ScheduleKind, SgdConfig, TrainConfig};
+
+fn model(name: &str, width: usize) -> ModelConfig {
+    ModelConfig { name: name.into(), in_shape: [1, 16, 16], classes: 10, width, small_input: false }
+}
+
+fn config(epochs: usize, lr: f32) -> TrainConfig {
+    TrainConfig {
+        epochs,
+        batch_size: 32,
+        lr,
+        sgd: SgdConfig { momentum: 0.9, nesterov: false, weight_decay: 5e-4 },
+        schedule: ScheduleKind::Constant,
+        seed: 7,
+        augment: Augment::default(),
+        train_limit: None,
+        test_limit: None,
+    }
+}
+
+#[test]
+fn overfits_a_few_hundred_samples() {
+    // Heavy noise: the test set is hard, the 256 training images must be memorised.
+    let data = synthetic::split(256, 64, [1, 16, 16], 10, 0.8, 1);
+    let dir = tempfile::tempdir().unwrap();
+    let mut t = Trainer::new(&model("vgg-small", 8), &data, config(15, 0.05), dir.path()).unwrap();
+    t.run(&mut Silent).unwrap();
+    let last = t.history.last().unwrap();
+    assert!(last.train_acc >= 0.98, "train accuracy {:?}", t.history.iter().map(|m| m.train_acc).collect::<Vec<_>>());
+    assert!(dir.path().join("metrics.json").is_file() && dir.path().join(CHECKPOINT_FILE).is_file());
+    let metrics: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("metrics.json")).unwrap()).unwrap();
+    assert_eq!(metrics["epochs"].as_array().unwrap().len(), 15);
+    for key in ["epoch", "train_loss", "train_acc", "test_acc", "lr", "seconds", "images_per_s"] {
+        assert!(metrics["epochs"][0].get(key).is_some(), "metrics.json lacks {key}");
+    }
+    assert!(metrics["test_accuracy"].as_f64().is_some());
+}
+
+#[test]
+fn resumed_run_ends_with_the_same_weights() {
+    let data = synthetic::split(96, 32, [1, 16, 16], 10, 0.5, 2);
+    let mut cfg = config(3, 0.02);
+    cfg.augment = Augment { crop_pad: 2, hflip: true };
+    cfg.schedule = ScheduleKind::Cosine;
+    let m = model("resnet20", 4);
+
+    let a = tempfile::tempdir().unwrap();
+    let mut full = Trainer::new(&m, &data, cfg.clone(), a.path()).unwrap();
+    full.run(&mut Silent).unwrap();
+
+    let b = tempfile::tempdir().unwrap();
+    let mut part = Trainer::new(&m, &data, cfg.clone(), b.path()).unwrap();
+    part.run_until(1, &mut Silent).unwrap(); // "killed" after epoch 1
+    drop(part);
+    let mut resumed = Trainer::resume(&m, &data, cfg.clone(), b.path()).unwrap();
+    assert_eq!(resumed.next_epoch, 1);
+    resumed.run(&mut Silent).unwrap();
+
+    let wa = checkpoint::named_tensors(&mut full.model);
+    let wb = checkpoint::named_tensors(&mut resumed.model);
+    assert_eq!(wa.len(), wb.len());
+    for ((na, ta), (nb, tb)) in wa.iter().zip(&wb) {
+        assert_eq!(na, nb);
+        assert_eq!(ta.data(), tb.data(), "tensor {na} differs after resume");
+    }
+    assert_eq!(full.sgd.velocity, resumed.sgd.velocity);
+
+    // Resuming with other flags is refused, naming the difference.
+    let e = Trainer::resume(&m, &data, TrainConfig { lr: 0.5, ..cfg }, b.path()).err().unwrap().to_string();
+    assert!(e.contains("same flags"), "{e}");
+}
+
+#[test]
+fn non_finite_loss_stops_with_step_and_layer() {
+    let data = synthetic::split(64, 16, [1, 16, 16], 10, 0.5, 3);
+    let dir = tempfile::tempdir().unwrap();
+    let mut t = Trainer::new(&model("lenet5", 0), &data, config(3, 1e30), dir.path()).unwrap();
+    match t.run(&mut Silent) {
+        Err(Error::NonFinite { step, what }) => {
+            assert!(step >= 1);
+            assert!(what.contains("first layer with non-finite output: conv"), "{what}");
+        }
+        other => panic!("expected a NonFinite error, got {:?}", other.map(|_| ())),
+    }
+}
+
+#[test]
+fn checkpoint_of_another_model_or_truncated_is_refused() {
+    let data = synthetic::split(32, 16, [1, 16, 16], 10, 0.5, 4);
+    let dir = tempfile::tempdir().unwrap();
+    let mut t = Trainer::new(&model("lenet5", 0), &data, config(1, 0.01), dir.path()).unwrap();
+    t.run(&mut Silent).unwrap();
+    let path = dir.path().join(CHECKPOINT_FILE);
+    let c = tern_core::checkpoint::load(&path).unwrap();
+    let mut other = tern_train::models::build(&model("vgg-small", 8), &mut tern_core::Rng::new(0)).unwrap();
+    let e = checkpoint::load_into(&path, &c, &mut other).unwrap_err().to_string();
+    assert!(e.contains("holds a `lenet5` model, expected `vgg-small`"), "{e}");
+    let (mut loaded, _) = checkpoint::load_model(&path).unwrap();
+    assert_eq!(checkpoint::named_tensors(&mut loaded), checkpoint::named_tensors(&mut t.model));
+
+    let bytes = std::fs::read(&path).unwrap();
+    std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
+    let e = checkpoint::load_model(&path).err().unwrap().to_string();
+    assert!(e.contains("model.safetensors") && e.contains("truncated"), "{e}");
+}
