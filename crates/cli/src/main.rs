@@ -1,1 +1,61 @@
-fn main() {}
+//! `tern`: the command line. Parses flags, runs a subcommand, reports errors (exit 1) —
+//! the only crate that prints or draws progress bars.
+
+mod cmd_data;
+mod cmd_eval;
+mod cmd_models;
+mod cmd_train;
+mod common;
+mod plot;
+mod progress;
+mod table;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "tern", version, about = "Ternary-weight CNNs with zero-skipping: train, profile, simulate, infer")]
+struct Cli {
+    /// Worker threads for the kernels (default: all cores)
+    #[arg(long, global = true)]
+    threads: Option<usize>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Train a model (writes DIR/model.safetensors, DIR/metrics.json, DIR/curves.svg)
+    Train(cmd_train::TrainArgs),
+    /// Evaluate a checkpoint on a data set's test split
+    Eval(cmd_eval::EvalArgs),
+    /// List the models, or print one model's summary
+    Models(cmd_models::ModelsArgs),
+    /// Inspect a data set: counts per class, shapes, and a PNG grid of samples
+    Data(cmd_data::DataCmdArgs),
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Some(t) = cli.threads {
+        if t == 0 {
+            anyhow::bail!("invalid value for --threads: must be at least 1");
+        }
+        rayon::ThreadPoolBuilder::new().num_threads(t).build_global()?;
+    }
+    match cli.command {
+        Command::Train(a) => cmd_train::run(a),
+        Command::Eval(a) => cmd_eval::run(a),
+        Command::Models(a) => cmd_models::run(a),
+        Command::Data(a) => cmd_data::run(a),
+    }
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

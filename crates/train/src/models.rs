@@ -88,7 +88,10 @@ pub fn build(config: &ModelConfig, rng: &mut Rng) -> Result<Model> {
     if h.min(w) < min_side {
         return Err(Error::invalid(
             "input size",
-            format!("{}x{} is too small for {}: at least {min_side}x{min_side}", h, w, config.name),
+            format!(
+                "{h}x{w} is too small for {}: at least {min_side}x{min_side} (pass --input-size {min_side}, or --small-input for ImageNet-style ResNets)",
+                config.name
+            ),
         ));
     }
     let mut b = Builder::new(&config.in_shape, rng);

@@ -152,6 +152,8 @@ pub struct Trainer {
     /// Optimizer steps taken.
     pub step: u64,
     pub data_name: String,
+    /// Extra metadata the caller wants in every checkpoint (e.g. where the data came from).
+    pub extra_meta: serde_json::Value,
     train: Arc<Dataset>,
     test: Arc<Dataset>,
     out_dir: PathBuf,
@@ -182,6 +184,7 @@ impl Trainer {
             next_epoch: 0,
             step: 0,
             data_name: data.name.clone(),
+            extra_meta: serde_json::json!({}),
             train: limit(&data.train, cfg.train_limit),
             test: limit(&data.test, cfg.test_limit),
             cfg,
@@ -354,6 +357,7 @@ impl Trainer {
             "step": self.step,
             "data": self.data_name,
             "epoch": self.history.len(),
+            "extra": self.extra_meta,
         });
         checkpoint::save(&self.out_dir.join(CHECKPOINT_FILE), &mut self.model, &self.sgd.velocity, meta)?;
         let text = serde_json::to_string_pretty(&self.metrics_json()).expect("metrics serialise");

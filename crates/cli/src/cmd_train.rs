@@ -1,0 +1,223 @@
+//! `tern train`: train a model, or resume a killed run, and write the run's files.
+
+use crate::common::{parse_input_size, DataArgs};
+use crate::plot::{line_charts, Panel, Series};
+use crate::progress::Bars;
+use crate::table::Table;
+use anyhow::Context;
+use clap::Args;
+use std::path::{Path, PathBuf};
+use tern_data::Augment;
+use tern_train::trainer::{CHECKPOINT_FILE, METRICS_FILE};
+use tern_train::{EpochMetrics, ModelConfig, ScheduleKind, SgdConfig, TrainConfig, Trainer};
+
+#[derive(Args, Debug)]
+pub struct TrainArgs {
+    #[command(flatten)]
+    pub data: DataArgs,
+    /// Model name (see `tern models`)
+    #[arg(long, default_value = "vgg-small")]
+    pub model: String,
+    /// Base channel width (0: the model's default)
+    #[arg(long, default_value_t = 0)]
+    pub width: usize,
+    /// ImageNet-style ResNets: 3x3 stride-1 stem without max pooling, for small images
+    #[arg(long)]
+    pub small_input: bool,
+    /// Pad or crop images to this side length (default: the data's own size)
+    #[arg(long, value_parser = parse_input_size)]
+    pub input_size: Option<usize>,
+    /// Epochs to train [default: 10]
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    #[arg(long, default_value_t = 128)]
+    pub batch: usize,
+    /// Peak learning rate
+    #[arg(long, default_value_t = 0.05)]
+    pub lr: f32,
+    /// constant, step, cosine, onecycle or plateau
+    #[arg(long, default_value = "cosine")]
+    pub schedule: String,
+    /// step schedule: epochs between drops
+    #[arg(long, default_value_t = 30)]
+    pub step_every: usize,
+    /// step schedule: factor per drop
+    #[arg(long, default_value_t = 0.1)]
+    pub step_gamma: f32,
+    /// plateau schedule: epochs without train-error improvement before lowering
+    #[arg(long, default_value_t = 2)]
+    pub plateau_patience: usize,
+    /// plateau schedule: factor per lowering
+    #[arg(long, default_value_t = 0.2)]
+    pub plateau_factor: f32,
+    #[arg(long, default_value_t = 0.9)]
+    pub momentum: f32,
+    #[arg(long)]
+    pub nesterov: bool,
+    /// L2 weight decay (not applied to biases and BN parameters)
+    #[arg(long, default_value_t = 5e-4)]
+    pub weight_decay: f32,
+    /// Augmentation: random crop after padding by this many pixels (0: off)
+    #[arg(long, default_value_t = 0)]
+    pub crop_pad: usize,
+    /// Augmentation: random horizontal flips
+    #[arg(long)]
+    pub hflip: bool,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Train on the first N training samples only
+    #[arg(long)]
+    pub train_limit: Option<usize>,
+    /// Evaluate on the first N test samples only
+    #[arg(long)]
+    pub test_limit: Option<usize>,
+    /// Output folder
+    #[arg(long, default_value = "runs/train")]
+    pub out: PathBuf,
+    /// Continue the run saved in DIR (its flags are reused; --epochs may extend it)
+    #[arg(long, value_name = "DIR")]
+    pub resume: Option<PathBuf>,
+    /// No progress bars
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+const DEFAULT_EPOCHS: usize = 10;
+
+pub fn run(a: TrainArgs) -> anyhow::Result<()> {
+    let (mut trainer, out) = match &a.resume {
+        Some(dir) => resume(&a, dir)?,
+        None => fresh(&a)?,
+    };
+    if !a.quiet {
+        let rows = trainer.model.summary();
+        let t = tern_train::summary::totals(&rows);
+        eprintln!(
+            "{} on {} ({} train / {} test images, input {:?}): {} parameters, {:.1} M multiply-adds per image",
+            trainer.model.config.name,
+            trainer.data_name,
+            trainer.train_set().len(),
+            trainer.cfg.test_limit.map_or("all".to_string(), |n| n.to_string()),
+            trainer.model.config.in_shape,
+            t.params,
+            t.macs as f64 / 1e6
+        );
+        if trainer.next_epoch > 0 {
+            eprintln!("resuming after epoch {} of {}", trainer.next_epoch, trainer.cfg.epochs);
+        }
+    }
+    let mut bars = Bars::new(a.quiet);
+    let result = trainer.run(&mut bars);
+    write_curves(&out, &trainer.history)?;
+    let acc = result?;
+    println!("{}", epoch_table(&trainer.history));
+    println!("test accuracy {:.2}%  ->  {}", 100.0 * acc, out.join(METRICS_FILE).display());
+    Ok(())
+}
+
+fn fresh(a: &TrainArgs) -> anyhow::Result<(Trainer, PathBuf)> {
+    let data = a.data.load()?;
+    let [c, h, w] = data.train.shape;
+    let side = a.input_size;
+    let model = ModelConfig {
+        name: a.model.clone(),
+        in_shape: [c, side.unwrap_or(h), side.unwrap_or(w)],
+        classes: data.class_names.len(),
+        width: a.width,
+        small_input: a.small_input,
+    };
+    let schedule = ScheduleKind::parse(&a.schedule, a.step_every, a.step_gamma, a.plateau_patience, a.plateau_factor)?;
+    let cfg = TrainConfig {
+        epochs: a.epochs.unwrap_or(DEFAULT_EPOCHS),
+        batch_size: a.batch,
+        lr: a.lr,
+        sgd: SgdConfig { momentum: a.momentum, nesterov: a.nesterov, weight_decay: a.weight_decay },
+        schedule,
+        seed: a.seed,
+        augment: Augment { crop_pad: a.crop_pad, hflip: a.hflip },
+        train_limit: a.train_limit,
+        test_limit: a.test_limit,
+    };
+    if a.out.join(CHECKPOINT_FILE).exists() {
+        anyhow::bail!(
+            "{} already holds a run: pass --resume {} to continue it, or choose another --out",
+            a.out.display(),
+            a.out.display()
+        );
+    }
+    let mut t = Trainer::new(&model, &data, cfg, &a.out)?;
+    t.extra_meta = serde_json::json!({
+        "data": a.data.data,
+        "data_path": a.data.data_path,
+        "image_size": a.data.image_size,
+    });
+    Ok((t, a.out.clone()))
+}
+
+fn resume(a: &TrainArgs, dir: &Path) -> anyhow::Result<(Trainer, PathBuf)> {
+    let path = dir.join(CHECKPOINT_FILE);
+    let c = tern_core::checkpoint::load(&path).with_context(|| format!("--resume {}", dir.display()))?;
+    let model = tern_train::checkpoint::model_config(&path, &c)?;
+    let mut cfg: TrainConfig = serde_json::from_value(c.meta["train"].clone())
+        .with_context(|| format!("{}: not a training checkpoint (no `train` metadata)", path.display()))?;
+    if let Some(e) = a.epochs {
+        cfg.epochs = e;
+    }
+    let extra = &c.meta["extra"];
+    let data = crate::common::DataArgs {
+        data: extra["data"].as_str().unwrap_or(&a.data.data).to_string(),
+        data_path: extra["data_path"].as_str().map(PathBuf::from).or(a.data.data_path.clone()),
+        image_size: extra["image_size"].as_u64().map_or(a.data.image_size, |v| v as usize),
+    };
+    let split = data.load()?;
+    let mut t = Trainer::resume(&model, &split, cfg, dir)?;
+    t.extra_meta = extra.clone();
+    Ok((t, dir.to_path_buf()))
+}
+
+pub fn epoch_table(h: &[EpochMetrics]) -> String {
+    let mut t = Table::new(&["epoch", "train_loss", "train_acc%", "test_acc%", "top5%", "lr", "seconds", "img/s"]);
+    for m in h {
+        t.row(vec![
+            m.epoch.to_string(),
+            format!("{:.4}", m.train_loss),
+            format!("{:.2}", 100.0 * m.train_acc),
+            format!("{:.2}", 100.0 * m.test_acc),
+            format!("{:.2}", 100.0 * m.test_top5),
+            format!("{:.5}", m.lr),
+            format!("{:.1}", m.seconds),
+            format!("{:.0}", m.images_per_s),
+        ]);
+    }
+    t.render()
+}
+
+/// DIR/curves.svg: loss and accuracy per epoch.
+pub fn write_curves(out: &Path, h: &[EpochMetrics]) -> anyhow::Result<()> {
+    if h.is_empty() {
+        return Ok(());
+    }
+    let pts = |f: &dyn Fn(&EpochMetrics) -> f64| h.iter().map(|m| (m.epoch as f64, f(m))).collect::<Vec<_>>();
+    let svg = line_charts(&[
+        Panel {
+            title: "Loss".into(),
+            x_label: "epoch".into(),
+            y_label: "cross-entropy".into(),
+            series: vec![
+                Series { name: "train".into(), points: pts(&|m| m.train_loss) },
+                Series { name: "test".into(), points: pts(&|m| m.test_loss) },
+            ],
+        },
+        Panel {
+            title: "Accuracy".into(),
+            x_label: "epoch".into(),
+            y_label: "top-1 accuracy (%)".into(),
+            series: vec![
+                Series { name: "train".into(), points: pts(&|m| 100.0 * m.train_acc) },
+                Series { name: "test".into(), points: pts(&|m| 100.0 * m.test_acc) },
+            ],
+        },
+    ]);
+    tern_core::checkpoint::write_atomic(&out.join("curves.svg"), svg.as_bytes())?;
+    Ok(())
+}

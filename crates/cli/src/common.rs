@@ -1,0 +1,37 @@
+//! Flags shared by several subcommands: which data set, where, and the model input size.
+
+use clap::Args;
+use std::path::PathBuf;
+use tern_data::{load_named, DataKind, DataSplit};
+
+#[derive(Args, Clone, Debug)]
+pub struct DataArgs {
+    /// Data set: fashion-mnist, mnist, cifar10 or folder
+    #[arg(long, default_value = "fashion-mnist")]
+    pub data: String,
+    /// Where the data set lives (fashion-mnist defaults to /usr/share/datasets/fashion-mnist)
+    #[arg(long)]
+    pub data_path: Option<PathBuf>,
+    /// Side length image folders are resized and centre-cropped to
+    #[arg(long, default_value_t = 64)]
+    pub image_size: usize,
+}
+
+impl DataArgs {
+    pub fn load(&self) -> anyhow::Result<DataSplit> {
+        if self.image_size == 0 {
+            anyhow::bail!("invalid value for --image-size: must be at least 1");
+        }
+        let kind = DataKind::parse(&self.data)?;
+        Ok(load_named(kind, self.data_path.as_deref(), self.image_size)?)
+    }
+}
+
+/// Parses "C,H,W" or "N" (square, channels from the data).
+pub fn parse_input_size(s: &str) -> Result<usize, String> {
+    let v: usize = s.parse().map_err(|_| format!("`{s}`: expected a side length in pixels"))?;
+    if v == 0 {
+        return Err("must be at least 1".into());
+    }
+    Ok(v)
+}

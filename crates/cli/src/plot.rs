@@ -1,0 +1,177 @@
+//! Minimal SVG line charts (no dependencies): panels of named series with axes and a legend.
+
+use std::fmt::Write;
+
+pub struct Series {
+    pub name: String,
+    pub points: Vec<(f64, f64)>,
+}
+
+pub struct Panel {
+    pub title: String,
+    pub x_label: String,
+    pub y_label: String,
+    pub series: Vec<Series>,
+}
+
+const COLORS: [&str; 6] = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b"];
+
+fn escape(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+}
+
+/// A "nice" tick step for a range.
+fn tick_step(range: f64) -> f64 {
+    let raw = range / 5.0;
+    let mag = 10f64.powf(raw.log10().floor());
+    let norm = raw / mag;
+    mag * if norm < 1.5 {
+        1.0
+    } else if norm < 3.0 {
+        2.0
+    } else if norm < 7.0 {
+        5.0
+    } else {
+        10.0
+    }
+}
+
+/// Renders panels side by side into one SVG document.
+pub fn line_charts(panels: &[Panel]) -> String {
+    let (pw, ph) = (440.0, 320.0);
+    let (ml, mr, mt, mb) = (60.0, 16.0, 34.0, 46.0);
+    let width = pw * panels.len() as f64;
+    let mut s = String::new();
+    let _ = write!(
+        s,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{ph}" viewBox="0 0 {width} {ph}" font-family="sans-serif" font-size="12"><rect width="100%" height="100%" fill="white"/>"#
+    );
+    for (pi, p) in panels.iter().enumerate() {
+        let x0 = pi as f64 * pw;
+        let pts = p.series.iter().flat_map(|s| s.points.iter());
+        let (mut xmin, mut xmax, mut ymin, mut ymax) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
+        for &(x, y) in pts.filter(|(x, y)| x.is_finite() && y.is_finite()) {
+            xmin = xmin.min(x);
+            xmax = xmax.max(x);
+            ymin = ymin.min(y);
+            ymax = ymax.max(y);
+        }
+        if xmin > xmax {
+            (xmin, xmax, ymin, ymax) = (0.0, 1.0, 0.0, 1.0);
+        }
+        if xmax - xmin < 1e-12 {
+            xmax = xmin + 1.0;
+        }
+        if ymax - ymin < 1e-12 {
+            ymax = ymin + 1.0;
+        }
+        let pad = (ymax - ymin) * 0.05;
+        let (ymin, ymax) = (ymin - pad, ymax + pad);
+        let (iw, ih) = (pw - ml - mr, ph - mt - mb);
+        let sx = |x: f64| x0 + ml + (x - xmin) / (xmax - xmin) * iw;
+        let sy = |y: f64| mt + ih - (y - ymin) / (ymax - ymin) * ih;
+        let _ = write!(
+            s,
+            r#"<text x="{}" y="20" text-anchor="middle" font-size="14" font-weight="bold">{}</text>"#,
+            x0 + ml + iw / 2.0,
+            escape(&p.title)
+        );
+        let _ = write!(s, r##"<rect x="{}" y="{mt}" width="{iw}" height="{ih}" fill="none" stroke="#888"/>"##, x0 + ml);
+        let ys = tick_step(ymax - ymin);
+        let mut t = (ymin / ys).ceil() * ys;
+        while t <= ymax {
+            let y = sy(t);
+            let _ = write!(
+                s,
+                r##"<line x1="{}" x2="{}" y1="{y}" y2="{y}" stroke="#eee"/><text x="{}" y="{}" text-anchor="end">{}</text>"##,
+                x0 + ml,
+                x0 + ml + iw,
+                x0 + ml - 4.0,
+                y + 4.0,
+                fmt_tick(t, ys)
+            );
+            t += ys;
+        }
+        let xs = tick_step(xmax - xmin).max(if xmax - xmin >= 5.0 { 1.0 } else { 0.0 });
+        let mut t = (xmin / xs).ceil() * xs;
+        while t <= xmax + 1e-9 {
+            let x = sx(t);
+            let _ =
+                write!(s, r#"<text x="{x}" y="{}" text-anchor="middle">{}</text>"#, mt + ih + 16.0, fmt_tick(t, xs));
+            t += xs;
+        }
+        let _ = write!(
+            s,
+            r#"<text x="{}" y="{}" text-anchor="middle">{}</text>"#,
+            x0 + ml + iw / 2.0,
+            ph - 8.0,
+            escape(&p.x_label)
+        );
+        let _ = write!(
+            s,
+            r#"<text transform="translate({},{}) rotate(-90)" text-anchor="middle">{}</text>"#,
+            x0 + 14.0,
+            mt + ih / 2.0,
+            escape(&p.y_label)
+        );
+        for (si, ser) in p.series.iter().enumerate() {
+            let color = COLORS[si % COLORS.len()];
+            let path: Vec<String> = ser
+                .points
+                .iter()
+                .filter(|(x, y)| x.is_finite() && y.is_finite())
+                .map(|&(x, y)| format!("{:.1},{:.1}", sx(x), sy(y)))
+                .collect();
+            if path.len() > 1 {
+                let _ = write!(
+                    s,
+                    r#"<polyline fill="none" stroke="{color}" stroke-width="2" points="{}"/>"#,
+                    path.join(" ")
+                );
+            }
+            for pt in &path {
+                let (cx, cy) = pt.split_once(',').unwrap();
+                let _ = write!(s, r#"<circle cx="{cx}" cy="{cy}" r="2.5" fill="{color}"/>"#);
+            }
+            let ly = mt + 14.0 + 16.0 * si as f64;
+            let lx = x0 + ml + iw - 120.0;
+            let _ = write!(
+                s,
+                r#"<line x1="{lx}" x2="{}" y1="{}" y2="{}" stroke="{color}" stroke-width="3"/><text x="{}" y="{ly}">{}</text>"#,
+                lx + 16.0,
+                ly - 4.0,
+                ly - 4.0,
+                lx + 20.0,
+                escape(&ser.name)
+            );
+        }
+    }
+    s.push_str("</svg>\n");
+    s
+}
+
+fn fmt_tick(v: f64, step: f64) -> String {
+    if step >= 1.0 {
+        format!("{v:.0}")
+    } else {
+        let digits = (-step.log10()).ceil() as usize;
+        format!("{v:.digits$}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_valid_looking_svg() {
+        let svg = line_charts(&[Panel {
+            title: "loss <train>".into(),
+            x_label: "epoch".into(),
+            y_label: "loss".into(),
+            series: vec![Series { name: "train".into(), points: vec![(1.0, 2.0), (2.0, 1.0), (3.0, f64::NAN)] }],
+        }]);
+        assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+        assert!(svg.contains("&lt;train&gt;") && svg.contains("polyline"));
+    }
+}
