@@ -98,6 +98,10 @@ fn batch_norm_layer() {
     l.gamma.value = Tensor::randn(&[3], 1.0, &mut rng);
     l.beta.value = Tensor::randn(&[3], 1.0, &mut rng);
     check(&mut l, &Tensor::randn(&[4, 3, 3, 2], 2.0, &mut rng), 12);
+    l.frozen_stats = true;
+    l.running_mean = Tensor::randn(&[3], 0.5, &mut rng);
+    l.running_var = Tensor::uniform(&[3], 0.5, 2.0, &mut rng);
+    check(&mut l, &Tensor::randn(&[4, 3, 3, 2], 2.0, &mut rng), 26);
     let mut l1 = BatchNorm::new("bn1d", 5);
     check(&mut l1, &Tensor::randn(&[6, 5], 1.0, &mut rng), 13);
 }

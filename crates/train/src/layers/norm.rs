@@ -13,6 +13,9 @@ pub struct BatchNorm {
     pub beta: Param,
     pub running_mean: Tensor,
     pub running_var: Tensor,
+    /// Normalise with the running statistics even in train mode (fine-tuning with frozen
+    /// statistics); the backward then treats the statistics as constants.
+    pub frozen_stats: bool,
     cache_x: Option<Tensor>,
     /// Train-mode batch statistics of the last forward (None: it ran in eval mode).
     saved: Option<BnSaved>,
@@ -29,6 +32,7 @@ impl BatchNorm {
             beta: Param::new(format!("{name}.bias"), Tensor::zeros(&[c]), false),
             running_mean: Tensor::zeros(&[c]),
             running_var: Tensor::full(&[c], 1.0),
+            frozen_stats: false,
             cache_x: None,
             saved: None,
         }
@@ -55,7 +59,7 @@ impl Layer for BatchNorm {
         let (n, hw) = self.dims(x.shape());
         let mut y = Tensor::zeros(x.shape());
         let (g, b) = (self.gamma.value.data(), self.beta.value.data());
-        if ctx.train {
+        if ctx.train && !self.frozen_stats {
             let saved = ctx.backend.batch_norm_forward_train(
                 x.data(),
                 g,
@@ -74,8 +78,14 @@ impl Layer for BatchNorm {
         } else {
             let (rm, rv) = (self.running_mean.data(), self.running_var.data());
             ctx.backend.batch_norm_forward_eval(x.data(), g, b, rm, rv, self.c, hw, self.eps, y.data_mut());
-            self.saved = None;
-            self.cache_x = None;
+            if ctx.train {
+                let inv_std = rv.iter().map(|v| 1.0 / (v + self.eps).sqrt()).collect();
+                self.saved = Some(BnSaved { mean: rm.to_vec(), inv_std });
+                self.cache_x = Some(x.clone());
+            } else {
+                self.saved = None;
+                self.cache_x = None;
+            }
         }
         y
     }
@@ -91,8 +101,16 @@ impl Layer for BatchNorm {
     fn backward_input(&mut self, ctx: &Ctx, dy: &Tensor) -> Tensor {
         let x = self.cache_x.as_ref().expect("backward without a train-mode forward");
         let (n, hw) = self.dims(x.shape());
-        let saved = self.saved.as_ref().expect("train-mode statistics");
         let mut dx = Tensor::zeros(x.shape());
+        if self.frozen_stats {
+            // Constant statistics: dx = dy·γ/σ, which is the eval-mode forward applied to dy
+            // with zero mean and zero shift.
+            let zeros = vec![0.0; self.c];
+            let (g, rv) = (self.gamma.value.data(), self.running_var.data());
+            ctx.backend.batch_norm_forward_eval(dy.data(), g, &zeros, &zeros, rv, self.c, hw, self.eps, dx.data_mut());
+            return dx;
+        }
+        let saved = self.saved.as_ref().expect("train-mode statistics");
         ctx.backend.batch_norm_backward_input(
             x.data(),
             dy.data(),
