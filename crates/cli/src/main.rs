@@ -1,6 +1,7 @@
 //! `tern`: the command line. Parses flags, runs a subcommand, reports errors (exit 1) —
 //! the only crate that prints or draws progress bars.
 
+mod cmd_bench;
 mod cmd_data;
 mod cmd_eval;
 mod cmd_models;
@@ -33,6 +34,8 @@ enum Command {
     Models(cmd_models::ModelsArgs),
     /// Inspect a data set: counts per class, shapes, and a PNG grid of samples
     Data(cmd_data::DataCmdArgs),
+    /// Speed benchmarks on random inputs (JSON output)
+    Bench(cmd_bench::BenchArgs),
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
@@ -47,6 +50,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Eval(a) => cmd_eval::run(a),
         Command::Models(a) => cmd_models::run(a),
         Command::Data(a) => cmd_data::run(a),
+        Command::Bench(a) => cmd_bench::run(a),
     }
 }
 

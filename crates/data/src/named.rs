@@ -65,24 +65,7 @@ pub fn load_named(kind: DataKind, path: Option<&Path>, image_size: usize) -> Res
                     return Err(missing(kind, Path::new("."), "pass --data-path DIR, a folder with the four IDX files"))
                 }
             };
-            let hint = if kind == DataKind::FashionMnist && path.is_none() {
-                "install it with `apt-get install -y dataset-fashion-mnist`, or pass --data-path DIR"
-            } else {
-                "expected train-images-idx3-ubyte[.gz], train-labels-idx1-ubyte[.gz], t10k-images-idx3-ubyte[.gz], t10k-labels-idx1-ubyte[.gz]"
-            };
-            if !dir.is_dir() {
-                return Err(missing(kind, &dir, hint));
-            }
-            let f = |stem: &str| find_idx(&dir, stem).ok_or_else(|| missing(kind, &dir.join(stem), hint));
-            let train = idx::read_idx_pair(&f("train-images-idx3-ubyte")?, &f("train-labels-idx1-ubyte")?, 10)?;
-            let test = idx::read_idx_pair(&f("t10k-images-idx3-ubyte")?, &f("t10k-labels-idx1-ubyte")?, 10)?;
-            let class_names = if kind == DataKind::FashionMnist {
-                FASHION_CLASSES.iter().map(|s| s.to_string()).collect()
-            } else {
-                (0..10).map(|i| i.to_string()).collect()
-            };
-            check_shapes(&train, &test, &dir)?;
-            Ok(DataSplit { name: kind.name().into(), train, test, class_names })
+            load_idx_split(kind, &dir, path.is_some())
         }
         DataKind::Cifar10 => {
             let dir = path.ok_or_else(|| {
@@ -137,6 +120,28 @@ pub fn load_named(kind: DataKind, path: Option<&Path>, image_size: usize) -> Res
     }
 }
 
+/// The four IDX files of (Fashion-)MNIST in `dir`; `user_given`: the folder came from --data-path.
+fn load_idx_split(kind: DataKind, dir: &Path, user_given: bool) -> Result<DataSplit> {
+    let hint = if kind == DataKind::FashionMnist && !user_given {
+        "install it with `apt-get install -y dataset-fashion-mnist`, or pass --data-path DIR"
+    } else {
+        "expected train-images-idx3-ubyte[.gz], train-labels-idx1-ubyte[.gz], t10k-images-idx3-ubyte[.gz], t10k-labels-idx1-ubyte[.gz]"
+    };
+    if !dir.is_dir() {
+        return Err(missing(kind, dir, hint));
+    }
+    let f = |stem: &str| find_idx(dir, stem).ok_or_else(|| missing(kind, &dir.join(stem), hint));
+    let train = idx::read_idx_pair(&f("train-images-idx3-ubyte")?, &f("train-labels-idx1-ubyte")?, 10)?;
+    let test = idx::read_idx_pair(&f("t10k-images-idx3-ubyte")?, &f("t10k-labels-idx1-ubyte")?, 10)?;
+    let class_names = if kind == DataKind::FashionMnist {
+        FASHION_CLASSES.iter().map(|s| s.to_string()).collect()
+    } else {
+        (0..10).map(|i| i.to_string()).collect()
+    };
+    check_shapes(&train, &test, dir)?;
+    Ok(DataSplit { name: kind.name().into(), train, test, class_names })
+}
+
 fn check_shapes(train: &Dataset, test: &Dataset, dir: &Path) -> Result<()> {
     if train.shape != test.shape {
         return Err(Error::format(
@@ -159,6 +164,8 @@ mod tests {
         assert!(e.contains("train-images-idx3-ubyte"), "{e}");
         let e = load_named(DataKind::FashionMnist, Some(&dir.path().join("nope")), 32).unwrap_err().to_string();
         assert!(e.contains("nope"), "{e}");
+        let e = load_idx_split(DataKind::FashionMnist, &dir.path().join("absent"), false).unwrap_err().to_string();
+        assert!(e.contains("apt-get install -y dataset-fashion-mnist") && e.contains("--data-path"), "{e}");
         let e = load_named(DataKind::Cifar10, Some(dir.path()), 32).unwrap_err().to_string();
         assert!(e.contains("data_batch_1.bin"), "{e}");
         let e = load_named(DataKind::Folder, Some(dir.path()), 32).unwrap_err().to_string();

@@ -1,0 +1,133 @@
+//! `tern bench`: speed measurements on random inputs — one convolution layer (forward, input
+//! gradient, weight gradient) or whole-model training steps — printed as JSON for scripts.
+
+use clap::{Args, Subcommand};
+use std::time::Instant;
+use tern_core::kernels::conv;
+use tern_core::{ConvGeometry, CpuBackend, Rng, Tensor};
+use tern_train::layer::Ctx;
+use tern_train::models::build;
+use tern_train::{ModelConfig, Sgd, SgdConfig};
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    pub what: BenchKind,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum BenchKind {
+    /// One conv2d layer: forward, backward_input, backward_weight
+    Conv {
+        #[arg(long, default_value_t = 64)]
+        batch: usize,
+        #[arg(long, default_value_t = 64)]
+        c_in: usize,
+        #[arg(long, default_value_t = 64)]
+        c_out: usize,
+        #[arg(long, default_value_t = 32)]
+        size: usize,
+        #[arg(long, default_value_t = 3)]
+        k: usize,
+        #[arg(long, default_value_t = 1)]
+        stride: usize,
+        #[arg(long, default_value_t = 1)]
+        pad: usize,
+        /// Timed repetitions (the best is reported)
+        #[arg(long, default_value_t = 10)]
+        reps: usize,
+    },
+    /// Whole-model SGD steps (forward, loss, backward, update) on random images
+    Train {
+        #[arg(long, default_value = "vgg-small")]
+        model: String,
+        #[arg(long, default_value_t = 128)]
+        batch: usize,
+        #[arg(long, default_value_t = 3)]
+        channels: usize,
+        #[arg(long, default_value_t = 32)]
+        size: usize,
+        #[arg(long, default_value_t = 10)]
+        classes: usize,
+        #[arg(long, default_value_t = 0)]
+        width: usize,
+        #[arg(long)]
+        small_input: bool,
+        /// Untimed warm-up steps
+        #[arg(long, default_value_t = 2)]
+        warmup: usize,
+        /// Timed steps
+        #[arg(long, default_value_t = 10)]
+        steps: usize,
+    },
+}
+
+pub fn run(a: BenchArgs) -> anyhow::Result<()> {
+    match a.what {
+        BenchKind::Conv { batch, c_in, c_out, size, k, stride, pad, reps } => {
+            let g = ConvGeometry::new(batch, c_in, size, size, c_out, k, stride, pad)?;
+            let mut rng = Rng::new(0);
+            let x = Tensor::randn(&[g.in_len()], 1.0, &mut rng);
+            let w = Tensor::randn(&[g.weight_len()], 0.1, &mut rng);
+            let dy = Tensor::randn(&[g.out_len()], 1.0, &mut rng);
+            let (mut y, mut dx, mut dw) = (vec![0.0; g.out_len()], vec![0.0; g.in_len()], vec![0.0; g.weight_len()]);
+            let best = |f: &mut dyn FnMut()| {
+                f();
+                (0..reps.max(1))
+                    .map(|_| {
+                        let t = Instant::now();
+                        f();
+                        t.elapsed().as_secs_f64()
+                    })
+                    .fold(f64::MAX, f64::min)
+            };
+            let tf = best(&mut || conv::conv2d_forward(x.data(), w.data(), None, &g, &mut y));
+            let ti = best(&mut || conv::conv2d_backward_input(dy.data(), w.data(), &g, &mut dx));
+            let tw = best(&mut || conv::conv2d_backward_weight(x.data(), dy.data(), &g, &mut dw, None));
+            let flop = 2.0 * g.macs() as f64;
+            let total = tf + ti + tw;
+            println!(
+                "{}",
+                serde_json::json!({
+                    "geometry": g, "threads": rayon::current_num_threads(),
+                    "forward_ms": tf * 1e3, "backward_input_ms": ti * 1e3, "backward_weight_ms": tw * 1e3,
+                    "forward_backward_ms": total * 1e3,
+                    "forward_gflops": flop / tf / 1e9, "forward_backward_gflops": 3.0 * flop / total / 1e9,
+                })
+            );
+        }
+        BenchKind::Train { model, batch, channels, size, classes, width, small_input, warmup, steps } => {
+            let cfg = ModelConfig { name: model, in_shape: [channels, size, size], classes, width, small_input };
+            let mut rng = Rng::new(0);
+            let mut m = build(&cfg, &mut rng)?;
+            let mut sgd = Sgd::new(SgdConfig { momentum: 0.9, nesterov: false, weight_decay: 5e-4 });
+            let x = Tensor::randn(&[batch, channels, size, size], 1.0, &mut rng);
+            let labels: Vec<u32> = (0..batch).map(|i| (i % classes) as u32).collect();
+            let be = CpuBackend;
+            let mut step = || {
+                let ctx = Ctx::new(&be, true);
+                let logits = m.forward(&ctx, &x);
+                let mut d = Tensor::zeros(logits.shape());
+                tern_core::Backend::softmax_cross_entropy(&be, logits.data(), &labels, classes, None, d.data_mut());
+                m.backward(&ctx, &d);
+                sgd.step(&mut m, 0.01);
+            };
+            for _ in 0..warmup {
+                step();
+            }
+            let t = Instant::now();
+            for _ in 0..steps.max(1) {
+                step();
+            }
+            let secs = t.elapsed().as_secs_f64() / steps.max(1) as f64;
+            println!(
+                "{}",
+                serde_json::json!({
+                    "model": cfg, "batch": batch, "threads": rayon::current_num_threads(),
+                    "step_ms": secs * 1e3, "images_per_s": batch as f64 / secs,
+                })
+            );
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,154 @@
+//! The `tern` binary end to end: the train/eval contract, and clear errors for bad input.
+
+use std::path::Path;
+use std::process::{Command, Output};
+use tern_data::{idx::write_idx, synthetic};
+
+fn tern(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_tern")).args(args).output().expect("runs tern")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// A small MNIST-shaped IDX data set (gzip-compressed) in `dir`.
+fn write_mnist_like(dir: &Path, n_train: usize, n_test: usize) {
+    let s = synthetic::split(n_train, n_test, [1, 28, 28], 10, 0.6, 5);
+    for (prefix, ds) in [("train", &s.train), ("t10k", &s.test)] {
+        write_idx(&dir.join(format!("{prefix}-images-idx3-ubyte.gz")), &[ds.len(), 28, 28], &ds.images, true).unwrap();
+        let labels: Vec<u8> = ds.labels.iter().map(|&l| l as u8).collect();
+        write_idx(&dir.join(format!("{prefix}-labels-idx1-ubyte.gz")), &[ds.len()], &labels, true).unwrap();
+    }
+}
+
+#[test]
+fn train_then_eval_follow_the_contract_and_resume_extends() {
+    let data = tempfile::tempdir().unwrap();
+    write_mnist_like(data.path(), 200, 50);
+    let out = tempfile::tempdir().unwrap();
+    let run = out.path().join("run");
+    let dp = data.path().to_str().unwrap();
+    let r = run.to_str().unwrap();
+    let o = tern(&[
+        "train",
+        "--data",
+        "mnist",
+        "--data-path",
+        dp,
+        "--model",
+        "lenet5",
+        "--epochs",
+        "2",
+        "--seed",
+        "3",
+        "--out",
+        r,
+        "--batch",
+        "32",
+        "--quiet",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let m: serde_json::Value = serde_json::from_slice(&std::fs::read(run.join("metrics.json")).unwrap()).unwrap();
+    let epochs = m["epochs"].as_array().unwrap();
+    assert_eq!(epochs.len(), 2);
+    for k in ["epoch", "train_loss", "train_acc", "test_acc", "lr", "seconds", "images_per_s"] {
+        assert!(epochs[1][k].is_number(), "metrics.json epochs[1].{k}");
+    }
+    let acc = m["test_accuracy"].as_f64().unwrap();
+    let svg = std::fs::read_to_string(run.join("curves.svg")).unwrap();
+    assert!(svg.starts_with("<svg") && svg.contains("</svg>"));
+
+    let ck = run.join("model.safetensors");
+    let o = tern(&["eval", "--checkpoint", ck.to_str().unwrap(), "--data", "mnist", "--data-path", dp, "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let e: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!((e["test_accuracy"].as_f64().unwrap() - acc).abs() < 1e-9, "eval agrees with training's last evaluation");
+    assert!(e["top5"].as_f64().unwrap() >= e["test_accuracy"].as_f64().unwrap());
+
+    // Training again into the same folder is refused; --resume extends the run.
+    let o = tern(&["train", "--data", "mnist", "--data-path", dp, "--model", "lenet5", "--out", r, "--quiet"]);
+    assert!(!o.status.success() && stderr(&o).contains("--resume"), "{}", stderr(&o));
+    let o = tern(&["train", "--resume", r, "--epochs", "3", "--quiet"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let m: serde_json::Value = serde_json::from_slice(&std::fs::read(run.join("metrics.json")).unwrap()).unwrap();
+    assert_eq!(m["epochs"].as_array().unwrap().len(), 3);
+}
+
+#[test]
+fn bad_input_gets_a_clear_error_and_a_nonzero_exit() {
+    let data = tempfile::tempdir().unwrap();
+    write_mnist_like(data.path(), 20, 10);
+    let dp = data.path().to_str().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let o_dir = out.path().join("x");
+    let od = o_dir.to_str().unwrap();
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec!["train", "--data", "mnist", "--data-path", dp, "--model", "alexnet", "--out", od],
+            "unknown model `alexnet`",
+        ),
+        (vec!["train", "--data", "imagenet", "--out", od], "--data"),
+        (vec!["train", "--data", "mnist", "--data-path", "/no/such/dir", "--out", od], "/no/such/dir"),
+        (vec!["train", "--data", "mnist", "--data-path", dp, "--lr=-1", "--out", od], "--lr"),
+        (vec!["train", "--data", "mnist", "--data-path", dp, "--batch", "0", "--out", od], "--batch"),
+        (vec!["train", "--data", "mnist", "--data-path", dp, "--schedule", "linear", "--out", od], "--schedule"),
+        (vec!["train", "--data", "mnist", "--data-path", dp, "--model", "resnet18", "--out", od], "too small"),
+        (vec!["train", "--data", "mnist", "--data-path", dp, "--epochs", "zero", "--out", od], "--epochs"),
+        (vec!["train", "--resume", "/no/such/run"], "/no/such/run"),
+        (
+            vec!["eval", "--checkpoint", "/no/such.safetensors", "--data", "mnist", "--data-path", dp],
+            "/no/such.safetensors",
+        ),
+        (vec!["--threads", "0", "models"], "--threads"),
+    ];
+    for (args, needle) in cases {
+        let o = tern(&args);
+        assert!(!o.status.success(), "{args:?} should fail");
+        assert!(stderr(&o).contains(needle), "{args:?}: stderr lacks `{needle}`:\n{}", stderr(&o));
+    }
+
+    // Corrupt files: truncated gzip, wrong magic, label out of range.
+    let img = data.path().join("t10k-images-idx3-ubyte.gz");
+    let bytes = std::fs::read(&img).unwrap();
+    std::fs::write(&img, &bytes[..bytes.len() / 2]).unwrap();
+    let o = tern(&["data", "--data", "mnist", "--data-path", dp]);
+    assert!(
+        !o.status.success() && stderr(&o).contains("t10k-images-idx3-ubyte.gz") && stderr(&o).contains("gzip"),
+        "{}",
+        stderr(&o)
+    );
+    write_idx(&img, &[10, 28, 28], &[0; 7840], true).unwrap();
+    let lab = data.path().join("t10k-labels-idx1-ubyte.gz");
+    write_idx(&lab, &[10], &[0, 1, 2, 3, 4, 5, 6, 7, 8, 12], true).unwrap();
+    let o = tern(&["data", "--data", "mnist", "--data-path", dp]);
+    assert!(!o.status.success() && stderr(&o).contains("label 12"), "{}", stderr(&o));
+    std::fs::write(&lab, b"\x01\x02\x08\x01\x00\x00\x00\x01\x00").unwrap();
+    let o = tern(&["data", "--data", "mnist", "--data-path", dp]);
+    assert!(!o.status.success() && stderr(&o).contains("magic"), "{}", stderr(&o));
+}
+
+#[test]
+fn models_and_data_commands() {
+    let o = tern(&["models"]);
+    assert!(o.status.success());
+    assert!(String::from_utf8_lossy(&o.stdout).contains("resnet152"));
+    let o = tern(&["models", "resnet34", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["totals"]["params"].as_u64().unwrap(), 21_289_802); // 10 classes
+    let data = tempfile::tempdir().unwrap();
+    write_mnist_like(data.path(), 30, 10);
+    let grid = data.path().join("grid.png");
+    let o = tern(&[
+        "data",
+        "--data",
+        "mnist",
+        "--data-path",
+        data.path().to_str().unwrap(),
+        "--grid",
+        grid.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let img = image::open(&grid).unwrap();
+    assert_eq!((img.width(), img.height()), (8 * 30 + 2, 10 * 30 + 2));
+}
