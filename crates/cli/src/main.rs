@@ -12,6 +12,11 @@ mod progress;
 mod table;
 
 use clap::{Parser, Subcommand};
+
+// mimalloc keeps freed activation buffers for reuse instead of returning them to the OS and
+// page-faulting them back in on every training step.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::process::ExitCode;
 
 #[derive(Parser)]
