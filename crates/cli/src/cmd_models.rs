@@ -2,6 +2,7 @@
 
 use crate::table::Table;
 use clap::Args;
+use tern_core::quant::TernaryConfig;
 use tern_core::Rng;
 use tern_train::models::{build, describe, MODEL_NAMES};
 use tern_train::ModelConfig;
@@ -26,6 +27,15 @@ pub struct ModelsArgs {
     /// Print the summary as JSON
     #[arg(long)]
     pub json: bool,
+    /// Cost with ternary weights (TWN rule) in every conv/linear layer
+    #[arg(long)]
+    pub ternary: bool,
+    /// With --ternary: keep the first layer in full precision
+    #[arg(long)]
+    pub fp_first_layer: bool,
+    /// With --ternary: keep the last layer in full precision
+    #[arg(long)]
+    pub fp_last_layer: bool,
 }
 
 pub fn run(a: ModelsArgs) -> anyhow::Result<()> {
@@ -47,17 +57,32 @@ pub fn run(a: ModelsArgs) -> anyhow::Result<()> {
         width: a.width,
         small_input: a.small_input,
     };
-    let model = build(&cfg, &mut Rng::new(0))?;
+    let mut model = build(&cfg, &mut Rng::new(0))?;
+    if a.ternary {
+        model.set_ternary(Some(TernaryConfig::default()), a.fp_first_layer, a.fp_last_layer);
+    }
     let rows = model.summary();
     let totals = tern_train::summary::totals(&rows);
     if a.json {
         println!("{}", serde_json::json!({"model": cfg, "layers": rows, "totals": totals}));
         return Ok(());
     }
-    let mut t = Table::new(&["layer", "kind", "output", "params", "MACs"]);
+    let mut t = Table::new(&["layer", "kind", "output", "params", "MACs", "weights"]);
     for r in &rows {
         let shape: Vec<String> = r.out_shape.iter().map(|d| d.to_string()).collect();
-        t.row(vec![r.name.clone(), r.kind.to_string(), shape.join("x"), r.params.to_string(), r.macs.to_string()]);
+        let weights = match (r.macs, r.ternary) {
+            (0, _) => String::new(),
+            (_, true) => "ternary".into(),
+            _ => "fp32".into(),
+        };
+        t.row(vec![
+            r.name.clone(),
+            r.kind.to_string(),
+            shape.join("x"),
+            r.params.to_string(),
+            r.macs.to_string(),
+            weights,
+        ]);
     }
     print!("{}", t.render());
     println!(
@@ -69,5 +94,13 @@ pub fn run(a: ModelsArgs) -> anyhow::Result<()> {
         totals.bytes_fp32 as f64 / 1e6,
         totals.macs as f64 / 1e9
     );
+    if a.ternary {
+        println!(
+            "ternary: {:.1}% of the multiply-adds have a ternary weight (no multiplier); packed size {:.2} MB ({:.1}x smaller)",
+            100.0 * totals.ternary_macs as f64 / totals.macs.max(1) as f64,
+            totals.bytes_packed as f64 / 1e6,
+            totals.bytes_fp32 as f64 / totals.bytes_packed.max(1) as f64
+        );
+    }
     Ok(())
 }

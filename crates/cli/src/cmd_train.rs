@@ -7,9 +7,10 @@ use crate::table::Table;
 use anyhow::Context;
 use clap::Args;
 use std::path::{Path, PathBuf};
+use tern_core::quant::TernaryConfig;
 use tern_data::Augment;
 use tern_train::trainer::{CHECKPOINT_FILE, METRICS_FILE};
-use tern_train::{EpochMetrics, ModelConfig, ScheduleKind, SgdConfig, TrainConfig, Trainer};
+use tern_train::{EpochMetrics, ModelConfig, Recipe, ScheduleKind, SgdConfig, TrainConfig, Trainer};
 
 #[derive(Args, Debug)]
 pub struct TrainArgs {
@@ -80,6 +81,46 @@ pub struct TrainArgs {
     /// No progress bars
     #[arg(long)]
     pub quiet: bool,
+
+    /// Ternary weights (Eq. 1) in every conv and linear layer, straight-through gradients
+    #[arg(long, help_heading = "Ternary recipe")]
+    pub ternary: bool,
+    /// Threshold rule: twn (0.7·mean|W|), twn:F, fixed:D, max:F (F·max|W|), zeros:F (zero fraction)
+    #[arg(long, default_value = "twn", help_heading = "Ternary recipe")]
+    pub ternary_threshold: String,
+    /// Scale of the ternary values: none (pure -1/0/+1, as in the paper), layer (TWN's α) or channel
+    #[arg(long, default_value = "layer", help_heading = "Ternary recipe")]
+    pub ternary_scale: String,
+    /// Straight-through gradient only where |w| <= this value
+    #[arg(long, help_heading = "Ternary recipe")]
+    pub ternary_clip: Option<f32>,
+    /// SkipLayer: keep the first conv layer in full precision
+    #[arg(long, help_heading = "Ternary recipe")]
+    pub fp_first_layer: bool,
+    /// Keep the last (classifier) layer in full precision
+    #[arg(long, help_heading = "Ternary recipe")]
+    pub fp_last_layer: bool,
+    /// PI: train this many epochs in full precision, then switch to ternary
+    #[arg(long, default_value_t = 0, help_heading = "Ternary recipe")]
+    pub fp_warmup_epochs: usize,
+    /// Aggressive LR lowering: the plateau schedule on the train error (= --schedule plateau)
+    #[arg(long, help_heading = "Ternary recipe")]
+    pub lr_plateau: bool,
+    /// Reg: λ of an L1 penalty on every ReLU output (λ·Σ|a| / batch)
+    #[arg(long, default_value_t = 0.0, help_heading = "Ternary recipe")]
+    pub act_l1: f32,
+    /// ReluT: ReLU threshold (the paper uses 0.01) ...
+    #[arg(long, default_value_t = 0.0, help_heading = "Ternary recipe")]
+    pub relu_threshold: f32,
+    /// ... applied from this epoch on (1-based; default: from the start)
+    #[arg(long, default_value_t = 1, help_heading = "Ternary recipe")]
+    pub relu_threshold_from_epoch: usize,
+    /// GradUpdate: zero error for correctly classified samples; skip the backward pass of an all-correct batch
+    #[arg(long, help_heading = "Ternary recipe")]
+    pub skip_correct: bool,
+    /// Start from a trained checkpoint's weights (same model) and fine-tune, e.g. ternarise a trained FP network
+    #[arg(long, value_name = "CHECKPOINT", help_heading = "Ternary recipe")]
+    pub init_from: Option<PathBuf>,
 }
 
 const DEFAULT_EPOCHS: usize = 10;
@@ -126,7 +167,26 @@ fn fresh(a: &TrainArgs) -> anyhow::Result<(Trainer, PathBuf)> {
         width: a.width,
         small_input: a.small_input,
     };
-    let schedule = ScheduleKind::parse(&a.schedule, a.step_every, a.step_gamma, a.plateau_patience, a.plateau_factor)?;
+    let schedule_name = if a.lr_plateau { "plateau" } else { a.schedule.as_str() };
+    let schedule =
+        ScheduleKind::parse(schedule_name, a.step_every, a.step_gamma, a.plateau_patience, a.plateau_factor)?;
+    if a.relu_threshold_from_epoch == 0 {
+        anyhow::bail!("invalid value for --relu-threshold-from-epoch: epochs count from 1");
+    }
+    let recipe = Recipe {
+        ternary: if a.ternary {
+            Some(TernaryConfig::parse(&a.ternary_threshold, &a.ternary_scale, a.ternary_clip)?)
+        } else {
+            None
+        },
+        fp_first_layer: a.fp_first_layer,
+        fp_last_layer: a.fp_last_layer,
+        fp_warmup_epochs: a.fp_warmup_epochs,
+        act_l1: a.act_l1,
+        relu_threshold: a.relu_threshold,
+        relu_threshold_from_epoch: a.relu_threshold_from_epoch - 1,
+        skip_correct: a.skip_correct,
+    };
     let cfg = TrainConfig {
         epochs: a.epochs.unwrap_or(DEFAULT_EPOCHS),
         batch_size: a.batch,
@@ -137,6 +197,8 @@ fn fresh(a: &TrainArgs) -> anyhow::Result<(Trainer, PathBuf)> {
         augment: Augment { crop_pad: a.crop_pad, hflip: a.hflip },
         train_limit: a.train_limit,
         test_limit: a.test_limit,
+        recipe,
+        init_from: a.init_from.clone(),
     };
     if a.out.join(CHECKPOINT_FILE).exists() {
         anyhow::bail!(
@@ -176,7 +238,19 @@ fn resume(a: &TrainArgs, dir: &Path) -> anyhow::Result<(Trainer, PathBuf)> {
 }
 
 pub fn epoch_table(h: &[EpochMetrics]) -> String {
-    let mut t = Table::new(&["epoch", "train_loss", "train_acc%", "test_acc%", "top5%", "lr", "seconds", "img/s"]);
+    let mut t = Table::new(&[
+        "epoch",
+        "train_loss",
+        "train_acc%",
+        "test_acc%",
+        "top5%",
+        "lr",
+        "seconds",
+        "img/s",
+        "weights",
+        "w_zero%",
+        "skipped",
+    ]);
     for m in h {
         t.row(vec![
             m.epoch.to_string(),
@@ -187,6 +261,9 @@ pub fn epoch_table(h: &[EpochMetrics]) -> String {
             format!("{:.5}", m.lr),
             format!("{:.1}", m.seconds),
             format!("{:.0}", m.images_per_s),
+            if m.ternary { "ternary" } else { "fp32" }.to_string(),
+            m.weight_zero_fraction.map_or("-".into(), |z| format!("{:.1}", 100.0 * z)),
+            m.skipped_samples.to_string(),
         ]);
     }
     t.render()

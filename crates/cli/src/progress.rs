@@ -71,8 +71,17 @@ impl Observer for Bars {
             b.finish_and_clear();
         }
         if !self.quiet {
+            let tern = match m.weight_zero_fraction {
+                Some(z) => format!(" | ternary, {:.1}% zero weights", 100.0 * z),
+                None => String::new(),
+            };
+            let skipped = if m.skipped_samples > 0 {
+                format!(" | skipped {} samples, {} backward passes", m.skipped_samples, m.skipped_batches)
+            } else {
+                String::new()
+            };
             eprintln!(
-                "epoch {:>3}: train loss {:.4} acc {:.2}% | test acc {:.2}% top5 {:.2}% | lr {:.5} | {:.1}s {:.0} img/s",
+                "epoch {:>3}: train loss {:.4} acc {:.2}% | test acc {:.2}% top5 {:.2}% | lr {:.5} | {:.1}s {:.0} img/s{tern}{skipped}",
                 m.epoch,
                 m.train_loss,
                 100.0 * m.train_acc,

@@ -82,7 +82,7 @@ pub trait Backend: Send + Sync {
         dx: &mut [f32],
     );
     fn relu_forward(&self, x: &[f32], threshold: f32, y: &mut [f32]);
-    fn relu_backward(&self, x: &[f32], dy: &[f32], threshold: f32, dx: &mut [f32]);
+    fn relu_backward(&self, x: &[f32], dy: &[f32], threshold: f32, extra: f32, dx: &mut [f32]);
     fn add(&self, a: &[f32], b: &[f32], y: &mut [f32]);
     fn max_pool_forward(&self, x: &[f32], g: &PoolGeometry, y: &mut [f32], argmax: &mut [u32]);
     fn max_pool_backward(&self, dy: &[f32], argmax: &[u32], g: &PoolGeometry, dx: &mut [f32]);
@@ -205,8 +205,8 @@ impl Backend for CpuBackend {
     fn relu_forward(&self, x: &[f32], threshold: f32, y: &mut [f32]) {
         kernels::act::relu_forward(x, threshold, y)
     }
-    fn relu_backward(&self, x: &[f32], dy: &[f32], threshold: f32, dx: &mut [f32]) {
-        kernels::act::relu_backward(x, dy, threshold, dx)
+    fn relu_backward(&self, x: &[f32], dy: &[f32], threshold: f32, extra: f32, dx: &mut [f32]) {
+        kernels::act::relu_backward(x, dy, threshold, extra, dx)
     }
     fn add(&self, a: &[f32], b: &[f32], y: &mut [f32]) {
         kernels::act::add(a, b, y)

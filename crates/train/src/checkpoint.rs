@@ -3,6 +3,7 @@
 
 use crate::model::{Model, ModelConfig};
 use crate::models;
+use crate::recipe::Recipe;
 use std::path::Path;
 use tern_core::checkpoint::{self as ck, Checkpoint};
 use tern_core::{Error, Result, Rng, Tensor};
@@ -79,11 +80,18 @@ pub fn load_into(path: &Path, c: &Checkpoint, model: &mut Model) -> Result<Optio
     Ok((!velocity.is_empty()).then_some(velocity))
 }
 
-/// Builds the model a checkpoint describes and loads its weights.
+/// Builds the model a checkpoint describes, loads its weights, and puts it in the state its
+/// last training epoch used (which layers are ternary, ReLU thresholds).
 pub fn load_model(path: &Path) -> Result<(Model, Checkpoint)> {
     let c = ck::load(path)?;
     let cfg = model_config(path, &c)?;
     let mut model = models::build(&cfg, &mut Rng::new(0))?;
     load_into(path, &c, &mut model)?;
+    if let Some(r) = c.meta.get("train").and_then(|t| t.get("recipe")) {
+        let recipe: Recipe = serde_json::from_value(r.clone())
+            .map_err(|e| Error::Checkpoint { path: path.into(), what: format!("bad `train.recipe` metadata: {e}") })?;
+        let epochs = c.meta.get("epoch").and_then(|e| e.as_u64()).unwrap_or(1) as usize;
+        recipe.apply_final(&mut model, epochs);
+    }
     Ok((model, c))
 }

@@ -54,6 +54,25 @@ pub struct SummaryRow {
     pub params: usize,
     /// Forward multiply-adds for one image.
     pub macs: u64,
+    /// Whether the layer's weights are ternary (its multiply-adds need no multiplier).
+    pub ternary: bool,
+    /// Zero fraction of the weights as the forward uses them (mmOp layers only).
+    pub weight_zero_fraction: Option<f64>,
+}
+
+impl SummaryRow {
+    /// A row for a layer without weights.
+    pub fn plain(name: &str, kind: &'static str, out_shape: Vec<usize>) -> Self {
+        SummaryRow {
+            name: name.to_string(),
+            kind,
+            out_shape,
+            params: 0,
+            macs: 0,
+            ternary: false,
+            weight_zero_fraction: None,
+        }
+    }
 }
 
 pub trait Layer: Send {
@@ -89,16 +108,34 @@ pub trait Layer: Send {
         let mut batch = vec![1];
         batch.extend_from_slice(input);
         let out = self.out_shape(&batch)[1..].to_vec();
-        rows.push(SummaryRow {
-            name: self.name().to_string(),
-            kind: self.kind(),
-            out_shape: out.clone(),
-            params: 0,
-            macs: 0,
-        });
+        rows.push(SummaryRow::plain(self.name(), self.kind(), out.clone()));
         out
     }
 
+    /// Calls `f` on every leaf layer (containers recurse), e.g. to configure convolutions.
+    fn visit_leaves(&mut self, f: &mut dyn FnMut(&mut dyn Layer)) {
+        f(self.as_dyn_mut())
+    }
+
+    /// Self as a trait object (for `visit_leaves`); see [`layer_accessors`].
+    fn as_dyn_mut(&mut self) -> &mut dyn Layer;
+
+    /// Downcasting hook for leaf layers that others configure (conv, linear, ReLU).
+    fn as_any_mut(&mut self) -> &mut dyn std::any::Any;
+
     /// Drops cached activations (frees memory between training and evaluation).
     fn clear_cache(&mut self) {}
+}
+
+/// The two trait-object accessors every layer implements the same way.
+#[macro_export]
+macro_rules! layer_accessors {
+    () => {
+        fn as_dyn_mut(&mut self) -> &mut dyn $crate::layer::Layer {
+            self
+        }
+        fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
+            self
+        }
+    };
 }

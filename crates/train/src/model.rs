@@ -1,7 +1,8 @@
 //! `Model`: a named network (a `Sequential`) with the configuration that rebuilds it.
 
 use crate::layer::{Ctx, Layer, Param, SummaryRow};
-use crate::layers::Sequential;
+use crate::layers::{Conv2d, Linear, Relu, Sequential, TernaryWeight};
+use tern_core::quant::TernaryConfig;
 use tern_core::Tensor;
 
 /// Everything needed to rebuild a model; stored in checkpoints.
@@ -57,6 +58,43 @@ impl Model {
         let mut n = 0;
         self.visit_params(&mut |p| n += p.value.len());
         n
+    }
+
+    /// Calls `f` with the name and ternary state of every mmOp layer (conv, linear), in
+    /// forward order.
+    pub fn visit_mm_layers(&mut self, f: &mut dyn FnMut(&str, &mut TernaryWeight)) {
+        self.net.visit_leaves(&mut |l| {
+            let name = l.name().to_string();
+            let any = l.as_any_mut();
+            if let Some(c) = any.downcast_mut::<Conv2d>() {
+                f(&name, &mut c.ternary);
+            } else if let Some(c) = any.downcast_mut::<Linear>() {
+                f(&name, &mut c.ternary);
+            }
+        });
+    }
+
+    /// Ternarises every mmOp layer with `cfg` (None: all full precision), except the first
+    /// and/or last when they are kept in full precision (the paper's SkipLayer).
+    pub fn set_ternary(&mut self, cfg: Option<TernaryConfig>, fp_first: bool, fp_last: bool) {
+        let mut count = 0;
+        self.visit_mm_layers(&mut |_, _| count += 1);
+        let mut i = 0;
+        self.visit_mm_layers(&mut |_, t| {
+            let keep_fp = (fp_first && i == 0) || (fp_last && i + 1 == count);
+            t.config = if keep_fp { None } else { cfg };
+            i += 1;
+        });
+    }
+
+    /// Sets every ReLU's threshold and L1 activation penalty.
+    pub fn set_relu(&mut self, threshold: f32, l1: f32) {
+        self.net.visit_leaves(&mut |l| {
+            if let Some(r) = l.as_any_mut().downcast_mut::<Relu>() {
+                r.threshold = threshold;
+                r.l1 = l1;
+            }
+        });
     }
 
     /// Name of the first parameter holding a NaN or infinity.

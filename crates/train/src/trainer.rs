@@ -7,6 +7,7 @@ use crate::layer::Ctx;
 use crate::model::{Model, ModelConfig};
 use crate::models;
 use crate::optim::{Sgd, SgdConfig};
+use crate::recipe::Recipe;
 use crate::schedule::{Schedule, ScheduleKind};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -31,6 +32,12 @@ pub struct TrainConfig {
     pub train_limit: Option<usize>,
     /// Evaluate on the first N test samples only.
     pub test_limit: Option<usize>,
+    /// The paper's techniques (ternary weights and the rest).
+    #[serde(default)]
+    pub recipe: Recipe,
+    /// Start from this checkpoint's weights (a trained full-precision network, §4.2).
+    #[serde(default)]
+    pub init_from: Option<PathBuf>,
 }
 
 impl TrainConfig {
@@ -50,7 +57,7 @@ impl TrainConfig {
         if !(self.sgd.weight_decay >= 0.0) {
             return Err(Error::invalid("--weight-decay", format!("{}: expected >= 0", self.sgd.weight_decay)));
         }
-        Ok(())
+        self.recipe.validate(self.epochs)
     }
 }
 
@@ -69,6 +76,17 @@ pub struct EpochMetrics {
     pub seconds: f64,
     /// Training throughput.
     pub images_per_s: f64,
+    /// Whether the epoch trained ternary weights.
+    #[serde(default)]
+    pub ternary: bool,
+    /// Mean zero fraction of the ternary layers' weights at the end of the epoch.
+    #[serde(default)]
+    pub weight_zero_fraction: Option<f64>,
+    /// GradUpdate: samples given zero error, and batches whose backward pass was skipped.
+    #[serde(default)]
+    pub skipped_samples: usize,
+    #[serde(default)]
+    pub skipped_batches: usize,
 }
 
 #[derive(Clone, Debug, serde::Serialize)]
@@ -172,7 +190,12 @@ impl Trainer {
     pub fn new(model_cfg: &ModelConfig, data: &DataSplit, cfg: TrainConfig, out_dir: &Path) -> Result<Self> {
         cfg.validate()?;
         let mut rng = Rng::new(cfg.seed);
-        let model = models::build(model_cfg, &mut rng)?;
+        let mut model = models::build(model_cfg, &mut rng)?;
+        if let Some(path) = &cfg.init_from {
+            let c = tern_core::checkpoint::load(path)?;
+            checkpoint::load_into(path, &c, &mut model)?;
+        }
+        cfg.recipe.apply(&mut model, 0);
         let (mean, std) = data.train.channel_stats();
         let schedule = Schedule::new(cfg.schedule.clone(), cfg.lr, cfg.epochs);
         Ok(Trainer {
@@ -254,6 +277,9 @@ impl Trainer {
     pub fn train_epoch(&mut self, obs: &mut dyn Observer) -> Result<EpochMetrics> {
         let epoch = self.next_epoch;
         let start = Instant::now();
+        self.cfg.recipe.apply(&mut self.model, epoch);
+        let skip_correct = self.cfg.recipe.skip_correct;
+        let (mut skipped_samples, mut skipped_batches) = (0usize, 0usize);
         let lcfg = loader(
             &self.normalize,
             self.model.config.in_shape,
@@ -272,13 +298,30 @@ impl Trainer {
             lr = self.schedule.lr(epoch, bi as f64 / batches as f64);
             let ctx = Ctx::new(self.backend.as_ref(), true);
             let logits = self.model.forward(&ctx, &b.x);
+            let is_correct = top_k_correct(logits.data(), &b.labels, classes, 1);
+            let ok = is_correct.iter().filter(|&&c| c).count();
+            // GradUpdate: correctly classified samples contribute zero error.
+            let weights: Option<Vec<f32>> =
+                skip_correct.then(|| is_correct.iter().map(|&c| if c { 0.0 } else { 1.0 }).collect());
             let mut dlogits = Tensor::zeros(logits.shape());
             let loss = self.backend.softmax_cross_entropy(logits.data(), &b.labels, classes, None, dlogits.data_mut());
             if !loss.is_finite() {
                 return Err(self.non_finite(&b.x, loss));
             }
-            let ok = top_k_correct(logits.data(), &b.labels, classes, 1).iter().filter(|&&c| c).count();
-            self.model.backward(&ctx, &dlogits);
+            if let Some(w) = &weights {
+                // Recompute the gradient with the per-sample weights (the reported loss stays
+                // the plain cross-entropy).
+                self.backend.softmax_cross_entropy(logits.data(), &b.labels, classes, Some(w), dlogits.data_mut());
+                skipped_samples += ok;
+            }
+            if skip_correct && ok == b.labels.len() {
+                // The whole batch is right: no backward pass; the step applies momentum and
+                // weight decay only.
+                skipped_batches += 1;
+                self.model.visit_params(&mut |p| p.grad.fill(0.0));
+            } else {
+                self.model.backward(&ctx, &dlogits);
+            }
             self.sgd.step(&mut self.model, lr);
             self.step += 1;
             loss_sum += loss as f64 * b.labels.len() as f64;
@@ -291,6 +334,13 @@ impl Trainer {
         let train_acc = correct as f64 / seen.max(1) as f64;
         self.schedule.end_epoch(epoch, 1.0 - train_acc);
         let ev = evaluate(&mut self.model, self.backend.as_ref(), self.test.clone(), &self.normalize, 256, obs);
+        let mut zf = Vec::new();
+        self.model.visit_mm_layers(&mut |_, t| {
+            if t.config.is_some() {
+                zf.push(t.zero_fraction);
+            }
+        });
+        let weight_zero_fraction = (!zf.is_empty()).then(|| zf.iter().sum::<f64>() / zf.len() as f64);
         Ok(EpochMetrics {
             epoch: epoch + 1,
             train_loss: loss_sum / seen.max(1) as f64,
@@ -301,6 +351,10 @@ impl Trainer {
             lr,
             seconds: start.elapsed().as_secs_f64(),
             images_per_s: seen as f64 / train_secs,
+            ternary: self.cfg.recipe.ternary_at(epoch),
+            weight_zero_fraction,
+            skipped_samples,
+            skipped_batches,
         })
     }
 
@@ -341,7 +395,10 @@ impl Trainer {
             "train": self.cfg,
             "params": totals.params,
             "macs_per_image": totals.macs,
+            "ternary_macs_per_image": totals.ternary_macs,
             "bytes_fp32": totals.bytes_fp32,
+            "bytes_packed": totals.bytes_packed,
+            "layers": rows,
             "steps": self.step,
             "lr_lowered_at_epochs": self.schedule.lowered_at,
         })

@@ -4,7 +4,7 @@ use tern_core::Error;
 use tern_data::{synthetic, Augment};
 use tern_train::checkpoint;
 use tern_train::trainer::{Silent, Trainer, CHECKPOINT_FILE};
-use tern_train::{ModelConfig, ScheduleKind, SgdConfig, TrainConfig};
+use tern_train::{ModelConfig, Recipe, ScheduleKind, SgdConfig, TrainConfig};
 
 fn model(name: &str, width: usize) -> ModelConfig {
     ModelConfig { name: name.into(), in_shape: [1, 16, 16], classes: 10, width, small_input: false }
@@ -21,6 +21,8 @@ fn config(epochs: usize, lr: f32) -> TrainConfig {
         augment: Augment::default(),
         train_limit: None,
         test_limit: None,
+        recipe: Recipe::default(),
+        init_from: None,
     }
 }
 

@@ -11,11 +11,12 @@ pub fn relu_forward(x: &[f32], threshold: f32, y: &mut [f32]) {
     });
 }
 
-/// dx = dy where x > threshold, else 0.
-pub fn relu_backward(x: &[f32], dy: &[f32], threshold: f32, dx: &mut [f32]) {
+/// dx = dy + extra where x > threshold, else 0. `extra` is the gradient of an L1 penalty
+/// on the (positive) outputs, λ/n; 0 for a plain ReLU.
+pub fn relu_backward(x: &[f32], dy: &[f32], threshold: f32, extra: f32, dx: &mut [f32]) {
     dx.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK).zip(dy.par_chunks(CHUNK))).for_each(|(dc, (xc, gc))| {
         for ((o, &v), &g) in dc.iter_mut().zip(xc).zip(gc) {
-            *o = if v > threshold { g } else { 0.0 };
+            *o = if v > threshold { g + extra } else { 0.0 };
         }
     });
 }
@@ -47,8 +48,8 @@ mod tests {
                 relu_forward(&x, t, &mut y);
                 reference::relu_forward(&x, t, &mut yr);
                 assert_close(&y, &yr, 0.0, "relu");
-                relu_backward(&x, &dy, t, &mut y);
-                reference::relu_backward(&x, &dy, t, &mut yr);
+                relu_backward(&x, &dy, t, 0.25, &mut y);
+                reference::relu_backward(&x, &dy, t, 0.25, &mut yr);
                 assert_close(&y, &yr, 0.0, "relu backward");
             }
             let mut y = vec![0.0; n];

@@ -231,9 +231,9 @@ pub fn relu_forward(x: &[f32], t: f32, y: &mut [f32]) {
     }
 }
 
-pub fn relu_backward(x: &[f32], dy: &[f32], t: f32, dx: &mut [f32]) {
+pub fn relu_backward(x: &[f32], dy: &[f32], t: f32, extra: f32, dx: &mut [f32]) {
     for i in 0..x.len() {
-        dx[i] = if x[i] > t { dy[i] } else { 0.0 };
+        dx[i] = if x[i] > t { dy[i] + extra } else { 0.0 };
     }
 }
 

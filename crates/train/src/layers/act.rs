@@ -1,4 +1,5 @@
-//! Thresholded ReLU: y = x if x > t else 0 (t = 0 is the usual ReLU; the paper's ReluT raises it).
+//! Thresholded ReLU: y = x if x > t else 0 (t = 0 is the usual ReLU; the paper's ReluT raises
+//! it), with an optional L1 penalty λ·Σ|y|/n on its outputs (the paper's Reg).
 
 use crate::layer::{Ctx, Layer};
 use tern_core::Tensor;
@@ -7,16 +8,19 @@ pub struct Relu {
     name: String,
     /// Must be ≥ 0 (validated where the flag is parsed).
     pub threshold: f32,
+    /// λ of the L1 activation penalty (0: off).
+    pub l1: f32,
     cache_x: Option<Tensor>,
 }
 
 impl Relu {
     pub fn new(name: &str) -> Self {
-        Relu { name: name.to_string(), threshold: 0.0, cache_x: None }
+        Relu { name: name.to_string(), threshold: 0.0, l1: 0.0, cache_x: None }
     }
 }
 
 impl Layer for Relu {
+    crate::layer_accessors!();
     fn name(&self) -> &str {
         &self.name
     }
@@ -35,7 +39,9 @@ impl Layer for Relu {
     fn backward_input(&mut self, ctx: &Ctx, dy: &Tensor) -> Tensor {
         let x = self.cache_x.as_ref().expect("backward without a train-mode forward");
         let mut dx = Tensor::zeros(x.shape());
-        ctx.backend.relu_backward(x.data(), dy.data(), self.threshold, dx.data_mut());
+        // d(λ·Σ|y|/n)/dy = λ/n where y > 0, which is where the mask passes (threshold ≥ 0).
+        let extra = self.l1 / x.dim(0) as f32;
+        ctx.backend.relu_backward(x.data(), dy.data(), self.threshold, extra, dx.data_mut());
         dx
     }
     fn clear_cache(&mut self) {

@@ -18,6 +18,7 @@ impl Sequential {
 }
 
 impl Layer for Sequential {
+    crate::layer_accessors!();
     fn name(&self) -> &str {
         &self.name
     }
@@ -55,6 +56,9 @@ impl Layer for Sequential {
     fn summarize(&self, input: &[usize], rows: &mut Vec<SummaryRow>) -> Vec<usize> {
         self.layers.iter().fold(input.to_vec(), |s, l| l.summarize(&s, rows))
     }
+    fn visit_leaves(&mut self, f: &mut dyn FnMut(&mut dyn Layer)) {
+        self.layers.iter_mut().for_each(|l| l.visit_leaves(f));
+    }
     fn clear_cache(&mut self) {
         self.layers.iter_mut().for_each(|l| l.clear_cache());
     }
@@ -75,6 +79,7 @@ impl Residual {
 }
 
 impl Layer for Residual {
+    crate::layer_accessors!();
     fn name(&self) -> &str {
         &self.name
     }
@@ -136,21 +141,16 @@ impl Layer for Residual {
         if let Some(sc) = &self.shortcut {
             sc.summarize(input, rows);
         }
-        rows.push(SummaryRow {
-            name: format!("{}.add", self.name),
-            kind: "add",
-            out_shape: out.clone(),
-            params: 0,
-            macs: 0,
-        });
-        rows.push(SummaryRow {
-            name: self.relu.name().to_string(),
-            kind: "relu",
-            out_shape: out.clone(),
-            params: 0,
-            macs: 0,
-        });
+        rows.push(SummaryRow::plain(&format!("{}.add", self.name), "add", out.clone()));
+        rows.push(SummaryRow::plain(self.relu.name(), "relu", out.clone()));
         out
+    }
+    fn visit_leaves(&mut self, f: &mut dyn FnMut(&mut dyn Layer)) {
+        self.body.visit_leaves(f);
+        if let Some(sc) = &mut self.shortcut {
+            sc.visit_leaves(f);
+        }
+        f(&mut self.relu);
     }
     fn clear_cache(&mut self) {
         self.body.clear_cache();

@@ -1,5 +1,6 @@
 //! 2-D convolution layer (an mmOp): K = c_out, CRS = c_in·k·k, PQ = h_out·w_out.
 
+use super::ternary::TernaryWeight;
 use crate::layer::{Ctx, Layer, Param, SummaryRow};
 use tern_core::{ConvGeometry, Rng, Tensor};
 
@@ -14,6 +15,8 @@ pub struct Conv2d {
     pub weight: Param,
     /// [c_out]
     pub bias: Option<Param>,
+    /// Ternary weights (Eq. 1) when enabled; full precision otherwise.
+    pub ternary: TernaryWeight,
     cache_x: Option<Tensor>,
 }
 
@@ -32,7 +35,18 @@ impl Conv2d {
         let std = (2.0 / (c_in * k * k) as f32).sqrt();
         let weight = Param::new(format!("{name}.weight"), Tensor::randn(&[c_out, c_in, k, k], std, rng), true);
         let bias = bias.then(|| Param::new(format!("{name}.bias"), Tensor::zeros(&[c_out]), false));
-        Conv2d { name: name.to_string(), c_in, c_out, k, stride, pad, weight, bias, cache_x: None }
+        Conv2d {
+            name: name.to_string(),
+            c_in,
+            c_out,
+            k,
+            stride,
+            pad,
+            weight,
+            bias,
+            ternary: TernaryWeight::default(),
+            cache_x: None,
+        }
     }
 
     /// Geometry for a batch input `[n, c_in, h, w]`; panics on a shape the model builder
@@ -46,6 +60,7 @@ impl Conv2d {
 }
 
 impl Layer for Conv2d {
+    crate::layer_accessors!();
     fn name(&self) -> &str {
         &self.name
     }
@@ -60,7 +75,8 @@ impl Layer for Conv2d {
         let g = self.geometry(x.shape());
         let mut y = Tensor::zeros(&[g.n, g.c_out, g.h_out(), g.w_out()]);
         let bias = self.bias.as_ref().map(|b| b.value.data());
-        ctx.backend.conv2d_forward(x.data(), self.weight.value.data(), bias, &g, y.data_mut());
+        let w = self.ternary.forward_weight(&self.weight.value, self.c_out);
+        ctx.backend.conv2d_forward(x.data(), w.data(), bias, &g, y.data_mut());
         self.cache_x = ctx.train.then(|| x.clone());
         y
     }
@@ -68,7 +84,8 @@ impl Layer for Conv2d {
         let x = self.cache_x.as_ref().expect("backward without a train-mode forward");
         let g = self.geometry(x.shape());
         let mut dx = Tensor::zeros(x.shape());
-        ctx.backend.conv2d_backward_input(dy.data(), self.weight.value.data(), &g, dx.data_mut());
+        let w = self.ternary.used_weight(&self.weight.value);
+        ctx.backend.conv2d_backward_input(dy.data(), w.data(), &g, dx.data_mut());
         dx
     }
     fn backward_weight(&mut self, ctx: &Ctx, dy: &Tensor) {
@@ -76,6 +93,7 @@ impl Layer for Conv2d {
         let g = self.geometry(x.shape());
         let db = self.bias.as_mut().map(|b| b.grad.data_mut());
         ctx.backend.conv2d_backward_weight(x.data(), dy.data(), &g, self.weight.grad.data_mut(), db);
+        self.ternary.to_shadow_grad(&self.weight.value, &mut self.weight.grad);
     }
     fn visit_params(&mut self, f: &mut dyn FnMut(&mut Param)) {
         f(&mut self.weight);
@@ -89,7 +107,15 @@ impl Layer for Conv2d {
         let g = self.geometry(&b);
         let params = self.weight.value.len() + self.bias.as_ref().map_or(0, |b| b.value.len());
         let out = vec![g.c_out, g.h_out(), g.w_out()];
-        rows.push(SummaryRow { name: self.name.clone(), kind: "conv", out_shape: out.clone(), params, macs: g.macs() });
+        rows.push(SummaryRow {
+            name: self.name.clone(),
+            kind: "conv",
+            out_shape: out.clone(),
+            params,
+            macs: g.macs(),
+            ternary: self.ternary.config.is_some(),
+            weight_zero_fraction: Some(self.ternary.weight_zero_fraction(&self.weight.value, self.c_out)),
+        });
         out
     }
     fn clear_cache(&mut self) {

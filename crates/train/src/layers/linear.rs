@@ -1,5 +1,6 @@
 //! Fully connected layer (an mmOp with CRS = d_in, PQ = 1 per image).
 
+use super::ternary::TernaryWeight;
 use crate::layer::{Ctx, Layer, Param, SummaryRow};
 use tern_core::{Rng, Tensor};
 
@@ -11,6 +12,8 @@ pub struct Linear {
     pub weight: Param,
     /// [d_out]
     pub bias: Option<Param>,
+    /// Ternary weights (Eq. 1) when enabled; full precision otherwise.
+    pub ternary: TernaryWeight,
     cache_x: Option<Tensor>,
 }
 
@@ -20,7 +23,7 @@ impl Linear {
         let b = 1.0 / (d_in as f32).sqrt();
         let weight = Param::new(format!("{name}.weight"), Tensor::uniform(&[d_out, d_in], -b, b, rng), true);
         let bias = bias.then(|| Param::new(format!("{name}.bias"), Tensor::uniform(&[d_out], -b, b, rng), false));
-        Linear { name: name.to_string(), d_in, d_out, weight, bias, cache_x: None }
+        Linear { name: name.to_string(), d_in, d_out, weight, bias, ternary: TernaryWeight::default(), cache_x: None }
     }
 
     fn check(&self, input: &[usize]) -> usize {
@@ -30,6 +33,7 @@ impl Linear {
 }
 
 impl Layer for Linear {
+    crate::layer_accessors!();
     fn name(&self) -> &str {
         &self.name
     }
@@ -43,14 +47,16 @@ impl Layer for Linear {
         let n = self.check(x.shape());
         let mut y = Tensor::zeros(&[n, self.d_out]);
         let bias = self.bias.as_ref().map(|b| b.value.data());
-        ctx.backend.linear_forward(x.data(), self.weight.value.data(), bias, n, self.d_in, self.d_out, y.data_mut());
+        let w = self.ternary.forward_weight(&self.weight.value, self.d_out);
+        ctx.backend.linear_forward(x.data(), w.data(), bias, n, self.d_in, self.d_out, y.data_mut());
         self.cache_x = ctx.train.then(|| x.clone());
         y
     }
     fn backward_input(&mut self, ctx: &Ctx, dy: &Tensor) -> Tensor {
         let n = dy.dim(0);
         let mut dx = Tensor::zeros(&[n, self.d_in]);
-        ctx.backend.linear_backward_input(dy.data(), self.weight.value.data(), n, self.d_in, self.d_out, dx.data_mut());
+        let w = self.ternary.used_weight(&self.weight.value);
+        ctx.backend.linear_backward_input(dy.data(), w.data(), n, self.d_in, self.d_out, dx.data_mut());
         dx
     }
     fn backward_weight(&mut self, ctx: &Ctx, dy: &Tensor) {
@@ -75,7 +81,15 @@ impl Layer for Linear {
     fn summarize(&self, _input: &[usize], rows: &mut Vec<SummaryRow>) -> Vec<usize> {
         let params = self.weight.value.len() + self.bias.as_ref().map_or(0, |b| b.value.len());
         let macs = (self.d_in * self.d_out) as u64;
-        rows.push(SummaryRow { name: self.name.clone(), kind: "linear", out_shape: vec![self.d_out], params, macs });
+        rows.push(SummaryRow {
+            name: self.name.clone(),
+            kind: "linear",
+            out_shape: vec![self.d_out],
+            params,
+            macs,
+            ternary: self.ternary.config.is_some(),
+            weight_zero_fraction: Some(self.ternary.weight_zero_fraction(&self.weight.value, self.d_out)),
+        });
         vec![self.d_out]
     }
     fn clear_cache(&mut self) {

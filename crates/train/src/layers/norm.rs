@@ -45,6 +45,7 @@ impl BatchNorm {
 }
 
 impl Layer for BatchNorm {
+    crate::layer_accessors!();
     fn name(&self) -> &str {
         &self.name
     }
@@ -134,13 +135,7 @@ impl Layer for BatchNorm {
         f(&format!("{}.running_var", self.name), &mut self.running_var);
     }
     fn summarize(&self, input: &[usize], rows: &mut Vec<SummaryRow>) -> Vec<usize> {
-        rows.push(SummaryRow {
-            name: self.name.clone(),
-            kind: "bn",
-            out_shape: input.to_vec(),
-            params: 2 * self.c,
-            macs: 0,
-        });
+        rows.push(SummaryRow { params: 2 * self.c, ..SummaryRow::plain(&self.name, "bn", input.to_vec()) });
         input.to_vec()
     }
     fn clear_cache(&mut self) {

@@ -23,6 +23,7 @@ impl MaxPool2d {
 }
 
 impl Layer for MaxPool2d {
+    crate::layer_accessors!();
     fn name(&self) -> &str {
         &self.name
     }
@@ -68,6 +69,7 @@ impl AvgPool2d {
 }
 
 impl Layer for AvgPool2d {
+    crate::layer_accessors!();
     fn name(&self) -> &str {
         &self.name
     }
@@ -106,6 +108,7 @@ impl GlobalAvgPool {
 }
 
 impl Layer for GlobalAvgPool {
+    crate::layer_accessors!();
     fn name(&self) -> &str {
         &self.name
     }
@@ -143,6 +146,7 @@ impl Flatten {
 }
 
 impl Layer for Flatten {
+    crate::layer_accessors!();
     fn name(&self) -> &str {
         &self.name
     }
