@@ -4,6 +4,7 @@
 mod cmd_bench;
 mod cmd_data;
 mod cmd_eval;
+mod cmd_experiment;
 mod cmd_models;
 mod cmd_train;
 mod common;
@@ -39,6 +40,8 @@ enum Command {
     Models(cmd_models::ModelsArgs),
     /// Inspect a data set: counts per class, shapes, and a PNG grid of samples
     Data(cmd_data::DataCmdArgs),
+    /// Run one of the ternary experiments (configurations x seeds) and summarise it
+    Experiment(cmd_experiment::ExperimentArgs),
     /// Speed benchmarks on random inputs (JSON output)
     Bench(cmd_bench::BenchArgs),
 }
@@ -56,6 +59,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Models(a) => cmd_models::run(a),
         Command::Data(a) => cmd_data::run(a),
         Command::Bench(a) => cmd_bench::run(a),
+        Command::Experiment(a) => cmd_experiment::run(a),
     }
 }
 

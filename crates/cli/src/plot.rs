@@ -150,6 +150,58 @@ pub fn line_charts(panels: &[Panel]) -> String {
     s
 }
 
+/// One bar of a bar chart, with an optional ± error.
+pub struct Bar {
+    pub label: String,
+    pub value: f64,
+    pub error: Option<f64>,
+}
+
+/// A vertical bar chart with error bars; the y axis starts at `y_min` (None: 0), so small
+/// differences between high accuracies stay visible.
+pub fn bar_chart(title: &str, y_label: &str, bars: &[Bar], y_min: Option<f64>) -> String {
+    let (w, h) = (120.0 + 90.0 * bars.len() as f64, 360.0);
+    let (ml, mt, mb) = (64.0, 36.0, 90.0);
+    let iw = w - ml - 20.0;
+    let ih = h - mt - mb;
+    let top = bars.iter().map(|b| b.value + b.error.unwrap_or(0.0)).fold(f64::MIN, f64::max);
+    let lo = y_min.unwrap_or(0.0);
+    let hi = if top > lo { top + (top - lo) * 0.08 } else { lo + 1.0 };
+    let sy = |v: f64| mt + ih - ((v - lo) / (hi - lo)).clamp(0.0, 1.0) * ih;
+    let mut s = String::new();
+    let _ = write!(
+        s,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" font-family="sans-serif" font-size="12"><rect width="100%" height="100%" fill="white"/>"#
+    );
+    let _ = write!(s, r#"<text x="{}" y="22" text-anchor="middle" font-size="14" font-weight="bold">{}</text>"#, ml + iw / 2.0, escape(title));
+    let step = tick_step(hi - lo);
+    let mut t = (lo / step).ceil() * step;
+    while t <= hi {
+        let y = sy(t);
+        let _ = write!(s, r##"<line x1="{ml}" x2="{}" y1="{y}" y2="{y}" stroke="#eee"/><text x="{}" y="{}" text-anchor="end">{}</text>"##, ml + iw, ml - 4.0, y + 4.0, fmt_tick(t, step));
+        t += step;
+    }
+    let _ = write!(s, r#"<text transform="translate(16,{}) rotate(-90)" text-anchor="middle">{}</text>"#, mt + ih / 2.0, escape(y_label));
+    let slot = iw / bars.len().max(1) as f64;
+    for (i, b) in bars.iter().enumerate() {
+        let x = ml + slot * i as f64 + slot * 0.15;
+        let bw = slot * 0.7;
+        let y = sy(b.value);
+        let color = COLORS[i % COLORS.len()];
+        let _ = write!(s, r#"<rect x="{x}" y="{y}" width="{bw}" height="{}" fill="{color}" opacity="0.85"/>"#, (mt + ih - y).max(0.0));
+        if let Some(e) = b.error {
+            let cx = x + bw / 2.0;
+            let (y1, y2) = (sy(b.value - e), sy(b.value + e));
+            let _ = write!(s, r##"<line x1="{cx}" x2="{cx}" y1="{y1}" y2="{y2}" stroke="#000"/><line x1="{}" x2="{}" y1="{y1}" y2="{y1}" stroke="#000"/><line x1="{}" x2="{}" y1="{y2}" y2="{y2}" stroke="#000"/>"##, cx - 5.0, cx + 5.0, cx - 5.0, cx + 5.0);
+        }
+        let _ = write!(s, r#"<text x="{}" y="{}" text-anchor="middle">{:.2}</text>"#, x + bw / 2.0, y - 6.0, b.value);
+        let _ = write!(s, r#"<text transform="translate({},{}) rotate(-35)" text-anchor="end">{}</text>"#, x + bw / 2.0, mt + ih + 14.0, escape(&b.label));
+    }
+    let _ = write!(s, r##"<line x1="{ml}" x2="{}" y1="{}" y2="{}" stroke="#888"/>"##, ml + iw, mt + ih, mt + ih);
+    s.push_str("</svg>\n");
+    s
+}
+
 fn fmt_tick(v: f64, step: f64) -> String {
     if step >= 1.0 {
         format!("{v:.0}")
@@ -173,5 +225,7 @@ mod tests {
         }]);
         assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
         assert!(svg.contains("&lt;train&gt;") && svg.contains("polyline"));
+        let bars = bar_chart("acc", "%", &[Bar { label: "a".into(), value: 91.0, error: Some(0.3) }], Some(85.0));
+        assert!(bars.starts_with("<svg") && bars.contains("<rect") && bars.trim_end().ends_with("</svg>"));
     }
 }

@@ -1,0 +1,309 @@
+//! `tern experiment NAME`: the ternary issue's experiments, each a list of training runs
+//! (configurations × seeds) run one after another, resumable run by run, then summarised as
+//! an aligned table, CSV files and an SVG bar chart.
+
+use crate::common::DataArgs;
+use crate::plot::{bar_chart, Bar};
+use crate::progress::Bars;
+use crate::table::Table;
+use clap::{Args, ValueEnum};
+use std::path::{Path, PathBuf};
+use tern_core::quant::TernaryConfig;
+use tern_data::{Augment, DataSplit};
+use tern_train::trainer::{CHECKPOINT_FILE, METRICS_FILE};
+use tern_train::{EpochMetrics, ModelConfig, Recipe, ScheduleKind, SgdConfig, TrainConfig, Trainer};
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum Experiment {
+    /// Fig. 3: FP32, ternary baseline, +Reg, +GradUpdate, +ReluT, +SkipLayer, and all together
+    Ablation,
+    /// FP32 against ternary (FP first layer) for each of --models
+    FpVsTernary,
+    /// Fig. 4: ternary from scratch with LR lowering, with FP pre-initialisation, and the FP smaller net
+    Pretrain,
+    /// The central claim: a ternary deeper net against the FP shallower net (accuracy, multiply-adds, bytes)
+    Depth,
+}
+
+#[derive(Args, Debug)]
+pub struct ExperimentArgs {
+    pub name: Experiment,
+    #[command(flatten)]
+    pub data: DataArgs,
+    /// The net under study
+    #[arg(long, default_value = "vgg-small")]
+    pub model: String,
+    /// Comma-separated nets for fp-vs-ternary
+    #[arg(long, default_value = "vgg-small,resnet20")]
+    pub models: String,
+    /// The shallower/smaller FP net of `pretrain` and `depth`
+    #[arg(long, default_value = "resnet20")]
+    pub small_model: String,
+    /// The deeper net of `depth` (ternary)
+    #[arg(long, default_value = "resnet32")]
+    pub deep_model: String,
+    /// Base channel width of --model (0: its default)
+    #[arg(long, default_value_t = 16)]
+    pub width: usize,
+    #[arg(long, default_value_t = 4)]
+    pub epochs: usize,
+    #[arg(long, default_value_t = 128)]
+    pub batch: usize,
+    #[arg(long, default_value_t = 0.05)]
+    pub lr: f32,
+    /// Seeds per configuration (0, 1, ...)
+    #[arg(long, default_value_t = 3)]
+    pub seeds: u64,
+    #[arg(long, default_value_t = 10000)]
+    pub train_limit: usize,
+    #[arg(long, default_value_t = 10000)]
+    pub test_limit: usize,
+    #[arg(long, default_value_t = 2)]
+    pub crop_pad: usize,
+    #[arg(long)]
+    pub hflip: bool,
+    /// Reg: λ of the L1 activation penalty
+    #[arg(long, default_value_t = 1e-4)]
+    pub act_l1: f32,
+    /// ReluT: the raised threshold, applied over the last third of the epochs
+    #[arg(long, default_value_t = 0.01)]
+    pub relu_threshold: f32,
+    #[arg(long, default_value = "runs/experiment")]
+    pub out: PathBuf,
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// One configuration of an experiment.
+struct Variant {
+    label: String,
+    model: String,
+    width: usize,
+    recipe: Recipe,
+    schedule: ScheduleKind,
+}
+
+struct RunResult {
+    label: String,
+    seed: u64,
+    model: String,
+    history: Vec<EpochMetrics>,
+    macs: u64,
+    ternary_macs: u64,
+    bytes_fp32: usize,
+    bytes_packed: usize,
+}
+
+fn variants(a: &ExperimentArgs) -> anyhow::Result<Vec<Variant>> {
+    let ternary = Some(TernaryConfig::default());
+    let cosine = ScheduleKind::Cosine;
+    let plateau = ScheduleKind::Plateau { patience: 1, factor: 0.2, min_lr: 0.0 };
+    let base = Recipe { ternary, ..Recipe::default() };
+    let relut_from = a.epochs - a.epochs.div_ceil(3);
+    let v = |label: &str, model: &str, width: usize, recipe: Recipe, schedule: &ScheduleKind| Variant {
+        label: label.into(),
+        model: model.into(),
+        width,
+        recipe,
+        schedule: schedule.clone(),
+    };
+    let (m, w) = (a.model.as_str(), a.width);
+    Ok(match a.name {
+        Experiment::Ablation => vec![
+            v("fp32", m, w, Recipe::default(), &cosine),
+            v("ternary", m, w, base.clone(), &cosine),
+            v("+reg", m, w, Recipe { act_l1: a.act_l1, ..base.clone() }, &cosine),
+            v("+gradupdate", m, w, Recipe { skip_correct: true, ..base.clone() }, &cosine),
+            v("+relut", m, w, Recipe { relu_threshold: a.relu_threshold, relu_threshold_from_epoch: relut_from, ..base.clone() }, &cosine),
+            v("+skiplayer", m, w, Recipe { fp_first_layer: true, ..base.clone() }, &cosine),
+            v(
+                "all",
+                m,
+                w,
+                Recipe {
+                    act_l1: a.act_l1,
+                    skip_correct: true,
+                    relu_threshold: a.relu_threshold,
+                    relu_threshold_from_epoch: relut_from,
+                    fp_first_layer: true,
+                    ..base.clone()
+                },
+                &cosine,
+            ),
+        ],
+        Experiment::FpVsTernary => a
+            .models
+            .split(',')
+            .flat_map(|name| {
+                [
+                    v(&format!("{name} fp32"), name, 0, Recipe::default(), &cosine),
+                    v(&format!("{name} ternary"), name, 0, Recipe { fp_first_layer: true, ..base.clone() }, &cosine),
+                ]
+            })
+            .collect(),
+        Experiment::Pretrain => {
+            if a.epochs < 3 {
+                anyhow::bail!("invalid value for --epochs: `pretrain` needs at least 3 (a third of them in FP)");
+            }
+            vec![
+                v(&format!("{} fp32 (smaller)", a.small_model), &a.small_model, 0, Recipe::default(), &cosine),
+                v(&format!("{m} ternary LR"), m, w, Recipe { fp_first_layer: true, ..base.clone() }, &plateau),
+                v(
+                    &format!("{m} ternary PI"),
+                    m,
+                    w,
+                    Recipe { fp_first_layer: true, fp_warmup_epochs: a.epochs / 3, ..base.clone() },
+                    &plateau,
+                ),
+            ]
+        }
+        Experiment::Depth => vec![
+            v(&format!("{} fp32", a.small_model), &a.small_model, 0, Recipe::default(), &cosine),
+            v(&format!("{} ternary", a.small_model), &a.small_model, 0, Recipe { fp_first_layer: true, ..base.clone() }, &cosine),
+            v(&format!("{} ternary", a.deep_model), &a.deep_model, 0, Recipe { fp_first_layer: true, ..base.clone() }, &cosine),
+            v(&format!("{} fp32", a.deep_model), &a.deep_model, 0, Recipe::default(), &cosine),
+        ],
+    })
+}
+
+fn slug(label: &str) -> String {
+    label.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).collect()
+}
+
+/// Runs (or resumes, or reuses) one training run.
+fn run_one(a: &ExperimentArgs, data: &DataSplit, v: &Variant, seed: u64, dir: &Path) -> anyhow::Result<RunResult> {
+    let [c, h, wd] = data.train.shape;
+    let model = ModelConfig { name: v.model.clone(), in_shape: [c, h, wd], classes: data.class_names.len(), width: v.width, small_input: false };
+    let cfg = TrainConfig {
+        epochs: a.epochs,
+        batch_size: a.batch,
+        lr: a.lr,
+        sgd: SgdConfig { momentum: 0.9, nesterov: false, weight_decay: 5e-4 },
+        schedule: v.schedule.clone(),
+        seed,
+        augment: Augment { crop_pad: a.crop_pad, hflip: a.hflip },
+        train_limit: Some(a.train_limit),
+        test_limit: Some(a.test_limit),
+        recipe: v.recipe.clone(),
+        init_from: None,
+    };
+    let mut t = if dir.join(CHECKPOINT_FILE).exists() {
+        Trainer::resume(&model, data, cfg, dir)?
+    } else {
+        Trainer::new(&model, data, cfg, dir)?
+    };
+    if t.next_epoch < a.epochs && !a.quiet {
+        eprintln!("== {} (seed {seed}) -> {}", v.label, dir.display());
+    }
+    t.run(&mut Bars::new(a.quiet))?;
+    crate::cmd_train::write_curves(dir, &t.history)?;
+    let totals = tern_train::summary::totals(&t.model.summary());
+    Ok(RunResult {
+        label: v.label.clone(),
+        seed,
+        model: v.model.clone(),
+        history: t.history.clone(),
+        macs: totals.macs,
+        ternary_macs: totals.ternary_macs,
+        bytes_fp32: totals.bytes_fp32,
+        bytes_packed: totals.bytes_packed,
+    })
+}
+
+fn mean_std(v: &[f64]) -> (f64, f64) {
+    let n = v.len().max(1) as f64;
+    let m = v.iter().sum::<f64>() / n;
+    let var = if v.len() > 1 { v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (n - 1.0) } else { 0.0 };
+    (m, var.sqrt())
+}
+
+pub fn run(a: ExperimentArgs) -> anyhow::Result<()> {
+    if a.seeds == 0 || a.epochs == 0 {
+        anyhow::bail!("invalid value for --seeds/--epochs: must be at least 1");
+    }
+    let data = a.data.load()?;
+    let name = format!("{:?}", a.name).to_lowercase();
+    let out = a.out.join(&name);
+    let vs = variants(&a)?;
+    let mut results = Vec::new();
+    for v in &vs {
+        for seed in 0..a.seeds {
+            let dir = out.join(slug(&v.label)).join(format!("seed{seed}"));
+            results.push(run_one(&a, &data, v, seed, &dir)?);
+        }
+    }
+    // Per-run CSV.
+    let mut csv = String::from("config,model,seed,epochs,test_acc,train_acc,seconds,weight_zero_frac,skipped_samples,macs,ternary_macs,bytes_fp32,bytes_packed\n");
+    for r in &results {
+        let last = r.history.last().expect("a finished run has epochs");
+        let secs: f64 = r.history.iter().map(|m| m.seconds).sum();
+        let skipped: usize = r.history.iter().map(|m| m.skipped_samples).sum();
+        csv.push_str(&format!(
+            "{},{},{},{},{:.6},{:.6},{:.1},{},{},{},{},{},{}\n",
+            r.label,
+            r.model,
+            r.seed,
+            r.history.len(),
+            last.test_acc,
+            last.train_acc,
+            secs,
+            last.weight_zero_fraction.map_or(String::new(), |z| format!("{z:.4}")),
+            skipped,
+            r.macs,
+            r.ternary_macs,
+            r.bytes_fp32,
+            r.bytes_packed
+        ));
+    }
+    tern_core::checkpoint::write_atomic(&out.join("runs.csv"), csv.as_bytes())?;
+    // Summary per configuration.
+    let mut table = Table::new(&["config", "model", "seeds", "test_acc% mean", "± std", "train_acc%", "minutes/run", "w_zero%", "MMACs", "ternary%", "MB fp32", "MB packed"]);
+    let mut summary = String::from("config,model,seeds,test_acc_mean,test_acc_std,train_acc_mean,minutes_per_run,weight_zero_frac,macs,ternary_macs,bytes_fp32,bytes_packed\n");
+    let mut bars = Vec::new();
+    for v in &vs {
+        let rs: Vec<&RunResult> = results.iter().filter(|r| r.label == v.label).collect();
+        let acc: Vec<f64> = rs.iter().map(|r| 100.0 * r.history.last().unwrap().test_acc).collect();
+        let tr: Vec<f64> = rs.iter().map(|r| 100.0 * r.history.last().unwrap().train_acc).collect();
+        let mins: Vec<f64> = rs.iter().map(|r| r.history.iter().map(|m| m.seconds).sum::<f64>() / 60.0).collect();
+        let zf: Vec<f64> = rs.iter().filter_map(|r| r.history.last().unwrap().weight_zero_fraction).collect();
+        let (m, s) = mean_std(&acc);
+        let r0 = rs[0];
+        let zf_mean = (!zf.is_empty()).then(|| mean_std(&zf).0);
+        table.row(vec![
+            v.label.clone(),
+            v.model.clone(),
+            rs.len().to_string(),
+            format!("{m:.2}"),
+            format!("{s:.2}"),
+            format!("{:.2}", mean_std(&tr).0),
+            format!("{:.1}", mean_std(&mins).0),
+            zf_mean.map_or("-".into(), |z| format!("{:.1}", 100.0 * z)),
+            format!("{:.1}", r0.macs as f64 / 1e6),
+            format!("{:.1}", 100.0 * r0.ternary_macs as f64 / r0.macs.max(1) as f64),
+            format!("{:.3}", r0.bytes_fp32 as f64 / 1e6),
+            format!("{:.3}", r0.bytes_packed as f64 / 1e6),
+        ]);
+        summary.push_str(&format!(
+            "{},{},{},{m:.4},{s:.4},{:.4},{:.2},{},{},{},{},{}\n",
+            v.label,
+            v.model,
+            rs.len(),
+            mean_std(&tr).0,
+            mean_std(&mins).0,
+            zf_mean.map_or(String::new(), |z| format!("{z:.4}")),
+            r0.macs,
+            r0.ternary_macs,
+            r0.bytes_fp32,
+            r0.bytes_packed
+        ));
+        bars.push(Bar { label: v.label.clone(), value: m, error: (rs.len() > 1).then_some(s) });
+    }
+    tern_core::checkpoint::write_atomic(&out.join("summary.csv"), summary.as_bytes())?;
+    let lo = bars.iter().map(|b| b.value - b.error.unwrap_or(0.0)).fold(f64::MAX, f64::min);
+    let title = format!("{name}: test accuracy on {} ({} epochs, {} seeds)", data.name, a.epochs, a.seeds);
+    let svg = bar_chart(&title, "top-1 test accuracy (%)", &bars, Some((lo - 2.0).floor().max(0.0)));
+    tern_core::checkpoint::write_atomic(&out.join(format!("{name}.svg")), svg.as_bytes())?;
+    print!("{}", table.render());
+    println!("-> {} (runs.csv, summary.csv, {name}.svg, one folder per run with {METRICS_FILE})", out.display());
+    Ok(())
+}
