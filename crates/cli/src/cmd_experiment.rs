@@ -114,7 +114,13 @@ fn variants(a: &ExperimentArgs) -> anyhow::Result<Vec<Variant>> {
             v("ternary", m, w, base.clone(), &cosine),
             v("+reg", m, w, Recipe { act_l1: a.act_l1, ..base.clone() }, &cosine),
             v("+gradupdate", m, w, Recipe { skip_correct: true, ..base.clone() }, &cosine),
-            v("+relut", m, w, Recipe { relu_threshold: a.relu_threshold, relu_threshold_from_epoch: relut_from, ..base.clone() }, &cosine),
+            v(
+                "+relut",
+                m,
+                w,
+                Recipe { relu_threshold: a.relu_threshold, relu_threshold_from_epoch: relut_from, ..base.clone() },
+                &cosine,
+            ),
             v("+skiplayer", m, w, Recipe { fp_first_layer: true, ..base.clone() }, &cosine),
             v(
                 "all",
@@ -159,8 +165,20 @@ fn variants(a: &ExperimentArgs) -> anyhow::Result<Vec<Variant>> {
         }
         Experiment::Depth => vec![
             v(&format!("{} fp32", a.small_model), &a.small_model, 0, Recipe::default(), &cosine),
-            v(&format!("{} ternary", a.small_model), &a.small_model, 0, Recipe { fp_first_layer: true, ..base.clone() }, &cosine),
-            v(&format!("{} ternary", a.deep_model), &a.deep_model, 0, Recipe { fp_first_layer: true, ..base.clone() }, &cosine),
+            v(
+                &format!("{} ternary", a.small_model),
+                &a.small_model,
+                0,
+                Recipe { fp_first_layer: true, ..base.clone() },
+                &cosine,
+            ),
+            v(
+                &format!("{} ternary", a.deep_model),
+                &a.deep_model,
+                0,
+                Recipe { fp_first_layer: true, ..base.clone() },
+                &cosine,
+            ),
             v(&format!("{} fp32", a.deep_model), &a.deep_model, 0, Recipe::default(), &cosine),
         ],
     })
@@ -173,7 +191,13 @@ fn slug(label: &str) -> String {
 /// Runs (or resumes, or reuses) one training run.
 fn run_one(a: &ExperimentArgs, data: &DataSplit, v: &Variant, seed: u64, dir: &Path) -> anyhow::Result<RunResult> {
     let [c, h, wd] = data.train.shape;
-    let model = ModelConfig { name: v.model.clone(), in_shape: [c, h, wd], classes: data.class_names.len(), width: v.width, small_input: false };
+    let model = ModelConfig {
+        name: v.model.clone(),
+        in_shape: [c, h, wd],
+        classes: data.class_names.len(),
+        width: v.width,
+        small_input: false,
+    };
     let cfg = TrainConfig {
         epochs: a.epochs,
         batch_size: a.batch,
@@ -257,7 +281,20 @@ pub fn run(a: ExperimentArgs) -> anyhow::Result<()> {
     }
     tern_core::checkpoint::write_atomic(&out.join("runs.csv"), csv.as_bytes())?;
     // Summary per configuration.
-    let mut table = Table::new(&["config", "model", "seeds", "test_acc% mean", "± std", "train_acc%", "minutes/run", "w_zero%", "MMACs", "ternary%", "MB fp32", "MB packed"]);
+    let mut table = Table::new(&[
+        "config",
+        "model",
+        "seeds",
+        "test_acc% mean",
+        "± std",
+        "train_acc%",
+        "minutes/run",
+        "w_zero%",
+        "MMACs",
+        "ternary%",
+        "MB fp32",
+        "MB packed",
+    ]);
     let mut summary = String::from("config,model,seeds,test_acc_mean,test_acc_std,train_acc_mean,minutes_per_run,weight_zero_frac,macs,ternary_macs,bytes_fp32,bytes_packed\n");
     let mut bars = Vec::new();
     for v in &vs {

@@ -173,29 +173,63 @@ pub fn bar_chart(title: &str, y_label: &str, bars: &[Bar], y_min: Option<f64>) -
         s,
         r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" font-family="sans-serif" font-size="12"><rect width="100%" height="100%" fill="white"/>"#
     );
-    let _ = write!(s, r#"<text x="{}" y="22" text-anchor="middle" font-size="14" font-weight="bold">{}</text>"#, ml + iw / 2.0, escape(title));
+    let _ = write!(
+        s,
+        r#"<text x="{}" y="22" text-anchor="middle" font-size="14" font-weight="bold">{}</text>"#,
+        ml + iw / 2.0,
+        escape(title)
+    );
     let step = tick_step(hi - lo);
     let mut t = (lo / step).ceil() * step;
     while t <= hi {
         let y = sy(t);
-        let _ = write!(s, r##"<line x1="{ml}" x2="{}" y1="{y}" y2="{y}" stroke="#eee"/><text x="{}" y="{}" text-anchor="end">{}</text>"##, ml + iw, ml - 4.0, y + 4.0, fmt_tick(t, step));
+        let _ = write!(
+            s,
+            r##"<line x1="{ml}" x2="{}" y1="{y}" y2="{y}" stroke="#eee"/><text x="{}" y="{}" text-anchor="end">{}</text>"##,
+            ml + iw,
+            ml - 4.0,
+            y + 4.0,
+            fmt_tick(t, step)
+        );
         t += step;
     }
-    let _ = write!(s, r#"<text transform="translate(16,{}) rotate(-90)" text-anchor="middle">{}</text>"#, mt + ih / 2.0, escape(y_label));
+    let _ = write!(
+        s,
+        r#"<text transform="translate(16,{}) rotate(-90)" text-anchor="middle">{}</text>"#,
+        mt + ih / 2.0,
+        escape(y_label)
+    );
     let slot = iw / bars.len().max(1) as f64;
     for (i, b) in bars.iter().enumerate() {
         let x = ml + slot * i as f64 + slot * 0.15;
         let bw = slot * 0.7;
         let y = sy(b.value);
         let color = COLORS[i % COLORS.len()];
-        let _ = write!(s, r#"<rect x="{x}" y="{y}" width="{bw}" height="{}" fill="{color}" opacity="0.85"/>"#, (mt + ih - y).max(0.0));
+        let _ = write!(
+            s,
+            r#"<rect x="{x}" y="{y}" width="{bw}" height="{}" fill="{color}" opacity="0.85"/>"#,
+            (mt + ih - y).max(0.0)
+        );
         if let Some(e) = b.error {
             let cx = x + bw / 2.0;
             let (y1, y2) = (sy(b.value - e), sy(b.value + e));
-            let _ = write!(s, r##"<line x1="{cx}" x2="{cx}" y1="{y1}" y2="{y2}" stroke="#000"/><line x1="{}" x2="{}" y1="{y1}" y2="{y1}" stroke="#000"/><line x1="{}" x2="{}" y1="{y2}" y2="{y2}" stroke="#000"/>"##, cx - 5.0, cx + 5.0, cx - 5.0, cx + 5.0);
+            let _ = write!(
+                s,
+                r##"<line x1="{cx}" x2="{cx}" y1="{y1}" y2="{y2}" stroke="#000"/><line x1="{}" x2="{}" y1="{y1}" y2="{y1}" stroke="#000"/><line x1="{}" x2="{}" y1="{y2}" y2="{y2}" stroke="#000"/>"##,
+                cx - 5.0,
+                cx + 5.0,
+                cx - 5.0,
+                cx + 5.0
+            );
         }
         let _ = write!(s, r#"<text x="{}" y="{}" text-anchor="middle">{:.2}</text>"#, x + bw / 2.0, y - 6.0, b.value);
-        let _ = write!(s, r#"<text transform="translate({},{}) rotate(-35)" text-anchor="end">{}</text>"#, x + bw / 2.0, mt + ih + 14.0, escape(&b.label));
+        let _ = write!(
+            s,
+            r#"<text transform="translate({},{}) rotate(-35)" text-anchor="end">{}</text>"#,
+            x + bw / 2.0,
+            mt + ih + 14.0,
+            escape(&b.label)
+        );
     }
     let _ = write!(s, r##"<line x1="{ml}" x2="{}" y1="{}" y2="{}" stroke="#888"/>"##, ml + iw, mt + ih, mt + ih);
     s.push_str("</svg>\n");

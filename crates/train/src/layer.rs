@@ -1,6 +1,7 @@
 //! The `Layer` trait: forward, and a backward split into the input gradient
 //! (`backward_input`) and the weight gradient (`backward_weight`, the paper's "GradUpdate").
 
+use crate::profile::Profiler;
 use std::cell::RefCell;
 use tern_core::{Backend, Tensor};
 
@@ -12,11 +13,23 @@ pub struct Ctx<'a> {
     /// When set, containers record the first layer whose output is not finite.
     pub check_finite: bool,
     pub first_non_finite: RefCell<Option<String>>,
+    /// When set, mmOp layers count their operands' non-zeros and time their passes.
+    pub profiler: Option<&'a RefCell<Profiler>>,
 }
 
 impl<'a> Ctx<'a> {
     pub fn new(backend: &'a dyn Backend, train: bool) -> Self {
-        Ctx { backend, train, check_finite: false, first_non_finite: RefCell::new(None) }
+        Ctx { backend, train, check_finite: false, first_non_finite: RefCell::new(None), profiler: None }
+    }
+
+    /// Runs `f`, returning its result and its wall time in milliseconds if profiling.
+    pub fn timed<T>(&self, f: impl FnOnce() -> T) -> (T, f64) {
+        if self.profiler.is_none() {
+            return (f(), 0.0);
+        }
+        let t = std::time::Instant::now();
+        let r = f();
+        (r, t.elapsed().as_secs_f64() * 1e3)
     }
 
     /// Records `name` as the first non-finite layer if checking and `y` has NaN/Inf.

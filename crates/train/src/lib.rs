@@ -7,6 +7,7 @@ pub mod layers;
 pub mod model;
 pub mod models;
 pub mod optim;
+pub mod profile;
 pub mod recipe;
 pub mod schedule;
 pub mod summary;

@@ -9,6 +9,7 @@ pub mod loss;
 pub mod norm;
 pub mod pool;
 pub mod reference;
+pub mod sparsity;
 
 #[cfg(test)]
 pub(crate) mod testutil {

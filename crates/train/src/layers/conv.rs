@@ -76,7 +76,10 @@ impl Layer for Conv2d {
         let mut y = Tensor::zeros(&[g.n, g.c_out, g.h_out(), g.w_out()]);
         let bias = self.bias.as_ref().map(|b| b.value.data());
         let w = self.ternary.forward_weight(&self.weight.value, self.c_out);
-        ctx.backend.conv2d_forward(x.data(), w.data(), bias, &g, y.data_mut());
+        let ((), ms) = ctx.timed(|| ctx.backend.conv2d_forward(x.data(), w.data(), bias, &g, y.data_mut()));
+        if let Some(p) = ctx.profiler {
+            p.borrow_mut().record_forward(&self.name, "conv", &g, x.data(), w.data(), ms);
+        }
         self.cache_x = ctx.train.then(|| x.clone());
         y
     }
@@ -85,14 +88,22 @@ impl Layer for Conv2d {
         let g = self.geometry(x.shape());
         let mut dx = Tensor::zeros(x.shape());
         let w = self.ternary.used_weight(&self.weight.value);
-        ctx.backend.conv2d_backward_input(dy.data(), w.data(), &g, dx.data_mut());
+        let ((), ms) = ctx.timed(|| ctx.backend.conv2d_backward_input(dy.data(), w.data(), &g, dx.data_mut()));
+        if let Some(p) = ctx.profiler {
+            p.borrow_mut().record_input_time(&self.name, ms);
+        }
         dx
     }
     fn backward_weight(&mut self, ctx: &Ctx, dy: &Tensor) {
         let x = self.cache_x.as_ref().expect("backward without a train-mode forward");
         let g = self.geometry(x.shape());
         let db = self.bias.as_mut().map(|b| b.grad.data_mut());
-        ctx.backend.conv2d_backward_weight(x.data(), dy.data(), &g, self.weight.grad.data_mut(), db);
+        let dw = self.weight.grad.data_mut();
+        let ((), ms) = ctx.timed(|| ctx.backend.conv2d_backward_weight(x.data(), dy.data(), &g, dw, db));
+        if let Some(p) = ctx.profiler {
+            let w = self.ternary.used_weight(&self.weight.value);
+            p.borrow_mut().record_backward(&self.name, "conv", &g, x.data(), w.data(), dy.data(), ms);
+        }
         self.ternary.to_shadow_grad(&self.weight.value, &mut self.weight.grad);
     }
     fn visit_params(&mut self, f: &mut dyn FnMut(&mut Param)) {

@@ -2,7 +2,7 @@
 
 use super::ternary::TernaryWeight;
 use crate::layer::{Ctx, Layer, Param, SummaryRow};
-use tern_core::{Rng, Tensor};
+use tern_core::{ConvGeometry, Rng, Tensor};
 
 pub struct Linear {
     name: String,
@@ -26,6 +26,11 @@ impl Linear {
         Linear { name: name.to_string(), d_in, d_out, weight, bias, ternary: TernaryWeight::default(), cache_x: None }
     }
 
+    /// The layer as a 1x1 convolution of a 1x1 image (for operand counting).
+    pub fn geometry(&self, n: usize) -> ConvGeometry {
+        ConvGeometry::new(n, self.d_in, 1, 1, self.d_out, 1, 1, 0).expect("1x1 geometry is valid")
+    }
+
     fn check(&self, input: &[usize]) -> usize {
         assert!(input.len() == 2 && input[1] == self.d_in, "{}: expected [n, {}], got {input:?}", self.name, self.d_in);
         input[0]
@@ -47,8 +52,13 @@ impl Layer for Linear {
         let n = self.check(x.shape());
         let mut y = Tensor::zeros(&[n, self.d_out]);
         let bias = self.bias.as_ref().map(|b| b.value.data());
+        let g = self.geometry(n);
         let w = self.ternary.forward_weight(&self.weight.value, self.d_out);
-        ctx.backend.linear_forward(x.data(), w.data(), bias, n, self.d_in, self.d_out, y.data_mut());
+        let ((), ms) =
+            ctx.timed(|| ctx.backend.linear_forward(x.data(), w.data(), bias, n, self.d_in, self.d_out, y.data_mut()));
+        if let Some(p) = ctx.profiler {
+            p.borrow_mut().record_forward(&self.name, "linear", &g, x.data(), w.data(), ms);
+        }
         self.cache_x = ctx.train.then(|| x.clone());
         y
     }
@@ -56,21 +66,24 @@ impl Layer for Linear {
         let n = dy.dim(0);
         let mut dx = Tensor::zeros(&[n, self.d_in]);
         let w = self.ternary.used_weight(&self.weight.value);
-        ctx.backend.linear_backward_input(dy.data(), w.data(), n, self.d_in, self.d_out, dx.data_mut());
+        let ((), ms) = ctx
+            .timed(|| ctx.backend.linear_backward_input(dy.data(), w.data(), n, self.d_in, self.d_out, dx.data_mut()));
+        if let Some(p) = ctx.profiler {
+            p.borrow_mut().record_input_time(&self.name, ms);
+        }
         dx
     }
     fn backward_weight(&mut self, ctx: &Ctx, dy: &Tensor) {
         let x = self.cache_x.as_ref().expect("backward without a train-mode forward");
         let db = self.bias.as_mut().map(|b| b.grad.data_mut());
-        ctx.backend.linear_backward_weight(
-            x.data(),
-            dy.data(),
-            dy.dim(0),
-            self.d_in,
-            self.d_out,
-            self.weight.grad.data_mut(),
-            db,
-        );
+        let (n, dw) = (dy.dim(0), self.weight.grad.data_mut());
+        let ((), ms) =
+            ctx.timed(|| ctx.backend.linear_backward_weight(x.data(), dy.data(), n, self.d_in, self.d_out, dw, db));
+        if let Some(p) = ctx.profiler {
+            let w = self.ternary.used_weight(&self.weight.value);
+            p.borrow_mut().record_backward(&self.name, "linear", &self.geometry(n), x.data(), w.data(), dy.data(), ms);
+        }
+        self.ternary.to_shadow_grad(&self.weight.value, &mut self.weight.grad);
     }
     fn visit_params(&mut self, f: &mut dyn FnMut(&mut Param)) {
         f(&mut self.weight);
