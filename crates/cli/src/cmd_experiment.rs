@@ -210,6 +210,7 @@ fn run_one(a: &ExperimentArgs, data: &DataSplit, v: &Variant, seed: u64, dir: &P
         test_limit: Some(a.test_limit),
         recipe: v.recipe.clone(),
         init_from: None,
+        profile_every: 1,
     };
     let mut t = if dir.join(CHECKPOINT_FILE).exists() {
         Trainer::resume(&model, data, cfg, dir)?
@@ -257,13 +258,14 @@ pub fn run(a: ExperimentArgs) -> anyhow::Result<()> {
         }
     }
     // Per-run CSV.
-    let mut csv = String::from("config,model,seed,epochs,test_acc,train_acc,seconds,weight_zero_frac,skipped_samples,macs,ternary_macs,bytes_fp32,bytes_packed\n");
+    let mut csv = String::from("config,model,seed,epochs,test_acc,train_acc,seconds,weight_zero_frac,nonzero_fwd,nonzero_bwd,nonzero_grad,skipped_samples,macs,ternary_macs,bytes_fp32,bytes_packed\n");
     for r in &results {
         let last = r.history.last().expect("a finished run has epochs");
         let secs: f64 = r.history.iter().map(|m| m.seconds).sum();
         let skipped: usize = r.history.iter().map(|m| m.skipped_samples).sum();
+        let nz = |i: usize| last.nonzero_frac.map_or(String::new(), |f| format!("{:.4}", f[i]));
         csv.push_str(&format!(
-            "{},{},{},{},{:.6},{:.6},{:.1},{},{},{},{},{},{}\n",
+            "{},{},{},{},{:.6},{:.6},{:.1},{},{},{},{},{},{},{},{},{}\n",
             r.label,
             r.model,
             r.seed,
@@ -272,6 +274,9 @@ pub fn run(a: ExperimentArgs) -> anyhow::Result<()> {
             last.train_acc,
             secs,
             last.weight_zero_fraction.map_or(String::new(), |z| format!("{z:.4}")),
+            nz(0),
+            nz(1),
+            nz(2),
             skipped,
             r.macs,
             r.ternary_macs,
@@ -290,12 +295,14 @@ pub fn run(a: ExperimentArgs) -> anyhow::Result<()> {
         "train_acc%",
         "minutes/run",
         "w_zero%",
+        "nz fwd/bwd/grad",
+        "skipped%",
         "MMACs",
         "ternary%",
         "MB fp32",
         "MB packed",
     ]);
-    let mut summary = String::from("config,model,seeds,test_acc_mean,test_acc_std,train_acc_mean,minutes_per_run,weight_zero_frac,macs,ternary_macs,bytes_fp32,bytes_packed\n");
+    let mut summary = String::from("config,model,seeds,test_acc_mean,test_acc_std,train_acc_mean,minutes_per_run,weight_zero_frac,nonzero_fwd,nonzero_bwd,nonzero_grad,macs,ternary_macs,bytes_fp32,bytes_packed\n");
     let mut bars = Vec::new();
     for v in &vs {
         let rs: Vec<&RunResult> = results.iter().filter(|r| r.label == v.label).collect();
@@ -306,6 +313,10 @@ pub fn run(a: ExperimentArgs) -> anyhow::Result<()> {
         let (m, s) = mean_std(&acc);
         let r0 = rs[0];
         let zf_mean = (!zf.is_empty()).then(|| mean_std(&zf).0);
+        let nzs: Vec<[f64; 3]> = rs.iter().filter_map(|r| r.history.last().unwrap().nonzero_frac).collect();
+        let nz_mean = |i: usize| mean_std(&nzs.iter().map(|f| f[i]).collect::<Vec<_>>()).0;
+        let seen: f64 = rs.iter().map(|r| (r.history.len() * a.train_limit.min(data.train.len())) as f64).sum();
+        let skipped: f64 = rs.iter().map(|r| r.history.iter().map(|m| m.skipped_samples).sum::<usize>() as f64).sum();
         table.row(vec![
             v.label.clone(),
             v.model.clone(),
@@ -315,19 +326,25 @@ pub fn run(a: ExperimentArgs) -> anyhow::Result<()> {
             format!("{:.2}", mean_std(&tr).0),
             format!("{:.1}", mean_std(&mins).0),
             zf_mean.map_or("-".into(), |z| format!("{:.1}", 100.0 * z)),
+            if nzs.is_empty() { "-".into() } else { format!("{:.2}/{:.2}/{:.2}", nz_mean(0), nz_mean(1), nz_mean(2)) },
+            format!("{:.1}", 100.0 * skipped / seen.max(1.0)),
             format!("{:.1}", r0.macs as f64 / 1e6),
             format!("{:.1}", 100.0 * r0.ternary_macs as f64 / r0.macs.max(1) as f64),
             format!("{:.3}", r0.bytes_fp32 as f64 / 1e6),
             format!("{:.3}", r0.bytes_packed as f64 / 1e6),
         ]);
+        let nz_csv = |i: usize| if nzs.is_empty() { String::new() } else { format!("{:.4}", nz_mean(i)) };
         summary.push_str(&format!(
-            "{},{},{},{m:.4},{s:.4},{:.4},{:.2},{},{},{},{},{}\n",
+            "{},{},{},{m:.4},{s:.4},{:.4},{:.2},{},{},{},{},{},{},{},{}\n",
             v.label,
             v.model,
             rs.len(),
             mean_std(&tr).0,
             mean_std(&mins).0,
             zf_mean.map_or(String::new(), |z| format!("{z:.4}")),
+            nz_csv(0),
+            nz_csv(1),
+            nz_csv(2),
             r0.macs,
             r0.ternary_macs,
             r0.bytes_fp32,

@@ -81,6 +81,9 @@ pub struct TrainArgs {
     /// No progress bars
     #[arg(long)]
     pub quiet: bool,
+    /// Every N epochs, log the non-zero operand fractions of the three passes (0: never)
+    #[arg(long, default_value_t = 0)]
+    pub profile_every: usize,
 
     /// Ternary weights (Eq. 1) in every conv and linear layer, straight-through gradients
     #[arg(long, help_heading = "Ternary recipe")]
@@ -199,6 +202,7 @@ fn fresh(a: &TrainArgs) -> anyhow::Result<(Trainer, PathBuf)> {
         test_limit: a.test_limit,
         recipe,
         init_from: a.init_from.clone(),
+        profile_every: a.profile_every,
     };
     if a.out.join(CHECKPOINT_FILE).exists() {
         anyhow::bail!(
@@ -247,6 +251,7 @@ pub fn epoch_table(h: &[EpochMetrics]) -> String {
         "lr",
         "seconds",
         "img/s",
+        "nz fwd/bwd/grad",
         "weights",
         "w_zero%",
         "skipped",
@@ -261,6 +266,7 @@ pub fn epoch_table(h: &[EpochMetrics]) -> String {
             format!("{:.5}", m.lr),
             format!("{:.1}", m.seconds),
             format!("{:.0}", m.images_per_s),
+            m.nonzero_frac.map_or("-".into(), |f| format!("{:.2}/{:.2}/{:.2}", f[0], f[1], f[2])),
             if m.ternary { "ternary" } else { "fp32" }.to_string(),
             m.weight_zero_fraction.map_or("-".into(), |z| format!("{:.1}", 100.0 * z)),
             m.skipped_samples.to_string(),

@@ -6,6 +6,7 @@ mod cmd_data;
 mod cmd_eval;
 mod cmd_experiment;
 mod cmd_models;
+mod cmd_profile;
 mod cmd_train;
 mod common;
 mod plot;
@@ -40,6 +41,8 @@ enum Command {
     Models(cmd_models::ModelsArgs),
     /// Inspect a data set: counts per class, shapes, and a PNG grid of samples
     Data(cmd_data::DataCmdArgs),
+    /// Count the multiply-adds with two non-zero operands, per layer and pass (Table 1, Fig. 1)
+    Profile(cmd_profile::ProfileArgs),
     /// Run one of the ternary experiments (configurations x seeds) and summarise it
     Experiment(cmd_experiment::ExperimentArgs),
     /// Speed benchmarks on random inputs (JSON output)
@@ -60,6 +63,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Data(a) => cmd_data::run(a),
         Command::Bench(a) => cmd_bench::run(a),
         Command::Experiment(a) => cmd_experiment::run(a),
+        Command::Profile(a) => cmd_profile::run(a),
     }
 }
 

@@ -75,13 +75,17 @@ impl Observer for Bars {
                 Some(z) => format!(" | ternary, {:.1}% zero weights", 100.0 * z),
                 None => String::new(),
             };
+            let nz = match m.nonzero_frac {
+                Some(f) => format!(" | non-zero MACs fwd {:.2} bwd {:.2} grad {:.2}", f[0], f[1], f[2]),
+                None => String::new(),
+            };
             let skipped = if m.skipped_samples > 0 {
                 format!(" | skipped {} samples, {} backward passes", m.skipped_samples, m.skipped_batches)
             } else {
                 String::new()
             };
             eprintln!(
-                "epoch {:>3}: train loss {:.4} acc {:.2}% | test acc {:.2}% top5 {:.2}% | lr {:.5} | {:.1}s {:.0} img/s{tern}{skipped}",
+                "epoch {:>3}: train loss {:.4} acc {:.2}% | test acc {:.2}% top5 {:.2}% | lr {:.5} | {:.1}s {:.0} img/s{tern}{nz}{skipped}",
                 m.epoch,
                 m.train_loss,
                 100.0 * m.train_acc,

@@ -15,7 +15,7 @@ impl Table {
     }
 
     pub fn render(&self) -> String {
-        let cols = self.header.len();
+        let cols = self.rows.iter().map(|r| r.len()).chain([self.header.len()]).max().unwrap_or(0);
         let mut width = vec![0; cols];
         for r in std::iter::once(&self.header).chain(&self.rows) {
             for (i, c) in r.iter().enumerate().take(cols) {

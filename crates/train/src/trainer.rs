@@ -38,6 +38,9 @@ pub struct TrainConfig {
     /// Start from this checkpoint's weights (a trained full-precision network, §4.2).
     #[serde(default)]
     pub init_from: Option<PathBuf>,
+    /// Every N epochs, count non-zero operands on the epoch's first training step (0: never).
+    #[serde(default)]
+    pub profile_every: usize,
 }
 
 impl TrainConfig {
@@ -87,6 +90,10 @@ pub struct EpochMetrics {
     pub skipped_samples: usize,
     #[serde(default)]
     pub skipped_batches: usize,
+    /// Non-zero fraction of the multiply-adds (forward, backward, weight gradient) on the
+    /// epoch's first step, when `profile_every` asks for it.
+    #[serde(default)]
+    pub nonzero_frac: Option<[f64; 3]>,
 }
 
 #[derive(Clone, Debug, serde::Serialize)]
@@ -280,6 +287,8 @@ impl Trainer {
         self.cfg.recipe.apply(&mut self.model, epoch);
         let skip_correct = self.cfg.recipe.skip_correct;
         let (mut skipped_samples, mut skipped_batches) = (0usize, 0usize);
+        let profile_now = self.cfg.profile_every > 0 && (epoch + 1) % self.cfg.profile_every == 0;
+        let profiler = std::cell::RefCell::new(crate::profile::Profiler::default());
         let lcfg = loader(
             &self.normalize,
             self.model.config.in_shape,
@@ -296,7 +305,10 @@ impl Trainer {
         let mut lr = self.schedule.lr(epoch, 0.0);
         for (bi, b) in iter.enumerate() {
             lr = self.schedule.lr(epoch, bi as f64 / batches as f64);
-            let ctx = Ctx::new(self.backend.as_ref(), true);
+            let mut ctx = Ctx::new(self.backend.as_ref(), true);
+            if profile_now && bi == 0 {
+                ctx.profiler = Some(&profiler);
+            }
             let logits = self.model.forward(&ctx, &b.x);
             let is_correct = top_k_correct(logits.data(), &b.labels, classes, 1);
             let ok = is_correct.iter().filter(|&&c| c).count();
@@ -355,6 +367,7 @@ impl Trainer {
             weight_zero_fraction,
             skipped_samples,
             skipped_batches,
+            nonzero_frac: profile_now.then(|| profiler.borrow().totals()),
         })
     }
 

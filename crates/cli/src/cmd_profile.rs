@@ -1,0 +1,283 @@
+//! `tern profile`: exact non-zero operand counts of every mmOp layer in the forward, backward
+//! and weight-gradient passes (the paper's Table 1 and Fig. 1), plus the simulator workload.
+
+use crate::common::DataArgs;
+use crate::plot::{bar_chart, line_charts, Bar, Panel, Series};
+use crate::table::Table;
+use anyhow::Context;
+use clap::Args;
+use std::cell::RefCell;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tern_core::checkpoint::write_atomic;
+use tern_core::quant::TernaryConfig;
+use tern_core::{Backend, CpuBackend, Rng, Tensor};
+use tern_data::{Augment, BatchIter, LoaderConfig, Normalize};
+use tern_train::layer::Ctx;
+use tern_train::profile::{Profiler, PASSES};
+use tern_train::{Model, ModelConfig};
+
+#[derive(Args, Debug)]
+pub struct ProfileArgs {
+    /// A checkpoint written by `tern train` (its recipe decides which layers are ternary)
+    #[arg(long, conflicts_with = "model")]
+    pub checkpoint: Option<PathBuf>,
+    #[command(flatten)]
+    pub data: DataArgs,
+    /// Profile a freshly initialised model on random images instead (shapes only: the
+    /// activation and gradient zeros of random data are not those of a trained network)
+    #[arg(long)]
+    pub model: Option<String>,
+    /// With --model: input side length
+    #[arg(long, default_value_t = 224)]
+    pub input_size: usize,
+    /// With --model: input channels
+    #[arg(long, default_value_t = 3)]
+    pub channels: usize,
+    /// With --model: classes
+    #[arg(long, default_value_t = 1000)]
+    pub classes: usize,
+    /// With --model: ternary weights (TWN rule) except the first layer
+    #[arg(long)]
+    pub ternary: bool,
+    /// With --model: ReLU threshold (the paper uses 0.01)
+    #[arg(long, default_value_t = 0.0)]
+    pub relu_threshold: f32,
+    /// Batches to profile (counts accumulate over them)
+    #[arg(long, default_value_t = 4)]
+    pub batches: usize,
+    #[arg(long, default_value_t = 64)]
+    pub batch: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[arg(long, default_value = "runs/profile")]
+    pub out: PathBuf,
+}
+
+pub fn run(a: ProfileArgs) -> anyhow::Result<()> {
+    if a.batches == 0 || a.batch == 0 {
+        anyhow::bail!("invalid value for --batches/--batch: must be at least 1");
+    }
+    let be = CpuBackend;
+    let prof = RefCell::new(Profiler::default());
+    let source;
+    let mut model;
+    if let Some(path) = &a.checkpoint {
+        let (m, c) = tern_train::checkpoint::load_model(path)?;
+        model = m;
+        let normalize: Normalize = serde_json::from_value(c.meta["normalize"].clone())
+            .with_context(|| format!("{}: no `normalize` metadata", path.display()))?;
+        let data = a.data.load()?;
+        let cfg = LoaderConfig {
+            batch_size: a.batch,
+            shuffle: true,
+            seed: a.seed,
+            augment: Augment::default(),
+            normalize,
+            input_shape: model.config.in_shape,
+            prefetch: 2,
+        };
+        for b in BatchIter::new(Arc::new(data.train.clone()), cfg, 0, false).take(a.batches) {
+            step(&mut model, &be, &prof, &b.x, &b.labels);
+        }
+        source = format!("{} on {} training images ({} batches of {})", path.display(), data.name, a.batches, a.batch);
+    } else {
+        let name = a.model.clone().ok_or_else(|| anyhow::anyhow!("pass --checkpoint PATH or --model NAME"))?;
+        let cfg = ModelConfig {
+            name,
+            in_shape: [a.channels, a.input_size, a.input_size],
+            classes: a.classes,
+            width: 0,
+            small_input: false,
+        };
+        let mut rng = Rng::new(a.seed);
+        model = tern_train::models::build(&cfg, &mut rng)?;
+        if a.ternary {
+            model.set_ternary(Some(TernaryConfig::default()), true, false);
+        }
+        model.set_relu(a.relu_threshold, 0.0);
+        for _ in 0..a.batches {
+            let x = Tensor::randn(&[a.batch, a.channels, a.input_size, a.input_size], 1.0, &mut rng);
+            let labels: Vec<u32> = (0..a.batch).map(|_| rng.below(a.classes) as u32).collect();
+            step(&mut model, &be, &prof, &x, &labels);
+        }
+        source = format!(
+            "freshly initialised {}{} on random N(0,1) images {:?} ({} batches of {}): shapes are real, zeros are not those of a trained network",
+            cfg.name,
+            if a.ternary { " (ternary, FP first layer)" } else { "" },
+            cfg.in_shape,
+            a.batches,
+            a.batch
+        );
+    }
+    let p = prof.into_inner();
+    write_outputs(&a.out, &p, &source, &model.config)?;
+    Ok(())
+}
+
+/// One forward and backward pass in train mode with the profiler on; no weight update.
+fn step(model: &mut Model, be: &dyn Backend, prof: &RefCell<Profiler>, x: &Tensor, labels: &[u32]) {
+    let mut ctx = Ctx::new(be, true);
+    ctx.profiler = Some(prof);
+    let logits = model.forward(&ctx, x);
+    let mut d = Tensor::zeros(logits.shape());
+    be.softmax_cross_entropy(logits.data(), labels, model.config.classes, None, d.data_mut());
+    model.backward(&ctx, &d);
+    model.clear_cache();
+}
+
+fn write_outputs(out: &Path, p: &Profiler, source: &str, model: &ModelConfig) -> anyhow::Result<()> {
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    // sparsity.csv: one row per layer and pass
+    let mut csv = String::from(
+        "layer,kind,pass,k,crs,pq,macs,nonzero_macs,nonzero_frac,weight_zero_frac,input_zero_frac,grad_zero_frac,ms\n",
+    );
+    for l in &p.layers {
+        for (i, pass) in PASSES.iter().enumerate() {
+            csv.push_str(&format!(
+                "{},{},{},{},{},{},{},{},{:.6},{:.6},{:.6},{:.6},{:.3}\n",
+                l.name,
+                l.kind,
+                pass,
+                l.k,
+                l.crs,
+                l.pq,
+                l.macs[i],
+                l.nonzero[i],
+                l.nonzero_frac(i),
+                l.weight_zero_frac(),
+                l.input_zero_frac(),
+                l.grad_zero_frac(),
+                l.ms[i]
+            ));
+        }
+    }
+    write_atomic(&out.join("sparsity.csv"), csv.as_bytes())?;
+
+    // The Table 1-style table.
+    let total_ms: f64 = p.layers.iter().map(|l| l.ms.iter().sum::<f64>()).sum();
+    let mut t = Table::new(&[
+        "#",
+        "layer",
+        "nz FWD",
+        "nz BWD",
+        "nz GradUpd",
+        "ms FWD",
+        "ms BWD",
+        "ms GradUpd",
+        "ms total",
+        "share %",
+        "best-case ms",
+    ]);
+    let mut best_total = 0.0;
+    for (i, l) in p.layers.iter().enumerate() {
+        let best: f64 = (0..3).map(|k| l.ms[k] * l.nonzero_frac(k)).sum();
+        best_total += best;
+        let tot: f64 = l.ms.iter().sum();
+        t.row(vec![
+            (i + 1).to_string(),
+            l.name.clone(),
+            format!("{:.2}", l.nonzero_frac(0)),
+            format!("{:.2}", l.nonzero_frac(1)),
+            format!("{:.2}", l.nonzero_frac(2)),
+            format!("{:.1}", l.ms[0]),
+            format!("{:.1}", l.ms[1]),
+            format!("{:.1}", l.ms[2]),
+            format!("{tot:.1}"),
+            format!("{:.2}", 100.0 * tot / total_ms.max(1e-12)),
+            format!("{best:.1}"),
+        ]);
+    }
+    let totals = p.totals();
+    let pass_ms: Vec<f64> = (0..3).map(|k| p.layers.iter().map(|l| l.ms[k]).sum()).collect();
+    t.row(vec![
+        "all".into(),
+        String::new(),
+        format!("{:.2}", totals[0]),
+        format!("{:.2}", totals[1]),
+        format!("{:.2}", totals[2]),
+        format!("{:.1}", pass_ms[0]),
+        format!("{:.1}", pass_ms[1]),
+        format!("{:.1}", pass_ms[2]),
+        format!("{total_ms:.1}"),
+        "100.00".into(),
+        format!("{best_total:.1}"),
+    ]);
+    let table = t.render();
+    print!("{table}");
+    println!(
+        "non-zero fraction of the multiply-adds: forward {:.3}, backward {:.3}, weight gradient {:.3} (paper, ResNet-34 on ImageNet: 0.16 / 0.37 / 0.37)",
+        totals[0], totals[1], totals[2]
+    );
+    println!("source: {source}");
+    write_atomic(&out.join("table.txt"), format!("{table}\nsource: {source}\n").as_bytes())?;
+
+    let json = serde_json::json!({
+        "source": source,
+        "model": model,
+        "totals": {"forward": totals[0], "backward": totals[1], "weight_grad": totals[2]},
+        "time_ms": {"forward": pass_ms[0], "backward": pass_ms[1], "weight_grad": pass_ms[2], "best_case_total": best_total, "total": total_ms},
+        "layers": p.layers.iter().map(|l| serde_json::json!({
+            "name": l.name, "kind": l.kind, "k": l.k, "crs": l.crs, "pq": l.pq,
+            "macs": l.macs, "nonzero_macs": l.nonzero,
+            "nonzero_frac": [l.nonzero_frac(0), l.nonzero_frac(1), l.nonzero_frac(2)],
+            "weight_zero_frac": l.weight_zero_frac(), "input_zero_frac": l.input_zero_frac(), "grad_zero_frac": l.grad_zero_frac(),
+            "ms": l.ms,
+        })).collect::<Vec<_>>(),
+    });
+    write_atomic(&out.join("sparsity.json"), serde_json::to_string_pretty(&json)?.as_bytes())?;
+
+    // workload for the simulator: per mmOp and pass, the shapes and both operands' zero fractions
+    let mut wl = Vec::new();
+    let mut wcsv = String::from("layer,pass,k,crs,pq,a_zero_frac,b_zero_frac,nonzero_frac\n");
+    for l in &p.layers {
+        for (i, pass) in PASSES.iter().enumerate() {
+            let (a_name, a, b_name, b) = match i {
+                0 => ("weight", l.weight_zero_frac(), "input", l.input_zero_frac()),
+                1 => ("weight", l.weight_zero_frac(), "output_grad", l.grad_zero_frac()),
+                _ => ("output_grad", l.grad_zero_frac(), "input", l.input_zero_frac()),
+            };
+            wl.push(serde_json::json!({
+                "name": l.name, "pass": pass, "k": l.k, "crs": l.crs, "pq": l.pq,
+                "operands": [a_name, b_name], "zero_frac": [a, b], "nonzero_frac": l.nonzero_frac(i),
+            }));
+            wcsv.push_str(&format!(
+                "{},{pass},{},{},{},{a:.6},{b:.6},{:.6}\n",
+                l.name,
+                l.k,
+                l.crs,
+                l.pq,
+                l.nonzero_frac(i)
+            ));
+        }
+    }
+    let workload = serde_json::json!({"format": "tern-workload-v1", "source": source, "model": model, "mm_ops": wl});
+    write_atomic(&out.join("workload.json"), serde_json::to_string_pretty(&workload)?.as_bytes())?;
+    write_atomic(&out.join("workload.csv"), wcsv.as_bytes())?;
+
+    // Fig. 1 and the per-layer fractions
+    let fig1 = bar_chart(
+        "Fraction of multiply-adds on non-zero operands",
+        "non-zero fraction",
+        &[
+            Bar { label: "forward (inference)".into(), value: totals[0], error: None },
+            Bar { label: "backward".into(), value: totals[1], error: None },
+            Bar { label: "weight gradient".into(), value: totals[2], error: None },
+        ],
+        Some(0.0),
+    );
+    write_atomic(&out.join("fig1.svg"), fig1.as_bytes())?;
+    let series = |k: usize, name: &str| Series {
+        name: name.into(),
+        points: p.layers.iter().enumerate().map(|(i, l)| ((i + 1) as f64, l.nonzero_frac(k))).collect(),
+    };
+    let layers = line_charts(&[Panel {
+        title: "Non-zero fraction per layer".into(),
+        x_label: "mmOp layer".into(),
+        y_label: "non-zero fraction".into(),
+        series: vec![series(0, "forward"), series(1, "backward"), series(2, "weight gradient")],
+    }]);
+    write_atomic(&out.join("layers.svg"), layers.as_bytes())?;
+    println!("-> {} (sparsity.csv, sparsity.json, table.txt, workload.json/.csv, fig1.svg, layers.svg)", out.display());
+    Ok(())
+}
