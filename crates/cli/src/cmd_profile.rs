@@ -10,6 +10,7 @@ use std::cell::RefCell;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tern_core::checkpoint::write_atomic;
+use tern_core::masks::{MaskRecord, Operand};
 use tern_core::quant::TernaryConfig;
 use tern_core::{Backend, CpuBackend, Rng, Tensor};
 use tern_data::{Augment, BatchIter, LoaderConfig, Normalize};
@@ -52,6 +53,10 @@ pub struct ProfileArgs {
     pub seed: u64,
     #[arg(long, default_value = "runs/profile")]
     pub out: PathBuf,
+    /// Also write the zero masks of every mmOp's operands in the last batch to DIR/masks.bin
+    /// (format: tern-core's `masks` module)
+    #[arg(long)]
+    pub masks: bool,
 }
 
 pub fn run(a: ProfileArgs) -> anyhow::Result<()> {
@@ -59,7 +64,7 @@ pub fn run(a: ProfileArgs) -> anyhow::Result<()> {
         anyhow::bail!("invalid value for --batches/--batch: must be at least 1");
     }
     let be = CpuBackend;
-    let prof = RefCell::new(Profiler::default());
+    let prof = RefCell::new(Profiler { capture: a.masks, ..Default::default() });
     let source;
     let mut model;
     if let Some(path) = &a.checkpoint {
@@ -112,6 +117,25 @@ pub fn run(a: ProfileArgs) -> anyhow::Result<()> {
     }
     let p = prof.into_inner();
     write_outputs(&a.out, &p, &source, &model.config)?;
+    if a.masks {
+        let mut recs = Vec::new();
+        for o in &p.operands {
+            let g = &o.geometry;
+            recs.push(MaskRecord::from_values(&o.name, Operand::Weight, &[g.c_out, g.c_in, g.k_h, g.k_w], &o.w));
+            recs.push(MaskRecord::from_values(&o.name, Operand::Input, &[g.n, g.c_in, g.h, g.w], &o.x));
+            if let Some(dy) = &o.dy {
+                recs.push(MaskRecord::from_values(
+                    &o.name,
+                    Operand::OutputGrad,
+                    &[g.n, g.c_out, g.h_out(), g.w_out()],
+                    dy,
+                ));
+            }
+        }
+        let path = a.out.join("masks.bin");
+        tern_core::masks::write(&path, &recs)?;
+        println!("zero masks of the last batch ({} records) -> {}", recs.len(), path.display());
+    }
     Ok(())
 }
 

@@ -66,6 +66,43 @@ fn train_then_eval_follow_the_contract_and_resume_extends() {
     assert!((e["test_accuracy"].as_f64().unwrap() - acc).abs() < 1e-9, "eval agrees with training's last evaluation");
     assert!(e["top5"].as_f64().unwrap() >= e["test_accuracy"].as_f64().unwrap());
 
+    // Profile the trained network: exact counts, tables, workload and masks.
+    let prof = out.path().join("prof");
+    let o = tern(&[
+        "profile",
+        "--checkpoint",
+        ck.to_str().unwrap(),
+        "--data",
+        "mnist",
+        "--data-path",
+        dp,
+        "--batches",
+        "2",
+        "--batch",
+        "16",
+        "--out",
+        prof.to_str().unwrap(),
+        "--masks",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let csv = std::fs::read_to_string(prof.join("sparsity.csv")).unwrap();
+    assert!(csv.starts_with(
+        "layer,kind,pass,k,crs,pq,macs,nonzero_macs,nonzero_frac,weight_zero_frac,input_zero_frac,grad_zero_frac,ms\n"
+    ));
+    assert_eq!(csv.lines().count(), 1 + 5 * 3, "5 mmOp layers x 3 passes");
+    let js: serde_json::Value = serde_json::from_slice(&std::fs::read(prof.join("sparsity.json")).unwrap()).unwrap();
+    for pass in ["forward", "backward", "weight_grad"] {
+        let f = js["totals"][pass].as_f64().unwrap();
+        assert!(f > 0.0 && f <= 1.0, "{pass}: {f}");
+    }
+    let wl: serde_json::Value = serde_json::from_slice(&std::fs::read(prof.join("workload.json")).unwrap()).unwrap();
+    assert_eq!(wl["mm_ops"].as_array().unwrap().len(), 15);
+    for f in ["fig1.svg", "layers.svg", "table.txt", "workload.csv"] {
+        assert!(prof.join(f).is_file(), "{f}");
+    }
+    let masks = tern_core::masks::read(&prof.join("masks.bin")).unwrap();
+    assert_eq!(masks.len(), 15);
+
     // Training again into the same folder is refused; --resume extends the run.
     let o = tern(&["train", "--data", "mnist", "--data-path", dp, "--model", "lenet5", "--out", r, "--quiet"]);
     assert!(!o.status.success() && stderr(&o).contains("--resume"), "{}", stderr(&o));

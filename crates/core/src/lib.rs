@@ -6,6 +6,7 @@ pub mod checkpoint;
 pub mod error;
 pub mod geometry;
 pub mod kernels;
+pub mod masks;
 pub mod quant;
 pub mod rng;
 pub mod tensor;
