@@ -59,6 +59,9 @@ pub enum BenchKind {
         /// Timed steps
         #[arg(long, default_value_t = 10)]
         steps: usize,
+        /// Count non-zero operands (the sparsity probe) during the timed steps
+        #[arg(long)]
+        probe: bool,
     },
 }
 
@@ -96,7 +99,7 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
                 })
             );
         }
-        BenchKind::Train { model, batch, channels, size, classes, width, small_input, warmup, steps } => {
+        BenchKind::Train { model, batch, channels, size, classes, width, small_input, warmup, steps, probe } => {
             let cfg = ModelConfig { name: model, in_shape: [channels, size, size], classes, width, small_input };
             let mut rng = Rng::new(0);
             let mut m = build(&cfg, &mut rng)?;
@@ -104,8 +107,12 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
             let x = Tensor::randn(&[batch, channels, size, size], 1.0, &mut rng);
             let labels: Vec<u32> = (0..batch).map(|i| (i % classes) as u32).collect();
             let be = CpuBackend;
+            let prof = std::cell::RefCell::new(tern_train::profile::Profiler::default());
             let mut step = || {
-                let ctx = Ctx::new(&be, true);
+                let mut ctx = Ctx::new(&be, true);
+                if probe {
+                    ctx.profiler = Some(&prof);
+                }
                 let logits = m.forward(&ctx, &x);
                 let mut d = Tensor::zeros(logits.shape());
                 tern_core::Backend::softmax_cross_entropy(&be, logits.data(), &labels, classes, None, d.data_mut());
@@ -123,7 +130,7 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
             println!(
                 "{}",
                 serde_json::json!({
-                    "model": cfg, "batch": batch, "threads": rayon::current_num_threads(),
+                    "model": cfg, "batch": batch, "threads": rayon::current_num_threads(), "probe": probe,
                     "step_ms": secs * 1e3, "images_per_s": batch as f64 / secs,
                 })
             );
