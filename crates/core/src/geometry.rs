@@ -68,6 +68,15 @@ impl ConvGeometry {
     pub fn macs(&self) -> u64 {
         (self.n * self.c_out * self.crs() * self.pq()) as u64
     }
+    /// Output columns [lo, hi) whose kernel tap `s` reads inside the input row (the rest read
+    /// padding).
+    pub fn valid_cols(&self, s: usize) -> (usize, usize) {
+        let wo = self.w_out();
+        let lo = self.pad.saturating_sub(s).div_ceil(self.stride).min(wo);
+        let hi = if self.w + self.pad > s { ((self.w + self.pad - s - 1) / self.stride + 1).min(wo) } else { 0 };
+        (lo, hi.max(lo))
+    }
+
     /// True when the convolution is a plain matrix multiply over channels (1x1, stride 1, no pad).
     pub fn is_pointwise(&self) -> bool {
         self.k_h == 1 && self.k_w == 1 && self.stride == 1 && self.pad == 0

@@ -287,7 +287,7 @@ impl Trainer {
         self.cfg.recipe.apply(&mut self.model, epoch);
         let skip_correct = self.cfg.recipe.skip_correct;
         let (mut skipped_samples, mut skipped_batches) = (0usize, 0usize);
-        let profile_now = self.cfg.profile_every > 0 && (epoch + 1) % self.cfg.profile_every == 0;
+        let profile_now = self.cfg.profile_every > 0 && (epoch + 1).is_multiple_of(self.cfg.profile_every);
         let profiler = std::cell::RefCell::new(crate::profile::Profiler::default());
         let lcfg = loader(
             &self.normalize,

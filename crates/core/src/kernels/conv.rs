@@ -16,9 +16,7 @@ pub fn im2col(x: &[f32], g: &ConvGeometry, col: &mut [f32]) {
             for s in 0..g.k_w {
                 let row = (c * g.k_h + r) * g.k_w + s;
                 let dst = &mut col[row * pq..(row + 1) * pq];
-                // Output columns q whose input column q*stride + s - pad is inside [0, w).
-                let q_lo = g.pad.saturating_sub(s).div_ceil(g.stride).min(wo);
-                let q_hi = if g.w + g.pad > s { ((g.w + g.pad - s - 1) / g.stride + 1).min(wo) } else { 0 };
+                let (q_lo, q_hi) = g.valid_cols(s);
                 for p in 0..ho {
                     let out = &mut dst[p * wo..(p + 1) * wo];
                     let ih = (p * g.stride + r) as isize - g.pad as isize;
@@ -53,8 +51,7 @@ pub fn col2im(col: &[f32], g: &ConvGeometry, dx: &mut [f32]) {
             for s in 0..g.k_w {
                 let row = (c * g.k_h + r) * g.k_w + s;
                 let src = &col[row * pq..(row + 1) * pq];
-                let q_lo = g.pad.saturating_sub(s).div_ceil(g.stride).min(wo);
-                let q_hi = if g.w + g.pad > s { ((g.w + g.pad - s - 1) / g.stride + 1).min(wo) } else { 0 };
+                let (q_lo, q_hi) = g.valid_cols(s);
                 if q_lo >= q_hi {
                     continue;
                 }

@@ -22,14 +22,6 @@ pub struct PassCounts {
     pub weight_grad: u64,
 }
 
-/// Output-column range [lo, hi) whose tap `s` lands inside the input row, as in im2col.
-fn q_range(g: &ConvGeometry, s: usize) -> (usize, usize) {
-    let wo = g.w_out();
-    let lo = g.pad.saturating_sub(s).div_ceil(g.stride).min(wo);
-    let hi = if g.w + g.pad > s { ((g.w + g.pad - s - 1) / g.stride + 1).min(wo) } else { 0 };
-    (lo, hi.max(lo))
-}
-
 /// nnz(col[crs, :]) summed over the batch, for every row crs = (c, r, s).
 pub fn col_row_nonzeros(x: &[f32], g: &ConvGeometry) -> Vec<u64> {
     let (h, w, ho) = (g.h, g.w, g.h_out());
@@ -49,7 +41,7 @@ pub fn col_row_nonzeros(x: &[f32], g: &ConvGeometry) -> Vec<u64> {
                 }
                 for r in 0..g.k_h {
                     for s in 0..g.k_w {
-                        let (lo, hi) = q_range(g, s);
+                        let (lo, hi) = g.valid_cols(s);
                         let mut count = 0u64;
                         if lo < hi {
                             for p in 0..ho {
