@@ -11,6 +11,9 @@ use tern_train::{ModelConfig, Sgd, SgdConfig};
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
+    /// Matrix-multiply implementation: auto (AVX-512 where available) or gemm-crate (baseline)
+    #[arg(long, default_value = "auto", global = true)]
+    pub gemm: String,
     #[command(subcommand)]
     pub what: BenchKind,
 }
@@ -66,6 +69,12 @@ pub enum BenchKind {
 }
 
 pub fn run(a: BenchArgs) -> anyhow::Result<()> {
+    use tern_core::kernels::gemm::{set_impl, GemmImpl};
+    match a.gemm.as_str() {
+        "auto" => set_impl(GemmImpl::Auto),
+        "gemm-crate" => set_impl(GemmImpl::GemmCrate),
+        other => anyhow::bail!("invalid value for --gemm: `{other}`: expected auto or gemm-crate"),
+    }
     match a.what {
         BenchKind::Conv { batch, c_in, c_out, size, k, stride, pad, reps } => {
             let g = ConvGeometry::new(batch, c_in, size, size, c_out, k, stride, pad)?;
@@ -92,7 +101,7 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
             println!(
                 "{}",
                 serde_json::json!({
-                    "geometry": g, "threads": rayon::current_num_threads(),
+                    "geometry": g, "threads": rayon::current_num_threads(), "gemm": a.gemm,
                     "forward_ms": tf * 1e3, "backward_input_ms": ti * 1e3, "backward_weight_ms": tw * 1e3,
                     "forward_backward_ms": total * 1e3,
                     "forward_gflops": flop / tf / 1e9, "forward_backward_gflops": 3.0 * flop / total / 1e9,
@@ -130,7 +139,7 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
             println!(
                 "{}",
                 serde_json::json!({
-                    "model": cfg, "batch": batch, "threads": rayon::current_num_threads(), "probe": probe,
+                    "model": cfg, "batch": batch, "threads": rayon::current_num_threads(), "probe": probe, "gemm": a.gemm,
                     "step_ms": secs * 1e3, "images_per_s": batch as f64 / secs,
                 })
             );

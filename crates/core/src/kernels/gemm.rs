@@ -1,4 +1,23 @@
-//! Row-major single-precision matrix multiply on top of the `gemm` crate.
+//! Row-major single-precision matrix multiply: our AVX-512 kernel where the CPU has it,
+//! else the `gemm` crate (AVX2/FMA on stable Rust).
+
+use std::sync::atomic::{AtomicU8, Ordering};
+
+/// Which implementation `sgemm` uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GemmImpl {
+    /// AVX-512 when available, else the gemm crate.
+    Auto = 0,
+    /// Always the gemm crate (the baseline of `tern bench`).
+    GemmCrate = 1,
+}
+
+static IMPL: AtomicU8 = AtomicU8::new(GemmImpl::Auto as u8);
+
+/// Chooses the implementation process-wide (set by `tern bench --gemm` to time the baseline).
+pub fn set_impl(i: GemmImpl) {
+    IMPL.store(i as u8, Ordering::Relaxed);
+}
 
 /// C[m x n] (+)= op(A) · op(B), all row-major and contiguous.
 /// A is `[m, k]`, or `[k, m]` when `trans_a`; B is `[k, n]`, or `[n, k]` when `trans_b`.
@@ -23,6 +42,25 @@ pub fn sgemm(
     if k == 0 {
         if !accumulate {
             c[..m * n].fill(0.0);
+        }
+        return;
+    }
+    if IMPL.load(Ordering::Relaxed) == GemmImpl::Auto as u8 && super::sgemm512::available() {
+        use super::sgemm512::{sgemm as sgemm512, MatRef};
+        let am = if trans_a { MatRef { data: a, rs: 1, cs: m } } else { MatRef { data: a, rs: k, cs: 1 } };
+        let bm = if trans_b { MatRef { data: b, rs: 1, cs: k } } else { MatRef { data: b, rs: n, cs: 1 } };
+        if parallel && rayon::current_num_threads() > 1 && m * n * k >= 1 << 18 {
+            // Split the rows of C across the pool; each part packs its own panels.
+            use rayon::prelude::*;
+            let rows = m.div_ceil(rayon::current_num_threads()).max(1);
+            c[..m * n].par_chunks_mut(rows * n).enumerate().for_each(|(t, part)| {
+                let r0 = t * rows;
+                let mr = part.len() / n;
+                let sub = MatRef { data: &a[r0 * am.rs..], ..am };
+                sgemm512(mr, n, k, sub, bm, part, accumulate);
+            });
+        } else {
+            sgemm512(m, n, k, am, bm, &mut c[..m * n], accumulate);
         }
         return;
     }
@@ -80,6 +118,24 @@ mod tests {
             }
         }
         c
+    }
+
+    #[test]
+    fn large_blocked_and_parallel_paths_agree_with_the_gemm_crate() {
+        // Crosses every cache block (KC, MC, NC) and ragged micro-tiles.
+        let mut rng = Rng::new(4);
+        let (m, n, k) = (250, 2100, 400);
+        for (ta, tb) in [(false, false), (true, true)] {
+            let a = rand_vec(m * k, &mut rng);
+            let b = rand_vec(k * n, &mut rng);
+            let mut fast = vec![0.5; m * n];
+            let mut base = vec![0.5; m * n];
+            sgemm(m, n, k, &a, ta, &b, tb, &mut fast, true, true);
+            set_impl(GemmImpl::GemmCrate);
+            sgemm(m, n, k, &a, ta, &b, tb, &mut base, true, false);
+            set_impl(GemmImpl::Auto);
+            assert_close(&fast, &base, 1e-3, "blocked sgemm");
+        }
     }
 
     #[test]

@@ -9,6 +9,7 @@ pub mod loss;
 pub mod norm;
 pub mod pool;
 pub mod reference;
+pub mod sgemm512;
 pub mod sparsity;
 
 #[cfg(test)]

@@ -1,0 +1,192 @@
+//! A packed single-precision GEMM with an AVX-512 micro-kernel (BLIS loop structure).
+//! The `gemm` crate's stable build stops at AVX2/FMA; on CPUs with AVX-512 this kernel
+//! doubles the vector width. `gemm::sgemm` dispatches here when the CPU has avx512f.
+
+#[cfg(target_arch = "x86_64")]
+use std::arch::x86_64::*;
+
+/// Micro-tile: MR rows of A (broadcast) times NR columns of B (two 16-lane vectors).
+const MR: usize = 12;
+const NR: usize = 32;
+/// Cache blocking: a KC x NR panel of B stays in L1, an MC x KC block of A in L2.
+const KC: usize = 192;
+const MC: usize = MR * 20;
+const NC: usize = NR * 64;
+
+/// A strided read-only matrix: element (i, j) at `ptr[i * rs + j * cs]`.
+#[derive(Clone, Copy)]
+pub struct MatRef<'a> {
+    pub data: &'a [f32],
+    pub rs: usize,
+    pub cs: usize,
+}
+
+impl MatRef<'_> {
+    #[inline(always)]
+    fn at(&self, i: usize, j: usize) -> f32 {
+        self.data[i * self.rs + j * self.cs]
+    }
+}
+
+pub fn available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Packs A[i0.., p0..] (mc x kc) into MR-row panels, column by column, zero-padding rows.
+/// Reads along whichever direction A is contiguous in.
+fn pack_a(a: MatRef, i0: usize, mc: usize, p0: usize, kc: usize, out: &mut Vec<f32>) {
+    out.clear();
+    out.resize(mc.div_ceil(MR) * MR * kc, 0.0);
+    for (panel, ir) in (0..mc).step_by(MR).enumerate() {
+        let rows = MR.min(mc - ir);
+        let dst = &mut out[panel * MR * kc..(panel + 1) * MR * kc];
+        if a.cs == 1 {
+            for i in 0..rows {
+                let src = &a.data[(i0 + ir + i) * a.rs + p0..(i0 + ir + i) * a.rs + p0 + kc];
+                for (p, &v) in src.iter().enumerate() {
+                    dst[p * MR + i] = v;
+                }
+            }
+        } else {
+            for p in 0..kc {
+                for i in 0..rows {
+                    dst[p * MR + i] = a.at(i0 + ir + i, p0 + p);
+                }
+            }
+        }
+    }
+}
+
+/// Packs B[p0.., j0..] (kc x nc) into NR-column panels, row by row, zero-padding columns.
+/// Reads along whichever direction B is contiguous in.
+fn pack_b(b: MatRef, p0: usize, kc: usize, j0: usize, nc: usize, out: &mut Vec<f32>) {
+    out.clear();
+    out.resize(nc.div_ceil(NR) * NR * kc, 0.0);
+    for (panel, jr) in (0..nc).step_by(NR).enumerate() {
+        let cols = NR.min(nc - jr);
+        let dst = &mut out[panel * NR * kc..(panel + 1) * NR * kc];
+        if b.cs == 1 {
+            for p in 0..kc {
+                let start = (p0 + p) * b.rs + j0 + jr;
+                dst[p * NR..p * NR + cols].copy_from_slice(&b.data[start..start + cols]);
+            }
+        } else if b.rs == 1 {
+            for j in 0..cols {
+                let start = (j0 + jr + j) * b.cs + p0;
+                for (p, &v) in b.data[start..start + kc].iter().enumerate() {
+                    dst[p * NR + j] = v;
+                }
+            }
+        } else {
+            for p in 0..kc {
+                for j in 0..cols {
+                    dst[p * NR + j] = b.at(p0 + p, j0 + jr + j);
+                }
+            }
+        }
+    }
+}
+
+/// acc(MR x NR) = Σ_p a[p*MR + i] · b[p*NR + j]; then C[i, j] (+)= acc for the valid
+/// `rows x cols` corner. C is row-major with leading dimension `ldc`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn micro_kernel(
+    kc: usize,
+    a: *const f32,
+    b: *const f32,
+    c: *mut f32,
+    ldc: usize,
+    rows: usize,
+    cols: usize,
+    add: bool,
+) {
+    // SAFETY (whole body): the packed panels hold kc*MR and kc*NR floats; C is valid for
+    // rows x cols at stride ldc (the caller guarantees both).
+    unsafe {
+        let mut acc = [[_mm512_setzero_ps(); 2]; MR];
+        for p in 0..kc {
+            let b0 = _mm512_loadu_ps(b.add(p * NR));
+            let b1 = _mm512_loadu_ps(b.add(p * NR + 16));
+            let ap = a.add(p * MR);
+            for (i, row) in acc.iter_mut().enumerate() {
+                let av = _mm512_set1_ps(*ap.add(i));
+                row[0] = _mm512_fmadd_ps(av, b0, row[0]);
+                row[1] = _mm512_fmadd_ps(av, b1, row[1]);
+            }
+        }
+        if rows == MR && cols == NR {
+            for (i, row) in acc.iter().enumerate() {
+                let cp = c.add(i * ldc);
+                let (mut v0, mut v1) = (row[0], row[1]);
+                if add {
+                    v0 = _mm512_add_ps(v0, _mm512_loadu_ps(cp));
+                    v1 = _mm512_add_ps(v1, _mm512_loadu_ps(cp.add(16)));
+                }
+                _mm512_storeu_ps(cp, v0);
+                _mm512_storeu_ps(cp.add(16), v1);
+            }
+        } else {
+            let mut tile = [0.0f32; MR * NR];
+            for (i, row) in acc.iter().enumerate() {
+                _mm512_storeu_ps(tile.as_mut_ptr().add(i * NR), row[0]);
+                _mm512_storeu_ps(tile.as_mut_ptr().add(i * NR + 16), row[1]);
+            }
+            for i in 0..rows {
+                for j in 0..cols {
+                    let cp = c.add(i * ldc + j);
+                    *cp = if add { *cp + tile[i * NR + j] } else { tile[i * NR + j] };
+                }
+            }
+        }
+    }
+}
+
+/// C[m x n] (row-major, leading dimension n) (+)= A · B, single-threaded.
+/// Panics if the CPU lacks AVX-512 (callers check [`available`]).
+pub fn sgemm(m: usize, n: usize, k: usize, a: MatRef, b: MatRef, c: &mut [f32], accumulate: bool) {
+    assert!(available(), "sgemm512 called on a CPU without avx512f");
+    assert!(c.len() >= m * n);
+    if k == 0 {
+        if !accumulate {
+            c[..m * n].fill(0.0);
+        }
+        return;
+    }
+    let mut pa = Vec::with_capacity(MC * KC);
+    let mut pb = Vec::with_capacity(KC * NC);
+    for j0 in (0..n).step_by(NC) {
+        let nc = NC.min(n - j0);
+        for p0 in (0..k).step_by(KC) {
+            let kc = KC.min(k - p0);
+            let add = accumulate || p0 > 0;
+            pack_b(b, p0, kc, j0, nc, &mut pb);
+            for i0 in (0..m).step_by(MC) {
+                let mc = MC.min(m - i0);
+                pack_a(a, i0, mc, p0, kc, &mut pa);
+                for jr in (0..nc).step_by(NR) {
+                    let cols = NR.min(nc - jr);
+                    for ir in (0..mc).step_by(MR) {
+                        let rows = MR.min(mc - ir);
+                        let ap = pa[ir * kc..].as_ptr();
+                        let bp = pb[jr * kc..].as_ptr();
+                        let cp = c[(i0 + ir) * n + j0 + jr..].as_mut_ptr();
+                        // SAFETY: panels are kc*MR / kc*NR long at these offsets (packing pads
+                        // to whole panels); C has rows x cols valid from cp at stride n.
+                        #[cfg(target_arch = "x86_64")]
+                        unsafe {
+                            micro_kernel(kc, ap, bp, cp, n, rows, cols, add)
+                        };
+                    }
+                }
+            }
+        }
+    }
+}
