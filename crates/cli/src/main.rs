@@ -15,10 +15,17 @@ mod table;
 
 use clap::{Parser, Subcommand};
 
-// mimalloc keeps freed activation buffers for reuse instead of returning them to the OS and
-// page-faulting them back in on every training step.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+/// Keeps freed activation buffers (up to 32 MiB each, glibc's ceiling) in the heap for reuse,
+/// instead of returning them to the OS and page-faulting them back in, zeroed by the kernel,
+/// on every training step (that cost a fifth of a step).
+fn keep_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only tunes glibc's allocator; called before any thread starts.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
+    }
+}
 use std::process::ExitCode;
 
 #[derive(Parser)]
@@ -50,6 +57,7 @@ enum Command {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
+    keep_freed_memory();
     if let Some(t) = cli.threads {
         if t == 0 {
             anyhow::bail!("invalid value for --threads: must be at least 1");

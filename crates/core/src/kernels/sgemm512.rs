@@ -42,11 +42,16 @@ pub fn available() -> bool {
 /// Packs A[i0.., p0..] (mc x kc) into MR-row panels, column by column, zero-padding rows.
 /// Reads along whichever direction A is contiguous in.
 fn pack_a(a: MatRef, i0: usize, mc: usize, p0: usize, kc: usize, out: &mut Vec<f32>) {
-    out.clear();
-    out.resize(mc.div_ceil(MR) * MR * kc, 0.0);
+    let need = mc.div_ceil(MR) * MR * kc;
+    if out.len() < need {
+        out.resize(need, 0.0);
+    }
     for (panel, ir) in (0..mc).step_by(MR).enumerate() {
         let rows = MR.min(mc - ir);
         let dst = &mut out[panel * MR * kc..(panel + 1) * MR * kc];
+        if rows < MR {
+            dst.fill(0.0); // the padding rows of a ragged last panel
+        }
         if a.cs == 1 {
             for i in 0..rows {
                 let src = &a.data[(i0 + ir + i) * a.rs + p0..(i0 + ir + i) * a.rs + p0 + kc];
@@ -67,11 +72,16 @@ fn pack_a(a: MatRef, i0: usize, mc: usize, p0: usize, kc: usize, out: &mut Vec<f
 /// Packs B[p0.., j0..] (kc x nc) into NR-column panels, row by row, zero-padding columns.
 /// Reads along whichever direction B is contiguous in.
 fn pack_b(b: MatRef, p0: usize, kc: usize, j0: usize, nc: usize, out: &mut Vec<f32>) {
-    out.clear();
-    out.resize(nc.div_ceil(NR) * NR * kc, 0.0);
+    let need = nc.div_ceil(NR) * NR * kc;
+    if out.len() < need {
+        out.resize(need, 0.0);
+    }
     for (panel, jr) in (0..nc).step_by(NR).enumerate() {
         let cols = NR.min(nc - jr);
         let dst = &mut out[panel * NR * kc..(panel + 1) * NR * kc];
+        if cols < NR {
+            dst.fill(0.0); // the padding columns of a ragged last panel
+        }
         if b.cs == 1 {
             for p in 0..kc {
                 let start = (p0 + p) * b.rs + j0 + jr;
@@ -160,17 +170,37 @@ pub fn sgemm(m: usize, n: usize, k: usize, a: MatRef, b: MatRef, c: &mut [f32], 
         }
         return;
     }
-    let mut pa = Vec::with_capacity(MC * KC);
-    let mut pb = Vec::with_capacity(KC * NC);
+    PACK.with(|bufs| {
+        let (pa, pb) = &mut *bufs.borrow_mut();
+        blocked(m, n, k, a, b, c, accumulate, pa, pb);
+    });
+}
+
+thread_local! {
+    /// Packing buffers, reused across calls on the same thread.
+    static PACK: std::cell::RefCell<(Vec<f32>, Vec<f32>)> = const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
+}
+
+fn blocked(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: MatRef,
+    b: MatRef,
+    c: &mut [f32],
+    accumulate: bool,
+    pa: &mut Vec<f32>,
+    pb: &mut Vec<f32>,
+) {
     for j0 in (0..n).step_by(NC) {
         let nc = NC.min(n - j0);
         for p0 in (0..k).step_by(KC) {
             let kc = KC.min(k - p0);
             let add = accumulate || p0 > 0;
-            pack_b(b, p0, kc, j0, nc, &mut pb);
+            pack_b(b, p0, kc, j0, nc, pb);
             for i0 in (0..m).step_by(MC) {
                 let mc = MC.min(m - i0);
-                pack_a(a, i0, mc, p0, kc, &mut pa);
+                pack_a(a, i0, mc, p0, kc, pa);
                 for jr in (0..nc).step_by(NR) {
                     let cols = NR.min(nc - jr);
                     for ir in (0..mc).step_by(MR) {
