@@ -7,6 +7,7 @@ mod cmd_eval;
 mod cmd_experiment;
 mod cmd_models;
 mod cmd_profile;
+mod cmd_sim;
 mod cmd_train;
 mod common;
 mod plot;
@@ -50,6 +51,8 @@ enum Command {
     Data(cmd_data::DataCmdArgs),
     /// Count the multiply-adds with two non-zero operands, per layer and pass (Table 1, Fig. 1)
     Profile(cmd_profile::ProfileArgs),
+    /// Simulate a workload on DLAC, the zero-skipping accelerator, cycle by cycle
+    Sim(cmd_sim::SimArgs),
     /// Run one of the ternary experiments (configurations x seeds) and summarise it
     Experiment(cmd_experiment::ExperimentArgs),
     /// Speed benchmarks on random inputs (JSON output)
@@ -72,6 +75,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(a) => cmd_bench::run(a),
         Command::Experiment(a) => cmd_experiment::run(a),
         Command::Profile(a) => cmd_profile::run(a),
+        Command::Sim(a) => cmd_sim::run(a),
     }
 }
 

@@ -1,0 +1,167 @@
+//! Accelerator configuration: typed, validated once, with the paper's two presets.
+
+use std::path::Path;
+use tern_core::{Error, Result};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    Fp32,
+    Fp16,
+}
+
+/// A DLAC instance: a `rows x cols` grid of processing elements (PEs). Each PE owns
+/// `out_buffers` outputs (one output row of the mmOp, `out_buffers` consecutive columns) and
+/// `units` multiply-add units. Row operands (weights in the forward pass) are broadcast
+/// along PE rows, column operands (input features) along PE columns.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DlacConfig {
+    pub name: String,
+    pub rows: usize,
+    pub cols: usize,
+    /// Multiply-add units per PE (FMA units, or multiplier+adder pairs in FP16 mode).
+    pub units: usize,
+    /// Output buffers per PE: the outputs it accumulates at once.
+    pub out_buffers: usize,
+    /// Look-ahead of the zero-skipping scheduler, in reduction steps: PEs run independently
+    /// within a window of this many steps and meet at its end (operand FIFOs of this depth).
+    pub window: usize,
+    /// Reduction steps the scheduler can scan (and skip) per cycle.
+    pub scan_rate: usize,
+    pub precision: Precision,
+    pub clock_mhz: f64,
+    /// Weight and input-feature-map buffer sizes, KiB (used by the area model).
+    pub weight_buffer_kib: usize,
+    pub ifm_buffer_kib: usize,
+}
+
+impl DlacConfig {
+    /// The paper's training instance: 512 FP32 FMA units, 32-bit datapaths, 500 MHz. The
+    /// grid shape, buffers, window and scan rate are the calibrated set (DLAC.md): the best
+    /// of a grid search against the odd rows of the paper's Fig. 5.
+    pub fn fp32_train() -> Self {
+        DlacConfig {
+            name: "dlac-fp32-train".into(),
+            rows: 32,
+            cols: 16,
+            units: 1,
+            out_buffers: 2,
+            window: 16,
+            scan_rate: 3,
+            precision: Precision::Fp32,
+            clock_mhz: 500.0,
+            weight_buffer_kib: 64,
+            ifm_buffer_kib: 64,
+        }
+    }
+
+    /// The paper's inference instance: 256 FP16 multipliers + 256 FP16 adders (256 multiply-add
+    /// pairs), 16-bit datapaths; half the grid rows of the training instance.
+    pub fn fp16_infer() -> Self {
+        DlacConfig { name: "dlac-fp16-infer".into(), rows: 16, precision: Precision::Fp16, ..Self::fp32_train() }
+    }
+
+    pub const PRESETS: [&'static str; 2] = ["dlac-fp32-train", "dlac-fp16-infer"];
+
+    /// A preset name or a TOML file.
+    pub fn load(spec: &str) -> Result<Self> {
+        let cfg = match spec {
+            "dlac-fp32-train" => Self::fp32_train(),
+            "dlac-fp16-infer" => Self::fp16_infer(),
+            path => {
+                let p = Path::new(path);
+                if !p.is_file() {
+                    return Err(Error::invalid(
+                        "--config",
+                        format!("`{spec}` is neither a preset {:?} nor a TOML file", Self::PRESETS),
+                    ));
+                }
+                let text = std::fs::read_to_string(p).map_err(|e| Error::io(p, e))?;
+                toml::from_str(&text).map_err(|e| Error::format(p, format!("not a DLAC config: {e}")))?
+            }
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Rejects impossible configurations, naming the field and the rule.
+    pub fn validate(&self) -> Result<()> {
+        let positive = [
+            ("rows", self.rows),
+            ("cols", self.cols),
+            ("units", self.units),
+            ("out_buffers", self.out_buffers),
+            ("window", self.window),
+            ("scan_rate", self.scan_rate),
+        ];
+        for (field, v) in positive {
+            if v == 0 {
+                return Err(Error::invalid(field, "must be at least 1"));
+            }
+        }
+        if self.units > self.out_buffers {
+            return Err(Error::invalid(
+                "units",
+                format!(
+                    "{} units per PE but only {} output buffers: a PE cannot feed more units than outputs",
+                    self.units, self.out_buffers
+                ),
+            ));
+        }
+        if !(self.clock_mhz > 0.0 && self.clock_mhz.is_finite()) {
+            return Err(Error::invalid("clock_mhz", format!("{}: must be a positive number", self.clock_mhz)));
+        }
+        Ok(())
+    }
+
+    /// Multiply-add units in the grid.
+    pub fn total_units(&self) -> usize {
+        self.rows * self.cols * self.units
+    }
+
+    /// Peak FLOP/cycle without skipping (a multiply-add is 2 FLOP).
+    pub fn dense_flops_per_cycle(&self) -> f64 {
+        2.0 * self.total_units() as f64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn presets_match_the_paper() {
+        let t = DlacConfig::fp32_train();
+        assert_eq!((t.total_units(), t.precision, t.clock_mhz), (512, Precision::Fp32, 500.0));
+        let i = DlacConfig::fp16_infer();
+        assert_eq!((i.total_units(), i.precision), (256, Precision::Fp16));
+    }
+
+    #[test]
+    fn every_config_error_names_its_field() {
+        let base = DlacConfig::fp32_train();
+        let cases: Vec<(DlacConfig, &str)> = vec![
+            (DlacConfig { rows: 0, ..base.clone() }, "rows"),
+            (DlacConfig { cols: 0, ..base.clone() }, "cols"),
+            (DlacConfig { units: 0, ..base.clone() }, "units"),
+            (DlacConfig { out_buffers: 0, ..base.clone() }, "out_buffers"),
+            (DlacConfig { window: 0, ..base.clone() }, "window"),
+            (DlacConfig { scan_rate: 0, ..base.clone() }, "scan_rate"),
+            (DlacConfig { units: 3, out_buffers: 2, ..base.clone() }, "units"),
+            (DlacConfig { clock_mhz: -1.0, ..base.clone() }, "clock_mhz"),
+        ];
+        for (cfg, field) in cases {
+            let e = cfg.validate().unwrap_err().to_string();
+            assert!(e.contains(field), "{e}");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(&p, toml::to_string(&DlacConfig { name: "mine".into(), ..base.clone() }).unwrap()).unwrap();
+        assert_eq!(DlacConfig::load(p.to_str().unwrap()).unwrap().name, "mine");
+        std::fs::write(&p, "rows = 4\nbogus = 1\n").unwrap();
+        let e = DlacConfig::load(p.to_str().unwrap()).unwrap_err().to_string();
+        assert!(e.contains("c.toml") && e.contains("bogus"), "{e}");
+        assert!(DlacConfig::load("dlac-huge").unwrap_err().to_string().contains("--config"));
+    }
+}

@@ -1,0 +1,11 @@
+//! tern-dlac: DLAC, the paper's zero-skipping accelerator (§3, §4.3), as a configuration,
+//! a lowering of mmOp workloads onto its PE grid, and a cycle engine.
+//! It reads workloads (the profiler's `workload.json`, or a Fig. 5-style CSV), never the trainer.
+
+pub mod config;
+pub mod engine;
+pub mod workload;
+
+pub use config::{DlacConfig, Precision};
+pub use engine::{simulate_op, OpResult};
+pub use workload::{MmOp, Workload};

@@ -1,0 +1,191 @@
+//! Workloads: the mmOps a network runs, with their operand zero fractions, read from the
+//! profiler's `workload.json` or from a CSV in the format of the paper's Fig. 5 table.
+//!
+//! Every pass of a conv/linear layer (K x CRS x PQ) is lowered to a matrix multiply
+//! `[m x red] · [red x n]` whose first operand is broadcast along PE rows and the second
+//! along PE columns:
+//! forward `W·col`: m = K, red = CRS, n = PQ; backward `Wᵀ·dY`: m = CRS, red = K, n = PQ;
+//! weight gradient `dY·colᵀ`: m = K, red = PQ, n = CRS.
+
+use std::path::Path;
+use tern_core::{Error, Result};
+
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct MmOp {
+    pub name: String,
+    pub pass: String,
+    /// The layer's K, CRS, PQ (as the paper's table lists them).
+    pub k: usize,
+    pub crs: usize,
+    pub pq: usize,
+    /// Zero fractions of the row operand and the column operand.
+    pub row_zero: f64,
+    pub col_zero: f64,
+    /// A measured FLOP/cycle to compare against (the paper's Fig. 5 column), if given.
+    pub reference_flops_per_cycle: Option<f64>,
+}
+
+impl MmOp {
+    /// (m, red, n) of the lowered matrix multiply.
+    pub fn dims(&self) -> (usize, usize, usize) {
+        match self.pass.as_str() {
+            "backward" => (self.crs, self.k, self.pq),
+            "weight_grad" => (self.k, self.pq, self.crs),
+            _ => (self.k, self.crs, self.pq),
+        }
+    }
+    /// Dense multiply-adds.
+    pub fn macs(&self) -> u64 {
+        (self.k * self.crs * self.pq) as u64
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Workload {
+    pub ops: Vec<MmOp>,
+    pub source: String,
+}
+
+fn frac(path: &Path, what: &str, v: f64) -> Result<f64> {
+    if !(0.0..=1.0).contains(&v) {
+        return Err(Error::format(path, format!("{what} = {v}: expected a fraction in [0, 1]")));
+    }
+    Ok(v)
+}
+
+impl Workload {
+    /// Reads `.json` (the profiler's workload) or `.csv` (columns `layer, weight_zero_pct,
+    /// ifm_zero_pct, k, crs, pq`; others ignored; forward passes).
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        if path.extension().is_some_and(|e| e == "json") {
+            Self::from_json(path, &text)
+        } else {
+            Self::from_csv(path, &text)
+        }
+    }
+
+    fn from_json(path: &Path, text: &str) -> Result<Self> {
+        let v: serde_json::Value =
+            serde_json::from_str(text).map_err(|e| Error::format(path, format!("not JSON: {e}")))?;
+        let ops =
+            v["mm_ops"].as_array().ok_or_else(|| Error::format(path, "no `mm_ops` array: not a tern workload"))?;
+        let mut out = Vec::new();
+        for (i, o) in ops.iter().enumerate() {
+            let field = |k: &str| {
+                o[k].as_u64()
+                    .map(|x| x as usize)
+                    .ok_or_else(|| Error::format(path, format!("mm_ops[{i}].{k}: expected a count")))
+            };
+            let z = |j: usize| {
+                o["zero_frac"][j]
+                    .as_f64()
+                    .ok_or_else(|| Error::format(path, format!("mm_ops[{i}].zero_frac[{j}]: expected a number")))
+            };
+            let pass = o["pass"].as_str().unwrap_or("forward").to_string();
+            if !["forward", "backward", "weight_grad"].contains(&pass.as_str()) {
+                return Err(Error::format(
+                    path,
+                    format!("mm_ops[{i}].pass = `{pass}`: expected forward, backward or weight_grad"),
+                ));
+            }
+            out.push(MmOp {
+                name: o["name"].as_str().unwrap_or("?").to_string(),
+                pass,
+                k: field("k")?,
+                crs: field("crs")?,
+                pq: field("pq")?,
+                row_zero: frac(path, "zero_frac[0]", z(0)?)?,
+                col_zero: frac(path, "zero_frac[1]", z(1)?)?,
+                reference_flops_per_cycle: None,
+            });
+        }
+        Ok(Workload { ops: out, source: path.display().to_string() })
+    }
+
+    fn from_csv(path: &Path, text: &str) -> Result<Self> {
+        let mut lines = text.lines().filter(|l| !l.trim().is_empty());
+        let header: Vec<String> = lines
+            .next()
+            .ok_or_else(|| Error::format(path, "empty file"))?
+            .split(',')
+            .map(|s| s.trim().to_lowercase())
+            .collect();
+        let col = |name: &str| {
+            header.iter().position(|h| h == name).ok_or_else(|| {
+                Error::format(
+                    path,
+                    format!("no `{name}` column (need layer, weight_zero_pct, ifm_zero_pct, k, crs, pq)"),
+                )
+            })
+        };
+        let (cl, cw, ci, ck, cc, cp) =
+            (col("layer")?, col("weight_zero_pct")?, col("ifm_zero_pct")?, col("k")?, col("crs")?, col("pq")?);
+        let cf = header.iter().position(|h| h == "flops_per_cycle");
+        let mut ops = Vec::new();
+        for (row, line) in lines.enumerate() {
+            let cells: Vec<&str> = line.split(',').map(|s| s.trim()).collect();
+            let get = |c: usize, what: &str| -> Result<&str> {
+                cells.get(c).copied().ok_or_else(|| Error::format(path, format!("row {}: no `{what}` value", row + 2)))
+            };
+            let num = |c: usize, what: &str| -> Result<f64> {
+                get(c, what)?
+                    .parse::<f64>()
+                    .map_err(|_| Error::format(path, format!("row {}: `{what}` is not a number", row + 2)))
+            };
+            let count = |c: usize, what: &str| -> Result<usize> {
+                get(c, what)?
+                    .parse::<usize>()
+                    .map_err(|_| Error::format(path, format!("row {}: `{what}` is not a whole number", row + 2)))
+            };
+            ops.push(MmOp {
+                name: get(cl, "layer")?.to_string(),
+                pass: "forward".into(),
+                k: count(ck, "k")?,
+                crs: count(cc, "crs")?,
+                pq: count(cp, "pq")?,
+                row_zero: frac(path, "weight_zero_pct/100", num(cw, "weight_zero_pct")? / 100.0)?,
+                col_zero: frac(path, "ifm_zero_pct/100", num(ci, "ifm_zero_pct")? / 100.0)?,
+                reference_flops_per_cycle: match cf {
+                    Some(c) => Some(num(c, "flops_per_cycle")?),
+                    None => None,
+                },
+            });
+        }
+        Ok(Workload { ops, source: path.display().to_string() })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_fig5_csv_and_profiler_json() {
+        let dir = tempfile::tempdir().unwrap();
+        let csv = dir.path().join("w.csv");
+        std::fs::write(
+            &csv,
+            "layer,weight_zero_pct,ifm_zero_pct,flops_per_cycle,k,crs,pq\n1,60.41,0.00,1974.86,64,147,12544\n",
+        )
+        .unwrap();
+        let w = Workload::load(&csv).unwrap();
+        assert_eq!(w.ops[0].dims(), (64, 147, 12544));
+        assert!((w.ops[0].row_zero - 0.6041).abs() < 1e-12);
+        std::fs::write(&csv, "layer,k,crs,pq\n1,2,3,4\n").unwrap();
+        assert!(Workload::load(&csv).unwrap_err().to_string().contains("weight_zero_pct"));
+        std::fs::write(&csv, "layer,weight_zero_pct,ifm_zero_pct,k,crs,pq\n1,150,0,2,3,4\n").unwrap();
+        assert!(Workload::load(&csv).unwrap_err().to_string().contains("fraction"));
+
+        let js = dir.path().join("w.json");
+        std::fs::write(
+            &js,
+            r#"{"mm_ops":[{"name":"c","pass":"backward","k":8,"crs":72,"pq":100,"zero_frac":[0.4,0.1]}]}"#,
+        )
+        .unwrap();
+        let w = Workload::load(&js).unwrap();
+        assert_eq!(w.ops[0].dims(), (72, 8, 100));
+        std::fs::write(&js, r#"{"layers":[]}"#).unwrap();
+        assert!(Workload::load(&js).unwrap_err().to_string().contains("mm_ops"));
+    }
+}
