@@ -103,6 +103,28 @@ fn train_then_eval_follow_the_contract_and_resume_extends() {
     let masks = tern_core::masks::read(&prof.join("masks.bin")).unwrap();
     assert_eq!(masks.len(), 15);
 
+    // The profiler's workload runs through the DLAC simulator.
+    let sim = out.path().join("sim");
+    let o = tern(&[
+        "sim",
+        "--workload",
+        prof.join("workload.json").to_str().unwrap(),
+        "--config",
+        "dlac-fp16-infer",
+        "--pass",
+        "forward",
+        "--out",
+        sim.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let layers = std::fs::read_to_string(sim.join("layers.csv")).unwrap();
+    assert!(layers
+        .starts_with("layer,pass,k,crs,pq,weight_zero_pct,ifm_zero_pct,cycles,flops_per_cycle,speedup,utilisation"));
+    assert_eq!(layers.lines().count(), 1 + 5);
+    assert!(std::fs::read_to_string(sim.join("flops_per_cycle.svg")).unwrap().contains("</svg>"));
+    let o = tern(&["sim", "--workload", prof.join("workload.json").to_str().unwrap(), "--config", "no-such-preset"]);
+    assert!(!o.status.success() && stderr(&o).contains("--config"));
+
     // Training again into the same folder is refused; --resume extends the run.
     let o = tern(&["train", "--data", "mnist", "--data-path", dp, "--model", "lenet5", "--out", r, "--quiet"]);
     assert!(!o.status.success() && stderr(&o).contains("--resume"), "{}", stderr(&o));
