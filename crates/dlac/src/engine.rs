@@ -40,39 +40,64 @@ fn dense_tile_cycles(cfg: &DlacConfig, red: usize, widest: usize) -> u64 {
 }
 
 /// Simulates tile `(mt, nt)`; returns (cycles, executed multiply-adds).
+///
+/// Per window the operand masks become bit sets over its steps: one word per PE row (row
+/// operand non-zero) and, per PE column, bit-planes of its per-step cycle count. A PE's time
+/// in the window is then Σ_k 2^k · popcount(row & plane_k): no per-step, per-PE loop.
 fn tile_cycles(cfg: &DlacConfig, op: &MmOp, mt: usize, nt: usize, rng: &mut Rng) -> (u64, u64) {
     let (m, red, n) = op.dims();
     let b = cfg.out_buffers;
     let rows_valid = (m - mt * cfg.rows).min(cfg.rows);
     let width: Vec<usize> = (0..cfg.cols).map(|j| n.saturating_sub(nt * cfg.cols * b + j * b).min(b)).collect();
-    let (p_row, p_col) = (1.0 - op.row_zero, 1.0 - op.col_zero);
-    let mut row_nz = vec![false; rows_valid];
-    let mut col_cycles = vec![0u32; cfg.cols];
-    let mut col_work = vec![0u32; cfg.cols];
+    let (p_row, p_col) = (1.0 - op.row_zero as f32, 1.0 - op.col_zero as f32);
+    let max_step_cycles = b.div_ceil(cfg.units);
+    let planes = (usize::BITS - max_step_cycles.leading_zeros()) as usize;
+    let mut row_bits = vec![0u64; rows_valid];
+    let mut col_planes = vec![0u64; cfg.cols * planes];
     let mut pe_time = vec![0u64; rows_valid * cfg.cols];
     let (mut total, mut executed) = (0u64, 0u64);
     let mut step = 0;
     while step < red {
         let steps = cfg.window.min(red - step);
         pe_time.iter_mut().for_each(|t| *t = 0);
-        for _ in 0..steps {
-            for r in row_nz.iter_mut() {
-                *r = rng.uniform() < p_row as f32;
-            }
-            for j in 0..cfg.cols {
-                let nz = (0..width[j]).filter(|_| rng.uniform() < p_col as f32).count() as u32;
-                col_work[j] = nz;
-                col_cycles[j] = nz.div_ceil(cfg.units as u32);
-            }
-            for (i, &r) in row_nz.iter().enumerate() {
-                if r {
-                    let t = &mut pe_time[i * cfg.cols..(i + 1) * cfg.cols];
-                    for j in 0..cfg.cols {
-                        t[j] += col_cycles[j] as u64;
-                        executed += col_work[j] as u64;
+        // Chunks of up to 64 steps share one word per mask.
+        let mut done = 0;
+        while done < steps {
+            let chunk = (steps - done).min(64);
+            row_bits.iter_mut().for_each(|w| *w = 0);
+            col_planes.iter_mut().for_each(|w| *w = 0);
+            for s in 0..chunk {
+                let mut rows_nz = 0u64;
+                for w in row_bits.iter_mut() {
+                    if rng.uniform() < p_row {
+                        *w |= 1 << s;
+                        rows_nz += 1;
+                    }
+                }
+                for j in 0..cfg.cols {
+                    let nz = (0..width[j]).filter(|_| rng.uniform() < p_col).count();
+                    executed += rows_nz * nz as u64;
+                    let c = nz.div_ceil(cfg.units);
+                    for k in 0..planes {
+                        if c >> k & 1 == 1 {
+                            col_planes[j * planes + k] |= 1 << s;
+                        }
                     }
                 }
             }
+            for (i, &rw) in row_bits.iter().enumerate() {
+                if rw == 0 {
+                    continue;
+                }
+                for j in 0..cfg.cols {
+                    let mut t = 0u64;
+                    for k in 0..planes {
+                        t += ((rw & col_planes[j * planes + k]).count_ones() as u64) << k;
+                    }
+                    pe_time[i * cfg.cols + j] += t;
+                }
+            }
+            done += chunk;
         }
         let floor = steps.div_ceil(cfg.scan_rate) as u64;
         total += pe_time.iter().copied().max().unwrap_or(0).max(floor);
