@@ -79,12 +79,21 @@ pub fn batch_norm_forward_eval(
     affine(x, &scale, &shift, c, hw, y);
 }
 
+/// Planes per parallel task: small planes are grouped so a task has ~16K values (one rayon
+/// task per 32x32 plane cost more in scheduling than in arithmetic).
+fn planes_per_task(hw: usize) -> usize {
+    (16384 / hw.max(1)).max(1)
+}
+
 /// y = x * scale[ch] + shift[ch], per channel plane.
 fn affine(x: &[f32], scale: &[f32], shift: &[f32], c: usize, hw: usize, y: &mut [f32]) {
-    y.par_chunks_mut(hw).zip(x.par_chunks(hw)).enumerate().for_each(|(i, (yp, xp))| {
-        let ch = i % c;
-        let (a, b) = (scale[ch], shift[ch]);
-        yp.iter_mut().zip(xp).for_each(|(o, &v)| *o = v * a + b);
+    let per = planes_per_task(hw);
+    y.par_chunks_mut(hw * per).zip(x.par_chunks(hw * per)).enumerate().for_each(|(t, (yc, xc))| {
+        for (k, (yp, xp)) in yc.chunks_mut(hw).zip(xc.chunks(hw)).enumerate() {
+            let ch = (t * per + k) % c;
+            let (a, b) = (scale[ch], shift[ch]);
+            yp.iter_mut().zip(xp).for_each(|(o, &v)| *o = v * a + b);
+        }
     });
 }
 
@@ -133,16 +142,22 @@ pub fn batch_norm_backward_input(
     dx: &mut [f32],
 ) {
     let m = (n * hw) as f32;
-    dx.par_chunks_mut(hw).zip(x.par_chunks(hw).zip(dy.par_chunks(hw))).enumerate().for_each(|(i, (dxp, (xp, dp)))| {
-        let ch = i % c;
-        let (mean, inv) = (saved.mean[ch], saved.inv_std[ch]);
-        let k = gamma[ch] * inv / m;
-        let (db, dg) = (dbeta[ch], dgamma[ch]);
-        for ((o, &xv), &d) in dxp.iter_mut().zip(xp).zip(dp) {
-            let xhat = (xv - mean) * inv;
-            *o = k * (m * d - db - xhat * dg);
-        }
-    });
+    let per = planes_per_task(hw);
+    let chunk = hw * per;
+    dx.par_chunks_mut(chunk).zip(x.par_chunks(chunk).zip(dy.par_chunks(chunk))).enumerate().for_each(
+        |(t, (dxc, (xc, dc)))| {
+            for (kk, (dxp, (xp, dp))) in dxc.chunks_mut(hw).zip(xc.chunks(hw).zip(dc.chunks(hw))).enumerate() {
+                let ch = (t * per + kk) % c;
+                let (mean, inv) = (saved.mean[ch], saved.inv_std[ch]);
+                let k = gamma[ch] * inv / m;
+                let (db, dg) = (dbeta[ch], dgamma[ch]);
+                for ((o, &xv), &d) in dxp.iter_mut().zip(xp).zip(dp) {
+                    let xhat = (xv - mean) * inv;
+                    *o = k * (m * d - db - xhat * dg);
+                }
+            }
+        },
+    );
 }
 
 #[cfg(test)]
