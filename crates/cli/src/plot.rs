@@ -222,7 +222,8 @@ pub fn bar_chart(title: &str, y_label: &str, bars: &[Bar], y_min: Option<f64>) -
                 cx + 5.0
             );
         }
-        let _ = write!(s, r#"<text x="{}" y="{}" text-anchor="middle">{:.2}</text>"#, x + bw / 2.0, y - 6.0, b.value);
+        let label_y = sy(b.value + b.error.unwrap_or(0.0)) - 6.0; // above the error bar
+        let _ = write!(s, r#"<text x="{}" y="{}" text-anchor="middle">{:.2}</text>"#, x + bw / 2.0, label_y, b.value);
         let _ = write!(
             s,
             r#"<text transform="translate({},{}) rotate(-35)" text-anchor="end">{}</text>"#,
