@@ -70,10 +70,6 @@ pub struct Profiler {
     pub operands: Vec<Operands>,
 }
 
-fn zeros(v: &[f32]) -> u64 {
-    v.iter().filter(|&&x| x == 0.0).count() as u64
-}
-
 impl Profiler {
     fn entry(&mut self, name: &str, kind: &str, g: &ConvGeometry) -> &mut LayerProfile {
         if let Some(i) = self.layers.iter().position(|l| l.name == name) {
@@ -95,10 +91,10 @@ impl Profiler {
         let nz = sparsity::forward_nonzero(x, w, g);
         let e = self.entry(name, kind, g);
         e.macs[0] += (g.n * g.c_out * g.crs() * g.pq()) as u64;
-        e.nonzero[0] += nz;
-        e.weight_zeros += zeros(w);
+        e.nonzero[0] += nz.macs;
+        e.weight_zeros += w.len() as u64 - nz.a;
         e.weight_values += w.len() as u64;
-        e.input_zeros += zeros(x);
+        e.input_zeros += x.len() as u64 - nz.b;
         e.input_values += x.len() as u64;
         e.ms[0] += ms;
         if self.capture {
@@ -124,9 +120,9 @@ impl Profiler {
         let e = self.entry(name, kind, g);
         e.macs[1] += dense;
         e.macs[2] += dense;
-        e.nonzero[1] += back;
+        e.nonzero[1] += back.macs;
         e.nonzero[2] += grad;
-        e.grad_zeros += zeros(dy);
+        e.grad_zeros += dy.len() as u64 - back.b;
         e.grad_values += dy.len() as u64;
         e.ms[2] += weight_ms;
         if let Some(o) = self.operands.iter_mut().find(|o| o.name == name) {
@@ -229,6 +225,13 @@ mod tests {
             assert!(t[pass] < 1.0);
         }
         assert!(p.layers[1].weight_zero_frac() > 0.2 && p.layers[1].input_zero_frac() > 0.2);
+        // the zero fractions found on the way equal direct counts
+        for (l, o) in p.layers.iter().zip(&p.operands) {
+            let z = |v: &[f32]| v.iter().filter(|&&a| a == 0.0).count() as f64 / v.len() as f64;
+            assert!((l.input_zero_frac() - z(&o.x)).abs() < 1e-12, "{}", l.name);
+            assert!((l.weight_zero_frac() - z(&o.w)).abs() < 1e-12, "{}", l.name);
+            assert!((l.grad_zero_frac() - z(o.dy.as_ref().unwrap())).abs() < 1e-12, "{}", l.name);
+        }
     }
 
     #[test]

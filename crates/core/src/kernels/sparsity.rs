@@ -22,13 +22,23 @@ pub struct PassCounts {
     pub weight_grad: u64,
 }
 
-/// nnz(col[crs, :]) summed over the batch, for every row crs = (c, r, s).
+/// Non-zero multiply-adds of a pass, with the non-zero counts of its two operands found on
+/// the way (so the probe needs no separate pass to count zeros).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Nonzeros {
+    pub macs: u64,
+    pub a: u64,
+    pub b: u64,
+}
+
+/// nnz(col[crs, :]) summed over the batch, for every row crs = (c, r, s), and the number of
+/// non-zero values of x (the last entry).
 pub fn col_row_nonzeros(x: &[f32], g: &ConvGeometry) -> Vec<u64> {
     let (h, w, ho) = (g.h, g.w, g.h_out());
     let per_image: Vec<Vec<u64>> = x
         .par_chunks(g.c_in * h * w)
         .map(|xn| {
-            let mut rows = vec![0u64; g.crs()];
+            let mut rows = vec![0u64; g.crs() + 1];
             // per input row: prefix counts of non-zeros, reused by every tap and output row
             let mut prefix = vec![0u32; h * (w + 1)];
             for c in 0..g.c_in {
@@ -38,6 +48,7 @@ pub fn col_row_nonzeros(x: &[f32], g: &ConvGeometry) -> Vec<u64> {
                     for (i, &v) in plane[ih * w..(ih + 1) * w].iter().enumerate() {
                         pr[i + 1] = pr[i] + (v != 0.0) as u32;
                     }
+                    rows[g.crs()] += pr[w] as u64;
                 }
                 for r in 0..g.k_h {
                     for s in 0..g.k_w {
@@ -68,7 +79,7 @@ pub fn col_row_nonzeros(x: &[f32], g: &ConvGeometry) -> Vec<u64> {
             rows
         })
         .collect();
-    let mut total = vec![0u64; g.crs()];
+    let mut total = vec![0u64; g.crs() + 1];
     for v in per_image {
         total.iter_mut().zip(v).for_each(|(t, c)| *t += c);
     }
@@ -76,31 +87,35 @@ pub fn col_row_nonzeros(x: &[f32], g: &ConvGeometry) -> Vec<u64> {
 }
 
 /// nnz(col[:, pq]) for every image and output position: `[n, pq]`, the number of non-zero
-/// inputs in each receptive field (integral image of the non-zero mask per channel).
+/// inputs in each receptive field. The channels are summed first (one pass over x), then a
+/// single integral image of that per-pixel count answers every window in four lookups.
 pub fn col_column_nonzeros(x: &[f32], g: &ConvGeometry) -> Vec<u32> {
     let (h, w, ho, wo) = (g.h, g.w, g.h_out(), g.w_out());
     let mut out = vec![0u32; g.n * ho * wo];
     out.par_chunks_mut(ho * wo).zip(x.par_chunks(g.c_in * h * w)).for_each(|(on, xn)| {
-        let mut integral = vec![0u32; (h + 1) * (w + 1)];
-        for c in 0..g.c_in {
-            let plane = &xn[c * h * w..(c + 1) * h * w];
-            for i in 0..h {
-                let mut run = 0u32;
-                for j in 0..w {
-                    run += (plane[i * w + j] != 0.0) as u32;
-                    integral[(i + 1) * (w + 1) + j + 1] = integral[i * (w + 1) + j + 1] + run;
-                }
+        let mut per_pixel = vec![0u32; h * w];
+        for plane in xn.chunks(h * w) {
+            for (c, &v) in per_pixel.iter_mut().zip(plane) {
+                *c += (v != 0.0) as u32;
             }
-            for p in 0..ho {
-                let top = (p * g.stride) as isize - g.pad as isize;
-                let (i0, i1) = (top.max(0) as usize, ((top + g.k_h as isize).min(h as isize)).max(0) as usize);
-                for q in 0..wo {
-                    let left = (q * g.stride) as isize - g.pad as isize;
-                    let (j0, j1) = (left.max(0) as usize, ((left + g.k_w as isize).min(w as isize)).max(0) as usize);
-                    if i0 < i1 && j0 < j1 {
-                        let at = |i: usize, j: usize| integral[i * (w + 1) + j];
-                        on[p * wo + q] += at(i1, j1) + at(i0, j0) - at(i0, j1) - at(i1, j0);
-                    }
+        }
+        let mut integral = vec![0u32; (h + 1) * (w + 1)];
+        for i in 0..h {
+            let mut run = 0u32;
+            for j in 0..w {
+                run += per_pixel[i * w + j];
+                integral[(i + 1) * (w + 1) + j + 1] = integral[i * (w + 1) + j + 1] + run;
+            }
+        }
+        let at = |i: usize, j: usize| integral[i * (w + 1) + j];
+        for p in 0..ho {
+            let top = (p * g.stride) as isize - g.pad as isize;
+            let (i0, i1) = (top.max(0) as usize, ((top + g.k_h as isize).min(h as isize)).max(0) as usize);
+            for q in 0..wo {
+                let left = (q * g.stride) as isize - g.pad as isize;
+                let (j0, j1) = (left.max(0) as usize, ((left + g.k_w as isize).min(w as isize)).max(0) as usize);
+                if i0 < i1 && j0 < j1 {
+                    on[p * wo + q] = at(i1, j1) + at(i0, j0) - at(i0, j1) - at(i1, j0);
                 }
             }
         }
@@ -112,13 +127,13 @@ pub fn col_column_nonzeros(x: &[f32], g: &ConvGeometry) -> Vec<u32> {
 /// dy: `[n, k, pq]`, or None when only the forward pass ran (backward counts stay 0).
 pub fn conv_pass_counts(x: &[f32], w: &[f32], dy: Option<&[f32]>, g: &ConvGeometry) -> PassCounts {
     let dense = (g.n * g.c_out * g.crs() * g.pq()) as u64;
-    let forward = forward_nonzero(x, w, g);
+    let forward = forward_nonzero(x, w, g).macs;
     let Some(dy) = dy else { return PassCounts { dense, forward, ..Default::default() } };
-    PassCounts { dense, forward, backward: backward_nonzero(w, dy, g), weight_grad: weight_grad_nonzero(x, dy, g) }
+    PassCounts { dense, forward, backward: backward_nonzero(w, dy, g).macs, weight_grad: weight_grad_nonzero(x, dy, g) }
 }
 
-/// Forward pass: pairs (W[k, crs], col[crs, pq]) with both non-zero.
-pub fn forward_nonzero(x: &[f32], w: &[f32], g: &ConvGeometry) -> u64 {
+/// Forward pass: pairs (W[k, crs], col[crs, pq]) with both non-zero; a = nnz(W), b = nnz(x).
+pub fn forward_nonzero(x: &[f32], w: &[f32], g: &ConvGeometry) -> Nonzeros {
     let crs = g.crs();
     // per column crs of W, its non-zeros across k
     let mut w_col = vec![0u64; crs];
@@ -128,11 +143,11 @@ pub fn forward_nonzero(x: &[f32], w: &[f32], g: &ConvGeometry) -> u64 {
         }
     }
     let rows = col_row_nonzeros(x, g);
-    w_col.iter().zip(&rows).map(|(a, b)| a * b).sum()
+    Nonzeros { macs: w_col.iter().zip(&rows).map(|(a, b)| a * b).sum(), a: w_col.iter().sum(), b: rows[crs] }
 }
 
-/// Input-gradient pass: pairs (W[k, crs], dY[k, pq]) with both non-zero.
-pub fn backward_nonzero(w: &[f32], dy: &[f32], g: &ConvGeometry) -> u64 {
+/// Input-gradient pass: pairs (W[k, crs], dY[k, pq]) with both non-zero; a = nnz(W), b = nnz(dY).
+pub fn backward_nonzero(w: &[f32], dy: &[f32], g: &ConvGeometry) -> Nonzeros {
     let (k, crs, pq) = (g.c_out, g.crs(), g.pq());
     let w_row: Vec<u64> = w.chunks(crs).map(|r| r.iter().filter(|&&v| v != 0.0).count() as u64).collect();
     let mut dy_row = vec![0u64; k];
@@ -141,7 +156,11 @@ pub fn backward_nonzero(w: &[f32], dy: &[f32], g: &ConvGeometry) -> u64 {
             dy_row[kk] += row.iter().filter(|&&v| v != 0.0).count() as u64;
         }
     }
-    w_row.iter().zip(&dy_row).map(|(a, b)| a * b).sum()
+    Nonzeros {
+        macs: w_row.iter().zip(&dy_row).map(|(a, b)| a * b).sum(),
+        a: w_row.iter().sum(),
+        b: dy_row.iter().sum(),
+    }
 }
 
 /// Weight-gradient pass: pairs (dY[k, pq], col[crs, pq]) with both non-zero.
