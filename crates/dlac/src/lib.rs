@@ -4,6 +4,7 @@
 
 pub mod config;
 pub mod engine;
+pub mod isa;
 pub mod workload;
 
 pub use config::{DlacConfig, Precision};
