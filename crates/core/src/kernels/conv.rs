@@ -203,26 +203,10 @@ mod tests {
     use crate::kernels::testutil::*;
     use crate::rng::Rng;
 
-    fn geometries() -> Vec<ConvGeometry> {
-        // awkward sizes: odd channels, non-square-friendly strides, padding larger than 1, 1x1
-        [
-            (3, 3, 7, 5, 4, 3, 1, 1),
-            (1, 2, 9, 9, 3, 3, 2, 1),
-            (4, 5, 6, 6, 7, 1, 1, 0),
-            (3, 5, 6, 7, 7, 1, 2, 0),
-            (2, 3, 8, 8, 5, 5, 1, 2),
-            (5, 1, 11, 10, 2, 7, 2, 3),
-            (2, 4, 4, 4, 6, 3, 3, 0),
-        ]
-        .iter()
-        .map(|&(n, c, h, w, k, ks, st, p)| ConvGeometry::new(n, c, h, w, k, ks, st, p).unwrap())
-        .collect()
-    }
-
     #[test]
     fn forward_and_backward_agree_with_reference() {
         let mut rng = Rng::new(11);
-        for g in geometries() {
+        for g in awkward_geometries() {
             let x = rand_vec(g.in_len(), &mut rng);
             let w = rand_vec(g.weight_len(), &mut rng);
             let b = rand_vec(g.c_out, &mut rng);

@@ -14,7 +14,27 @@ pub mod sparsity;
 
 #[cfg(test)]
 pub(crate) mod testutil {
+    use crate::geometry::ConvGeometry;
     use crate::rng::Rng;
+
+    /// Awkward convolution shapes shared by the kernel tests: odd channels, strides that do
+    /// not divide the input, padding above 1, 1x1 kernels, stride above kernel size, and a
+    /// 1x1 image (a linear layer).
+    pub fn awkward_geometries() -> Vec<ConvGeometry> {
+        [
+            (3, 3, 7, 5, 4, 3, 1, 1),
+            (1, 2, 9, 9, 3, 3, 2, 1),
+            (4, 5, 6, 6, 7, 1, 1, 0),
+            (3, 5, 6, 7, 7, 1, 2, 0),
+            (2, 3, 8, 8, 5, 5, 1, 2),
+            (5, 1, 11, 10, 2, 7, 2, 3),
+            (2, 4, 4, 4, 6, 3, 3, 0),
+            (4, 6, 1, 1, 5, 1, 1, 0),
+        ]
+        .iter()
+        .map(|&(n, c, h, w, k, ks, st, p)| ConvGeometry::new(n, c, h, w, k, ks, st, p).unwrap())
+        .collect()
+    }
 
     pub fn rand_vec(n: usize, rng: &mut Rng) -> Vec<f32> {
         (0..n).map(|_| rng.normal()).collect()

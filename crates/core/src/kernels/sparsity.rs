@@ -219,6 +219,7 @@ pub fn conv_pass_counts_reference(x: &[f32], w: &[f32], dy: Option<&[f32]>, g: &
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::testutil::awkward_geometries;
     use crate::rng::Rng;
 
     /// Normal values with a planted fraction of exact zeros.
@@ -229,16 +230,7 @@ mod tests {
     #[test]
     fn fast_counts_equal_brute_force() {
         let mut rng = Rng::new(21);
-        for &(n, c, h, w, k, ks, st, p) in &[
-            (2, 3, 7, 5, 4, 3, 1, 1),
-            (1, 2, 9, 9, 3, 3, 2, 1),
-            (3, 5, 6, 6, 7, 1, 1, 0),
-            (2, 4, 7, 6, 3, 1, 2, 0),
-            (2, 3, 8, 8, 5, 5, 1, 2),
-            (2, 2, 11, 10, 2, 7, 2, 3),
-            (4, 6, 1, 1, 5, 1, 1, 0), // a linear layer
-        ] {
-            let g = ConvGeometry::new(n, c, h, w, k, ks, st, p).unwrap();
+        for g in awkward_geometries() {
             for (zx, zw, zg) in [(0.5, 0.4, 0.6), (0.0, 0.0, 0.0), (1.0, 0.3, 0.2), (0.9, 1.0, 0.0)] {
                 let x = sparse(g.in_len(), zx, &mut rng);
                 let wt = sparse(g.weight_len(), zw, &mut rng);
