@@ -38,8 +38,9 @@ fn tick_step(range: f64) -> f64 {
 
 /// Renders panels side by side into one SVG document.
 pub fn line_charts(panels: &[Panel]) -> String {
-    let (pw, ph) = (440.0, 320.0);
-    let (ml, mr, mt, mb) = (60.0, 16.0, 34.0, 46.0);
+    let (pw, ph) = (440.0, 336.0);
+    // The legend sits in a row between the title and the plot, never over the data.
+    let (ml, mr, mt, mb) = (60.0, 16.0, 50.0, 46.0);
     let width = pw * panels.len() as f64;
     let mut s = String::new();
     let _ = write!(
@@ -133,8 +134,10 @@ pub fn line_charts(panels: &[Panel]) -> String {
                 let (cx, cy) = pt.split_once(',').unwrap();
                 let _ = write!(s, r#"<circle cx="{cx}" cy="{cy}" r="2.5" fill="{color}"/>"#);
             }
-            let ly = mt + 14.0 + 16.0 * si as f64;
-            let lx = x0 + ml + iw - 120.0;
+            // legend: one row between the title and the plot, never over the data
+            let ly = mt - 10.0;
+            let before: f64 = p.series[..si].iter().map(|o| 30.0 + 6.5 * o.name.chars().count() as f64).sum();
+            let lx = x0 + ml + before;
             let _ = write!(
                 s,
                 r#"<line x1="{lx}" x2="{}" y1="{}" y2="{}" stroke="{color}" stroke-width="3"/><text x="{}" y="{ly}">{}</text>"#,
