@@ -27,7 +27,7 @@ impl DataArgs {
     }
 }
 
-/// Parses "C,H,W" or "N" (square, channels from the data).
+/// Parses `--input-size N`: a square side length in pixels (channels come from the data).
 pub fn parse_input_size(s: &str) -> Result<usize, String> {
     let v: usize = s.parse().map_err(|_| format!("`{s}`: expected a side length in pixels"))?;
     if v == 0 {
