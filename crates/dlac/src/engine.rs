@@ -14,13 +14,9 @@ use tern_core::Rng;
 
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct OpResult {
-    pub name: String,
-    pub pass: String,
-    pub k: usize,
-    pub crs: usize,
-    pub pq: usize,
-    pub row_zero: f64,
-    pub col_zero: f64,
+    /// The simulated op.
+    #[serde(flatten)]
+    pub op: MmOp,
     pub cycles: f64,
     /// The same op on the same config without zero-skipping.
     pub dense_cycles: f64,
@@ -134,13 +130,7 @@ pub fn simulate_op(op: &MmOp, cfg: &DlacConfig, seed: u64, max_tiles: Option<usi
     }
     let flops = 2.0 * op.macs() as f64;
     OpResult {
-        name: op.name.clone(),
-        pass: op.pass.clone(),
-        k: op.k,
-        crs: op.crs,
-        pq: op.pq,
-        row_zero: op.row_zero,
-        col_zero: op.col_zero,
+        op: op.clone(),
         cycles,
         dense_cycles: dense as f64,
         flops_per_cycle: flops / cycles.max(1.0),
