@@ -31,6 +31,7 @@ pub struct TrainArgs {
     /// Epochs to train [default: 10]
     #[arg(long)]
     pub epochs: Option<usize>,
+    /// Images per SGD step
     #[arg(long, default_value_t = 128)]
     pub batch: usize,
     /// Peak learning rate
@@ -51,8 +52,10 @@ pub struct TrainArgs {
     /// plateau schedule: factor per lowering
     #[arg(long, default_value_t = 0.2)]
     pub plateau_factor: f32,
+    /// SGD momentum
     #[arg(long, default_value_t = 0.9)]
     pub momentum: f32,
+    /// Nesterov momentum
     #[arg(long)]
     pub nesterov: bool,
     /// L2 weight decay (not applied to biases and BN parameters)
@@ -64,6 +67,7 @@ pub struct TrainArgs {
     /// Augmentation: random horizontal flips
     #[arg(long)]
     pub hflip: bool,
+    /// Seed of the initial weights, the sample order and the augmentation
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Train on the first N training samples only
