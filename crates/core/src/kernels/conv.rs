@@ -78,6 +78,12 @@ pub fn col2im(col: &[f32], g: &ConvGeometry, dx: &mut [f32]) {
     }
 }
 
+thread_local! {
+    /// The im2col buffer of this thread, reused across images and calls (a fresh one per
+    /// rayon task meant zero-filling megabytes per task).
+    static COL: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// Splits the batch across threads only when there is at least one image per thread.
 fn batch_parallel(g: &ConvGeometry) -> bool {
     g.n >= rayon::current_num_threads()
@@ -107,7 +113,7 @@ pub fn conv2d_forward(x: &[f32], w: &[f32], bias: Option<&[f32]>, g: &ConvGeomet
     if batch_parallel(g) {
         y.par_chunks_mut(g.c_out * pq)
             .zip(x.par_chunks(chw))
-            .for_each_init(Vec::new, |col, (yn, xn)| one(xn, yn, col, false));
+            .for_each(|(yn, xn)| COL.with(|col| one(xn, yn, &mut col.borrow_mut(), false)));
     } else {
         let mut col = Vec::new();
         for (yn, xn) in y.chunks_mut(g.c_out * pq).zip(x.chunks(chw)) {
@@ -136,7 +142,7 @@ pub fn conv2d_backward_input(dy: &[f32], w: &[f32], g: &ConvGeometry, dx: &mut [
     if batch_parallel(g) {
         dx.par_chunks_mut(chw)
             .zip(dy.par_chunks(g.c_out * pq))
-            .for_each_init(Vec::new, |col, (dxn, dyn_)| one(dyn_, dxn, col, false));
+            .for_each(|(dxn, dyn_)| COL.with(|col| one(dyn_, dxn, &mut col.borrow_mut(), false)));
     } else {
         let mut col = Vec::new();
         for (dxn, dyn_) in dx.chunks_mut(chw).zip(dy.chunks(g.c_out * pq)) {
@@ -169,10 +175,12 @@ pub fn conv2d_backward_weight(x: &[f32], dy: &[f32], g: &ConvGeometry, dw: &mut 
             .zip(dy.par_chunks(g.c_out * pq * per))
             .map(|(xs, dys)| {
                 let mut acc = vec![0.0; dw.len()];
-                let mut col = Vec::new();
-                for (i, (xn, dyn_)) in xs.chunks(chw).zip(dys.chunks(g.c_out * pq)).enumerate() {
-                    one(xn, dyn_, &mut acc, &mut col, i == 0, false);
-                }
+                COL.with(|col| {
+                    let col = &mut col.borrow_mut();
+                    for (i, (xn, dyn_)) in xs.chunks(chw).zip(dys.chunks(g.c_out * pq)).enumerate() {
+                        one(xn, dyn_, &mut acc, col, i == 0, false);
+                    }
+                });
                 acc
             })
             .collect();
