@@ -198,12 +198,18 @@ impl Trainer {
         cfg.validate()?;
         let mut rng = Rng::new(cfg.seed);
         let mut model = models::build(model_cfg, &mut rng)?;
+        // A network started from a checkpoint keeps the input normalisation it was trained with.
+        let mut inherited: Option<Normalize> = None;
         if let Some(path) = &cfg.init_from {
             let c = tern_core::checkpoint::load(path)?;
             checkpoint::load_into(path, &c, &mut model)?;
+            inherited = c.meta.get("normalize").and_then(|n| serde_json::from_value(n.clone()).ok());
         }
         cfg.recipe.apply(&mut model, 0);
-        let (mean, std) = data.train.channel_stats();
+        let (mean, std) = match inherited {
+            Some(n) if n.mean.len() == model_cfg.in_shape[0] => (n.mean, n.std),
+            _ => data.train.channel_stats(),
+        };
         let schedule = Schedule::new(cfg.schedule.clone(), cfg.lr, cfg.epochs);
         Ok(Trainer {
             model,

@@ -151,3 +151,20 @@ fn init_from_refuses_a_checkpoint_of_another_model() {
     let e = Trainer::new(&model("vgg-small"), &data, cfg, other.path()).err().unwrap().to_string();
     assert!(e.contains("holds a `lenet5` model, expected `vgg-small`"), "{e}");
 }
+
+#[test]
+fn init_from_keeps_the_input_normalisation_of_the_checkpoint() {
+    let a = synthetic::split(32, 16, [1, 16, 16], 4, 0.1, 5);
+    let b = synthetic::split(32, 16, [1, 16, 16], 4, 0.9, 6);
+    let dir = tempfile::tempdir().unwrap();
+    let first = Trainer::new(&model("lenet5"), &a, config(1, Recipe::default()), dir.path()).unwrap();
+    let want = first.normalize.clone();
+    let mut first = first;
+    first.run(&mut Silent).unwrap();
+    let mut cfg = config(1, Recipe { ternary: ternary(), ..Recipe::default() });
+    cfg.init_from = Some(dir.path().join(CHECKPOINT_FILE));
+    let other = tempfile::tempdir().unwrap();
+    let t = Trainer::new(&model("lenet5"), &b, cfg, other.path()).unwrap();
+    assert_eq!(t.normalize, want);
+    assert_ne!(b.train.channel_stats().0, want.mean, "the two data sets differ");
+}
