@@ -146,16 +146,7 @@ mod tests {
     use super::*;
 
     fn op(k: usize, crs: usize, pq: usize, rz: f64, cz: f64) -> MmOp {
-        MmOp {
-            name: "l".into(),
-            pass: "forward".into(),
-            k,
-            crs,
-            pq,
-            row_zero: rz,
-            col_zero: cz,
-            reference_flops_per_cycle: None,
-        }
+        MmOp::new("l", "forward", k, crs, pq, rz, cz)
     }
 
     #[test]

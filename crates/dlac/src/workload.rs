@@ -26,6 +26,11 @@ pub struct MmOp {
 }
 
 impl MmOp {
+    /// An op without a reference measurement.
+    pub fn new(name: &str, pass: &str, k: usize, crs: usize, pq: usize, row_zero: f64, col_zero: f64) -> Self {
+        MmOp { name: name.into(), pass: pass.into(), k, crs, pq, row_zero, col_zero, reference_flops_per_cycle: None }
+    }
+
     /// (m, red, n) of the lowered matrix multiply.
     pub fn dims(&self) -> (usize, usize, usize) {
         match self.pass.as_str() {

@@ -18,16 +18,7 @@ fn small() -> DlacConfig {
 }
 
 fn op(pass: &str, k: usize, crs: usize, pq: usize, rz: f64, cz: f64) -> MmOp {
-    MmOp {
-        name: format!("{pass}-{k}x{crs}x{pq}"),
-        pass: pass.into(),
-        k,
-        crs,
-        pq,
-        row_zero: rz,
-        col_zero: cz,
-        reference_flops_per_cycle: None,
-    }
+    MmOp::new(&format!("{pass}-{k}x{crs}x{pq}"), pass, k, crs, pq, rz, cz)
 }
 
 #[test]
