@@ -38,9 +38,14 @@ fn tick_step(range: f64) -> f64 {
 
 /// Renders panels side by side into one SVG document.
 pub fn line_charts(panels: &[Panel]) -> String {
-    let (pw, ph) = (440.0, 336.0);
-    // The legend sits in a row between the title and the plot, never over the data.
-    let (ml, mr, mt, mb) = (60.0, 16.0, 50.0, 46.0);
+    let (pw, ph0) = (440.0, 336.0);
+    let (ml, mr, mb) = (60.0, 16.0, 46.0);
+    // The legend sits in rows between the title and the plot, never over the data; entries
+    // wrap to a new row where the plot width ends.
+    let layouts: Vec<Vec<(f64, usize)>> = panels.iter().map(|p| legend_layout(p, pw - ml - mr)).collect();
+    let legend_rows = layouts.iter().flatten().map(|&(_, r)| r + 1).max().unwrap_or(1);
+    let mt = 34.0 + 16.0 * legend_rows as f64;
+    let ph = ph0 + 16.0 * (legend_rows - 1) as f64;
     let width = pw * panels.len() as f64;
     let mut s = String::new();
     let _ = write!(
@@ -134,10 +139,9 @@ pub fn line_charts(panels: &[Panel]) -> String {
                 let (cx, cy) = pt.split_once(',').unwrap();
                 let _ = write!(s, r#"<circle cx="{cx}" cy="{cy}" r="2.5" fill="{color}"/>"#);
             }
-            // legend: one row between the title and the plot, never over the data
-            let ly = mt - 10.0;
-            let before: f64 = p.series[..si].iter().map(|o| 30.0 + 6.5 * o.name.chars().count() as f64).sum();
-            let lx = x0 + ml + before;
+            let (lxo, row) = layouts[pi][si];
+            let ly = 34.0 + 16.0 * row as f64 + 6.0;
+            let lx = x0 + ml + lxo;
             let _ = write!(
                 s,
                 r#"<line x1="{lx}" x2="{}" y1="{}" y2="{}" stroke="{color}" stroke-width="3"/><text x="{}" y="{ly}">{}</text>"#,
@@ -151,6 +155,23 @@ pub fn line_charts(panels: &[Panel]) -> String {
     }
     s.push_str("</svg>\n");
     s
+}
+
+/// (x offset, row) of every legend entry of a panel, wrapping at `width`.
+fn legend_layout(p: &Panel, width: f64) -> Vec<(f64, usize)> {
+    let (mut x, mut row) = (0.0, 0);
+    p.series
+        .iter()
+        .map(|s| {
+            let w = 30.0 + 6.5 * s.name.chars().count() as f64;
+            if x > 0.0 && x + w > width {
+                (x, row) = (0.0, row + 1);
+            }
+            let at = (x, row);
+            x += w;
+            at
+        })
+        .collect()
 }
 
 /// One bar of a bar chart, with an optional ± error.

@@ -31,7 +31,8 @@ pub struct DlacConfig {
     pub scan_rate: usize,
     pub precision: Precision,
     pub clock_mhz: f64,
-    /// Weight and input-feature-map buffer sizes, KiB (used by the area model).
+    /// Weight and input-feature-map buffer sizes, KiB (used by the area model; the paper
+    /// gives none, the presets' sizes close its reported areas).
     pub weight_buffer_kib: usize,
     pub ifm_buffer_kib: usize,
 }
@@ -51,15 +52,22 @@ impl DlacConfig {
             scan_rate: 3,
             precision: Precision::Fp32,
             clock_mhz: 500.0,
-            weight_buffer_kib: 64,
-            ifm_buffer_kib: 64,
+            weight_buffer_kib: 208,
+            ifm_buffer_kib: 208,
         }
     }
 
     /// The paper's inference instance: 256 FP16 multipliers + 256 FP16 adders (256 multiply-add
     /// pairs), 16-bit datapaths; half the grid rows of the training instance.
     pub fn fp16_infer() -> Self {
-        DlacConfig { name: "dlac-fp16-infer".into(), rows: 16, precision: Precision::Fp16, ..Self::fp32_train() }
+        DlacConfig {
+            name: "dlac-fp16-infer".into(),
+            rows: 16,
+            precision: Precision::Fp16,
+            weight_buffer_kib: 144,
+            ifm_buffer_kib: 144,
+            ..Self::fp32_train()
+        }
     }
 
     pub const PRESETS: [&'static str; 2] = ["dlac-fp32-train", "dlac-fp16-infer"];
@@ -113,6 +121,14 @@ impl DlacConfig {
             return Err(Error::invalid("clock_mhz", format!("{}: must be a positive number", self.clock_mhz)));
         }
         Ok(())
+    }
+
+    /// Width of a datapath word and of every stored value.
+    pub fn word_bits(&self) -> usize {
+        match self.precision {
+            Precision::Fp32 => 32,
+            Precision::Fp16 => 16,
+        }
     }
 
     /// Multiply-add units in the grid.

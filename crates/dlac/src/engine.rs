@@ -30,6 +30,13 @@ pub struct OpResult {
     pub tiles: usize,
 }
 
+impl OpResult {
+    /// Signed error of the simulated FLOP/cycle against the op's reference, percent.
+    pub fn error_pct(&self) -> Option<f64> {
+        self.op.reference_flops_per_cycle.map(|p| 100.0 * (self.flops_per_cycle - p) / p)
+    }
+}
+
 /// Cycles of one tile without skipping: every step costs ceil(widest PE column / units).
 fn dense_tile_cycles(cfg: &DlacConfig, red: usize, widest: usize) -> u64 {
     red as u64 * widest.div_ceil(cfg.units) as u64

@@ -2,11 +2,15 @@
 //! a lowering of mmOp workloads onto its PE grid, and a cycle engine.
 //! It reads workloads (the profiler's `workload.json`, or a Fig. 5-style CSV), never the trainer.
 
+pub mod area;
 pub mod config;
 pub mod engine;
 pub mod isa;
+pub mod summary;
 pub mod workload;
 
+pub use area::Area;
 pub use config::{DlacConfig, Precision};
 pub use engine::{simulate_op, OpResult};
+pub use summary::{simulate_workload, Summary};
 pub use workload::{MmOp, Workload};
