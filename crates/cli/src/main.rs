@@ -7,11 +7,13 @@ mod cmd_eval;
 mod cmd_experiment;
 mod cmd_models;
 mod cmd_profile;
+mod cmd_run;
 mod cmd_sim;
 mod cmd_train;
 mod common;
 mod plot;
 mod progress;
+mod report;
 mod table;
 
 use clap::{Parser, Subcommand};
@@ -41,6 +43,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// The main job: train FP and ternary, profile both, simulate both on DLAC, write a report
+    Run(cmd_run::RunArgs),
     /// Train a model (writes DIR/model.safetensors, DIR/metrics.json, DIR/curves.svg)
     Train(cmd_train::TrainArgs),
     /// Evaluate a checkpoint on a data set's test split
@@ -67,7 +71,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         rayon::ThreadPoolBuilder::new().num_threads(t).build_global()?;
     }
-    match cli.command {
+    dispatch(cli.command)
+}
+
+/// Runs one subcommand (used by `tern run` for its stages).
+fn dispatch(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Run(a) => cmd_run::run(a),
         Command::Train(a) => cmd_train::run(a),
         Command::Eval(a) => cmd_eval::run(a),
         Command::Models(a) => cmd_models::run(a),
@@ -77,6 +87,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Profile(a) => cmd_profile::run(a),
         Command::Sim(a) => cmd_sim::run(a),
     }
+}
+
+/// Parses a `tern` command line (without the program name) and runs it in this process.
+pub(crate) fn execute(argv: &[String]) -> anyhow::Result<()> {
+    let cli = Cli::try_parse_from(std::iter::once("tern").chain(argv.iter().map(String::as_str)))?;
+    dispatch(cli.command)
 }
 
 fn main() -> ExitCode {

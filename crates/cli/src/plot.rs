@@ -98,7 +98,9 @@ pub fn line_charts(panels: &[Panel]) -> String {
             );
             t += ys;
         }
-        let xs = tick_step(xmax - xmin).max(if xmax - xmin >= 5.0 { 1.0 } else { 0.0 });
+        // integer x data (epochs, layers) gets integer ticks
+        let integer_x = p.series.iter().flat_map(|s| s.points.iter()).all(|&(x, _)| x.fract() == 0.0);
+        let xs = tick_step(xmax - xmin).max(if integer_x || xmax - xmin >= 5.0 { 1.0 } else { 0.0 });
         let mut t = (xmin / xs).ceil() * xs;
         while t <= xmax + 1e-9 {
             let x = sx(t);
@@ -262,6 +264,8 @@ pub fn bar_chart(title: &str, y_label: &str, bars: &[Bar], y_min: Option<f64>) -
 }
 
 fn fmt_tick(v: f64, step: f64) -> String {
+    // a tick at -1e-13 must read 0, not -0
+    let v = if v.abs() < step * 1e-6 { 0.0 } else { v };
     if step >= 1.0 {
         format!("{v:.0}")
     } else {
@@ -287,4 +291,87 @@ mod tests {
         let bars = bar_chart("acc", "%", &[Bar { label: "a".into(), value: 91.0, error: Some(0.3) }], Some(85.0));
         assert!(bars.starts_with("<svg") && bars.contains("<rect") && bars.trim_end().ends_with("</svg>"));
     }
+}
+
+/// Grouped vertical bars: one group per label, one coloured bar per series in each group,
+/// a legend row under the title; the y axis starts at 0.
+pub fn grouped_bars(title: &str, y_label: &str, groups: &[String], series: &[Series]) -> String {
+    let per = series.len().max(1) as f64;
+    let (ml, mt, mb) = (64.0, 58.0, 40.0);
+    let slot = (40.0 * per + 30.0).max(110.0);
+    let (w, h) = (ml + 20.0 + slot * groups.len() as f64, 340.0);
+    let (iw, ih) = (w - ml - 20.0, h - mt - mb);
+    let top = series.iter().flat_map(|s| s.points.iter().map(|p| p.1)).fold(0.0, f64::max);
+    let hi = if top > 0.0 { top * 1.12 } else { 1.0 };
+    let sy = |v: f64| mt + ih - (v / hi).clamp(0.0, 1.0) * ih;
+    let mut s = String::new();
+    let _ = write!(
+        s,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" font-family="sans-serif" font-size="12"><rect width="100%" height="100%" fill="white"/>"#
+    );
+    let _ = write!(
+        s,
+        r#"<text x="{}" y="20" text-anchor="middle" font-size="14" font-weight="bold">{}</text>"#,
+        ml + iw / 2.0,
+        escape(title)
+    );
+    let step = tick_step(hi);
+    let mut t = 0.0;
+    while t <= hi {
+        let y = sy(t);
+        let _ = write!(
+            s,
+            r##"<line x1="{ml}" x2="{}" y1="{y}" y2="{y}" stroke="#eee"/><text x="{}" y="{}" text-anchor="end">{}</text>"##,
+            ml + iw,
+            ml - 4.0,
+            y + 4.0,
+            fmt_tick(t, step)
+        );
+        t += step;
+    }
+    let _ = write!(
+        s,
+        r#"<text transform="translate(16,{}) rotate(-90)" text-anchor="middle">{}</text>"#,
+        mt + ih / 2.0,
+        escape(y_label)
+    );
+    let mut lx = ml;
+    for (si, ser) in series.iter().enumerate() {
+        let color = COLORS[si % COLORS.len()];
+        let _ = write!(
+            s,
+            r#"<rect x="{lx}" y="32" width="14" height="10" fill="{color}"/><text x="{}" y="41">{}</text>"#,
+            lx + 18.0,
+            escape(&ser.name)
+        );
+        lx += 34.0 + 6.5 * ser.name.chars().count() as f64;
+    }
+    let bw = (slot - 30.0) / per;
+    for (gi, g) in groups.iter().enumerate() {
+        let gx = ml + slot * gi as f64 + 15.0;
+        for (si, ser) in series.iter().enumerate() {
+            let Some(&(_, v)) = ser.points.get(gi) else { continue };
+            let x = gx + bw * si as f64;
+            let y = sy(v);
+            let color = COLORS[si % COLORS.len()];
+            let _ = write!(
+                s,
+                r#"<rect x="{x}" y="{y}" width="{}" height="{}" fill="{color}" opacity="0.85"/><text x="{}" y="{}" text-anchor="middle" font-size="11">{v:.2}</text>"#,
+                bw - 4.0,
+                (mt + ih - y).max(0.0),
+                x + (bw - 4.0) / 2.0,
+                y - 4.0
+            );
+        }
+        let _ = write!(
+            s,
+            r#"<text x="{}" y="{}" text-anchor="middle">{}</text>"#,
+            gx + (slot - 30.0) / 2.0,
+            mt + ih + 18.0,
+            escape(g)
+        );
+    }
+    let _ = write!(s, r##"<line x1="{ml}" x2="{}" y1="{}" y2="{}" stroke="#888"/>"##, ml + iw, mt + ih, mt + ih);
+    s.push_str("</svg>\n");
+    s
 }

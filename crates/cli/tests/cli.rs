@@ -211,3 +211,94 @@ fn models_and_data_commands() {
     let img = image::open(&grid).unwrap();
     assert_eq!((img.width(), img.height()), (8 * 30 + 2, 10 * 30 + 2));
 }
+
+#[test]
+fn run_quick_writes_a_complete_report_and_resumes() {
+    let data = tempfile::tempdir().unwrap();
+    write_mnist_like(data.path(), 160, 40);
+    let out = tempfile::tempdir().unwrap();
+    let run = out.path().join("run");
+    let (dp, r) = (data.path().to_str().unwrap(), run.to_str().unwrap());
+    let args = ["run", "--quick", "--data", "mnist", "--data-path", dp, "--out", r, "--quiet"];
+    let o = tern(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let md = std::fs::read_to_string(run.join("report.md")).unwrap();
+    let html = std::fs::read_to_string(run.join("report.html")).unwrap();
+    for section in [
+        "## Summary",
+        "## Accuracy, compute and size",
+        "## Sparsity (Table 1 and Fig. 1)",
+        "## DLAC simulation (Fig. 5)",
+        "dlac-fp32-train",
+        "dlac-fp16-infer",
+        "TFLOP/s/mm²",
+        "## Reproduce",
+        "tern train --data mnist",
+        "tern profile --checkpoint",
+        "tern sim --workload",
+        "quick mode",
+    ] {
+        assert!(md.contains(section), "report.md lacks `{section}`");
+    }
+    assert!(!md.contains("NaN"), "report.md has NaN:\n{md}");
+    // every referenced figure exists and is an SVG document; the HTML inlines each one
+    let figures: Vec<&str> =
+        md.lines().filter_map(|l| l.strip_prefix("![")).map(|l| &l[l.find("](").unwrap() + 2..l.len() - 1]).collect();
+    assert!(figures.len() >= 6, "{figures:?}");
+    for f in &figures {
+        let svg = std::fs::read_to_string(run.join(f)).unwrap_or_else(|e| panic!("{f}: {e}"));
+        assert!(svg.trim_start().starts_with("<svg") && svg.trim_end().ends_with("</svg>"), "{f} is not an SVG");
+    }
+    assert!(html.starts_with("<!DOCTYPE html>") && html.trim_end().ends_with("</html>"));
+    assert_eq!(html.matches("<svg").count(), figures.len(), "the HTML inlines every figure");
+    assert!(!html.contains("src=\"http") && !html.contains("href=\"http"), "the HTML must not need the network");
+
+    // a second call keeps the trained models; other settings into the same folder are refused
+    let o = tern(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("already trained"), "{}", stderr(&o));
+    let o = tern(&["run", "--quick", "--data", "mnist", "--data-path", dp, "--out", r, "--seed", "9"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("other settings"), "{}", stderr(&o));
+}
+
+#[test]
+fn run_stops_with_the_data_errors_of_train() {
+    let out = tempfile::tempdir().unwrap();
+    let missing = out.path().join("nowhere");
+    let r = out.path().join("run");
+    let o = tern(&[
+        "run",
+        "--quick",
+        "--data",
+        "mnist",
+        "--data-path",
+        missing.to_str().unwrap(),
+        "--out",
+        r.to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    let t = tern(&["train", "--data", "mnist", "--data-path", missing.to_str().unwrap(), "--out", r.to_str().unwrap()]);
+    let last = |s: String| s.lines().last().unwrap_or("").rsplit(": ").next().unwrap().to_string();
+    assert_eq!(last(stderr(&o)), last(stderr(&t)), "run: {}\ntrain: {}", stderr(&o), stderr(&t));
+
+    // a truncated image file
+    let data = tempfile::tempdir().unwrap();
+    write_mnist_like(data.path(), 20, 10);
+    let f = data.path().join("train-images-idx3-ubyte.gz");
+    let bytes = std::fs::read(&f).unwrap();
+    std::fs::write(&f, &bytes[..bytes.len() / 2]).unwrap();
+    let r2 = out.path().join("run2");
+    let o = tern(&[
+        "run",
+        "--quick",
+        "--data",
+        "mnist",
+        "--data-path",
+        data.path().to_str().unwrap(),
+        "--out",
+        r2.to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("train-images-idx3-ubyte.gz"), "{}", stderr(&o));
+}
