@@ -1,13 +1,14 @@
 //! `tern sim`: run a workload through the DLAC cycle engine; per-layer table, CSV and a
 //! Fig. 5-style plot (FLOP/cycle per layer against the no-skipping line).
 
-use crate::plot::{line_charts, Panel, Series};
+use crate::plot::{line_charts, scatter_charts, Panel, Series};
+use crate::progress::counter;
 use crate::table::Table;
 use anyhow::Context;
 use clap::Args;
 use std::path::PathBuf;
 use tern_core::checkpoint::write_atomic;
-use tern_dlac::{simulate_workload, DlacConfig, OpResult, Summary, Workload};
+use tern_dlac::{simulate_workload, DlacConfig, OpResult, Precision, Summary, Workload};
 
 #[derive(Args, Debug)]
 pub struct SimArgs {
@@ -28,6 +29,10 @@ pub struct SimArgs {
     pub max_tiles: usize,
     #[arg(long, default_value = "runs/sim")]
     pub out: PathBuf,
+    /// Design-space sweep: AXIS=V1,V2,... (repeatable; axes rows, cols, units, out_buffers,
+    /// window, scan_rate, precision); every combination of the values, starting from --config
+    #[arg(long, value_name = "AXIS=VALUES")]
+    pub sweep: Vec<String>,
 }
 
 pub fn run(a: SimArgs) -> anyhow::Result<()> {
@@ -40,6 +45,9 @@ pub fn run(a: SimArgs) -> anyhow::Result<()> {
         }
     }
     let max_tiles = (a.max_tiles > 0).then_some(a.max_tiles);
+    if !a.sweep.is_empty() {
+        return sweep(&a, &cfg, &w, max_tiles);
+    }
     let t0 = std::time::Instant::now();
     let results = simulate_workload(&w, &cfg, a.seed, max_tiles);
     let secs = t0.elapsed().as_secs_f64();
@@ -175,4 +183,162 @@ pub fn layers_table(results: &[OpResult]) -> Table {
         ]);
     }
     t
+}
+
+const SWEEP_AXES: [&str; 7] = ["rows", "cols", "units", "out_buffers", "window", "scan_rate", "precision"];
+
+/// Parses `--sweep AXIS=V1,V2` flags into (axis, values).
+fn parse_sweep(flags: &[String]) -> anyhow::Result<Vec<(String, Vec<String>)>> {
+    let mut axes: Vec<(String, Vec<String>)> = Vec::new();
+    for f in flags {
+        let (axis, values) = f.split_once('=').ok_or_else(|| {
+            anyhow::anyhow!("invalid value `{f}` for --sweep: expected AXIS=V1,V2,... (axes: {SWEEP_AXES:?})")
+        })?;
+        if !SWEEP_AXES.contains(&axis) {
+            anyhow::bail!("invalid value `{f}` for --sweep: unknown axis `{axis}` (axes: {SWEEP_AXES:?})");
+        }
+        if axes.iter().any(|(a, _)| a == axis) {
+            anyhow::bail!("invalid value `{f}` for --sweep: axis `{axis}` given twice");
+        }
+        let vals: Vec<String> = values.split(',').map(|v| v.trim().to_string()).filter(|v| !v.is_empty()).collect();
+        for v in &vals {
+            let ok =
+                if axis == "precision" { matches!(v.as_str(), "fp32" | "fp16") } else { v.parse::<usize>().is_ok() };
+            if !ok {
+                anyhow::bail!(
+                    "invalid value `{f}` for --sweep: `{v}` is not a {}",
+                    if axis == "precision" { "precision (fp32 or fp16)" } else { "whole number" }
+                );
+            }
+        }
+        if vals.is_empty() {
+            anyhow::bail!("invalid value `{f}` for --sweep: no values");
+        }
+        axes.push((axis.to_string(), vals));
+    }
+    Ok(axes)
+}
+
+fn with_axis(cfg: &DlacConfig, axis: &str, v: &str) -> DlacConfig {
+    let mut c = cfg.clone();
+    let n = || v.parse::<usize>().unwrap_or(0);
+    match axis {
+        "rows" => c.rows = n(),
+        "cols" => c.cols = n(),
+        "units" => c.units = n(),
+        "out_buffers" => c.out_buffers = n(),
+        "window" => c.window = n(),
+        "scan_rate" => c.scan_rate = n(),
+        _ => c.precision = if v == "fp16" { Precision::Fp16 } else { Precision::Fp32 },
+    }
+    c
+}
+
+/// `tern sim --sweep`: every combination of the swept values, one summary each.
+fn sweep(a: &SimArgs, base: &DlacConfig, w: &Workload, max_tiles: Option<usize>) -> anyhow::Result<()> {
+    let axes = parse_sweep(&a.sweep)?;
+    let mut points = vec![(base.clone(), Vec::<String>::new())];
+    for (axis, vals) in &axes {
+        points = points
+            .iter()
+            .flat_map(|(c, label)| {
+                vals.iter().map(move |v| {
+                    let mut l = label.clone();
+                    l.push(format!("{axis}={v}"));
+                    (with_axis(c, axis, v), l)
+                })
+            })
+            .collect();
+    }
+    let (valid, invalid): (Vec<_>, Vec<_>) = points.into_iter().partition(|(c, _)| c.validate().is_ok());
+    if valid.is_empty() {
+        anyhow::bail!(
+            "invalid value for --sweep: no combination is a valid config (e.g. {:?})",
+            invalid[0].0.validate().err()
+        );
+    }
+    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+    let bar = counter("sweep", valid.len() as u64, "configs");
+    let mut rows = Vec::new();
+    for (c, label) in &valid {
+        let mut c = c.clone();
+        c.name = label.join(" ");
+        let s = Summary::new(&c, &simulate_workload(w, &c, a.seed, max_tiles));
+        bar.inc(1);
+        rows.push(s);
+    }
+    bar.finish_and_clear();
+    let mut csv = String::from("config,rows,cols,units,out_buffers,window,scan_rate,precision,pes,flops_per_cycle,tflops,speedup,area_mm2,tflops_per_mm2\n");
+    let mut t = Table::new(&["config", "PEs", "units", "FLOP/cycle", "TFLOP/s", "speedup", "area mm²", "TFLOP/s/mm²"]);
+    for s in &rows {
+        let c = &s.config;
+        csv.push_str(&format!(
+            "{},{},{},{},{},{},{},{:?},{},{:.2},{:.4},{:.4},{:.4},{:.4}\n",
+            c.name,
+            c.rows,
+            c.cols,
+            c.units,
+            c.out_buffers,
+            c.window,
+            c.scan_rate,
+            c.precision,
+            c.rows * c.cols,
+            s.flops_per_cycle_overall,
+            s.tflops_at_clock,
+            s.speedup,
+            s.area_mm2,
+            s.tflops_per_mm2
+        ));
+        t.row(vec![
+            c.name.clone(),
+            (c.rows * c.cols).to_string(),
+            c.total_units().to_string(),
+            format!("{:.0}", s.flops_per_cycle_overall),
+            format!("{:.3}", s.tflops_at_clock),
+            format!("{:.2}", s.speedup),
+            format!("{:.3}", s.area_mm2),
+            format!("{:.3}", s.tflops_per_mm2),
+        ]);
+    }
+    write_atomic(&a.out.join("sweep.csv"), csv.as_bytes())?;
+    print!("{}", t.render());
+    if !invalid.is_empty() {
+        println!(
+            "skipped {} invalid combination(s), e.g. {}: {}",
+            invalid.len(),
+            invalid[0].1.join(" "),
+            invalid[0].0.validate().unwrap_err()
+        );
+    }
+    let best = rows.iter().max_by(|x, y| x.tflops_per_mm2.total_cmp(&y.tflops_per_mm2)).expect("one config");
+    println!(
+        "densest: {} at {:.3} TFLOP/s/mm² ({:.3} TFLOP/s on {:.3} mm²)",
+        best.config.name, best.tflops_per_mm2, best.tflops_at_clock, best.area_mm2
+    );
+    let by_precision = |f: &dyn Fn(&Summary) -> (f64, f64)| -> Vec<Series> {
+        [Precision::Fp32, Precision::Fp16]
+            .iter()
+            .filter_map(|p| {
+                let pts: Vec<(f64, f64)> = rows.iter().filter(|s| s.config.precision == *p).map(f).collect();
+                (!pts.is_empty()).then(|| Series { name: format!("{p:?}").to_lowercase(), points: pts })
+            })
+            .collect()
+    };
+    let svg = scatter_charts(&[
+        Panel {
+            title: "Performance".into(),
+            x_label: "area (mm²)".into(),
+            y_label: "TFLOP/s at the clock".into(),
+            series: by_precision(&|s| (s.area_mm2, s.tflops_at_clock)),
+        },
+        Panel {
+            title: "Performance density".into(),
+            x_label: "area (mm²)".into(),
+            y_label: "TFLOP/s/mm²".into(),
+            series: by_precision(&|s| (s.area_mm2, s.tflops_per_mm2)),
+        },
+    ]);
+    write_atomic(&a.out.join("sweep.svg"), svg.as_bytes())?;
+    println!("-> {} (sweep.csv, sweep.svg)", a.out.display());
+    Ok(())
 }

@@ -38,6 +38,15 @@ fn tick_step(range: f64) -> f64 {
 
 /// Renders panels side by side into one SVG document.
 pub fn line_charts(panels: &[Panel]) -> String {
+    charts(panels, true)
+}
+
+/// Like `line_charts`, with points only (no connecting lines).
+pub fn scatter_charts(panels: &[Panel]) -> String {
+    charts(panels, false)
+}
+
+fn charts(panels: &[Panel], lines: bool) -> String {
     let (pw, ph0) = (440.0, 336.0);
     let (ml, mr, mb) = (60.0, 16.0, 46.0);
     // The legend sits in rows between the title and the plot, never over the data; entries
@@ -130,7 +139,7 @@ pub fn line_charts(panels: &[Panel]) -> String {
                 .filter(|(x, y)| x.is_finite() && y.is_finite())
                 .map(|&(x, y)| format!("{:.1},{:.1}", sx(x), sy(y)))
                 .collect();
-            if path.len() > 1 {
+            if lines && path.len() > 1 {
                 let _ = write!(
                     s,
                     r#"<polyline fill="none" stroke="{color}" stroke-width="2" points="{}"/>"#,
@@ -139,7 +148,8 @@ pub fn line_charts(panels: &[Panel]) -> String {
             }
             for pt in &path {
                 let (cx, cy) = pt.split_once(',').unwrap();
-                let _ = write!(s, r#"<circle cx="{cx}" cy="{cy}" r="2.5" fill="{color}"/>"#);
+                let r = if lines { 2.5 } else { 4.0 };
+                let _ = write!(s, r#"<circle cx="{cx}" cy="{cy}" r="{r}" fill="{color}" fill-opacity="0.8"/>"#);
             }
             let (lxo, row) = layouts[pi][si];
             let ly = 34.0 + 16.0 * row as f64 + 6.0;

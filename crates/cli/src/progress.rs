@@ -107,3 +107,17 @@ impl Bars {
         }
     }
 }
+
+/// A plain counting bar (rate and ETA) for work that is not training, e.g. a sweep.
+pub fn counter(label: &str, len: u64, unit: &str) -> ProgressBar {
+    let pb = ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stderr());
+    pb.set_style(
+        ProgressStyle::with_template(&format!(
+            "{{prefix:>12}} [{{bar:30}}] {{pos}}/{{len}} {unit} {{per_sec}} ETA {{eta}}"
+        ))
+        .expect("valid template")
+        .progress_chars("=> "),
+    );
+    pb.set_prefix(label.to_string());
+    pb
+}

@@ -124,6 +124,47 @@ fn train_then_eval_follow_the_contract_and_resume_extends() {
     assert!(std::fs::read_to_string(sim.join("flops_per_cycle.svg")).unwrap().contains("</svg>"));
     let o = tern(&["sim", "--workload", prof.join("workload.json").to_str().unwrap(), "--config", "no-such-preset"]);
     assert!(!o.status.success() && stderr(&o).contains("--config"));
+    let summary: serde_json::Value = serde_json::from_slice(&std::fs::read(sim.join("summary.json")).unwrap()).unwrap();
+    for k in ["tflops_at_clock", "area_mm2", "tflops_per_mm2", "speedup", "flops_per_cycle_max"] {
+        assert!(summary[k].as_f64().unwrap() > 0.0, "summary.json {k}");
+    }
+
+    // The design-space sweep: every valid combination, one CSV row each, and a plot.
+    let sweep = out.path().join("sweep");
+    let wl = prof.join("workload.json");
+    let o = tern(&[
+        "sim",
+        "--workload",
+        wl.to_str().unwrap(),
+        "--sweep",
+        "rows=4,8",
+        "--sweep",
+        "units=1,2",
+        "--sweep",
+        "out_buffers=1,2",
+        "--sweep",
+        "precision=fp32,fp16",
+        "--out",
+        sweep.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let csv = std::fs::read_to_string(sweep.join("sweep.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 1 + 12, "16 combinations, 4 with 2 units on 1 buffer are invalid:\n{csv}");
+    assert!(String::from_utf8_lossy(&o.stdout).contains("skipped 4 invalid"));
+    assert!(std::fs::read_to_string(sweep.join("sweep.svg")).unwrap().contains("</svg>"));
+    for (bad, why) in [
+        ("depth=3", "unknown axis"),
+        ("rows=a", "whole number"),
+        ("rows", "AXIS=V1"),
+        ("precision=fp8", "fp32 or fp16"),
+    ] {
+        let o = tern(&["sim", "--workload", wl.to_str().unwrap(), "--sweep", bad]);
+        assert!(
+            !o.status.success() && stderr(&o).contains("--sweep") && stderr(&o).contains(why),
+            "{bad}: {}",
+            stderr(&o)
+        );
+    }
 
     // Training again into the same folder is refused; --resume extends the run.
     let o = tern(&["train", "--data", "mnist", "--data-path", dp, "--model", "lenet5", "--out", r, "--quiet"]);
