@@ -284,25 +284,6 @@ fn fmt_tick(v: f64, step: f64) -> String {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn renders_valid_looking_svg() {
-        let svg = line_charts(&[Panel {
-            title: "loss <train>".into(),
-            x_label: "epoch".into(),
-            y_label: "loss".into(),
-            series: vec![Series { name: "train".into(), points: vec![(1.0, 2.0), (2.0, 1.0), (3.0, f64::NAN)] }],
-        }]);
-        assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
-        assert!(svg.contains("&lt;train&gt;") && svg.contains("polyline"));
-        let bars = bar_chart("acc", "%", &[Bar { label: "a".into(), value: 91.0, error: Some(0.3) }], Some(85.0));
-        assert!(bars.starts_with("<svg") && bars.contains("<rect") && bars.trim_end().ends_with("</svg>"));
-    }
-}
-
 /// Grouped vertical bars: one group per label, one coloured bar per series in each group,
 /// a legend row under the title; the y axis starts at 0.
 pub fn grouped_bars(title: &str, y_label: &str, groups: &[String], series: &[Series]) -> String {
@@ -384,4 +365,23 @@ pub fn grouped_bars(title: &str, y_label: &str, groups: &[String], series: &[Ser
     let _ = write!(s, r##"<line x1="{ml}" x2="{}" y1="{}" y2="{}" stroke="#888"/>"##, ml + iw, mt + ih, mt + ih);
     s.push_str("</svg>\n");
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_valid_looking_svg() {
+        let svg = line_charts(&[Panel {
+            title: "loss <train>".into(),
+            x_label: "epoch".into(),
+            y_label: "loss".into(),
+            series: vec![Series { name: "train".into(), points: vec![(1.0, 2.0), (2.0, 1.0), (3.0, f64::NAN)] }],
+        }]);
+        assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+        assert!(svg.contains("&lt;train&gt;") && svg.contains("polyline"));
+        let bars = bar_chart("acc", "%", &[Bar { label: "a".into(), value: 91.0, error: Some(0.3) }], Some(85.0));
+        assert!(bars.starts_with("<svg") && bars.contains("<rect") && bars.trim_end().ends_with("</svg>"));
+    }
 }
