@@ -193,6 +193,7 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
             plan.profile_batches.to_string(),
             "--batch".into(),
             plan.profile_batch.to_string(),
+            "--masks".into(),
         ]);
         v.extend(["--out".into(), out.join(format!("profile-{name}")).display().to_string()]);
         stages.push(Stage::new(format!("profile {name} (forward, backward, weight gradient)"), v));
@@ -209,6 +210,23 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
         }
     }
 
+    let prof_t = out.join("profile-ternary");
+    stages.push(Stage::new(
+        "simulate ternary on dlac-fp32-train, real zero masks",
+        [
+            "sim",
+            "--workload",
+            &prof_t.join("workload.json").display().to_string(),
+            "--masks",
+            &prof_t.join("masks.bin").display().to_string(),
+            "--config",
+            "dlac-fp32-train",
+            "--out",
+            &out.join("sim-ternary-train-masks").display().to_string(),
+        ]
+        .map(String::from)
+        .to_vec(),
+    ));
     let t_all = Instant::now();
     let mut seconds = Vec::new();
     for (i, st) in stages.iter().enumerate() {
@@ -480,7 +498,7 @@ fn build_report(plan: &Plan, out: &Path, stages: &[Stage], seconds: &[f64], tota
     d.figure("profile-ternary/layers.svg", "Ternary model: non-zero fraction per layer and pass.");
 
     d.h(1, "DLAC simulation (Fig. 5)");
-    d.p("Each conv and linear layer of each pass is an mmOp on DLAC's PE grid; the cycle engine skips every multiply-add with a zero operand (operand masks drawn from the profiled zero fractions). `dlac-fp32-train` runs the three training passes, `dlac-fp16-infer` the forward pass. FLOP/cycle counts the dense layer's 2·K·CRS·PQ over the simulated cycles.");
+    d.p("Each conv and linear layer of each pass is an mmOp on DLAC's PE grid; the cycle engine skips every multiply-add with a zero operand (operand masks drawn from the profiled zero fractions). `dlac-fp32-train` runs the three training passes, `dlac-fp16-infer` the forward pass. FLOP/cycle counts the dense layer's 2·K·CRS·PQ over the simulated cycles. The last row runs the same training workload on the real zeros of one profiled image (spatial structure included) instead of independent draws.");
     let mut rows = Vec::new();
     for (m, t, s) in &sims {
         rows.push(vec![

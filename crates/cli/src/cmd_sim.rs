@@ -8,7 +8,7 @@ use anyhow::Context;
 use clap::Args;
 use std::path::PathBuf;
 use tern_core::checkpoint::write_atomic;
-use tern_dlac::{simulate_workload, DlacConfig, OpResult, Precision, Summary, Workload};
+use tern_dlac::{simulate_workload, simulate_workload_masked, DlacConfig, OpResult, Precision, Summary, Workload};
 
 #[derive(Args, Debug)]
 pub struct SimArgs {
@@ -21,6 +21,10 @@ pub struct SimArgs {
     /// Only these passes (forward, backward, weight_grad; default: all in the workload)
     #[arg(long)]
     pub pass: Option<String>,
+    /// Simulate on the real zeros of this masks.bin (`tern profile --masks`, same model as the
+    /// workload) instead of Bernoulli masks drawn from the zero fractions
+    #[arg(long, value_name = "MASKS_BIN")]
+    pub masks: Option<PathBuf>,
     /// Seed of the Bernoulli operand masks
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -49,7 +53,10 @@ pub fn run(a: SimArgs) -> anyhow::Result<()> {
         return sweep(&a, &cfg, &w, max_tiles);
     }
     let t0 = std::time::Instant::now();
-    let results = simulate_workload(&w, &cfg, a.seed, max_tiles);
+    let results = match &a.masks {
+        Some(path) => simulate_workload_masked(&w, &cfg, &tern_core::masks::read(path)?, path, max_tiles)?,
+        None => simulate_workload(&w, &cfg, a.seed, max_tiles),
+    };
     let secs = t0.elapsed().as_secs_f64();
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
     write_atomic(&a.out.join("layers.csv"), layers_csv(&results).as_bytes())?;
@@ -57,6 +64,10 @@ pub fn run(a: SimArgs) -> anyhow::Result<()> {
     let s = Summary::new(&cfg, &results);
     let mut json = serde_json::to_value(&s)?;
     json["workload"] = w.source.clone().into();
+    json["operand_masks"] = match &a.masks {
+        Some(p) => format!("real zeros from {} (image 0 of the profiled batch)", p.display()).into(),
+        None => format!("Bernoulli draws from the zero fractions, seed {}", a.seed).into(),
+    };
     json["simulation_seconds"] = secs.into();
     write_atomic(&a.out.join("summary.json"), serde_json::to_string_pretty(&json)?.as_bytes())?;
     println!(

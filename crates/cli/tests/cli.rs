@@ -129,6 +129,22 @@ fn train_then_eval_follow_the_contract_and_resume_extends() {
         assert!(summary[k].as_f64().unwrap() > 0.0, "summary.json {k}");
     }
 
+    // ... and on the real zeros the profiler saved
+    let simm = out.path().join("sim-masks");
+    let o = tern(&[
+        "sim",
+        "--workload",
+        prof.join("workload.json").to_str().unwrap(),
+        "--masks",
+        prof.join("masks.bin").to_str().unwrap(),
+        "--out",
+        simm.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(std::fs::read_to_string(simm.join("layers.csv")).unwrap().lines().count(), 1 + 15);
+    let o = tern(&["sim", "--workload", prof.join("workload.json").to_str().unwrap(), "--masks", wl_missing(&out)]);
+    assert!(!o.status.success() && stderr(&o).contains("nowhere.bin"), "{}", stderr(&o));
+
     // The design-space sweep: every valid combination, one CSV row each, and a plot.
     let sweep = out.path().join("sweep");
     let wl = prof.join("workload.json");
@@ -251,6 +267,10 @@ fn models_and_data_commands() {
     assert!(o.status.success(), "{}", stderr(&o));
     let img = image::open(&grid).unwrap();
     assert_eq!((img.width(), img.height()), (8 * 30 + 2, 10 * 30 + 2));
+}
+
+fn wl_missing(dir: &tempfile::TempDir) -> &'static str {
+    Box::leak(dir.path().join("nowhere.bin").to_str().unwrap().to_string().into_boxed_str())
 }
 
 #[test]

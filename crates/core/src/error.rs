@@ -8,8 +8,9 @@ pub type Result<T> = std::result::Result<T, Error>;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A file could not be opened or read.
-    #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    /// (The cause is part of the message, not a `source`, so error chains print it once.)
+    #[error("{path}: {cause}")]
+    Io { path: PathBuf, cause: std::io::Error },
     /// A file was read but its contents are not what the format requires.
     #[error("{path}: {what}")]
     Format { path: PathBuf, what: String },
@@ -29,7 +30,7 @@ pub enum Error {
 
 impl Error {
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Error::Io { path: path.into(), source }
+        Error::Io { path: path.into(), cause: source }
     }
     pub fn format(path: impl Into<PathBuf>, what: impl Into<String>) -> Self {
         Error::Format { path: path.into(), what: what.into() }

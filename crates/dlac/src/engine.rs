@@ -10,6 +10,7 @@
 //! (probabilities rounded to 1/4096), 64 steps per random word.
 
 use crate::config::DlacConfig;
+use crate::masks::OpMasks;
 use crate::workload::MmOp;
 use rayon::prelude::*;
 use tern_core::Rng;
@@ -25,6 +26,8 @@ pub struct OpResult {
     /// Equivalent FLOP/cycle: 2·K·CRS·PQ over the cycles.
     pub flops_per_cycle: f64,
     pub speedup: f64,
+    /// Multiply-adds executed (both operands non-zero).
+    pub executed_macs: f64,
     /// Multiply-adds actually executed over (cycles x units).
     pub utilisation: f64,
     /// Tiles simulated cycle by cycle (the rest are taken as the mean of these).
@@ -69,6 +72,44 @@ fn bernoulli_word(rng: &mut Rng, pf: u32) -> u64 {
     w
 }
 
+/// Where a tile's operand zeros come from: `row(i, s0, len)` is the non-zero bit set of the
+/// row operand's global row `i` over reduction steps `[s0, s0 + len)`, `col(l, ..)` the same
+/// for output column `l`. Called rows first, then columns in order, block by block.
+pub trait OperandBits {
+    fn row(&mut self, i: usize, s0: usize, len: usize) -> u64;
+    fn col(&mut self, l: usize, s0: usize, len: usize) -> u64;
+}
+
+/// Independent Bernoulli draws from the op's zero fractions.
+struct Bernoulli {
+    rng: Rng,
+    p_row: u32,
+    p_col: u32,
+}
+
+impl OperandBits for Bernoulli {
+    #[inline]
+    fn row(&mut self, _: usize, _: usize, _: usize) -> u64 {
+        bernoulli_word(&mut self.rng, self.p_row)
+    }
+    #[inline]
+    fn col(&mut self, _: usize, _: usize, _: usize) -> u64 {
+        bernoulli_word(&mut self.rng, self.p_col)
+    }
+}
+
+/// The real zeros of one op (the profiler's masks).
+impl OperandBits for &OpMasks {
+    #[inline]
+    fn row(&mut self, i: usize, s0: usize, len: usize) -> u64 {
+        self.a.bits(i, s0, len)
+    }
+    #[inline]
+    fn col(&mut self, l: usize, s0: usize, len: usize) -> u64 {
+        self.bt.bits(l, s0, len)
+    }
+}
+
 fn low_bits(n: usize) -> u64 {
     if n >= 64 {
         !0
@@ -83,30 +124,35 @@ fn low_bits(n: usize) -> u64 {
 /// operand masks of a block are bit sets over its steps: one word per PE row (row operand
 /// non-zero) and, per PE column, bit-planes of its per-step cycle count. A PE's time in a
 /// window is then Σ_k 2^k · popcount(row & plane_k & window): no per-step, per-PE loop.
-fn tile_cycles(cfg: &DlacConfig, op: &MmOp, mt: usize, nt: usize, rng: &mut Rng) -> (u64, u64) {
+fn tile_cycles<S: OperandBits>(cfg: &DlacConfig, op: &MmOp, mt: usize, nt: usize, src: &mut S) -> (u64, u64) {
     #[cfg(target_arch = "x86_64")]
     if std::is_x86_feature_detected!("popcnt") {
         // SAFETY: the CPU has POPCNT (checked above).
-        return unsafe { tile_cycles_popcnt(cfg, op, mt, nt, rng) };
+        return unsafe { tile_cycles_popcnt(cfg, op, mt, nt, src) };
     }
-    tile_cycles_body(cfg, op, mt, nt, rng)
+    tile_cycles_body(cfg, op, mt, nt, src)
 }
 
 /// The same body compiled with the POPCNT instruction (the baseline x86-64 target lacks it,
 /// and the software popcount was two thirds of the simulation time).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "popcnt")]
-unsafe fn tile_cycles_popcnt(cfg: &DlacConfig, op: &MmOp, mt: usize, nt: usize, rng: &mut Rng) -> (u64, u64) {
-    tile_cycles_body(cfg, op, mt, nt, rng)
+unsafe fn tile_cycles_popcnt<S: OperandBits>(
+    cfg: &DlacConfig,
+    op: &MmOp,
+    mt: usize,
+    nt: usize,
+    src: &mut S,
+) -> (u64, u64) {
+    tile_cycles_body(cfg, op, mt, nt, src)
 }
 
 #[inline(always)]
-fn tile_cycles_body(cfg: &DlacConfig, op: &MmOp, mt: usize, nt: usize, rng: &mut Rng) -> (u64, u64) {
+fn tile_cycles_body<S: OperandBits>(cfg: &DlacConfig, op: &MmOp, mt: usize, nt: usize, src: &mut S) -> (u64, u64) {
     let (m, red, n) = op.dims();
     let b = cfg.out_buffers;
     let rows_valid = (m - mt * cfg.rows).min(cfg.rows);
     let width: Vec<usize> = (0..cfg.cols).map(|j| n.saturating_sub(nt * cfg.cols * b + j * b).min(b)).collect();
-    let (p_row, p_col) = (fixed_prob(1.0 - op.row_zero), fixed_prob(1.0 - op.col_zero));
     let max_step_cycles = b.div_ceil(cfg.units);
     let planes = (usize::BITS - max_step_cycles.leading_zeros()) as usize;
     let block = if cfg.window <= 64 { 64 / cfg.window * cfg.window } else { 64 };
@@ -121,14 +167,15 @@ fn tile_cycles_body(cfg: &DlacConfig, op: &MmOp, mt: usize, nt: usize, rng: &mut
     while step < red {
         let len = block.min(red - step);
         let valid = low_bits(len);
-        for w in row_bits.iter_mut() {
-            *w = bernoulli_word(rng, p_row) & valid;
+        for (i, w) in row_bits.iter_mut().enumerate() {
+            *w = src.row(mt * cfg.rows + i, step, len) & valid;
         }
         for (j, &wj) in width.iter().enumerate() {
             let cp = &mut col_planes[j * planes..(j + 1) * planes];
             cp.iter_mut().for_each(|w| *w = 0);
-            for w in col_words[..wj].iter_mut() {
-                *w = bernoulli_word(rng, p_col) & valid;
+            let l0 = nt * cfg.cols * b + j * b;
+            for (k, w) in col_words[..wj].iter_mut().enumerate() {
+                *w = src.col(l0 + k, step, len) & valid;
             }
             if cfg.units == 1 {
                 // bit-sliced counter: cp holds the per-step non-zero count, one plane per bit
@@ -193,6 +240,29 @@ fn tile_cycles_body(cfg: &DlacConfig, op: &MmOp, mt: usize, nt: usize, rng: &mut
 /// Simulates one op. `max_tiles` bounds the tiles simulated cycle by cycle (spread evenly
 /// over the op; the others count as their mean); None simulates all of them.
 pub fn simulate_op(op: &MmOp, cfg: &DlacConfig, seed: u64, max_tiles: Option<usize>) -> OpResult {
+    let (p_row, p_col) = (fixed_prob(1.0 - op.row_zero), fixed_prob(1.0 - op.col_zero));
+    // Every tile draws from its own stream (seed, tile), so results do not depend on the
+    // thread count or on which tiles are sampled alongside it.
+    run_tiles(op, cfg, max_tiles, |t| Bernoulli {
+        rng: Rng::new(seed ^ (t as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)),
+        p_row,
+        p_col,
+    })
+}
+
+/// Simulates one op on its real operand masks; the result's zero fractions are the masks'.
+pub fn simulate_op_masked(op: &MmOp, cfg: &DlacConfig, masks: &OpMasks, max_tiles: Option<usize>) -> OpResult {
+    let mut r = run_tiles(op, cfg, max_tiles, |_| masks);
+    (r.op.row_zero, r.op.col_zero) = (masks.a.zero_fraction(), masks.bt.zero_fraction());
+    r
+}
+
+fn run_tiles<S: OperandBits>(
+    op: &MmOp,
+    cfg: &DlacConfig,
+    max_tiles: Option<usize>,
+    source: impl Fn(usize) -> S + Sync,
+) -> OpResult {
     let (m, red, n) = op.dims();
     let (mt_count, nt_count) = (m.div_ceil(cfg.rows), n.div_ceil(cfg.cols * cfg.out_buffers));
     let tiles = mt_count * nt_count;
@@ -200,14 +270,9 @@ pub fn simulate_op(op: &MmOp, cfg: &DlacConfig, seed: u64, max_tiles: Option<usi
         Some(t) if t < tiles => (0..t).map(|i| i * tiles / t).collect(),
         _ => (0..tiles).collect(),
     };
-    // Every tile draws from its own stream (seed, tile), so results do not depend on the
-    // thread count or on which tiles are sampled alongside it.
     let (cyc, exec) = chosen
         .par_iter()
-        .map(|&t| {
-            let mut rng = Rng::new(seed ^ (t as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
-            tile_cycles(cfg, op, t / nt_count, t % nt_count, &mut rng)
-        })
+        .map(|&t| tile_cycles(cfg, op, t / nt_count, t % nt_count, &mut source(t)))
         .reduce(|| (0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
     let scale = tiles as f64 / chosen.len().max(1) as f64;
     let cycles = cyc as f64 * scale;
@@ -225,6 +290,7 @@ pub fn simulate_op(op: &MmOp, cfg: &DlacConfig, seed: u64, max_tiles: Option<usi
         dense_cycles: dense as f64,
         flops_per_cycle: flops / cycles.max(1.0),
         speedup: dense as f64 / cycles.max(1.0),
+        executed_macs: executed,
         utilisation: executed / (cycles.max(1.0) * cfg.total_units() as f64),
         tiles_simulated: chosen.len(),
         tiles,
@@ -333,10 +399,48 @@ mod tests {
             let o = op(k, crs, pq, pick.uniform() as f64, pick.uniform() as f64);
             let (m, _, n) = o.dims();
             let (mt, nt) = (pick.below(m.div_ceil(cfg.rows)), pick.below(n.div_ceil(cfg.cols * cfg.out_buffers)));
-            let fast = tile_cycles(&cfg, &o, mt, nt, &mut Rng::new(case));
+            let (p_row, p_col) = (fixed_prob(1.0 - o.row_zero), fixed_prob(1.0 - o.col_zero));
+            let fast = tile_cycles(&cfg, &o, mt, nt, &mut Bernoulli { rng: Rng::new(case), p_row, p_col });
             let slow = tile_cycles_reference(&cfg, &o, mt, nt, &mut Rng::new(case));
             assert_eq!(fast, slow, "case {case}: {cfg:?} {o:?} tile ({mt}, {nt})");
         }
+    }
+
+    #[test]
+    fn real_masks_execute_exactly_the_non_zero_pairs() {
+        use crate::masks::BitMatrix;
+        let mut pick = Rng::new(3);
+        for case in 0..12 {
+            let cfg = DlacConfig {
+                rows: 1 + pick.below(6),
+                cols: 1 + pick.below(6),
+                out_buffers: 1 + pick.below(4),
+                window: [3, 16, 64, 80][pick.below(4)],
+                ..DlacConfig::fp32_train()
+            };
+            let (m, red, n) = (1 + pick.below(20), 1 + pick.below(200), 1 + pick.below(50));
+            let seed = pick.next_u64();
+            let bit = |r: usize, c: usize, salt: u64| (r as u64 * 7919 + c as u64 * 104729 + salt + seed) % 5 < 2;
+            let masks = OpMasks {
+                a: BitMatrix::from_fn(m, red, |r, c| bit(r, c, 1)),
+                bt: BitMatrix::from_fn(n, red, |r, c| bit(r, c, 2)),
+            };
+            let o = op(m, red, n, 0.0, 0.0);
+            let r = simulate_op_masked(&o, &cfg, &masks, None);
+            let mut want = 0u64;
+            for i in 0..m {
+                for l in 0..n {
+                    want += (0..red).filter(|&s| bit(i, s, 1) && bit(l, s, 2)).count() as u64;
+                }
+            }
+            assert_eq!(r.executed_macs, want as f64, "case {case}: {cfg:?} {m}x{red}x{n}");
+            assert!(r.cycles <= r.dense_cycles);
+            assert!((r.op.row_zero - masks.a.zero_fraction()).abs() < 1e-12);
+        }
+        // all-non-zero masks cost exactly the dense cycles
+        let full = OpMasks { a: BitMatrix::from_fn(37, 50, |_, _| true), bt: BitMatrix::from_fn(333, 50, |_, _| true) };
+        let r = simulate_op_masked(&op(37, 50, 333, 0.0, 0.0), &DlacConfig::fp32_train(), &full, None);
+        assert_eq!(r.cycles, r.dense_cycles);
     }
 
     #[test]

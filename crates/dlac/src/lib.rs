@@ -6,11 +6,13 @@ pub mod area;
 pub mod config;
 pub mod engine;
 pub mod isa;
+pub mod masks;
 pub mod summary;
 pub mod workload;
 
 pub use area::Area;
 pub use config::{DlacConfig, Precision};
-pub use engine::{simulate_op, OpResult};
-pub use summary::{simulate_workload, Summary};
+pub use engine::{simulate_op, simulate_op_masked, OpResult};
+pub use masks::OpMasks;
+pub use summary::{simulate_workload, simulate_workload_masked, Summary};
 pub use workload::{MmOp, Workload};

@@ -3,13 +3,34 @@
 
 use crate::area::Area;
 use crate::config::DlacConfig;
-use crate::engine::{simulate_op, OpResult};
+use crate::engine::{simulate_op, simulate_op_masked, OpResult};
+use crate::masks::OpMasks;
 use crate::workload::Workload;
 use rayon::prelude::*;
+use std::path::Path;
+use tern_core::masks::MaskRecord;
+use tern_core::Result;
 
 /// Simulates every op of `w` (in parallel; op `i` draws its masks from `seed + i`).
 pub fn simulate_workload(w: &Workload, cfg: &DlacConfig, seed: u64, max_tiles: Option<usize>) -> Vec<OpResult> {
     w.ops.par_iter().enumerate().map(|(i, op)| simulate_op(op, cfg, seed.wrapping_add(i as u64), max_tiles)).collect()
+}
+
+/// Simulates every op of `w` on the real zeros of `records` (the profiler's masks.bin).
+pub fn simulate_workload_masked(
+    w: &Workload,
+    cfg: &DlacConfig,
+    records: &[MaskRecord],
+    source: &Path,
+    max_tiles: Option<usize>,
+) -> Result<Vec<OpResult>> {
+    w.ops
+        .par_iter()
+        .map(|op| {
+            let masks = OpMasks::from_records(op, records, &source.display().to_string())?;
+            Ok(simulate_op_masked(op, cfg, &masks, max_tiles))
+        })
+        .collect()
 }
 
 #[derive(Clone, Debug, serde::Serialize)]
