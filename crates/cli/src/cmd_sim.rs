@@ -34,7 +34,8 @@ pub struct SimArgs {
     #[arg(long, default_value = "runs/sim")]
     pub out: PathBuf,
     /// Design-space sweep: AXIS=V1,V2,... (repeatable; axes rows, cols, units, out_buffers,
-    /// window, scan_rate, precision); every combination of the values, starting from --config
+    /// window, scan_rate, read_words_per_cycle, precision); every combination of the values,
+    /// starting from --config
     #[arg(long, value_name = "AXIS=VALUES")]
     pub sweep: Vec<String>,
 }
@@ -136,11 +137,11 @@ pub fn run(a: SimArgs) -> anyhow::Result<()> {
 
 /// DIR/layers.csv: one row per simulated op.
 pub fn layers_csv(results: &[OpResult]) -> String {
-    let mut csv = String::from("layer,pass,k,crs,pq,weight_zero_pct,ifm_zero_pct,cycles,flops_per_cycle,speedup,utilisation,reference_flops_per_cycle,error_pct\n");
+    let mut csv = String::from("layer,pass,k,crs,pq,weight_zero_pct,ifm_zero_pct,cycles,flops_per_cycle,speedup,utilisation,buffer_reads,reference_flops_per_cycle,error_pct\n");
     for r in results {
         let reference = r.op.reference_flops_per_cycle;
         csv.push_str(&format!(
-            "{},{},{},{},{},{:.2},{:.2},{:.0},{:.2},{:.3},{:.4},{},{}\n",
+            "{},{},{},{},{},{:.2},{:.2},{:.0},{:.2},{:.3},{:.4},{:.0},{},{}\n",
             r.op.name,
             r.op.pass,
             r.op.k,
@@ -152,6 +153,7 @@ pub fn layers_csv(results: &[OpResult]) -> String {
             r.flops_per_cycle,
             r.speedup,
             r.utilisation,
+            r.buffer_reads,
             reference.map_or(String::new(), |v| format!("{v:.2}")),
             r.error_pct().map_or(String::new(), |v| format!("{v:.2}"))
         ));
@@ -173,6 +175,7 @@ pub fn layers_table(results: &[OpResult]) -> Table {
         "FLOP/cycle",
         "speedup",
         "util%",
+        "reads/cycle",
         "paper",
         "err%",
     ]);
@@ -189,6 +192,7 @@ pub fn layers_table(results: &[OpResult]) -> Table {
             format!("{:.0}", r.flops_per_cycle),
             format!("{:.2}", r.speedup),
             format!("{:.1}", 100.0 * r.utilisation),
+            format!("{:.0}", r.buffer_reads / r.cycles.max(1.0)),
             r.op.reference_flops_per_cycle.map_or("-".into(), |v| format!("{v:.0}")),
             r.error_pct().map_or("-".into(), |v| format!("{v:+.1}")),
         ]);
@@ -196,7 +200,8 @@ pub fn layers_table(results: &[OpResult]) -> Table {
     t
 }
 
-const SWEEP_AXES: [&str; 7] = ["rows", "cols", "units", "out_buffers", "window", "scan_rate", "precision"];
+const SWEEP_AXES: [&str; 8] =
+    ["rows", "cols", "units", "out_buffers", "window", "scan_rate", "read_words_per_cycle", "precision"];
 
 /// Parses `--sweep AXIS=V1,V2` flags into (axis, values).
 fn parse_sweep(flags: &[String]) -> anyhow::Result<Vec<(String, Vec<String>)>> {
@@ -240,6 +245,7 @@ fn with_axis(cfg: &DlacConfig, axis: &str, v: &str) -> DlacConfig {
         "out_buffers" => c.out_buffers = n(),
         "window" => c.window = n(),
         "scan_rate" => c.scan_rate = n(),
+        "read_words_per_cycle" => c.read_words_per_cycle = n(),
         _ => c.precision = if v == "fp16" { Precision::Fp16 } else { Precision::Fp32 },
     }
     c

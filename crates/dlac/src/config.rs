@@ -29,12 +29,20 @@ pub struct DlacConfig {
     pub window: usize,
     /// Reduction steps the scheduler can scan (and skip) per cycle.
     pub scan_rate: usize,
+    /// Words the weight and IFM buffers deliver per cycle, all read ports together: a window
+    /// cannot finish before its broadcast operands have been read.
+    #[serde(default = "default_read_words")]
+    pub read_words_per_cycle: usize,
     pub precision: Precision,
     pub clock_mhz: f64,
     /// Weight and input-feature-map buffer sizes, KiB (used by the area model; the paper
     /// gives none, the presets' sizes close its reported areas).
     pub weight_buffer_kib: usize,
     pub ifm_buffer_kib: usize,
+}
+
+fn default_read_words() -> usize {
+    192
 }
 
 impl DlacConfig {
@@ -50,6 +58,8 @@ impl DlacConfig {
             out_buffers: 2,
             window: 16,
             scan_rate: 3,
+            // a full tile needs 32 + 16·2 words per step; 3 steps/cycle of scan → 192
+            read_words_per_cycle: 192,
             precision: Precision::Fp32,
             clock_mhz: 500.0,
             weight_buffer_kib: 208,
@@ -102,6 +112,7 @@ impl DlacConfig {
             ("out_buffers", self.out_buffers),
             ("window", self.window),
             ("scan_rate", self.scan_rate),
+            ("read_words_per_cycle", self.read_words_per_cycle),
         ];
         for (field, v) in positive {
             if v == 0 {
@@ -164,6 +175,7 @@ mod tests {
             (DlacConfig { out_buffers: 0, ..base.clone() }, "out_buffers"),
             (DlacConfig { window: 0, ..base.clone() }, "window"),
             (DlacConfig { scan_rate: 0, ..base.clone() }, "scan_rate"),
+            (DlacConfig { read_words_per_cycle: 0, ..base.clone() }, "read_words_per_cycle"),
             (DlacConfig { units: 3, out_buffers: 2, ..base.clone() }, "units"),
             (DlacConfig { clock_mhz: -1.0, ..base.clone() }, "clock_mhz"),
         ];

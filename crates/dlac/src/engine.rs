@@ -26,6 +26,9 @@ pub struct OpResult {
     /// Equivalent FLOP/cycle: 2·K·CRS·PQ over the cycles.
     pub flops_per_cycle: f64,
     pub speedup: f64,
+    /// Words read from the weight and IFM buffers (every broadcast operand value, zero or
+    /// not: the scheduler must see a value to skip it).
+    pub buffer_reads: f64,
     /// Multiply-adds executed (both operands non-zero).
     pub executed_macs: f64,
     /// Multiply-adds actually executed over (cycles x units).
@@ -42,9 +45,14 @@ impl OpResult {
     }
 }
 
-/// Cycles of one tile without skipping: every step costs ceil(widest PE column / units).
-fn dense_tile_cycles(cfg: &DlacConfig, red: usize, widest: usize) -> u64 {
-    red as u64 * widest.div_ceil(cfg.units) as u64
+/// Cycles of one tile without skipping: every step costs ceil(widest PE column / units), and
+/// no window is faster than reading its operands.
+fn dense_tile_cycles(cfg: &DlacConfig, red: usize, widest: usize, words_per_step: usize) -> u64 {
+    let window = |steps: usize| {
+        let compute = (steps * widest.div_ceil(cfg.units)) as u64;
+        compute.max((steps * words_per_step).div_ceil(cfg.read_words_per_cycle) as u64)
+    };
+    (red / cfg.window) as u64 * window(cfg.window) + if red % cfg.window > 0 { window(red % cfg.window) } else { 0 }
 }
 
 /// Precision of the Bernoulli probabilities: p is rounded to a multiple of 2^-P_BITS.
@@ -70,6 +78,14 @@ fn bernoulli_word(rng: &mut Rng, pf: u32) -> u64 {
         w = if pf >> i & 1 == 1 { w | r } else { w & r };
     }
     w
+}
+
+/// The fewest cycles a window of `steps` can take whatever its zeros: the zero-detect scan,
+/// and reading its broadcast operands (`words_per_step` each step) from the buffers.
+fn window_floor(cfg: &DlacConfig, steps: usize, words_per_step: usize) -> u64 {
+    let scan = steps.div_ceil(cfg.scan_rate);
+    let reads = (steps * words_per_step).div_ceil(cfg.read_words_per_cycle);
+    scan.max(reads) as u64
 }
 
 /// Where a tile's operand zeros come from: `row(i, s0, len)` is the non-zero bit set of the
@@ -161,6 +177,7 @@ fn tile_cycles_body<S: OperandBits>(cfg: &DlacConfig, op: &MmOp, mt: usize, nt: 
     let mut col_words = vec![0u64; b];
     let mut pe_time = vec![0u64; rows_valid * cfg.cols];
     let (mut total, mut executed) = (0u64, 0u64);
+    let words_per_step = rows_valid + width.iter().sum::<usize>();
     let mut win_steps = cfg.window.min(red);
     let mut win_left = win_steps;
     let mut step = 0;
@@ -225,7 +242,7 @@ fn tile_cycles_body<S: OperandBits>(cfg: &DlacConfig, op: &MmOp, mt: usize, nt: 
                 if cfg.units == 1 {
                     executed += pe_time.iter().sum::<u64>(); // one multiply-add per cycle
                 }
-                let floor = win_steps.div_ceil(cfg.scan_rate) as u64;
+                let floor = window_floor(cfg, win_steps, words_per_step);
                 total += pe_time.iter().copied().max().unwrap_or(0).max(floor);
                 pe_time.iter_mut().for_each(|t| *t = 0);
                 win_steps = cfg.window.min(red - (step + off));
@@ -277,11 +294,19 @@ fn run_tiles<S: OperandBits>(
     let scale = tiles as f64 / chosen.len().max(1) as f64;
     let cycles = cyc as f64 * scale;
     let executed = exec as f64 * scale;
-    // Dense cycles are analytic: every tile costs red x ceil(widest column / units).
+    // Buffer reads are analytic: every step of every tile reads its valid rows and columns.
+    let reads = (red * (m * nt_count + n * mt_count)) as u64;
+    // Dense cycles are analytic (per tile and window).
     let mut dense = 0u64;
+    let b = cfg.out_buffers;
     for nt in 0..nt_count {
-        let widest = n.saturating_sub(nt * cfg.cols * cfg.out_buffers).min(cfg.out_buffers);
-        dense += dense_tile_cycles(cfg, red, widest) * mt_count as u64;
+        let first = nt * cfg.cols * b;
+        let widest = n.saturating_sub(first).min(b);
+        let cols_words = n.min(first + cfg.cols * b) - first;
+        for mt in 0..mt_count {
+            let rows_valid = (m - mt * cfg.rows).min(cfg.rows);
+            dense += dense_tile_cycles(cfg, red, widest, rows_valid + cols_words);
+        }
     }
     let flops = 2.0 * op.macs() as f64;
     OpResult {
@@ -290,6 +315,7 @@ fn run_tiles<S: OperandBits>(
         dense_cycles: dense as f64,
         flops_per_cycle: flops / cycles.max(1.0),
         speedup: dense as f64 / cycles.max(1.0),
+        buffer_reads: reads as f64,
         executed_macs: executed,
         utilisation: executed / (cycles.max(1.0) * cfg.total_units() as f64),
         tiles_simulated: chosen.len(),
@@ -313,6 +339,12 @@ mod tests {
             assert_eq!(r.cycles, r.dense_cycles, "{o:?}");
             assert!((r.speedup - 1.0).abs() < 1e-12);
         }
+        // with starved buffers too, and then reads, not compute, set the pace
+        let slow = DlacConfig { read_words_per_cycle: 8, ..cfg.clone() };
+        let o = op(64, 576, 3072, 0.0, 0.0);
+        let r = simulate_op(&o, &slow, 1, None);
+        assert_eq!(r.cycles, r.dense_cycles);
+        assert!(r.cycles >= r.buffer_reads / 8.0 && r.dense_cycles > simulate_op(&o, &cfg, 1, None).dense_cycles);
         // a layer that fills every tile reaches the peak exactly
         let r = simulate_op(&op(64, 576, 3072, 0.0, 0.0), &cfg, 1, None);
         assert!((r.flops_per_cycle - cfg.dense_flops_per_cycle()).abs() < 1e-9);
@@ -377,7 +409,7 @@ mod tests {
                     slowest = slowest.max(t);
                 }
             }
-            total += slowest.max(steps.div_ceil(cfg.scan_rate) as u64);
+            total += slowest.max(window_floor(cfg, steps, rows + width.iter().sum::<usize>()));
         }
         (total, executed)
     }
@@ -392,6 +424,7 @@ mod tests {
                 out_buffers: 1 + pick.below(6),
                 window: [1, 3, 7, 16, 64, 100][pick.below(6)],
                 scan_rate: 1 + pick.below(4),
+                read_words_per_cycle: 1 + pick.below(40),
                 ..DlacConfig::fp32_train()
             };
             let cfg = DlacConfig { units: 1 + pick.below(cfg.out_buffers), ..cfg };
