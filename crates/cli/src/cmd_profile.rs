@@ -116,7 +116,7 @@ pub fn run(a: ProfileArgs) -> anyhow::Result<()> {
         );
     }
     let p = prof.into_inner();
-    write_outputs(&a.out, &p, &source, &model.config)?;
+    write_outputs(&a.out, &p, &source, &model.config, &model.summary())?;
     if a.masks {
         let mut recs = Vec::new();
         for o in &p.operands {
@@ -150,7 +150,13 @@ fn step(model: &mut Model, be: &dyn Backend, prof: &RefCell<Profiler>, x: &Tenso
     model.clear_cache();
 }
 
-fn write_outputs(out: &Path, p: &Profiler, source: &str, model: &ModelConfig) -> anyhow::Result<()> {
+fn write_outputs(
+    out: &Path,
+    p: &Profiler,
+    source: &str,
+    model: &ModelConfig,
+    rows: &[tern_train::layer::SummaryRow],
+) -> anyhow::Result<()> {
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     // sparsity.csv: one row per layer and pass
     let mut csv = String::from(
@@ -275,7 +281,14 @@ fn write_outputs(out: &Path, p: &Profiler, source: &str, model: &ModelConfig) ->
             ));
         }
     }
-    let workload = serde_json::json!({"format": "tern-workload-v1", "source": source, "model": model, "mm_ops": wl});
+    // the forward program's point-wise layers, run as ptWiseOps on DLAC's output buffers
+    let pt: Vec<serde_json::Value> = rows
+        .iter()
+        .filter(|r| matches!(r.kind, "bn" | "relu" | "add"))
+        .map(|r| serde_json::json!({"name": r.name, "kind": r.kind, "elements": r.out_shape.iter().product::<usize>()}))
+        .collect();
+    let workload =
+        serde_json::json!({"format": "tern-workload-v1", "source": source, "model": model, "mm_ops": wl, "pt_ops": pt});
     write_atomic(&out.join("workload.json"), serde_json::to_string_pretty(&workload)?.as_bytes())?;
     write_atomic(&out.join("workload.csv"), wcsv.as_bytes())?;
 

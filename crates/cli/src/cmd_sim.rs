@@ -62,7 +62,7 @@ pub fn run(a: SimArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
     write_atomic(&a.out.join("layers.csv"), layers_csv(&results).as_bytes())?;
     print!("{}", layers_table(&results).render());
-    let s = Summary::new(&cfg, &results);
+    let s = Summary::new(&cfg, &results, &w.pt_layers);
     let mut json = serde_json::to_value(&s)?;
     json["workload"] = w.source.clone().into();
     json["operand_masks"] = match &a.masks {
@@ -87,6 +87,14 @@ pub fn run(a: SimArgs) -> anyhow::Result<()> {
         secs
     );
     println!("area {:.2} mm² (paper {:.2} mm²): {:.2} TFLOP/s/mm²", s.area_mm2, s.paper_area_mm2, s.tflops_per_mm2);
+    if s.pointwise_cycles > 0.0 {
+        println!(
+            "ptWiseOps of the forward program ({} BN/ReLU/add layers): {:.3e} cycles more, {:.0} FLOP/cycle with them",
+            w.pt_layers.len(),
+            s.pointwise_cycles,
+            s.flops_per_cycle_with_pointwise
+        );
+    }
     if let (Some(mean), Some(max)) = (s.mean_abs_error_pct, s.max_abs_error_pct) {
         println!("against the reference FLOP/cycle: mean |error| {mean:.1}%, max {max:.1}%");
     }
@@ -280,7 +288,7 @@ fn sweep(a: &SimArgs, base: &DlacConfig, w: &Workload, max_tiles: Option<usize>)
     for (c, label) in &valid {
         let mut c = c.clone();
         c.name = label.join(" ");
-        let s = Summary::new(&c, &simulate_workload(w, &c, a.seed, max_tiles));
+        let s = Summary::new(&c, &simulate_workload(w, &c, a.seed, max_tiles), &w.pt_layers);
         bar.inc(1);
         rows.push(s);
     }

@@ -52,7 +52,8 @@ fn dense_tile_cycles(cfg: &DlacConfig, red: usize, widest: usize, words_per_step
         let compute = (steps * widest.div_ceil(cfg.units)) as u64;
         compute.max((steps * words_per_step).div_ceil(cfg.read_words_per_cycle) as u64)
     };
-    (red / cfg.window) as u64 * window(cfg.window) + if red.is_multiple_of(cfg.window) { 0 } else { window(red % cfg.window) }
+    (red / cfg.window) as u64 * window(cfg.window)
+        + if red.is_multiple_of(cfg.window) { 0 } else { window(red % cfg.window) }
 }
 
 /// Precision of the Bernoulli probabilities: p is rounded to a multiple of 2^-P_BITS.

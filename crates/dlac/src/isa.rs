@@ -90,6 +90,15 @@ pub fn execute(op: &PtOp, y: &mut [f32], cols: usize) {
     }
 }
 
+/// ptWiseOps a point-wise layer of a workload lowers to (each one pass over its outputs):
+/// folded BN is one mul-add, ReLU one `?:`, a residual add one add.
+pub fn pt_instructions(kind: &str) -> usize {
+    match kind {
+        "bn" | "relu" | "add" => 1,
+        _ => 0,
+    }
+}
+
 /// Cycles of a ptWiseOp over `elements` outputs: every FP unit updates one element per cycle.
 pub fn pt_cycles(cfg: &DlacConfig, elements: usize) -> u64 {
     elements.div_ceil(cfg.total_units()) as u64

@@ -15,4 +15,4 @@ pub use config::{DlacConfig, Precision};
 pub use engine::{simulate_op, simulate_op_masked, OpResult};
 pub use masks::OpMasks;
 pub use summary::{simulate_workload, simulate_workload_masked, Summary};
-pub use workload::{MmOp, Workload};
+pub use workload::{MmOp, PtLayer, Workload};

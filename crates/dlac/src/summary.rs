@@ -4,7 +4,9 @@
 use crate::area::Area;
 use crate::config::DlacConfig;
 use crate::engine::{simulate_op, simulate_op_masked, OpResult};
+use crate::isa::{pt_cycles, pt_instructions};
 use crate::masks::OpMasks;
+use crate::workload::PtLayer;
 use crate::workload::Workload;
 use rayon::prelude::*;
 use std::path::Path;
@@ -38,6 +40,11 @@ pub struct Summary {
     pub config: DlacConfig,
     pub ops: usize,
     pub total_cycles: f64,
+    /// Cycles of the forward program's ptWiseOps (BN, ReLU, residual adds), not in
+    /// `total_cycles` (Fig. 5 counts mmOps only).
+    pub pointwise_cycles: f64,
+    /// Equivalent FLOP/cycle of the mmOps with the ptWiseOps' cycles added.
+    pub flops_per_cycle_with_pointwise: f64,
     pub dense_cycles: f64,
     /// Dense cycles over simulated cycles, whole workload.
     pub speedup: f64,
@@ -59,7 +66,14 @@ pub struct Summary {
 }
 
 impl Summary {
-    pub fn new(cfg: &DlacConfig, results: &[OpResult]) -> Summary {
+    /// `pt_layers`: the workload's point-wise layers, counted when it has forward mmOps.
+    pub fn new(cfg: &DlacConfig, results: &[OpResult], pt_layers: &[PtLayer]) -> Summary {
+        let has_forward = results.iter().any(|r| r.op.pass == "forward");
+        let pointwise: u64 = if has_forward {
+            pt_layers.iter().map(|p| pt_instructions(&p.kind) as u64 * pt_cycles(cfg, p.elements)).sum()
+        } else {
+            0
+        };
         let flops: f64 = results.iter().map(|r| 2.0 * r.op.macs() as f64).sum();
         let cycles: f64 = results.iter().map(|r| r.cycles).sum::<f64>().max(1.0);
         let dense: f64 = results.iter().map(|r| r.dense_cycles).sum();
@@ -75,6 +89,8 @@ impl Summary {
             config: cfg.clone(),
             ops: results.len(),
             total_cycles: cycles,
+            pointwise_cycles: pointwise as f64,
+            flops_per_cycle_with_pointwise: flops / (cycles + pointwise as f64),
             dense_cycles: dense,
             speedup: dense / cycles,
             flops_per_cycle_overall: flops / cycles,
@@ -104,13 +120,16 @@ mod tests {
         let cfg = DlacConfig::fp32_train();
         let w = Workload {
             source: "test".into(),
+            pt_layers: vec![PtLayer { name: "r".into(), kind: "relu".into(), elements: 1025 }],
             ops: vec![
                 MmOp::new("a", "forward", 64, 576, 3072, 0.0, 0.0),
                 MmOp::new("b", "forward", 32, 64, 1024, 0.0, 0.0),
             ],
         };
         let r = simulate_workload(&w, &cfg, 0, None);
-        let s = Summary::new(&cfg, &r);
+        let s = Summary::new(&cfg, &r, &w.pt_layers);
+        assert_eq!(s.pointwise_cycles, 3.0);
+        assert!(s.flops_per_cycle_with_pointwise < s.flops_per_cycle_overall);
         assert_eq!(s.ops, 2);
         assert!((s.speedup - 1.0).abs() < 1e-12);
         assert!((s.flops_per_cycle_max - cfg.dense_flops_per_cycle()).abs() < 1e-9);

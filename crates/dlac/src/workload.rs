@@ -45,9 +45,22 @@ impl MmOp {
     }
 }
 
+/// A point-wise layer of the forward program (inference BN, ReLU, residual add), run as
+/// ptWiseOps on the output buffers.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct PtLayer {
+    pub name: String,
+    /// `bn`, `relu` or `add`.
+    pub kind: String,
+    /// Outputs it updates, per image.
+    pub elements: usize,
+}
+
 #[derive(Clone, Debug, Default)]
 pub struct Workload {
     pub ops: Vec<MmOp>,
+    /// The forward program's point-wise layers (empty for a Fig. 5-style CSV).
+    pub pt_layers: Vec<PtLayer>,
     pub source: String,
 }
 
@@ -105,7 +118,22 @@ impl Workload {
                 reference_flops_per_cycle: None,
             });
         }
-        Ok(Workload { ops: out, source: path.display().to_string() })
+        let mut pt_layers = Vec::new();
+        for (i, p) in v["pt_ops"].as_array().map(Vec::as_slice).unwrap_or(&[]).iter().enumerate() {
+            let kind = p["kind"].as_str().unwrap_or("").to_string();
+            if !["bn", "relu", "add"].contains(&kind.as_str()) {
+                return Err(Error::format(path, format!("pt_ops[{i}].kind = `{kind}`: expected bn, relu or add")));
+            }
+            let elements = p["elements"]
+                .as_u64()
+                .ok_or_else(|| Error::format(path, format!("pt_ops[{i}].elements: expected a count")))?;
+            pt_layers.push(PtLayer {
+                name: p["name"].as_str().unwrap_or("?").to_string(),
+                kind,
+                elements: elements as usize,
+            });
+        }
+        Ok(Workload { ops: out, pt_layers, source: path.display().to_string() })
     }
 
     fn from_csv(path: &Path, text: &str) -> Result<Self> {
@@ -157,7 +185,7 @@ impl Workload {
                 },
             });
         }
-        Ok(Workload { ops, source: path.display().to_string() })
+        Ok(Workload { ops, pt_layers: Vec::new(), source: path.display().to_string() })
     }
 }
 
@@ -190,6 +218,16 @@ mod tests {
         .unwrap();
         let w = Workload::load(&js).unwrap();
         assert_eq!(w.ops[0].dims(), (72, 8, 100));
+        assert!(w.pt_layers.is_empty());
+        std::fs::write(
+            &js,
+            r#"{"mm_ops":[],"pt_ops":[{"name":"b","kind":"bn","elements":800},{"name":"r","kind":"relu","elements":800}]}"#,
+        )
+        .unwrap();
+        let w = Workload::load(&js).unwrap();
+        assert_eq!(w.pt_layers[1], PtLayer { name: "r".into(), kind: "relu".into(), elements: 800 });
+        std::fs::write(&js, r#"{"mm_ops":[],"pt_ops":[{"name":"b","kind":"pool","elements":8}]}"#).unwrap();
+        assert!(Workload::load(&js).unwrap_err().to_string().contains("pt_ops[0].kind"));
         std::fs::write(&js, r#"{"layers":[]}"#).unwrap();
         assert!(Workload::load(&js).unwrap_err().to_string().contains("mm_ops"));
     }
