@@ -498,7 +498,7 @@ fn build_report(plan: &Plan, out: &Path, stages: &[Stage], seconds: &[f64], tota
     d.figure("profile-ternary/layers.svg", "Ternary model: non-zero fraction per layer and pass.");
 
     d.h(1, "DLAC simulation (Fig. 5)");
-    d.p("Each conv and linear layer of each pass is an mmOp on DLAC's PE grid; the cycle engine skips every multiply-add with a zero operand (operand masks drawn from the profiled zero fractions). `dlac-fp32-train` runs the three training passes, `dlac-fp16-infer` the forward pass. FLOP/cycle counts the dense layer's 2·K·CRS·PQ over the simulated cycles. "With ptWiseOps" adds the cycles of the forward program's BN (one mul-add), ReLU (one `?:`) and residual adds on the output buffers. The last row runs the same training workload on the real zeros of one profiled image (spatial structure included) instead of independent draws.");
+    d.p("Each conv and linear layer of each pass is an mmOp on DLAC's PE grid; the cycle engine skips every multiply-add with a zero operand (operand masks drawn from the profiled zero fractions). `dlac-fp32-train` runs the three training passes, `dlac-fp16-infer` the forward pass. FLOP/cycle counts the dense layer's 2·K·CRS·PQ over the simulated cycles. The column with ptWiseOps adds the cycles of the forward program's BN (one mul-add), ReLU (one `?:`) and residual adds on the output buffers. The last row runs the same training workload on the real zeros of one profiled image (spatial structure included) instead of independent draws.");
     let mut rows = Vec::new();
     for (m, t, s) in &sims {
         rows.push(vec![
@@ -506,7 +506,11 @@ fn build_report(plan: &Plan, out: &Path, stages: &[Stage], seconds: &[f64], tota
             s["config"]["name"].as_str().unwrap_or(t).to_string(),
             f(&s["ops"]).to_string(),
             format!("{:.0}", f(&s["flops_per_cycle_overall"])),
-            if f(&s["pointwise_cycles"]) > 0.0 { format!("{:.0}", f(&s["flops_per_cycle_with_pointwise"])) } else { "-".into() },
+            if f(&s["pointwise_cycles"]) > 0.0 {
+                format!("{:.0}", f(&s["flops_per_cycle_with_pointwise"]))
+            } else {
+                "-".into()
+            },
             format!("{:.0}", f(&s["flops_per_cycle_mean_of_layers"])),
             format!("{:.0}", f(&s["flops_per_cycle_max"])),
             format!("{:.0}", f(&s["dense_flops_per_cycle"])),
