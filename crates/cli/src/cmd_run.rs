@@ -227,7 +227,6 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
         .map(String::from)
         .to_vec(),
     ));
-    let t_all = Instant::now();
     let mut seconds = Vec::new();
     for (i, st) in stages.iter().enumerate() {
         eprintln!("\n── stage {}/{}: {} ──\n$ {}", i + 1, stages.len(), st.title, st.shell());
@@ -237,7 +236,12 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
             let dir = PathBuf::from(&st.argv[st.argv.iter().position(|a| a == "--out").unwrap() + 1]);
             let want = if i == 0 { plan.fp_epochs } else { plan.ternary_epochs };
             match epochs_done(&dir) {
-                Some(n) if n >= want => eprintln!("already trained ({n} epochs in {}): kept", dir.display()),
+                Some(n) if n >= want => {
+                    eprintln!("already trained ({n} epochs in {}): kept", dir.display());
+                    // its time is the one the training took, from its metrics
+                    seconds.push(training_seconds(&dir));
+                    continue;
+                }
                 Some(_) => {
                     let resume: Vec<String> =
                         ["train", "--resume", &dir.display().to_string(), "--epochs", &want.to_string()]
@@ -252,7 +256,7 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
         }
         seconds.push(t0.elapsed().as_secs_f64());
     }
-    let total = t_all.elapsed().as_secs_f64();
+    let total: f64 = seconds.iter().sum();
     let doc = build_report(&plan, &out, &stages, &seconds, total)?;
     for f in doc.figures() {
         anyhow::ensure!(out.join(f).is_file(), "report figure {} was not written", out.join(f).display());
@@ -300,6 +304,15 @@ fn curves(fp: &Value, tn: &Value) -> String {
 
 fn epochs(n: usize) -> String {
     format!("{n} epoch{}", if n == 1 { "" } else { "s" })
+}
+
+/// Wall time of a finished training run, summed over its epochs.
+fn training_seconds(dir: &Path) -> f64 {
+    std::fs::read(dir.join("metrics.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+        .and_then(|m| m["epochs"].as_array().map(|e| e.iter().map(|x| f(&x["seconds"])).sum()))
+        .unwrap_or(0.0)
 }
 
 /// Epochs a training folder has finished (None: no checkpoint yet).
