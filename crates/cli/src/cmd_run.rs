@@ -342,13 +342,18 @@ fn build_report(plan: &Plan, out: &Path, stages: &[Stage], seconds: &[f64], tota
     let tn = read_json(&out.join("ternary/metrics.json"))?;
     let prof =
         [read_json(&out.join("profile-fp/sparsity.json"))?, read_json(&out.join("profile-ternary/sparsity.json"))?];
-    let sims: Vec<(String, String, Value)> =
-        [("fp", "train"), ("fp", "infer"), ("ternary", "train"), ("ternary", "infer")]
-            .iter()
-            .map(|(m, t)| {
-                Ok((m.to_string(), t.to_string(), read_json(&out.join(format!("sim-{m}-{t}/summary.json")))?))
-            })
-            .collect::<anyhow::Result<_>>()?;
+    let sims: Vec<(String, String, Value)> = [
+        ("fp", "train", "fp"),
+        ("fp", "infer", "fp"),
+        ("ternary", "train", "ternary"),
+        ("ternary", "infer", "ternary"),
+        ("ternary", "train-masks", "ternary, real zero masks"),
+    ]
+    .iter()
+    .map(|(m, t, label)| {
+        Ok((label.to_string(), t.to_string(), read_json(&out.join(format!("sim-{m}-{t}/summary.json")))?))
+    })
+    .collect::<anyhow::Result<_>>()?;
     let (fp_acc, tn_acc) = (f(&fp["test_accuracy"]), f(&tn["test_accuracy"]));
     let mode = if plan.quick {
         format!(

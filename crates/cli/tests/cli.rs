@@ -293,6 +293,7 @@ fn run_quick_writes_a_complete_report_and_resumes() {
         "dlac-fp32-train",
         "dlac-fp16-infer",
         "TFLOP/s/mm²",
+        "| ternary, real zero masks | dlac-fp32-train |",
         "## Reproduce",
         "tern train --data mnist",
         "tern profile --checkpoint",
