@@ -161,7 +161,7 @@ const CSS: &str = "body{font-family:system-ui,-apple-system,'Segoe UI',sans-seri
 main{max-width:1000px;margin:0 auto;padding:24px 32px;background:#fff}\
 h1{font-size:1.7em;border-bottom:2px solid #1f77b4;padding-bottom:6px}h2{margin-top:1.8em;border-bottom:1px solid #ddd;padding-bottom:4px}\
 table{border-collapse:collapse;font-size:0.88em;margin:8px 0}th,td{border:1px solid #ddd;padding:3px 8px;white-space:nowrap}\
-th{background:#f0f4f8;text-align:left}td.n{text-align:right;font-variant-numeric:tabular-nums}tbody tr:nth-child(even){background:#fafcff}\
+th{background:#f0f4f8;text-align:left;white-space:normal;vertical-align:bottom}td.n{text-align:right;font-variant-numeric:tabular-nums}tbody tr:nth-child(even){background:#fafcff}\
 .scroll{overflow-x:auto}figure{margin:12px 0}figure svg{max-width:100%;height:auto}figcaption{color:#555;font-size:0.9em}\
 pre{background:#f5f5f5;padding:10px;overflow-x:auto;font-size:0.85em;border-radius:4px}code{background:#f2f2f2;padding:0 3px;border-radius:3px}pre code{background:none;padding:0}";
 
