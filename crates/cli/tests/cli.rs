@@ -364,3 +364,61 @@ fn run_stops_with_the_data_errors_of_train() {
     assert!(!o.status.success());
     assert!(stderr(&o).contains("train-images-idx3-ubyte.gz"), "{}", stderr(&o));
 }
+
+#[test]
+fn run_quick_works_on_cifar_binaries_and_image_folders() {
+    // CIFAR-10 binary: 1 label byte + 3072 pixel bytes per record
+    let cifar = tempfile::tempdir().unwrap();
+    let record = |i: usize| {
+        let mut r = vec![(i % 10) as u8];
+        r.extend((0..3072).map(|p| ((p * 7 + i * 13) % 251) as u8));
+        r
+    };
+    for name in [
+        "data_batch_1.bin",
+        "data_batch_2.bin",
+        "data_batch_3.bin",
+        "data_batch_4.bin",
+        "data_batch_5.bin",
+        "test_batch.bin",
+    ] {
+        let bytes: Vec<u8> = (0..8).flat_map(record).collect();
+        std::fs::write(cifar.path().join(name), bytes).unwrap();
+    }
+    // image folder: train/ and val/ with two classes of PNGs
+    let folder = tempfile::tempdir().unwrap();
+    for split in ["train", "val"] {
+        for (c, class) in ["cat", "dog"].iter().enumerate() {
+            let d = folder.path().join(split).join(class);
+            std::fs::create_dir_all(&d).unwrap();
+            for i in 0..4 {
+                let img = image::RgbImage::from_fn(20, 18, |x, y| {
+                    image::Rgb([(x * 9) as u8, (y * 11) as u8, (c * 200 + i * 10) as u8])
+                });
+                img.save(d.join(format!("{i}.png"))).unwrap();
+            }
+        }
+    }
+    let out = tempfile::tempdir().unwrap();
+    for (data, path, extra) in
+        [("cifar10", cifar.path(), vec![]), ("folder", folder.path(), vec!["--image-size", "16"])]
+    {
+        let run = out.path().join(data);
+        let mut args = vec![
+            "run",
+            "--quick",
+            "--data",
+            data,
+            "--data-path",
+            path.to_str().unwrap(),
+            "--out",
+            run.to_str().unwrap(),
+            "--quiet",
+        ];
+        args.extend(extra);
+        let o = tern(&args);
+        assert!(o.status.success(), "{data}: {}", stderr(&o));
+        let md = std::fs::read_to_string(run.join("report.md")).unwrap();
+        assert!(md.contains(&format!("on {data}")) && md.contains("## DLAC simulation"), "{data}:\n{md}");
+    }
+}
