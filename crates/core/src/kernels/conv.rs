@@ -1,8 +1,10 @@
-//! 2-D convolution: forward, input gradient and weight gradient, as im2col + GEMM.
+//! 2-D convolution: forward, input gradient and weight gradient: the direct AVX-512 kernels
+//! (`conv_direct`) where output channels come in 16s, else im2col + GEMM.
 //! Images are independent, so work is split over the batch across the rayon pool; with fewer
 //! images than threads the GEMM itself runs in parallel instead.
 
-use super::gemm::sgemm;
+use super::conv_direct;
+use super::gemm::{sgemm, sgemm_im2col};
 use crate::geometry::ConvGeometry;
 use rayon::prelude::*;
 
@@ -82,6 +84,20 @@ thread_local! {
     /// The im2col buffer of this thread, reused across images and calls (a fresh one per
     /// rayon task meant zero-filling megabytes per task).
     static COL: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// The direct kernels' padded image and transposed output gradient, likewise.
+    static PADDED: std::cell::RefCell<(Vec<f32>, Vec<f32>)> = const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
+}
+
+/// Forward through the direct kernel, images in parallel (`conv_direct::fits` holds).
+fn forward_direct(x: &[f32], w16: &[f32], bias: Option<&[f32]>, g: &ConvGeometry, y: &mut [f32]) {
+    let chw = g.c_in * g.h * g.w;
+    y.par_chunks_mut(g.c_out * g.pq()).zip(x.par_chunks(chw)).for_each(|(yn, xn)| {
+        PADDED.with(|b| {
+            let xp = &mut b.borrow_mut().0;
+            conv_direct::pad_image(xn, g.c_in, g.h, g.w, g.pad, xp);
+            conv_direct::forward_image(xp, w16, bias, g, yn);
+        })
+    });
 }
 
 /// Splits the batch across threads only when there is at least one image per thread.
@@ -95,10 +111,15 @@ pub fn conv2d_forward(x: &[f32], w: &[f32], bias: Option<&[f32]>, g: &ConvGeomet
     assert_eq!(x.len(), g.in_len());
     assert_eq!(w.len(), g.weight_len());
     assert_eq!(y.len(), g.out_len());
+    if conv_direct::fits(g.c_out, g.k_w) && !g.is_pointwise() {
+        return forward_direct(x, &conv_direct::pack_weights(w, g.c_out, g.crs()), bias, g, y);
+    }
     let (crs, pq, chw) = (g.crs(), g.pq(), g.c_in * g.h * g.w);
     let one = |xn: &[f32], yn: &mut [f32], col: &mut Vec<f32>, par: bool| {
         if g.is_pointwise() {
             sgemm(g.c_out, pq, crs, w, false, xn, false, yn, false, par);
+        } else if !par {
+            sgemm_im2col(g.c_out, w, xn, g, yn, false, col);
         } else {
             col.resize(crs * pq, 0.0);
             im2col(xn, g, col);
@@ -128,6 +149,22 @@ pub fn conv2d_backward_input(dy: &[f32], w: &[f32], g: &ConvGeometry, dx: &mut [
     assert_eq!(dy.len(), g.out_len());
     assert_eq!(w.len(), g.weight_len());
     assert_eq!(dx.len(), g.in_len());
+    // stride 1: the input gradient is a full correlation of dy with the flipped, transposed
+    // weights, i.e. a forward convolution (no col2im)
+    if g.stride == 1 && g.k_h == g.k_w && g.pad < g.k_h && conv_direct::fits(g.c_in, g.k_w) && !g.is_pointwise() {
+        let gt = ConvGeometry {
+            n: g.n,
+            c_in: g.c_out,
+            h: g.h_out(),
+            w: g.w_out(),
+            c_out: g.c_in,
+            k_h: g.k_h,
+            k_w: g.k_w,
+            stride: 1,
+            pad: g.k_h - 1 - g.pad,
+        };
+        return forward_direct(dy, &conv_direct::pack_weights_transposed_flipped(w, g), None, &gt, dx);
+    }
     let (crs, pq, chw) = (g.crs(), g.pq(), g.c_in * g.h * g.w);
     let one = |dyn_: &[f32], dxn: &mut [f32], col: &mut Vec<f32>, par: bool| {
         if g.is_pointwise() {
@@ -158,6 +195,31 @@ pub fn conv2d_backward_weight(x: &[f32], dy: &[f32], g: &ConvGeometry, dw: &mut 
     assert_eq!(dy.len(), g.out_len());
     assert_eq!(dw.len(), g.weight_len());
     let (crs, pq, chw) = (g.crs(), g.pq(), g.c_in * g.h * g.w);
+    if conv_direct::fits(g.c_out, g.k_w) && !g.is_pointwise() {
+        let per = g.n.div_ceil(rayon::current_num_threads()).max(1);
+        let partials: Vec<Vec<f32>> = x
+            .par_chunks(chw * per)
+            .zip(dy.par_chunks(g.c_out * pq * per))
+            .map(|(xs, dys)| {
+                let mut acc = vec![0.0; dw.len()];
+                PADDED.with(|b| {
+                    let (xp, dyt) = &mut *b.borrow_mut();
+                    for (xn, dyn_) in xs.chunks(chw).zip(dys.chunks(g.c_out * pq)) {
+                        conv_direct::pad_image(xn, g.c_in, g.h, g.w, g.pad, xp);
+                        conv_direct::weight_grad_image(xp, dyn_, g, &mut acc, dyt);
+                    }
+                });
+                acc
+            })
+            .collect();
+        let mut sum = partials[0].clone();
+        for p in &partials[1..] {
+            sum.iter_mut().zip(p).for_each(|(d, v)| *d += v);
+        }
+        conv_direct::unpack_weights(&sum, g.c_out, crs, dw);
+        bias_grad(dy, g, db);
+        return;
+    }
     let one = |xn: &[f32], dyn_: &[f32], acc: &mut [f32], col: &mut Vec<f32>, first: bool, par: bool| {
         if g.is_pointwise() {
             sgemm(g.c_out, crs, pq, dyn_, false, xn, true, acc, !first, par);
@@ -194,7 +256,13 @@ pub fn conv2d_backward_weight(x: &[f32], dy: &[f32], g: &ConvGeometry, dw: &mut 
             one(xn, dyn_, dw, &mut col, i == 0, true);
         }
     }
+    bias_grad(dy, g, db);
+}
+
+/// db = Σ dy over images and positions (overwritten).
+fn bias_grad(dy: &[f32], g: &ConvGeometry, db: Option<&mut [f32]>) {
     if let Some(db) = db {
+        let pq = g.pq();
         db.fill(0.0);
         for dyn_ in dy.chunks(g.c_out * pq) {
             for (k, row) in dyn_.chunks(pq).enumerate() {

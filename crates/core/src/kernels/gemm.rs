@@ -1,6 +1,7 @@
 //! Row-major single-precision matrix multiply: our AVX-512 kernel where the CPU has it,
 //! else the `gemm` crate (AVX2/FMA on stable Rust).
 
+use crate::geometry::ConvGeometry;
 use std::sync::atomic::{AtomicU8, Ordering};
 
 /// Which implementation `sgemm` uses.
@@ -46,7 +47,7 @@ pub fn sgemm(
         return;
     }
     if IMPL.load(Ordering::Relaxed) == GemmImpl::Auto as u8 && super::sgemm512::available() {
-        use super::sgemm512::{sgemm as sgemm512, MatRef};
+        use super::sgemm512::{sgemm as sgemm512, BSource, MatRef};
         let am = if trans_a { MatRef { data: a, rs: 1, cs: m } } else { MatRef { data: a, rs: k, cs: 1 } };
         let bm = if trans_b { MatRef { data: b, rs: 1, cs: k } } else { MatRef { data: b, rs: n, cs: 1 } };
         if parallel && rayon::current_num_threads() > 1 && m * n * k >= 1 << 18 {
@@ -57,10 +58,10 @@ pub fn sgemm(
                 let r0 = t * rows;
                 let mr = part.len() / n;
                 let sub = MatRef { data: &a[r0 * am.rs..], ..am };
-                sgemm512(mr, n, k, sub, bm, part, accumulate);
+                sgemm512(mr, n, k, sub, BSource::Mat(bm), part, accumulate);
             });
         } else {
-            sgemm512(m, n, k, am, bm, &mut c[..m * n], accumulate);
+            sgemm512(m, n, k, am, BSource::Mat(bm), &mut c[..m * n], accumulate);
         }
         return;
     }
@@ -96,6 +97,30 @@ pub fn sgemm(
             par,
         );
     }
+}
+
+/// C[m x pq] (+)= A[m x crs] · im2col(x), single-threaded, for one image `x: [c_in, h, w]`:
+/// with AVX-512 the im2col matrix is gathered while packing and never stored; otherwise it is
+/// unfolded into `col` first.
+pub fn sgemm_im2col(
+    m: usize,
+    a: &[f32],
+    x: &[f32],
+    g: &ConvGeometry,
+    c: &mut [f32],
+    accumulate: bool,
+    col: &mut Vec<f32>,
+) {
+    let (k, n) = (g.crs(), g.pq());
+    assert!(a.len() >= m * k && x.len() >= g.c_in * g.h * g.w && c.len() >= m * n);
+    if IMPL.load(Ordering::Relaxed) == GemmImpl::Auto as u8 && super::sgemm512::available() && m > 0 && n > 0 && k > 0 {
+        use super::sgemm512::{sgemm as sgemm512, BSource, MatRef};
+        sgemm512(m, n, k, MatRef { data: a, rs: k, cs: 1 }, BSource::Im2col { x, g }, &mut c[..m * n], accumulate);
+        return;
+    }
+    col.resize(k * n, 0.0);
+    super::conv::im2col(x, g, col);
+    sgemm(m, n, k, a, false, col, false, c, accumulate, false);
 }
 
 #[cfg(test)]

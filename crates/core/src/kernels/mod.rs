@@ -3,6 +3,7 @@
 
 pub mod act;
 pub mod conv;
+pub mod conv_direct;
 pub mod gemm;
 pub mod linear;
 pub mod loss;
