@@ -102,6 +102,19 @@ unsafe fn forward_avx512(xp: &[f32], w16: &[f32], bias: Option<&[f32]>, g: &Conv
                 Some(b) => _mm512_loadu_ps(b.as_ptr().add(kb * 16)),
                 None => _mm512_setzero_ps(),
             };
+            // narrow outputs (8 or 4 wide): 16 consecutive positions span 16/wo whole rows
+            if wo < 16 && 16 % wo == 0 && ho % (16 / wo) == 0 {
+                for oh in (0..ho).step_by(16 / wo) {
+                    let blk = Block { xp, w16, g, kb, oh, ow0: 0, bias: bv, idx: scatter_idx };
+                    match wo {
+                        8 => blk.run_rows::<8>(y),
+                        4 => blk.run_rows::<4>(y),
+                        2 => blk.run_rows::<2>(y),
+                        _ => blk.run_rows::<1>(y),
+                    }
+                }
+                continue;
+            }
             for oh in 0..ho {
                 let mut ow0 = 0;
                 while ow0 < wo {
@@ -175,11 +188,97 @@ impl Block<'_> {
                 }
             }
             let out = y.as_mut_ptr().add(self.kb * 16 * pq + self.oh * g.w_out() + self.ow0);
-            for (i, a) in acc.iter().enumerate() {
-                _mm512_i32scatter_ps::<4>(out.add(i), self.idx, *a);
+            if B == 16 {
+                // 16 positions x 16 channels: transpose in registers, then one contiguous store
+                // per channel (16 scatters of 16 lanes cost more than the block's arithmetic
+                // on 16-channel layers)
+                let mut t = [_mm512_setzero_ps(); 16];
+                t.copy_from_slice(&acc[..16]);
+                let cols = transpose16(&t);
+                for (l, v) in cols.iter().enumerate() {
+                    _mm512_storeu_ps(out.add(l * pq), *v);
+                }
+            } else {
+                for (i, a) in acc.iter().enumerate() {
+                    _mm512_i32scatter_ps::<4>(out.add(i), self.idx, *a);
+                }
             }
         }
     }
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Block<'_> {
+    /// 16 output positions that are `16 / W` whole rows of width `W` (from row `oh`).
+    #[target_feature(enable = "avx512f")]
+    unsafe fn run_rows<const W: usize>(&self, y: &mut [f32]) {
+        let g = self.g;
+        let (hp, wp, st) = (g.h + 2 * g.pad, g.w + 2 * g.pad, g.stride);
+        let (crs, pq, taps) = (g.crs(), g.pq(), g.k_h * g.k_w);
+        let rows = 16 / W;
+        // SAFETY: as in `run`, for the rows oh..oh + 16/W (the caller checks they exist).
+        unsafe {
+            let xptr = self.xp.as_ptr();
+            let wk = self.w16.as_ptr().add(self.kb * crs * 16);
+            let mut acc = [self.bias; 16];
+            for c in 0..g.c_in {
+                for r in 0..g.k_h {
+                    let row0 = xptr.add((c * hp + self.oh * st + r) * wp);
+                    let wt = wk.add((c * taps + r * g.k_w) * 16);
+                    for s in 0..g.k_w {
+                        let wv = _mm512_loadu_ps(wt.add(s * 16));
+                        for rr in 0..rows {
+                            let rs = row0.add(rr * st * wp + s);
+                            for cc in 0..W {
+                                let a = &mut acc[rr * W + cc];
+                                *a = _mm512_fmadd_ps(_mm512_set1_ps(*rs.add(cc * st)), wv, *a);
+                            }
+                        }
+                    }
+                }
+            }
+            let cols = transpose16(&acc);
+            let out = y.as_mut_ptr().add(self.kb * 16 * pq + self.oh * W);
+            for (l, v) in cols.iter().enumerate() {
+                _mm512_storeu_ps(out.add(l * pq), *v);
+            }
+        }
+    }
+}
+
+/// The 16x16 transpose of `r` (row i = vector i): returns column l as vector l.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn transpose16(r: &[__m512; 16]) -> [__m512; 16] {
+    let mut t = [_mm512_setzero_ps(); 16];
+    let mut s = [_mm512_setzero_ps(); 16];
+    // within each 128-bit lane: 32-bit then 64-bit interleaves make 4x4 blocks;
+    // s[4i + q], lane j = column 4j + q of rows 4i..4i+3
+    for i in 0..8 {
+        t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+    }
+    for i in 0..4 {
+        let pd = |v: __m512| _mm512_castps_pd(v);
+        let (a, b, c, d) = (pd(t[4 * i]), pd(t[4 * i + 1]), pd(t[4 * i + 2]), pd(t[4 * i + 3]));
+        s[4 * i] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, c));
+        s[4 * i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, c));
+        s[4 * i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(b, d));
+        s[4 * i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(b, d));
+    }
+    // across lanes: column 4j + q = [s[q] lane j, s[4+q] lane j, s[8+q] lane j, s[12+q] lane j]
+    let mut out = [_mm512_setzero_ps(); 16];
+    for q in 0..4 {
+        let u0 = _mm512_shuffle_f32x4::<0x44>(s[q], s[4 + q]);
+        let u1 = _mm512_shuffle_f32x4::<0xEE>(s[q], s[4 + q]);
+        let u2 = _mm512_shuffle_f32x4::<0x44>(s[8 + q], s[12 + q]);
+        let u3 = _mm512_shuffle_f32x4::<0xEE>(s[8 + q], s[12 + q]);
+        out[q] = _mm512_shuffle_f32x4::<0x88>(u0, u2);
+        out[4 + q] = _mm512_shuffle_f32x4::<0xDD>(u0, u2);
+        out[8 + q] = _mm512_shuffle_f32x4::<0x88>(u1, u3);
+        out[12 + q] = _mm512_shuffle_f32x4::<0xDD>(u1, u3);
+    }
+    out
 }
 
 /// Weight gradient of one image, accumulated: `dw16[k/16][c][r][s][16] += Σ dy · x_pad`.
@@ -274,6 +373,9 @@ mod tests {
             ConvGeometry::new(1, 17, 8, 8, 48, 1, 2, 0).unwrap(),
             ConvGeometry::new(1, 4, 6, 50, 16, 2, 1, 0).unwrap(),
             ConvGeometry::new(1, 16, 5, 5, 16, 3, 1, 2).unwrap(),
+            ConvGeometry::new(2, 16, 8, 8, 32, 3, 1, 1).unwrap(),
+            ConvGeometry::new(1, 7, 8, 8, 16, 3, 2, 1).unwrap(),
+            ConvGeometry::new(1, 16, 4, 4, 16, 3, 1, 1).unwrap(),
         ]
     }
 
