@@ -5,6 +5,9 @@ use crate::geometry::{ConvGeometry, PoolGeometry};
 use crate::kernels::{self, norm::BnSaved};
 
 /// Every operation a layer needs. Shapes are those of the matching functions in [`kernels`].
+/// Output slices are overwritten entirely (except the pooling backward passes, which add
+/// into zeroed input gradients): layers hand them recycled buffers with stale values
+/// (`Tensor::for_overwrite`).
 pub trait Backend: Send + Sync {
     fn name(&self) -> &'static str;
     fn conv2d_forward(&self, x: &[f32], w: &[f32], bias: Option<&[f32]>, g: &ConvGeometry, y: &mut [f32]);

@@ -31,14 +31,14 @@ impl Layer for Relu {
         input.to_vec()
     }
     fn forward(&mut self, ctx: &Ctx, x: &Tensor) -> Tensor {
-        let mut y = Tensor::zeros(x.shape());
+        let mut y = Tensor::for_overwrite(x.shape());
         ctx.backend.relu_forward(x.data(), self.threshold, y.data_mut());
         self.cache_x = ctx.train.then(|| x.clone());
         y
     }
     fn backward_input(&mut self, ctx: &Ctx, dy: &Tensor) -> Tensor {
         let x = self.cache_x.as_ref().expect("backward without a train-mode forward");
-        let mut dx = Tensor::zeros(x.shape());
+        let mut dx = Tensor::for_overwrite(x.shape());
         // d(λ·Σ|y|/n)/dy = λ/n where y > 0, which is where the mask passes (threshold ≥ 0).
         let extra = self.l1 / x.dim(0) as f32;
         ctx.backend.relu_backward(x.data(), dy.data(), self.threshold, extra, dx.data_mut());

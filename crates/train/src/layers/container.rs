@@ -98,7 +98,7 @@ impl Layer for Residual {
             Some(sc) => sc.forward(ctx, x),
             None => x.clone(),
         };
-        let mut z = Tensor::zeros(a.shape());
+        let mut z = Tensor::for_overwrite(a.shape());
         ctx.backend.add(a.data(), s.data(), z.data_mut());
         ctx.probe(&format!("{}.add", self.name), &z);
         let y = self.relu.forward(ctx, &z);
@@ -117,7 +117,7 @@ impl Layer for Residual {
         };
         match (da, ds) {
             (Some(a), Some(s)) => {
-                let mut dx = Tensor::zeros(a.shape());
+                let mut dx = Tensor::for_overwrite(a.shape());
                 ctx.backend.add(a.data(), s.data(), dx.data_mut());
                 Some(dx)
             }

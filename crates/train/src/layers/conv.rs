@@ -73,7 +73,7 @@ impl Layer for Conv2d {
     }
     fn forward(&mut self, ctx: &Ctx, x: &Tensor) -> Tensor {
         let g = self.geometry(x.shape());
-        let mut y = Tensor::zeros(&[g.n, g.c_out, g.h_out(), g.w_out()]);
+        let mut y = Tensor::for_overwrite(&[g.n, g.c_out, g.h_out(), g.w_out()]);
         let bias = self.bias.as_ref().map(|b| b.value.data());
         let w = self.ternary.forward_weight(&self.weight.value, self.c_out);
         let ((), ms) = ctx.timed(|| ctx.backend.conv2d_forward(x.data(), w.data(), bias, &g, y.data_mut()));
@@ -86,7 +86,7 @@ impl Layer for Conv2d {
     fn backward_input(&mut self, ctx: &Ctx, dy: &Tensor) -> Tensor {
         let x = self.cache_x.as_ref().expect("backward without a train-mode forward");
         let g = self.geometry(x.shape());
-        let mut dx = Tensor::zeros(x.shape());
+        let mut dx = Tensor::for_overwrite(x.shape());
         let w = self.ternary.used_weight(&self.weight.value);
         let ((), ms) = ctx.timed(|| ctx.backend.conv2d_backward_input(dy.data(), w.data(), &g, dx.data_mut()));
         if let Some(p) = ctx.profiler {

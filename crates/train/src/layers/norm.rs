@@ -58,7 +58,7 @@ impl Layer for BatchNorm {
     }
     fn forward(&mut self, ctx: &Ctx, x: &Tensor) -> Tensor {
         let (n, hw) = self.dims(x.shape());
-        let mut y = Tensor::zeros(x.shape());
+        let mut y = Tensor::for_overwrite(x.shape());
         let (g, b) = (self.gamma.value.data(), self.beta.value.data());
         if ctx.train && !self.frozen_stats {
             let saved = ctx.backend.batch_norm_forward_train(
@@ -102,7 +102,7 @@ impl Layer for BatchNorm {
     fn backward_input(&mut self, ctx: &Ctx, dy: &Tensor) -> Tensor {
         let x = self.cache_x.as_ref().expect("backward without a train-mode forward");
         let (n, hw) = self.dims(x.shape());
-        let mut dx = Tensor::zeros(x.shape());
+        let mut dx = Tensor::for_overwrite(x.shape());
         if self.frozen_stats {
             // Constant statistics: dx = dy·γ/σ, which is the eval-mode forward applied to dy
             // with zero mean and zero shift.
