@@ -298,51 +298,99 @@ pub fn weight_grad_image(xp: &[f32], dy: &[f32], g: &ConvGeometry, dw16: &mut [f
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn weight_grad_avx512(xp: &[f32], dy: &[f32], g: &ConvGeometry, dw16: &mut [f32], dyt: &mut [f32]) {
-    let (hp, wp) = (g.h + 2 * g.pad, g.w + 2 * g.pad);
-    let (ho, wo, st) = (g.h_out(), g.w_out(), g.stride);
-    let (crs, pq, taps) = (g.crs(), g.pq(), g.k_h * g.k_w);
-    // SAFETY (whole body): dyt holds pq vectors; x reads stay inside the padded image; dw16
-    // writes inside [k/16][crs][16].
+    let pq = g.pq();
+    // SAFETY (whole body): dyt holds pq vectors; dy reads stay inside channel block kb.
     unsafe {
         let gather_idx = _mm512_mullo_epi32(
             _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
             _mm512_set1_epi32(pq as i32),
         );
-        let xptr = xp.as_ptr();
         for kb in 0..g.c_out / 16 {
-            // dy of 16 channels, position-major: one vector per output position
+            // dy of 16 channels, position-major: one vector per output position (16 positions
+            // at a time through the register transpose, the rest gathered)
             let dk = dy.as_ptr().add(kb * 16 * pq);
-            for p in 0..pq {
+            let mut p = 0;
+            while p + 16 <= pq {
+                let mut rows = [_mm512_setzero_ps(); 16];
+                for (l, r) in rows.iter_mut().enumerate() {
+                    *r = _mm512_loadu_ps(dk.add(l * pq + p));
+                }
+                for (i, v) in transpose16(&rows).iter().enumerate() {
+                    _mm512_storeu_ps(dyt.as_mut_ptr().add((p + i) * 16), *v);
+                }
+                p += 16;
+            }
+            for p in p..pq {
                 _mm512_storeu_ps(dyt.as_mut_ptr().add(p * 16), _mm512_i32gather_ps::<4>(gather_idx, dk.add(p)));
             }
-            let dw = dw16.as_mut_ptr().add(kb * crs * 16);
             let mut c0 = 0;
             while c0 < g.c_in {
                 let cb = CB.min(g.c_in - c0);
-                for r in 0..g.k_h {
-                    let mut acc = [[_mm512_setzero_ps(); 3]; CB];
-                    for oh in 0..ho {
-                        let dyrow = dyt.as_ptr().add(oh * wo * 16);
-                        let xrow = xptr.add((c0 * hp + oh * st + r) * wp);
-                        for ow in 0..wo {
-                            let dv = _mm512_loadu_ps(dyrow.add(ow * 16));
-                            let xo = xrow.add(ow * st);
-                            for (cc, a) in acc.iter_mut().enumerate().take(cb) {
-                                let xc = xo.add(cc * hp * wp);
-                                for (s, v) in a.iter_mut().enumerate().take(g.k_w) {
-                                    *v = _mm512_fmadd_ps(_mm512_set1_ps(*xc.add(s)), dv, *v);
-                                }
+                let w = WgradBlock { xp, dyt, g, kb, c0 };
+                // fixed block sizes keep the accumulators in registers
+                macro_rules! dispatch {
+                    ($($cb:literal),*) => {
+                        match (cb, g.k_w) {
+                            $( ($cb, 1) => w.run::<$cb, 1>(dw16),
+                               ($cb, 2) => w.run::<$cb, 2>(dw16),
+                               ($cb, 3) => w.run::<$cb, 3>(dw16), )*
+                            _ => unreachable!("fits() admits k_w <= 3"),
+                        }
+                    };
+                }
+                dispatch!(1, 2, 3, 4, 5, 6, 7, 8);
+                c0 += cb;
+            }
+        }
+    }
+}
+
+/// Weight-gradient accumulators of input channels `c0..c0 + CBN`, all taps of one kernel row
+/// at a time, output channels `16·kb..`.
+#[cfg(target_arch = "x86_64")]
+struct WgradBlock<'a> {
+    xp: &'a [f32],
+    dyt: &'a [f32],
+    g: &'a ConvGeometry,
+    kb: usize,
+    c0: usize,
+}
+
+#[cfg(target_arch = "x86_64")]
+impl WgradBlock<'_> {
+    #[target_feature(enable = "avx512f")]
+    unsafe fn run<const CBN: usize, const KW: usize>(&self, dw16: &mut [f32]) {
+        let g = self.g;
+        let (hp, wp) = (g.h + 2 * g.pad, g.w + 2 * g.pad);
+        let (ho, wo, st) = (g.h_out(), g.w_out(), g.stride);
+        let (crs, taps) = (g.crs(), g.k_h * g.k_w);
+        // SAFETY: x reads stay inside rows (c, oh·st + r) of the padded image at columns
+        // ≤ (wo-1)·st + KW - 1 < wp; dyt holds ho·wo vectors; dw16 writes inside block kb.
+        unsafe {
+            let xptr = self.xp.as_ptr();
+            let dw = dw16.as_mut_ptr().add(self.kb * crs * 16);
+            for r in 0..g.k_h {
+                let mut acc = [[_mm512_setzero_ps(); KW]; CBN];
+                for oh in 0..ho {
+                    let dyrow = self.dyt.as_ptr().add(oh * wo * 16);
+                    let xrow = xptr.add((self.c0 * hp + oh * st + r) * wp);
+                    for ow in 0..wo {
+                        let dv = _mm512_loadu_ps(dyrow.add(ow * 16));
+                        let xo = xrow.add(ow * st);
+                        for (cc, a) in acc.iter_mut().enumerate() {
+                            let xc = xo.add(cc * hp * wp);
+                            for (s, v) in a.iter_mut().enumerate() {
+                                *v = _mm512_fmadd_ps(_mm512_set1_ps(*xc.add(s)), dv, *v);
                             }
                         }
                     }
-                    for (cc, a) in acc.iter().enumerate().take(cb) {
-                        for (s, v) in a.iter().enumerate().take(g.k_w) {
-                            let at = dw.add((((c0 + cc) * taps) + r * g.k_w + s) * 16);
-                            _mm512_storeu_ps(at, _mm512_add_ps(_mm512_loadu_ps(at), *v));
-                        }
+                }
+                for (cc, a) in acc.iter().enumerate() {
+                    for (s, v) in a.iter().enumerate() {
+                        let at = dw.add(((self.c0 + cc) * taps + r * g.k_w + s) * 16);
+                        _mm512_storeu_ps(at, _mm512_add_ps(_mm512_loadu_ps(at), *v));
                     }
                 }
-                c0 += cb;
             }
         }
     }
