@@ -7,7 +7,29 @@ use rayon::prelude::*;
 /// Padding never wins (it counts as -inf, as in PyTorch). x: [n,c,h,w], y/argmax: [n,c,h_out,w_out]
 pub fn max_pool_forward(x: &[f32], g: &PoolGeometry, y: &mut [f32], argmax: &mut [u32]) {
     let (ho, wo, hw) = (g.h_out(), g.w_out(), g.h * g.w);
-    y.par_chunks_mut(ho * wo).zip(argmax.par_chunks_mut(ho * wo)).zip(x.par_chunks(hw)).for_each(|((yp, ap), xp)| {
+    let per = planes_per_task(hw);
+    let task = y.par_chunks_mut(ho * wo).zip(argmax.par_chunks_mut(ho * wo)).zip(x.par_chunks(hw)).with_min_len(per);
+    if g.k == 2 && g.stride == 2 && g.pad == 0 {
+        // the common 2x2/2 window, without bounds checks per tap
+        task.for_each(|((yp, ap), xp)| {
+            for p in 0..ho {
+                for q in 0..wo {
+                    let i0 = 2 * p * g.w + 2 * q;
+                    let (mut best, mut arg) = (xp[i0], i0);
+                    for idx in [i0 + 1, i0 + g.w, i0 + g.w + 1] {
+                        if xp[idx] > best || xp[idx].is_nan() {
+                            best = xp[idx];
+                            arg = idx;
+                        }
+                    }
+                    yp[p * wo + q] = best;
+                    ap[p * wo + q] = arg as u32;
+                }
+            }
+        });
+        return;
+    }
+    task.for_each(|((yp, ap), xp)| {
         for p in 0..ho {
             for q in 0..wo {
                 let (mut best, mut arg) = (f32::NEG_INFINITY, 0u32);
@@ -36,15 +58,24 @@ pub fn max_pool_forward(x: &[f32], g: &PoolGeometry, y: &mut [f32], argmax: &mut
     });
 }
 
+/// Planes per parallel task: ~16K values each (a task per small plane costs more in
+/// scheduling than in work).
+fn planes_per_task(hw: usize) -> usize {
+    (16384 / hw.max(1)).max(1)
+}
+
 /// dx[argmax] += dy (dx overwritten first).
 pub fn max_pool_backward(dy: &[f32], argmax: &[u32], g: &PoolGeometry, dx: &mut [f32]) {
     let (howo, hw) = (g.h_out() * g.w_out(), g.h * g.w);
-    dx.par_chunks_mut(hw).zip(dy.par_chunks(howo).zip(argmax.par_chunks(howo))).for_each(|(dp, (gp, ap))| {
-        dp.fill(0.0);
-        for (&gv, &a) in gp.iter().zip(ap) {
-            dp[a as usize] += gv;
-        }
-    });
+    let per = planes_per_task(hw);
+    dx.par_chunks_mut(hw).zip(dy.par_chunks(howo).zip(argmax.par_chunks(howo))).with_min_len(per).for_each(
+        |(dp, (gp, ap))| {
+            dp.fill(0.0);
+            for (&gv, &a) in gp.iter().zip(ap) {
+                dp[a as usize] += gv;
+            }
+        },
+    );
 }
 
 /// Average pooling; padded positions count in the divisor (PyTorch's count_include_pad).
@@ -120,9 +151,13 @@ mod tests {
     #[test]
     fn pools_agree_with_reference() {
         let mut rng = Rng::new(4);
-        for &(n, c, h, w, k, s, p) in
-            &[(2, 3, 7, 5, 2, 2, 0), (1, 2, 9, 9, 3, 2, 1), (3, 1, 4, 6, 3, 1, 1), (2, 2, 5, 5, 5, 1, 0)]
-        {
+        for &(n, c, h, w, k, s, p) in &[
+            (2, 3, 7, 5, 2, 2, 0),
+            (1, 2, 9, 9, 3, 2, 1),
+            (3, 1, 4, 6, 3, 1, 1),
+            (2, 2, 5, 5, 5, 1, 0),
+            (4, 70, 8, 8, 2, 2, 0),
+        ] {
             let g = PoolGeometry::new(n, c, h, w, k, s, p).unwrap();
             let x = rand_vec(n * c * h * w, &mut rng);
             let dy = rand_vec(g.out_len(), &mut rng);
