@@ -17,10 +17,11 @@ pub fn max_pool_forward(x: &[f32], g: &PoolGeometry, y: &mut [f32], argmax: &mut
                     let i0 = 2 * p * g.w + 2 * q;
                     let (mut best, mut arg) = (xp[i0], i0);
                     for idx in [i0 + 1, i0 + g.w, i0 + g.w + 1] {
-                        if xp[idx] > best || xp[idx].is_nan() {
-                            best = xp[idx];
-                            arg = idx;
-                        }
+                        // selects, not branches (the winner is data-dependent)
+                        let v = xp[idx];
+                        let take = v > best || v.is_nan();
+                        best = if take { v } else { best };
+                        arg = if take { idx } else { arg };
                     }
                     yp[p * wo + q] = best;
                     ap[p * wo + q] = arg as u32;
