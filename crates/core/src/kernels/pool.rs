@@ -13,18 +13,23 @@ pub fn max_pool_forward(x: &[f32], g: &PoolGeometry, y: &mut [f32], argmax: &mut
         // the common 2x2/2 window, without bounds checks per tap
         task.for_each(|((yp, ap), xp)| {
             for p in 0..ho {
-                for q in 0..wo {
-                    let i0 = 2 * p * g.w + 2 * q;
-                    let (mut best, mut arg) = (xp[i0], i0);
-                    for idx in [i0 + 1, i0 + g.w, i0 + g.w + 1] {
-                        // selects, not branches (the winner is data-dependent)
-                        let v = xp[idx];
+                let base = 2 * p * g.w;
+                let (r0, r1) = (&xp[base..base + 2 * wo], &xp[base + g.w..base + g.w + 2 * wo]);
+                let (yr, ar) = (&mut yp[p * wo..(p + 1) * wo], &mut ap[p * wo..(p + 1) * wo]);
+                for (q, ((y, a), (t, b))) in
+                    yr.iter_mut().zip(ar.iter_mut()).zip(r0.chunks_exact(2).zip(r1.chunks_exact(2))).enumerate()
+                {
+                    // the window's four values in scan order; selects, not branches (the
+                    // winner is data-dependent), `>` keeps the first maximum, NaN wins
+                    let (mut best, mut arg) = (t[0], 0u32);
+                    for (v, code) in [(t[1], 1u32), (b[0], 2), (b[1], 3)] {
                         let take = v > best || v.is_nan();
                         best = if take { v } else { best };
-                        arg = if take { idx } else { arg };
+                        arg = if take { code } else { arg };
                     }
-                    yp[p * wo + q] = best;
-                    ap[p * wo + q] = arg as u32;
+                    let i0 = (base + 2 * q) as u32;
+                    *y = best;
+                    *a = i0 + (arg & 1) + (arg >> 1) * g.w as u32;
                 }
             }
         });
