@@ -97,7 +97,11 @@ unsafe fn forward_avx512(xp: &[f32], w16: &[f32], bias: Option<&[f32]>, g: &Conv
             _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
             _mm512_set1_epi32(pq as i32),
         );
-        for kb in 0..g.c_out / 16 {
+        // Input channels per pass over the output blocks: the 16-channel weight slice of a
+        // pass (c·taps vectors) stays in L1 across blocks; later passes add to the partial sums.
+        let chunk = (L1_WEIGHT_FLOATS / (g.k_h * g.k_w * 16)).max(1);
+        for (kb, c0) in (0..g.c_out / 16).flat_map(|kb| (0..g.c_in).step_by(chunk).map(move |c0| (kb, c0))) {
+            let (c1, first) = ((c0 + chunk).min(g.c_in), c0 == 0);
             let bv = match bias {
                 Some(b) => _mm512_loadu_ps(b.as_ptr().add(kb * 16)),
                 None => _mm512_setzero_ps(),
@@ -105,7 +109,7 @@ unsafe fn forward_avx512(xp: &[f32], w16: &[f32], bias: Option<&[f32]>, g: &Conv
             // narrow outputs (8 or 4 wide): 16 consecutive positions span 16/wo whole rows
             if wo < 16 && 16 % wo == 0 && ho % (16 / wo) == 0 {
                 for oh in (0..ho).step_by(16 / wo) {
-                    let blk = Block { xp, w16, g, kb, oh, ow0: 0, bias: bv, idx: scatter_idx };
+                    let blk = Block { xp, w16, g, kb, oh, ow0: 0, bias: bv, idx: scatter_idx, c0, c1, first };
                     match wo {
                         8 => blk.run_rows::<8>(y),
                         4 => blk.run_rows::<4>(y),
@@ -119,7 +123,7 @@ unsafe fn forward_avx512(xp: &[f32], w16: &[f32], bias: Option<&[f32]>, g: &Conv
                 let mut ow0 = 0;
                 while ow0 < wo {
                     let nb = OWB.min(wo - ow0);
-                    let blk = Block { xp, w16, g, kb, oh, ow0, bias: bv, idx: scatter_idx };
+                    let blk = Block { xp, w16, g, kb, oh, ow0, bias: bv, idx: scatter_idx, c0, c1, first };
                     // a fixed block width keeps the accumulators in registers
                     match nb {
                         16 => blk.run::<16>(y),
@@ -158,6 +162,41 @@ struct Block<'a> {
     ow0: usize,
     bias: __m512,
     idx: __m512i,
+    /// Input channels of this pass, and whether it is the first (else it adds to y).
+    c0: usize,
+    c1: usize,
+    first: bool,
+}
+
+/// Weight floats per pass that stay in L1 (24 KiB of the 48 KiB).
+const L1_WEIGHT_FLOATS: usize = 6144;
+
+#[cfg(target_arch = "x86_64")]
+impl Block<'_> {
+    /// The block's starting accumulators: the bias, or the partial sums an earlier pass left
+    /// in y (`out` points at position 0 of channel 16·kb; B positions from there).
+    #[target_feature(enable = "avx512f")]
+    unsafe fn start<const B: usize>(&self, out: *const f32, pq: usize) -> [__m512; B] {
+        let mut acc = [self.bias; B];
+        if self.first {
+            return acc;
+        }
+        // SAFETY: the caller's block lies inside y (16 channels x B positions at stride pq).
+        unsafe {
+            if B == 16 {
+                let mut rows = [_mm512_setzero_ps(); 16];
+                for (l, r) in rows.iter_mut().enumerate() {
+                    *r = _mm512_loadu_ps(out.add(l * pq));
+                }
+                acc.copy_from_slice(&transpose16(&rows)[..B]);
+            } else {
+                for (i, a) in acc.iter_mut().enumerate() {
+                    *a = _mm512_i32gather_ps::<4>(self.idx, out.add(i));
+                }
+            }
+        }
+        acc
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -173,8 +212,9 @@ impl Block<'_> {
         unsafe {
             let xptr = self.xp.as_ptr();
             let wk = self.w16.as_ptr().add(self.kb * crs * 16);
-            let mut acc = [self.bias; B];
-            for c in 0..g.c_in {
+            let out = y.as_mut_ptr().add(self.kb * 16 * pq + self.oh * g.w_out() + self.ow0);
+            let mut acc = self.start::<B>(out, pq);
+            for c in self.c0..self.c1 {
                 for r in 0..g.k_h {
                     let row = xptr.add((c * hp + self.oh * st + r) * wp + self.ow0 * st);
                     let wt = wk.add((c * taps + r * g.k_w) * 16);
@@ -187,7 +227,6 @@ impl Block<'_> {
                     }
                 }
             }
-            let out = y.as_mut_ptr().add(self.kb * 16 * pq + self.oh * g.w_out() + self.ow0);
             if B == 16 {
                 // 16 positions x 16 channels: transpose in registers, then one contiguous store
                 // per channel (16 scatters of 16 lanes cost more than the block's arithmetic
@@ -220,8 +259,9 @@ impl Block<'_> {
         unsafe {
             let xptr = self.xp.as_ptr();
             let wk = self.w16.as_ptr().add(self.kb * crs * 16);
-            let mut acc = [self.bias; 16];
-            for c in 0..g.c_in {
+            let out = y.as_mut_ptr().add(self.kb * 16 * pq + self.oh * W);
+            let mut acc = self.start::<16>(out, pq);
+            for c in self.c0..self.c1 {
                 for r in 0..g.k_h {
                     let row0 = xptr.add((c * hp + self.oh * st + r) * wp);
                     let wt = wk.add((c * taps + r * g.k_w) * 16);
@@ -238,7 +278,6 @@ impl Block<'_> {
                 }
             }
             let cols = transpose16(&acc);
-            let out = y.as_mut_ptr().add(self.kb * 16 * pq + self.oh * W);
             for (l, v) in cols.iter().enumerate() {
                 _mm512_storeu_ps(out.add(l * pq), *v);
             }
@@ -422,6 +461,10 @@ mod tests {
             ConvGeometry::new(1, 4, 6, 50, 16, 2, 1, 0).unwrap(),
             ConvGeometry::new(1, 16, 5, 5, 16, 3, 1, 2).unwrap(),
             ConvGeometry::new(2, 16, 8, 8, 32, 3, 1, 1).unwrap(),
+            // more input channels than one L1 pass holds: partial sums through y
+            ConvGeometry::new(1, 50, 8, 8, 16, 3, 1, 1).unwrap(),
+            ConvGeometry::new(1, 45, 6, 20, 16, 3, 1, 1).unwrap(),
+            ConvGeometry::new(1, 400, 4, 5, 16, 1, 1, 0).unwrap(),
             ConvGeometry::new(1, 7, 8, 8, 16, 3, 2, 1).unwrap(),
             ConvGeometry::new(1, 16, 4, 4, 16, 3, 1, 1).unwrap(),
         ]
