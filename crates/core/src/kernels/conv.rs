@@ -288,7 +288,7 @@ mod tests {
             let b = rand_vec(g.c_out, &mut rng);
             let dy = rand_vec(g.out_len(), &mut rng);
 
-            let mut y = vec![0.0; g.out_len()];
+            let mut y = vec![7.0; g.out_len()]; // stale values must be overwritten
             let mut y_ref = vec![0.0; g.out_len()];
             conv2d_forward(&x, &w, Some(&b), &g, &mut y);
             reference::conv2d_forward(&x, &w, Some(&b), &g, &mut y_ref);

@@ -484,7 +484,7 @@ mod tests {
             let (chw, kpq) = (g.c_in * g.h * g.w, g.c_out * g.pq());
             // forward
             let w16 = pack_weights(&w, g.c_out, g.crs());
-            let mut y = vec![0.0; g.out_len()];
+            let mut y = vec![7.0; g.out_len()]; // stale values must be overwritten
             let mut xp = Vec::new();
             for (xn, yn) in x.chunks(chw).zip(y.chunks_mut(kpq)) {
                 pad_image(xn, g.c_in, g.h, g.w, g.pad, &mut xp);
@@ -510,7 +510,7 @@ mod tests {
                 let gt =
                     ConvGeometry::new(g.n, g.c_out, g.h_out(), g.w_out(), g.c_in, g.k_h, 1, g.k_h - 1 - g.pad).unwrap();
                 let wt = pack_weights_transposed_flipped(&w, &g);
-                let mut dx = vec![0.0; g.in_len()];
+                let mut dx = vec![7.0; g.in_len()];
                 for (dyn_, dxn) in dy.chunks(kpq).zip(dx.chunks_mut(chw)) {
                     pad_image(dyn_, g.c_out, g.h_out(), g.w_out(), gt.pad, &mut xp);
                     forward_image(&xp, &wt, None, &gt, dxn);

@@ -218,7 +218,7 @@ mod tests {
             let dy = rand_vec(n * c * hw, &mut rng);
             let (mut rm, mut rv) = (vec![0.1; c], vec![2.0; c]);
             let (mut rm_r, mut rv_r) = (rm.clone(), rv.clone());
-            let (mut y, mut y_r) = (vec![0.0; x.len()], vec![0.0; x.len()]);
+            let (mut y, mut y_r) = (vec![7.0; x.len()], vec![0.0; x.len()]);
             let saved = batch_norm_forward_train(&x, &gamma, &beta, n, c, hw, 1e-5, 0.1, &mut rm, &mut rv, &mut y);
             reference::batch_norm_forward_train(&x, &gamma, &beta, n, c, hw, 1e-5, 0.1, &mut rm_r, &mut rv_r, &mut y_r);
             assert_close(&y, &y_r, 1e-4, "bn train y");
@@ -227,7 +227,7 @@ mod tests {
 
             let (mut dg, mut db) = (vec![0.0; c], vec![0.0; c]);
             batch_norm_backward_sums(&x, &dy, &saved, n, c, hw, &mut dg, &mut db);
-            let mut dx = vec![0.0; x.len()];
+            let mut dx = vec![7.0; x.len()];
             batch_norm_backward_input(&x, &dy, &gamma, &saved, &dg, &db, n, c, hw, &mut dx);
             let (mut dx_r, mut dg_r, mut db_r) = (vec![0.0; x.len()], vec![0.0; c], vec![0.0; c]);
             reference::batch_norm_backward_train(&x, &dy, &gamma, n, c, hw, 1e-5, &mut dx_r, &mut dg_r, &mut db_r);
