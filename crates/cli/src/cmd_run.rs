@@ -27,10 +27,10 @@ pub struct RunArgs {
     /// A ≤ 3 minute version: a training subset and fewer epochs (the report says so)
     #[arg(long)]
     pub quick: bool,
-    /// Full-precision epochs [default: 4; --quick: 2]
+    /// Full-precision epochs [default: 6; --quick: 2]
     #[arg(long)]
     pub fp_epochs: Option<usize>,
-    /// Ternary fine-tuning epochs [default: 2; --quick: 1]
+    /// Ternary fine-tuning epochs [default: 3; --quick: 1]
     #[arg(long)]
     pub ternary_epochs: Option<usize>,
     /// Train on the first N training images [default: all; --quick: 10000]
@@ -71,8 +71,8 @@ impl Plan {
             image_size: a.data.image_size,
             model: a.model.clone(),
             quick: a.quick,
-            fp_epochs: a.fp_epochs.unwrap_or(if a.quick { 2 } else { 4 }),
-            ternary_epochs: a.ternary_epochs.unwrap_or(if a.quick { 1 } else { 2 }),
+            fp_epochs: a.fp_epochs.unwrap_or(if a.quick { 2 } else { 6 }),
+            ternary_epochs: a.ternary_epochs.unwrap_or(if a.quick { 1 } else { 3 }),
             train_limit: a.train_limit.or(a.quick.then_some(10000)),
             test_limit: a.test_limit.or(a.quick.then_some(2000)),
             seed: a.seed,
