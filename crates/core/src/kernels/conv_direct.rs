@@ -100,7 +100,14 @@ unsafe fn forward_avx512(xp: &[f32], w16: &[f32], bias: Option<&[f32]>, g: &Conv
         // Input channels per pass over the output blocks: the 16-channel weight slice of a
         // pass (c·taps vectors) stays in L1 across blocks; later passes add to the partial sums.
         let chunk = (L1_WEIGHT_FLOATS / (g.k_h * g.k_w * 16)).max(1);
-        for (kb, c0) in (0..g.c_out / 16).flat_map(|kb| (0..g.c_in).step_by(chunk).map(move |c0| (kb, c0))) {
+        let narrow = wo < 16 && 16 % wo == 0 && ho % (16 / wo) == 0;
+        // wide outputs with output channels in 32s: two 16-channel slices share every input
+        // broadcast (12 positions x 2 slices = 24 accumulators: 14 loads per 24 FMAs instead
+        // of 17 per 16)
+        let paired = !narrow && g.c_out.is_multiple_of(32);
+        let kstep = if paired { 2 } else { 1 };
+        let passes = (0..g.c_out / 16).step_by(kstep).flat_map(|kb| (0..g.c_in).step_by(chunk).map(move |c0| (kb, c0)));
+        for (kb, c0) in passes {
             let (c1, first) = ((c0 + chunk).min(g.c_in), c0 == 0);
             let bv = match bias {
                 Some(b) => _mm512_loadu_ps(b.as_ptr().add(kb * 16)),
@@ -115,6 +122,35 @@ unsafe fn forward_avx512(xp: &[f32], w16: &[f32], bias: Option<&[f32]>, g: &Conv
                         4 => blk.run_rows::<4>(y),
                         2 => blk.run_rows::<2>(y),
                         _ => blk.run_rows::<1>(y),
+                    }
+                }
+                continue;
+            }
+            if paired {
+                let bv2 = match bias {
+                    Some(b) => _mm512_loadu_ps(b.as_ptr().add(kb * 16 + 16)),
+                    None => _mm512_setzero_ps(),
+                };
+                for oh in 0..ho {
+                    let mut ow0 = 0;
+                    while ow0 < wo {
+                        let nb = PAIR_OWB.min(wo - ow0);
+                        let blk = Block { xp, w16, g, kb, oh, ow0, bias: bv, idx: scatter_idx, c0, c1, first };
+                        match nb {
+                            12 => blk.run_pair::<12>(bv2, y),
+                            11 => blk.run_pair::<11>(bv2, y),
+                            10 => blk.run_pair::<10>(bv2, y),
+                            9 => blk.run_pair::<9>(bv2, y),
+                            8 => blk.run_pair::<8>(bv2, y),
+                            7 => blk.run_pair::<7>(bv2, y),
+                            6 => blk.run_pair::<6>(bv2, y),
+                            5 => blk.run_pair::<5>(bv2, y),
+                            4 => blk.run_pair::<4>(bv2, y),
+                            3 => blk.run_pair::<3>(bv2, y),
+                            2 => blk.run_pair::<2>(bv2, y),
+                            _ => blk.run_pair::<1>(bv2, y),
+                        }
+                        ow0 += nb;
                     }
                 }
                 continue;
@@ -167,6 +203,9 @@ struct Block<'a> {
     c1: usize,
     first: bool,
 }
+
+/// Output positions per block when two channel slices are paired.
+const PAIR_OWB: usize = 12;
 
 /// Weight floats per pass that stay in L1 (24 KiB of the 48 KiB).
 const L1_WEIGHT_FLOATS: usize = 6144;
@@ -280,6 +319,60 @@ impl Block<'_> {
             let cols = transpose16(&acc);
             for (l, v) in cols.iter().enumerate() {
                 _mm512_storeu_ps(out.add(l * pq), *v);
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Block<'_> {
+    /// Positions `ow0..ow0 + B` of row `oh` for the 32 channels of slices kb and kb + 1
+    /// (`bias2`: the second slice's bias).
+    #[target_feature(enable = "avx512f")]
+    unsafe fn run_pair<const B: usize>(&self, bias2: __m512, y: &mut [f32]) {
+        let g = self.g;
+        let (hp, wp, st) = (g.h + 2 * g.pad, g.w + 2 * g.pad, g.stride);
+        let (crs, pq, taps) = (g.crs(), g.pq(), g.k_h * g.k_w);
+        let mask: __mmask16 = ((1u32 << B) - 1) as __mmask16;
+        // SAFETY: as in `run`, for slices kb and kb + 1 (the caller checks c_out % 32 == 0).
+        unsafe {
+            let xptr = self.xp.as_ptr();
+            let wk0 = self.w16.as_ptr().add(self.kb * crs * 16);
+            let wk1 = wk0.add(crs * 16);
+            let out0 = y.as_mut_ptr().add(self.kb * 16 * pq + self.oh * g.w_out() + self.ow0);
+            let out1 = out0.add(16 * pq);
+            let (mut a0, mut a1) = ([self.bias; B], [bias2; B]);
+            if !self.first {
+                for (acc, out) in [(&mut a0, out0), (&mut a1, out1)] {
+                    let mut rows = [_mm512_setzero_ps(); 16];
+                    for (l, r) in rows.iter_mut().enumerate() {
+                        *r = _mm512_maskz_loadu_ps(mask, out.add(l * pq));
+                    }
+                    acc.copy_from_slice(&transpose16(&rows)[..B]);
+                }
+            }
+            for c in self.c0..self.c1 {
+                for r in 0..g.k_h {
+                    let row = xptr.add((c * hp + self.oh * st + r) * wp + self.ow0 * st);
+                    let t = (c * taps + r * g.k_w) * 16;
+                    for s in 0..g.k_w {
+                        let w0 = _mm512_loadu_ps(wk0.add(t + s * 16));
+                        let w1 = _mm512_loadu_ps(wk1.add(t + s * 16));
+                        let rs = row.add(s);
+                        for i in 0..B {
+                            let xb = _mm512_set1_ps(*rs.add(i * st));
+                            a0[i] = _mm512_fmadd_ps(xb, w0, a0[i]);
+                            a1[i] = _mm512_fmadd_ps(xb, w1, a1[i]);
+                        }
+                    }
+                }
+            }
+            for (acc, out) in [(&a0, out0), (&a1, out1)] {
+                let mut rows = [_mm512_setzero_ps(); 16];
+                rows[..B].copy_from_slice(acc);
+                for (l, v) in transpose16(&rows).iter().enumerate() {
+                    _mm512_mask_storeu_ps(out.add(l * pq), mask, *v);
+                }
             }
         }
     }
@@ -465,6 +558,9 @@ mod tests {
             ConvGeometry::new(1, 50, 8, 8, 16, 3, 1, 1).unwrap(),
             ConvGeometry::new(1, 45, 6, 20, 16, 3, 1, 1).unwrap(),
             ConvGeometry::new(1, 400, 4, 5, 16, 1, 1, 0).unwrap(),
+            // 32 output channels: paired slices, also over several passes and with stride 2
+            ConvGeometry::new(1, 50, 7, 14, 32, 3, 1, 1).unwrap(),
+            ConvGeometry::new(1, 20, 11, 11, 64, 3, 2, 1).unwrap(),
             ConvGeometry::new(1, 7, 8, 8, 16, 3, 2, 1).unwrap(),
             ConvGeometry::new(1, 16, 4, 4, 16, 3, 1, 1).unwrap(),
         ]
