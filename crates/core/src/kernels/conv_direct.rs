@@ -29,16 +29,23 @@ pub fn fits(c_out: usize, k_w: usize) -> bool {
     c_out.is_multiple_of(16) && k_w <= 3 && super::sgemm512::available()
 }
 
-/// Copies image `x: [c, h, w]` into `xp: [c, h + 2p, w + 2p]` with zero borders.
+/// Copies image `x: [c, h, w]` into `xp: [c, h + 2p, w + 2p]` with zero borders. A buffer
+/// that already has the size is reused: only its borders are re-zeroed (no full memset).
 pub fn pad_image(x: &[f32], c: usize, h: usize, w: usize, p: usize, xp: &mut Vec<f32>) {
     let (hp, wp) = (h + 2 * p, w + 2 * p);
-    xp.clear();
-    xp.resize(c * hp * wp, 0.0);
+    if xp.len() != c * hp * wp {
+        xp.clear();
+        xp.resize(c * hp * wp, 0.0);
+    }
     for ci in 0..c {
+        let plane = &mut xp[ci * hp * wp..(ci + 1) * hp * wp];
+        plane[..p * wp].fill(0.0);
+        plane[(p + h) * wp..].fill(0.0);
         for i in 0..h {
-            let src = &x[(ci * h + i) * w..(ci * h + i + 1) * w];
-            let d0 = (ci * hp + i + p) * wp + p;
-            xp[d0..d0 + w].copy_from_slice(src);
+            let row = &mut plane[(i + p) * wp..(i + p + 1) * wp];
+            row[..p].fill(0.0);
+            row[p + w..].fill(0.0);
+            row[p..p + w].copy_from_slice(&x[(ci * h + i) * w..(ci * h + i + 1) * w]);
         }
     }
 }
@@ -564,6 +571,18 @@ mod tests {
             ConvGeometry::new(1, 7, 8, 8, 16, 3, 2, 1).unwrap(),
             ConvGeometry::new(1, 16, 4, 4, 16, 3, 1, 1).unwrap(),
         ]
+    }
+
+    #[test]
+    fn padding_a_reused_buffer_rezeroes_its_borders() {
+        let x: Vec<f32> = (1..=12).map(|v| v as f32).collect();
+        let mut xp = vec![-1.0; 2 * 4 * 5]; // right size, stale contents
+        pad_image(&x, 2, 2, 3, 1, &mut xp);
+        let want_plane0 = [0., 0., 0., 0., 0., 0., 1., 2., 3., 0., 0., 4., 5., 6., 0., 0., 0., 0., 0., 0.];
+        assert_eq!(&xp[..20], &want_plane0);
+        assert_eq!(xp[26..29], [7.0, 8.0, 9.0]);
+        assert_eq!(xp[31..34], [10.0, 11.0, 12.0]);
+        assert_eq!(xp.iter().filter(|&&v| v == -1.0).count(), 0);
     }
 
     #[test]
