@@ -426,7 +426,7 @@ pub fn weight_grad_image(xp: &[f32], dy: &[f32], g: &ConvGeometry, dw16: &mut [f
     assert!(fits(g.c_out, g.k_w));
     let (hp, wp) = (g.h + 2 * g.pad, g.w + 2 * g.pad);
     assert!(xp.len() >= g.c_in * hp * wp && dy.len() >= g.c_out * g.pq() && dw16.len() >= g.weight_len());
-    dyt.resize(g.pq() * 16, 0.0);
+    dyt.resize(g.pq() * 32, 0.0);
     // SAFETY: AVX-512 is present (fits); the asserts bound every index.
     #[cfg(target_arch = "x86_64")]
     unsafe {
@@ -444,23 +444,57 @@ unsafe fn weight_grad_avx512(xp: &[f32], dy: &[f32], g: &ConvGeometry, dw16: &mu
             _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
             _mm512_set1_epi32(pq as i32),
         );
-        for kb in 0..g.c_out / 16 {
-            // dy of 16 channels, position-major: one vector per output position (16 positions
-            // at a time through the register transpose, the rest gathered)
-            let dk = dy.as_ptr().add(kb * 16 * pq);
-            let mut p = 0;
-            while p + 16 <= pq {
-                let mut rows = [_mm512_setzero_ps(); 16];
-                for (l, r) in rows.iter_mut().enumerate() {
-                    *r = _mm512_loadu_ps(dk.add(l * pq + p));
+        // output channels in 32s: two 16-channel slices share every input broadcast
+        let slices = if g.c_out.is_multiple_of(32) { 2 } else { 1 };
+        for kb in (0..g.c_out / 16).step_by(slices) {
+            // dy of 16·slices channels, position-major: per position `slices` vectors (16
+            // positions at a time through the register transpose, the rest gathered)
+            for j in 0..slices {
+                let dk = dy.as_ptr().add((kb + j) * 16 * pq);
+                let mut p = 0;
+                while p + 16 <= pq {
+                    let mut rows = [_mm512_setzero_ps(); 16];
+                    for (l, r) in rows.iter_mut().enumerate() {
+                        *r = _mm512_loadu_ps(dk.add(l * pq + p));
+                    }
+                    for (i, v) in transpose16(&rows).iter().enumerate() {
+                        _mm512_storeu_ps(dyt.as_mut_ptr().add(((p + i) * slices + j) * 16), *v);
+                    }
+                    p += 16;
                 }
-                for (i, v) in transpose16(&rows).iter().enumerate() {
-                    _mm512_storeu_ps(dyt.as_mut_ptr().add((p + i) * 16), *v);
+                for p in p..pq {
+                    let v = _mm512_i32gather_ps::<4>(gather_idx, dk.add(p));
+                    _mm512_storeu_ps(dyt.as_mut_ptr().add((p * slices + j) * 16), v);
                 }
-                p += 16;
             }
-            for p in p..pq {
-                _mm512_storeu_ps(dyt.as_mut_ptr().add(p * 16), _mm512_i32gather_ps::<4>(gather_idx, dk.add(p)));
+            if slices == 2 {
+                let mut c0 = 0;
+                while c0 < g.c_in {
+                    let cb = [8, 6, 4][g.k_w - 1].min(g.c_in - c0);
+                    let w = WgradBlock { xp, dyt, g, kb, c0 };
+                    match (cb, g.k_w) {
+                        (8, 1) => w.run_pair::<8, 1>(dw16),
+                        (7, 1) => w.run_pair::<7, 1>(dw16),
+                        (6, 1) => w.run_pair::<6, 1>(dw16),
+                        (5, 1) => w.run_pair::<5, 1>(dw16),
+                        (6, 2) => w.run_pair::<6, 2>(dw16),
+                        (5, 2) => w.run_pair::<5, 2>(dw16),
+                        (4, 1) => w.run_pair::<4, 1>(dw16),
+                        (4, 2) => w.run_pair::<4, 2>(dw16),
+                        (4, 3) => w.run_pair::<4, 3>(dw16),
+                        (3, 1) => w.run_pair::<3, 1>(dw16),
+                        (3, 2) => w.run_pair::<3, 2>(dw16),
+                        (3, 3) => w.run_pair::<3, 3>(dw16),
+                        (2, 1) => w.run_pair::<2, 1>(dw16),
+                        (2, 2) => w.run_pair::<2, 2>(dw16),
+                        (2, 3) => w.run_pair::<2, 3>(dw16),
+                        (1, 1) => w.run_pair::<1, 1>(dw16),
+                        (1, 2) => w.run_pair::<1, 2>(dw16),
+                        _ => w.run_pair::<1, 3>(dw16),
+                    }
+                    c0 += cb;
+                }
+                continue;
             }
             let mut c0 = 0;
             while c0 < g.c_in {
@@ -493,6 +527,54 @@ struct WgradBlock<'a> {
     g: &'a ConvGeometry,
     kb: usize,
     c0: usize,
+}
+
+#[cfg(target_arch = "x86_64")]
+impl WgradBlock<'_> {
+    /// Like `run`, for the 32 output channels of slices kb and kb + 1 (dyt holds both,
+    /// interleaved per position).
+    #[target_feature(enable = "avx512f")]
+    unsafe fn run_pair<const CBN: usize, const KW: usize>(&self, dw16: &mut [f32]) {
+        let g = self.g;
+        let (hp, wp) = (g.h + 2 * g.pad, g.w + 2 * g.pad);
+        let (ho, wo, st) = (g.h_out(), g.w_out(), g.stride);
+        let (crs, taps) = (g.crs(), g.k_h * g.k_w);
+        // SAFETY: as in `run`; dyt holds 2·ho·wo vectors; dw16 writes inside slices kb, kb+1.
+        unsafe {
+            let xptr = self.xp.as_ptr();
+            let dw0 = dw16.as_mut_ptr().add(self.kb * crs * 16);
+            let dw1 = dw0.add(crs * 16);
+            for r in 0..g.k_h {
+                let mut a0 = [[_mm512_setzero_ps(); KW]; CBN];
+                let mut a1 = [[_mm512_setzero_ps(); KW]; CBN];
+                for oh in 0..ho {
+                    let dyrow = self.dyt.as_ptr().add(oh * wo * 32);
+                    let xrow = xptr.add((self.c0 * hp + oh * st + r) * wp);
+                    for ow in 0..wo {
+                        let d0 = _mm512_loadu_ps(dyrow.add(ow * 32));
+                        let d1 = _mm512_loadu_ps(dyrow.add(ow * 32 + 16));
+                        let xo = xrow.add(ow * st);
+                        for cc in 0..CBN {
+                            let xc = xo.add(cc * hp * wp);
+                            for s in 0..KW {
+                                let xb = _mm512_set1_ps(*xc.add(s));
+                                a0[cc][s] = _mm512_fmadd_ps(xb, d0, a0[cc][s]);
+                                a1[cc][s] = _mm512_fmadd_ps(xb, d1, a1[cc][s]);
+                            }
+                        }
+                    }
+                }
+                for (acc, dw) in [(&a0, dw0), (&a1, dw1)] {
+                    for (cc, a) in acc.iter().enumerate() {
+                        for (s, v) in a.iter().enumerate() {
+                            let at = dw.add(((self.c0 + cc) * taps + r * g.k_w + s) * 16);
+                            _mm512_storeu_ps(at, _mm512_add_ps(_mm512_loadu_ps(at), *v));
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
