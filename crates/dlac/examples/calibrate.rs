@@ -9,22 +9,23 @@ fn main() {
     let path = std::env::args().nth(1).expect("usage: calibrate FILE.csv");
     let w = Workload::load(std::path::Path::new(&path)).expect("workload");
     let mut grid = Vec::new();
-    for (rows, cols, units) in [(16, 16, 2), (32, 16, 1), (16, 32, 1), (8, 32, 2), (32, 8, 2), (8, 16, 4), (16, 8, 4)] {
-        for out_buffers in [2, 4, 6, 8, 12, 16] {
-            if units > out_buffers {
-                continue;
-            }
-            for window in [1, 2, 4, 8, 16, 32] {
-                for scan_rate in [1, 2, 3, 4, 8] {
-                    grid.push(DlacConfig {
-                        rows,
-                        cols,
-                        units,
-                        out_buffers,
-                        window,
-                        scan_rate,
-                        ..DlacConfig::fp32_train()
-                    });
+    // Every tile is simulated: sampling tiles biased an earlier, wider search (DLAC.md).
+    for (rows, cols, units) in [(32, 16, 1), (64, 8, 1), (16, 32, 1), (16, 16, 2)] {
+        for out_buffers in [2, 3, 4] {
+            for window in [8, 12, 16, 20, 24] {
+                for scan_rate in [2, 3, 4] {
+                    for read_words_per_cycle in [128, 192, 1 << 20] {
+                        grid.push(DlacConfig {
+                            rows,
+                            cols,
+                            units,
+                            out_buffers,
+                            window,
+                            scan_rate,
+                            read_words_per_cycle,
+                            ..DlacConfig::fp32_train()
+                        });
+                    }
                 }
             }
         }
@@ -37,7 +38,7 @@ fn main() {
                 .iter()
                 .enumerate()
                 .map(|(i, op)| {
-                    let r = simulate_op(op, &cfg, i as u64, Some(24));
+                    let r = simulate_op(op, &cfg, i as u64, None);
                     let want = op.reference_flops_per_cycle.unwrap();
                     (r.flops_per_cycle - want).abs() / want
                 })
@@ -50,7 +51,7 @@ fn main() {
     scored.sort_by(|a, b| a.0.total_cmp(&b.0));
     for (mean, max, c) in scored.iter().take(10) {
         println!(
-            "mean {:.1}% max {:.1}%  rows {} cols {} units {} out_buffers {} window {} scan_rate {}",
+            "mean {:.1}% max {:.1}%  rows {} cols {} units {} out_buffers {} window {} scan_rate {} read_words {}",
             100.0 * mean,
             100.0 * max,
             c.rows,
@@ -58,7 +59,8 @@ fn main() {
             c.units,
             c.out_buffers,
             c.window,
-            c.scan_rate
+            c.scan_rate,
+            c.read_words_per_cycle
         );
     }
 }

@@ -42,7 +42,7 @@ pub struct DlacConfig {
 }
 
 fn default_read_words() -> usize {
-    192
+    240
 }
 
 impl DlacConfig {
@@ -52,18 +52,18 @@ impl DlacConfig {
     pub fn fp32_train() -> Self {
         DlacConfig {
             name: "dlac-fp32-train".into(),
-            rows: 32,
-            cols: 16,
+            rows: 64,
+            cols: 8,
             units: 1,
             out_buffers: 2,
-            window: 16,
+            window: 12,
             scan_rate: 3,
-            // a full tile needs 32 + 16·2 words per step; 3 steps/cycle of scan → 192
-            read_words_per_cycle: 192,
+            // a full tile reads 64 + 8·2 words per step, 3 steps per cycle at the scan rate
+            read_words_per_cycle: 240,
             precision: Precision::Fp32,
             clock_mhz: 500.0,
-            weight_buffer_kib: 208,
-            ifm_buffer_kib: 208,
+            weight_buffer_kib: 216,
+            ifm_buffer_kib: 216,
         }
     }
 
@@ -72,7 +72,7 @@ impl DlacConfig {
     pub fn fp16_infer() -> Self {
         DlacConfig {
             name: "dlac-fp16-infer".into(),
-            rows: 16,
+            rows: 32,
             precision: Precision::Fp16,
             weight_buffer_kib: 144,
             ifm_buffer_kib: 144,

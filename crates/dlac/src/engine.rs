@@ -228,24 +228,35 @@ fn tile_cycles_body<S: OperandBits>(cfg: &DlacConfig, op: &MmOp, mt: usize, nt: 
                 if rw == 0 {
                     continue;
                 }
-                for j in 0..cfg.cols {
-                    let cp = &col_planes[j * planes..(j + 1) * planes];
-                    let mut t = 0u64;
-                    for (k, &plane) in cp.iter().enumerate() {
-                        t += ((rw & plane).count_ones() as u64) << k;
+                let pt = &mut pe_time[i * cfg.cols..(i + 1) * cfg.cols];
+                if planes == 2 {
+                    // the common case (2 output buffers, 1 unit), unrolled
+                    for (t, cp) in pt.iter_mut().zip(col_planes.chunks_exact(2)) {
+                        *t += ((rw & cp[0]).count_ones() + 2 * (rw & cp[1]).count_ones()) as u64;
                     }
-                    pe_time[i * cfg.cols + j] += t;
+                } else {
+                    for (t, cp) in pt.iter_mut().zip(col_planes.chunks_exact(planes)) {
+                        for (k, &plane) in cp.iter().enumerate() {
+                            *t += ((rw & plane).count_ones() as u64) << k;
+                        }
+                    }
                 }
             }
             off += seg;
             win_left -= seg;
             if win_left == 0 {
-                if cfg.units == 1 {
-                    executed += pe_time.iter().sum::<u64>(); // one multiply-add per cycle
+                // one pass: the slowest PE, the work done (one multiply-add per cycle when
+                // units == 1), and the reset for the next window
+                let (mut slowest, mut work) = (0u64, 0u64);
+                for t in pe_time.iter_mut() {
+                    slowest = slowest.max(*t);
+                    work += *t;
+                    *t = 0;
                 }
-                let floor = window_floor(cfg, win_steps, words_per_step);
-                total += pe_time.iter().copied().max().unwrap_or(0).max(floor);
-                pe_time.iter_mut().for_each(|t| *t = 0);
+                if cfg.units == 1 {
+                    executed += work;
+                }
+                total += slowest.max(window_floor(cfg, win_steps, words_per_step));
                 win_steps = cfg.window.min(red - (step + off));
                 win_left = win_steps;
             }
