@@ -2,8 +2,8 @@
 """Simulator speed: SCALE-Sim (PyPI `scalesim`, a dense systolic-array simulator) against
 `tern sim` on the same mmOp list, as simulated cycles per wall-clock second.
 
-The two simulate different machines (SCALE-Sim: a dense 32x16 output-stationary systolic
-array; DLAC: a 32x16 zero-skipping PE grid), so the comparison is of simulator throughput,
+The two simulate different machines (SCALE-Sim: a dense 64x8 output-stationary systolic
+array; DLAC: the 64x8 zero-skipping PE grid of its preset), so the comparison is of simulator throughput,
 not of the cycle counts. Run outside the repo's tests, with SCALE-Sim in a venv:
 
     /work/venv/bin/python bench/scalesim_compare.py --workload runs/prof-resnet34/workload.json \
@@ -15,8 +15,8 @@ CFG = """[general]
 run_name = tern_compare
 
 [architecture_presets]
-ArrayHeight:    32
-ArrayWidth:     16
+ArrayHeight:    64
+ArrayWidth:     8
 IfmapSramSzkB:    208
 FilterSramSzkB:   208
 OfmapSramSzkB:    64
@@ -103,8 +103,8 @@ def main():
     summ = json.load(open(os.path.join(out, "summary.json")))
     t_secs, t_cycles = summ["simulation_seconds"], summ["total_cycles"]
     rows = [
-        ("SCALE-Sim 3.0 (dense 32x16 OS array)", ss_cycles, ss_secs),
-        (f"tern sim (DLAC 32x16, zero-skipping, {a.threads} thread(s))", t_cycles, t_secs),
+        ("SCALE-Sim 3.0 (dense 64x8 OS array)", ss_cycles, ss_secs),
+        (f"tern sim (DLAC 64x8, zero-skipping, {a.threads} thread(s))", t_cycles, t_secs),
     ]
     print(f"{len(ops)} mmOps from {a.workload}")
     print(f"{'simulator':<52} {'cycles':>14} {'seconds':>9} {'cycles/s':>12}")
