@@ -249,7 +249,21 @@ impl Block<'_> {
 impl Block<'_> {
     #[target_feature(enable = "avx512f")]
     unsafe fn run<const B: usize>(&self, y: &mut [f32]) {
+        // SAFETY: same contract as this function.
+        unsafe {
+            match self.g.k_w {
+                3 => self.run_kw::<B, 3>(y),
+                1 => self.run_kw::<B, 1>(y),
+                _ => self.run_kw::<B, 0>(y),
+            }
+        }
+    }
+
+    /// `run` with the kernel width fixed at compile time (0: read at run time).
+    #[target_feature(enable = "avx512f")]
+    unsafe fn run_kw<const B: usize, const KW: usize>(&self, y: &mut [f32]) {
         let g = self.g;
+        let kw = if KW == 0 { g.k_w } else { KW };
         let (hp, wp, st) = (g.h + 2 * g.pad, g.w + 2 * g.pad, g.stride);
         let (crs, pq, taps) = (g.crs(), g.pq(), g.k_h * g.k_w);
         // SAFETY: x reads stay in row (c, oh·st + r) of the padded image at columns
@@ -264,7 +278,7 @@ impl Block<'_> {
                 for r in 0..g.k_h {
                     let row = xptr.add((c * hp + self.oh * st + r) * wp + self.ow0 * st);
                     let wt = wk.add((c * taps + r * g.k_w) * 16);
-                    for s in 0..g.k_w {
+                    for s in 0..kw {
                         let wv = _mm512_loadu_ps(wt.add(s * 16));
                         let rs = row.add(s);
                         for (i, a) in acc.iter_mut().enumerate() {
@@ -297,7 +311,21 @@ impl Block<'_> {
     /// 16 output positions that are `16 / W` whole rows of width `W` (from row `oh`).
     #[target_feature(enable = "avx512f")]
     unsafe fn run_rows<const W: usize>(&self, y: &mut [f32]) {
+        // SAFETY: same contract as this function.
+        unsafe {
+            match self.g.k_w {
+                3 => self.run_rows_kw::<W, 3>(y),
+                1 => self.run_rows_kw::<W, 1>(y),
+                _ => self.run_rows_kw::<W, 0>(y),
+            }
+        }
+    }
+
+    /// `run_rows` with the kernel width fixed at compile time (0: read at run time).
+    #[target_feature(enable = "avx512f")]
+    unsafe fn run_rows_kw<const W: usize, const KW: usize>(&self, y: &mut [f32]) {
         let g = self.g;
+        let kw = if KW == 0 { g.k_w } else { KW };
         let (hp, wp, st) = (g.h + 2 * g.pad, g.w + 2 * g.pad, g.stride);
         let (crs, pq, taps) = (g.crs(), g.pq(), g.k_h * g.k_w);
         let rows = 16 / W;
@@ -311,7 +339,7 @@ impl Block<'_> {
                 for r in 0..g.k_h {
                     let row0 = xptr.add((c * hp + self.oh * st + r) * wp);
                     let wt = wk.add((c * taps + r * g.k_w) * 16);
-                    for s in 0..g.k_w {
+                    for s in 0..kw {
                         let wv = _mm512_loadu_ps(wt.add(s * 16));
                         for rr in 0..rows {
                             let rs = row0.add(rr * st * wp + s);
@@ -337,6 +365,21 @@ impl Block<'_> {
     /// (`bias2`: the second slice's bias).
     #[target_feature(enable = "avx512f")]
     unsafe fn run_pair<const B: usize>(&self, bias2: __m512, y: &mut [f32]) {
+        // SAFETY: same contract as this function.
+        unsafe {
+            match self.g.k_w {
+                3 => self.run_pair_kw::<B, 3>(bias2, y),
+                1 => self.run_pair_kw::<B, 1>(bias2, y),
+                _ => self.run_pair_kw::<B, 0>(bias2, y),
+            }
+        }
+    }
+
+    /// `run_pair` with the kernel width fixed at compile time (0: any width, read at run time),
+    /// so the tap loop unrolls for the common 3x3 and 1x1 layers.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn run_pair_kw<const B: usize, const KW: usize>(&self, bias2: __m512, y: &mut [f32]) {
+        let kw = if KW == 0 { self.g.k_w } else { KW };
         let g = self.g;
         let (hp, wp, st) = (g.h + 2 * g.pad, g.w + 2 * g.pad, g.stride);
         let (crs, pq, taps) = (g.crs(), g.pq(), g.k_h * g.k_w);
@@ -362,7 +405,7 @@ impl Block<'_> {
                 for r in 0..g.k_h {
                     let row = xptr.add((c * hp + self.oh * st + r) * wp + self.ow0 * st);
                     let t = (c * taps + r * g.k_w) * 16;
-                    for s in 0..g.k_w {
+                    for s in 0..kw {
                         let w0 = _mm512_loadu_ps(wk0.add(t + s * 16));
                         let w1 = _mm512_loadu_ps(wk1.add(t + s * 16));
                         let rs = row.add(s);
