@@ -96,95 +96,68 @@ pub fn forward_image(xp: &[f32], w16: &[f32], bias: Option<&[f32]>, g: &ConvGeom
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn forward_avx512(xp: &[f32], w16: &[f32], bias: Option<&[f32]>, g: &ConvGeometry, y: &mut [f32]) {
-    let (ho, wo) = (g.h_out(), g.w_out());
-    let pq = g.pq();
-    // SAFETY (whole body): see `row_block`.
+    // The kernel width as a compile-time constant (0: read at run time) unrolls the tap loop
+    // of the common 3x3 and 1x1 layers.
+    // SAFETY: same contract as this function.
     unsafe {
-        let scatter_idx = _mm512_mullo_epi32(
-            _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
-            _mm512_set1_epi32(pq as i32),
-        );
-        // Input channels per pass over the output blocks: the 16-channel weight slice of a
-        // pass (c·taps vectors) stays in L1 across blocks; later passes add to the partial sums.
-        let chunk = (L1_WEIGHT_FLOATS / (g.k_h * g.k_w * 16)).max(1);
-        let narrow = wo < 16 && 16 % wo == 0 && ho % (16 / wo) == 0;
-        // wide outputs with output channels in 32s: two 16-channel slices share every input
-        // broadcast (12 positions x 2 slices = 24 accumulators: 14 loads per 24 FMAs instead
-        // of 17 per 16)
-        let paired = !narrow && g.c_out.is_multiple_of(32);
-        let kstep = if paired { 2 } else { 1 };
-        let passes = (0..g.c_out / 16).step_by(kstep).flat_map(|kb| (0..g.c_in).step_by(chunk).map(move |c0| (kb, c0)));
+        match g.k_w {
+            3 => forward_kw::<3>(xp, w16, bias, g, y),
+            1 => forward_kw::<1>(xp, w16, bias, g, y),
+            _ => forward_kw::<0>(xp, w16, bias, g, y),
+        }
+    }
+}
+
+/// Evaluates `$call` with the constant `$w` set to the block width `$n` (a run-time value,
+/// one of the listed ones): a fixed width keeps the accumulators in registers.
+macro_rules! by_width {
+    ($n:expr, [$($v:literal),*], $w:ident => $call:expr) => {
+        match $n {
+            $($v => {
+                const $w: usize = $v;
+                $call
+            })*
+            n => unreachable!("block width {n}"),
+        }
+    };
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn forward_kw<const KW: usize>(xp: &[f32], w16: &[f32], bias: Option<&[f32]>, g: &ConvGeometry, y: &mut [f32]) {
+    let (ho, wo) = (g.h_out(), g.w_out());
+    // Input channels per pass over the output blocks: the 16-channel weight slice of a pass
+    // (c·taps vectors) stays in L1 across blocks; later passes add to the partial sums.
+    let chunk = (L1_WEIGHT_FLOATS / (g.k_h * g.k_w * 16)).max(1);
+    // narrow outputs (8 or 4 wide): 16 consecutive positions span 16/wo whole rows
+    let narrow = wo < 16 && 16 % wo == 0 && ho % (16 / wo) == 0;
+    // wide outputs with output channels in 32s: two 16-channel slices share every input
+    // broadcast (12 positions x 2 slices = 24 accumulators: 14 loads per 24 FMAs instead of
+    // 17 per 16)
+    let paired = !narrow && g.c_out.is_multiple_of(32);
+    let kstep = if paired { 2 } else { 1 };
+    let passes = (0..g.c_out / 16).step_by(kstep).flat_map(|kb| (0..g.c_in).step_by(chunk).map(move |c0| (kb, c0)));
+    // SAFETY (whole body): see `Block::run`.
+    unsafe {
         for (kb, c0) in passes {
             let (c1, first) = ((c0 + chunk).min(g.c_in), c0 == 0);
-            let bv = match bias {
-                Some(b) => _mm512_loadu_ps(b.as_ptr().add(kb * 16)),
-                None => _mm512_setzero_ps(),
-            };
-            // narrow outputs (8 or 4 wide): 16 consecutive positions span 16/wo whole rows
-            if wo < 16 && 16 % wo == 0 && ho % (16 / wo) == 0 {
+            if narrow {
                 for oh in (0..ho).step_by(16 / wo) {
-                    let blk = Block { xp, w16, g, kb, oh, ow0: 0, bias: bv, idx: scatter_idx, c0, c1, first };
-                    match wo {
-                        8 => blk.run_rows::<8>(y),
-                        4 => blk.run_rows::<4>(y),
-                        2 => blk.run_rows::<2>(y),
-                        _ => blk.run_rows::<1>(y),
-                    }
+                    let blk = Block { xp, w16, bias, g, kb, oh, ow0: 0, c0, c1, first };
+                    by_width!(wo, [8, 4, 2, 1], W => blk.run_rows::<W, KW>(y));
                 }
                 continue;
             }
-            if paired {
-                let bv2 = match bias {
-                    Some(b) => _mm512_loadu_ps(b.as_ptr().add(kb * 16 + 16)),
-                    None => _mm512_setzero_ps(),
-                };
-                for oh in 0..ho {
-                    let mut ow0 = 0;
-                    while ow0 < wo {
-                        let nb = PAIR_OWB.min(wo - ow0);
-                        let blk = Block { xp, w16, g, kb, oh, ow0, bias: bv, idx: scatter_idx, c0, c1, first };
-                        match nb {
-                            12 => blk.run_pair::<12>(bv2, y),
-                            11 => blk.run_pair::<11>(bv2, y),
-                            10 => blk.run_pair::<10>(bv2, y),
-                            9 => blk.run_pair::<9>(bv2, y),
-                            8 => blk.run_pair::<8>(bv2, y),
-                            7 => blk.run_pair::<7>(bv2, y),
-                            6 => blk.run_pair::<6>(bv2, y),
-                            5 => blk.run_pair::<5>(bv2, y),
-                            4 => blk.run_pair::<4>(bv2, y),
-                            3 => blk.run_pair::<3>(bv2, y),
-                            2 => blk.run_pair::<2>(bv2, y),
-                            _ => blk.run_pair::<1>(bv2, y),
-                        }
-                        ow0 += nb;
-                    }
-                }
-                continue;
-            }
+            let width = if paired { PAIR_OWB } else { OWB };
             for oh in 0..ho {
                 let mut ow0 = 0;
                 while ow0 < wo {
-                    let nb = OWB.min(wo - ow0);
-                    let blk = Block { xp, w16, g, kb, oh, ow0, bias: bv, idx: scatter_idx, c0, c1, first };
-                    // a fixed block width keeps the accumulators in registers
-                    match nb {
-                        16 => blk.run::<16>(y),
-                        15 => blk.run::<15>(y),
-                        14 => blk.run::<14>(y),
-                        13 => blk.run::<13>(y),
-                        12 => blk.run::<12>(y),
-                        11 => blk.run::<11>(y),
-                        10 => blk.run::<10>(y),
-                        9 => blk.run::<9>(y),
-                        8 => blk.run::<8>(y),
-                        7 => blk.run::<7>(y),
-                        6 => blk.run::<6>(y),
-                        5 => blk.run::<5>(y),
-                        4 => blk.run::<4>(y),
-                        3 => blk.run::<3>(y),
-                        2 => blk.run::<2>(y),
-                        _ => blk.run::<1>(y),
+                    let nb = width.min(wo - ow0);
+                    let blk = Block { xp, w16, bias, g, kb, oh, ow0, c0, c1, first };
+                    if paired {
+                        by_width!(nb, [12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1], B => blk.run::<B, KW, 2>(y));
+                    } else {
+                        by_width!(nb, [16, 15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1], B => blk.run::<B, KW, 1>(y));
                     }
                     ow0 += nb;
                 }
@@ -193,21 +166,20 @@ unsafe fn forward_avx512(xp: &[f32], w16: &[f32], bias: Option<&[f32]>, g: &Conv
     }
 }
 
-/// One block of the forward pass: output row `oh`, positions `ow0..ow0 + B`, channels
-/// `16·kb..16·kb + 16`.
+/// One block of the forward pass: 16·S output channels from `16·kb`, input channels
+/// `c0..c1`, output row `oh` from column `ow0` (or whole rows from `oh`, `run_rows`).
 #[cfg(target_arch = "x86_64")]
 struct Block<'a> {
     xp: &'a [f32],
     w16: &'a [f32],
+    bias: Option<&'a [f32]>,
     g: &'a ConvGeometry,
     kb: usize,
     oh: usize,
     ow0: usize,
-    bias: __m512,
-    idx: __m512i,
-    /// Input channels of this pass, and whether it is the first (else it adds to y).
     c0: usize,
     c1: usize,
+    /// The first pass over the input channels starts from the bias, later ones from y.
     first: bool,
 }
 
@@ -219,111 +191,74 @@ const L1_WEIGHT_FLOATS: usize = 6144;
 
 #[cfg(target_arch = "x86_64")]
 impl Block<'_> {
-    /// The block's starting accumulators: the bias, or the partial sums an earlier pass left
-    /// in y (`out` points at position 0 of channel 16·kb; B positions from there).
+    /// The starting accumulators of channel slice `kb` for the B positions at `out` (channel
+    /// 16·kb, stride pq between channels): the bias, or the partial sums an earlier pass left.
     #[target_feature(enable = "avx512f")]
-    unsafe fn start<const B: usize>(&self, out: *const f32, pq: usize) -> [__m512; B] {
-        let mut acc = [self.bias; B];
-        if self.first {
-            return acc;
-        }
+    unsafe fn start<const B: usize>(&self, kb: usize, out: *const f32, pq: usize) -> [__m512; B] {
         // SAFETY: the caller's block lies inside y (16 channels x B positions at stride pq).
         unsafe {
-            if B == 16 {
-                let mut rows = [_mm512_setzero_ps(); 16];
-                for (l, r) in rows.iter_mut().enumerate() {
-                    *r = _mm512_loadu_ps(out.add(l * pq));
-                }
-                acc.copy_from_slice(&transpose16(&rows)[..B]);
-            } else {
-                for (i, a) in acc.iter_mut().enumerate() {
-                    *a = _mm512_i32gather_ps::<4>(self.idx, out.add(i));
-                }
+            if self.first {
+                let bv = self.bias.map_or(_mm512_setzero_ps(), |b| _mm512_loadu_ps(b.as_ptr().add(kb * 16)));
+                return [bv; B];
             }
-        }
-        acc
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-impl Block<'_> {
-    #[target_feature(enable = "avx512f")]
-    unsafe fn run<const B: usize>(&self, y: &mut [f32]) {
-        // SAFETY: same contract as this function.
-        unsafe {
-            match self.g.k_w {
-                3 => self.run_kw::<B, 3>(y),
-                1 => self.run_kw::<B, 1>(y),
-                _ => self.run_kw::<B, 0>(y),
+            let mut rows = [_mm512_setzero_ps(); 16];
+            for (l, r) in rows.iter_mut().enumerate() {
+                *r = _mm512_maskz_loadu_ps(lanes(B), out.add(l * pq));
             }
+            let mut acc = [_mm512_setzero_ps(); B];
+            acc.copy_from_slice(&transpose16(&rows)[..B]);
+            acc
         }
     }
 
-    /// `run` with the kernel width fixed at compile time (0: read at run time).
+    /// Positions `ow0..ow0 + B` of row `oh`, S channel slices from kb (S ≤ 2 keeps the
+    /// accumulators in registers).
     #[target_feature(enable = "avx512f")]
-    unsafe fn run_kw<const B: usize, const KW: usize>(&self, y: &mut [f32]) {
+    unsafe fn run<const B: usize, const KW: usize, const S: usize>(&self, y: &mut [f32]) {
         let g = self.g;
         let kw = if KW == 0 { g.k_w } else { KW };
         let (hp, wp, st) = (g.h + 2 * g.pad, g.w + 2 * g.pad, g.stride);
         let (crs, pq, taps) = (g.crs(), g.pq(), g.k_h * g.k_w);
         // SAFETY: x reads stay in row (c, oh·st + r) of the padded image at columns
-        // ≤ (ow0 + B - 1)·st + k_w - 1 < wp; weight reads inside block kb of w16; the
-        // scatter writes channels 16·kb.. at position oh·wo + ow0 + i < pq.
+        // ≤ (ow0 + B - 1)·st + k_w - 1 < wp; weight reads inside slices kb..kb + S of w16
+        // (the caller checks they exist); y accesses at channel·pq + oh·wo + ow0 + i < pq.
         unsafe {
             let xptr = self.xp.as_ptr();
             let wk = self.w16.as_ptr().add(self.kb * crs * 16);
             let out = y.as_mut_ptr().add(self.kb * 16 * pq + self.oh * g.w_out() + self.ow0);
-            let mut acc = self.start::<B>(out, pq);
+            let mut acc = [[_mm512_setzero_ps(); B]; S];
+            for (j, a) in acc.iter_mut().enumerate() {
+                *a = self.start::<B>(self.kb + j, out.add(j * 16 * pq), pq);
+            }
             for c in self.c0..self.c1 {
                 for r in 0..g.k_h {
                     let row = xptr.add((c * hp + self.oh * st + r) * wp + self.ow0 * st);
-                    let wt = wk.add((c * taps + r * g.k_w) * 16);
+                    let t = (c * taps + r * g.k_w) * 16;
                     for s in 0..kw {
-                        let wv = _mm512_loadu_ps(wt.add(s * 16));
+                        let mut wv = [_mm512_setzero_ps(); S];
+                        for (j, w) in wv.iter_mut().enumerate() {
+                            *w = _mm512_loadu_ps(wk.add(j * crs * 16 + t + s * 16));
+                        }
                         let rs = row.add(s);
-                        for (i, a) in acc.iter_mut().enumerate() {
-                            *a = _mm512_fmadd_ps(_mm512_set1_ps(*rs.add(i * st)), wv, *a);
+                        for i in 0..B {
+                            let xb = _mm512_set1_ps(*rs.add(i * st));
+                            for j in 0..S {
+                                acc[j][i] = _mm512_fmadd_ps(xb, wv[j], acc[j][i]);
+                            }
                         }
                     }
                 }
             }
-            if B == 16 {
-                // 16 positions x 16 channels: transpose in registers, then one contiguous store
-                // per channel (16 scatters of 16 lanes cost more than the block's arithmetic
-                // on 16-channel layers)
-                let mut t = [_mm512_setzero_ps(); 16];
-                t.copy_from_slice(&acc[..16]);
-                let cols = transpose16(&t);
-                for (l, v) in cols.iter().enumerate() {
-                    _mm512_storeu_ps(out.add(l * pq), *v);
-                }
-            } else {
-                for (i, a) in acc.iter().enumerate() {
-                    _mm512_i32scatter_ps::<4>(out.add(i), self.idx, *a);
-                }
-            }
-        }
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-impl Block<'_> {
-    /// 16 output positions that are `16 / W` whole rows of width `W` (from row `oh`).
-    #[target_feature(enable = "avx512f")]
-    unsafe fn run_rows<const W: usize>(&self, y: &mut [f32]) {
-        // SAFETY: same contract as this function.
-        unsafe {
-            match self.g.k_w {
-                3 => self.run_rows_kw::<W, 3>(y),
-                1 => self.run_rows_kw::<W, 1>(y),
-                _ => self.run_rows_kw::<W, 0>(y),
+            for (j, a) in acc.iter().enumerate() {
+                store_block(a, out.add(j * 16 * pq), pq);
             }
         }
     }
 
-    /// `run_rows` with the kernel width fixed at compile time (0: read at run time).
+    /// 16 output positions that are `16 / W` whole rows of width `W` (from row `oh`), one
+    /// channel slice.
     #[target_feature(enable = "avx512f")]
-    unsafe fn run_rows_kw<const W: usize, const KW: usize>(&self, y: &mut [f32]) {
+    unsafe fn run_rows<const W: usize, const KW: usize>(&self, y: &mut [f32]) {
         let g = self.g;
         let kw = if KW == 0 { g.k_w } else { KW };
         let (hp, wp, st) = (g.h + 2 * g.pad, g.w + 2 * g.pad, g.stride);
@@ -334,7 +269,7 @@ impl Block<'_> {
             let xptr = self.xp.as_ptr();
             let wk = self.w16.as_ptr().add(self.kb * crs * 16);
             let out = y.as_mut_ptr().add(self.kb * 16 * pq + self.oh * W);
-            let mut acc = self.start::<16>(out, pq);
+            let mut acc = self.start::<16>(self.kb, out, pq);
             for c in self.c0..self.c1 {
                 for r in 0..g.k_h {
                     let row0 = xptr.add((c * hp + self.oh * st + r) * wp);
@@ -351,80 +286,28 @@ impl Block<'_> {
                     }
                 }
             }
-            let cols = transpose16(&acc);
-            for (l, v) in cols.iter().enumerate() {
-                _mm512_storeu_ps(out.add(l * pq), *v);
-            }
+            store_block(&acc, out, pq);
         }
     }
 }
 
+/// The mask of the first `b` lanes.
 #[cfg(target_arch = "x86_64")]
-impl Block<'_> {
-    /// Positions `ow0..ow0 + B` of row `oh` for the 32 channels of slices kb and kb + 1
-    /// (`bias2`: the second slice's bias).
-    #[target_feature(enable = "avx512f")]
-    unsafe fn run_pair<const B: usize>(&self, bias2: __m512, y: &mut [f32]) {
-        // SAFETY: same contract as this function.
-        unsafe {
-            match self.g.k_w {
-                3 => self.run_pair_kw::<B, 3>(bias2, y),
-                1 => self.run_pair_kw::<B, 1>(bias2, y),
-                _ => self.run_pair_kw::<B, 0>(bias2, y),
-            }
-        }
-    }
+fn lanes(b: usize) -> __mmask16 {
+    ((1u32 << b) - 1) as __mmask16
+}
 
-    /// `run_pair` with the kernel width fixed at compile time (0: any width, read at run time),
-    /// so the tap loop unrolls for the common 3x3 and 1x1 layers.
-    #[target_feature(enable = "avx512f")]
-    unsafe fn run_pair_kw<const B: usize, const KW: usize>(&self, bias2: __m512, y: &mut [f32]) {
-        let kw = if KW == 0 { self.g.k_w } else { KW };
-        let g = self.g;
-        let (hp, wp, st) = (g.h + 2 * g.pad, g.w + 2 * g.pad, g.stride);
-        let (crs, pq, taps) = (g.crs(), g.pq(), g.k_h * g.k_w);
-        let mask: __mmask16 = ((1u32 << B) - 1) as __mmask16;
-        // SAFETY: as in `run`, for slices kb and kb + 1 (the caller checks c_out % 32 == 0).
-        unsafe {
-            let xptr = self.xp.as_ptr();
-            let wk0 = self.w16.as_ptr().add(self.kb * crs * 16);
-            let wk1 = wk0.add(crs * 16);
-            let out0 = y.as_mut_ptr().add(self.kb * 16 * pq + self.oh * g.w_out() + self.ow0);
-            let out1 = out0.add(16 * pq);
-            let (mut a0, mut a1) = ([self.bias; B], [bias2; B]);
-            if !self.first {
-                for (acc, out) in [(&mut a0, out0), (&mut a1, out1)] {
-                    let mut rows = [_mm512_setzero_ps(); 16];
-                    for (l, r) in rows.iter_mut().enumerate() {
-                        *r = _mm512_maskz_loadu_ps(mask, out.add(l * pq));
-                    }
-                    acc.copy_from_slice(&transpose16(&rows)[..B]);
-                }
-            }
-            for c in self.c0..self.c1 {
-                for r in 0..g.k_h {
-                    let row = xptr.add((c * hp + self.oh * st + r) * wp + self.ow0 * st);
-                    let t = (c * taps + r * g.k_w) * 16;
-                    for s in 0..kw {
-                        let w0 = _mm512_loadu_ps(wk0.add(t + s * 16));
-                        let w1 = _mm512_loadu_ps(wk1.add(t + s * 16));
-                        let rs = row.add(s);
-                        for i in 0..B {
-                            let xb = _mm512_set1_ps(*rs.add(i * st));
-                            a0[i] = _mm512_fmadd_ps(xb, w0, a0[i]);
-                            a1[i] = _mm512_fmadd_ps(xb, w1, a1[i]);
-                        }
-                    }
-                }
-            }
-            for (acc, out) in [(&a0, out0), (&a1, out1)] {
-                let mut rows = [_mm512_setzero_ps(); 16];
-                rows[..B].copy_from_slice(acc);
-                for (l, v) in transpose16(&rows).iter().enumerate() {
-                    _mm512_mask_storeu_ps(out.add(l * pq), mask, *v);
-                }
-            }
-        }
+/// Stores B positions x 16 channels (`acc[i]` = position i) as 16 channel rows of B values
+/// at `out + l·pq`: a register transpose, then one (masked) contiguous store per channel;
+/// 16 scatters of 16 lanes cost more than a 16-channel block's arithmetic.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn store_block<const B: usize>(acc: &[__m512; B], out: *mut f32, pq: usize) {
+    let mut rows = [_mm512_setzero_ps(); 16];
+    rows[..B].copy_from_slice(acc);
+    for (l, v) in transpose16(&rows).iter().enumerate() {
+        // SAFETY: the caller's block lies inside y (16 channels x B positions at stride pq).
+        unsafe { _mm512_mask_storeu_ps(out.add(l * pq), lanes(B), *v) };
     }
 }
 
