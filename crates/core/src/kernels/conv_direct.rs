@@ -201,12 +201,8 @@ impl Block<'_> {
                 let bv = self.bias.map_or(_mm512_setzero_ps(), |b| _mm512_loadu_ps(b.as_ptr().add(kb * 16)));
                 return [bv; B];
             }
-            let mut rows = [_mm512_setzero_ps(); 16];
-            for (l, r) in rows.iter_mut().enumerate() {
-                *r = _mm512_maskz_loadu_ps(lanes(B), out.add(l * pq));
-            }
             let mut acc = [_mm512_setzero_ps(); B];
-            acc.copy_from_slice(&transpose16(&rows)[..B]);
+            acc.copy_from_slice(&load_transposed(out, pq, B)[..B]);
             acc
         }
     }
@@ -297,6 +293,19 @@ fn lanes(b: usize) -> __mmask16 {
     ((1u32 << b) - 1) as __mmask16
 }
 
+/// 16 rows of `n ≤ 16` values at `src + l·stride` (l = 0..16), transposed: vector i holds
+/// value i of every row (lanes past `n` read as zero).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn load_transposed(src: *const f32, stride: usize, n: usize) -> [__m512; 16] {
+    let mut rows = [_mm512_setzero_ps(); 16];
+    for (l, r) in rows.iter_mut().enumerate() {
+        // SAFETY: the caller guarantees n values at each of the 16 rows.
+        *r = unsafe { _mm512_maskz_loadu_ps(lanes(n), src.add(l * stride)) };
+    }
+    transpose16(&rows)
+}
+
 /// Stores B positions x 16 channels (`acc[i]` = position i) as 16 channel rows of B values
 /// at `out + l·pq`: a register transpose, then one (masked) contiguous store per channel;
 /// 16 scatters of 16 lanes cost more than a 16-channel block's arithmetic.
@@ -363,81 +372,43 @@ pub fn weight_grad_image(xp: &[f32], dy: &[f32], g: &ConvGeometry, dw16: &mut [f
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn weight_grad_avx512(xp: &[f32], dy: &[f32], g: &ConvGeometry, dw16: &mut [f32], dyt: &mut [f32]) {
+    // output channels in 32s: two 16-channel slices share every input broadcast
+    let slices = if g.c_out.is_multiple_of(32) { 2 } else { 1 };
+    // SAFETY (whole body): see `WgradBlock::run`.
+    unsafe { by_width!(slices, [1, 2], S => weight_grad_slices::<S>(xp, dy, g, dw16, dyt)) }
+}
+
+/// The weight gradient, S channel slices at a time.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn weight_grad_slices<const S: usize>(
+    xp: &[f32],
+    dy: &[f32],
+    g: &ConvGeometry,
+    dw16: &mut [f32],
+    dyt: &mut [f32],
+) {
     let pq = g.pq();
-    // SAFETY (whole body): dyt holds pq vectors; dy reads stay inside channel block kb.
+    // accumulators: S slices x CBN input channels x k_w taps ≤ 24 registers
+    let cb_max = (24 / (S * g.k_w)).min(CB);
+    // SAFETY (whole body): dyt holds S·pq vectors; dy reads stay inside slices kb..kb + S.
     unsafe {
-        let gather_idx = _mm512_mullo_epi32(
-            _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
-            _mm512_set1_epi32(pq as i32),
-        );
-        // output channels in 32s: two 16-channel slices share every input broadcast
-        let slices = if g.c_out.is_multiple_of(32) { 2 } else { 1 };
-        for kb in (0..g.c_out / 16).step_by(slices) {
-            // dy of 16·slices channels, position-major: per position `slices` vectors (16
-            // positions at a time through the register transpose, the rest gathered)
-            for j in 0..slices {
+        for kb in (0..g.c_out / 16).step_by(S) {
+            // dy of the S slices, position-major: per position S vectors
+            for j in 0..S {
                 let dk = dy.as_ptr().add((kb + j) * 16 * pq);
-                let mut p = 0;
-                while p + 16 <= pq {
-                    let mut rows = [_mm512_setzero_ps(); 16];
-                    for (l, r) in rows.iter_mut().enumerate() {
-                        *r = _mm512_loadu_ps(dk.add(l * pq + p));
+                for p in (0..pq).step_by(16) {
+                    let n = 16.min(pq - p);
+                    for (i, v) in load_transposed(dk.add(p), pq, n).iter().take(n).enumerate() {
+                        _mm512_storeu_ps(dyt.as_mut_ptr().add(((p + i) * S + j) * 16), *v);
                     }
-                    for (i, v) in transpose16(&rows).iter().enumerate() {
-                        _mm512_storeu_ps(dyt.as_mut_ptr().add(((p + i) * slices + j) * 16), *v);
-                    }
-                    p += 16;
                 }
-                for p in p..pq {
-                    let v = _mm512_i32gather_ps::<4>(gather_idx, dk.add(p));
-                    _mm512_storeu_ps(dyt.as_mut_ptr().add((p * slices + j) * 16), v);
-                }
-            }
-            if slices == 2 {
-                let mut c0 = 0;
-                while c0 < g.c_in {
-                    let cb = [8, 6, 4][g.k_w - 1].min(g.c_in - c0);
-                    let w = WgradBlock { xp, dyt, g, kb, c0 };
-                    match (cb, g.k_w) {
-                        (8, 1) => w.run_pair::<8, 1>(dw16),
-                        (7, 1) => w.run_pair::<7, 1>(dw16),
-                        (6, 1) => w.run_pair::<6, 1>(dw16),
-                        (5, 1) => w.run_pair::<5, 1>(dw16),
-                        (6, 2) => w.run_pair::<6, 2>(dw16),
-                        (5, 2) => w.run_pair::<5, 2>(dw16),
-                        (4, 1) => w.run_pair::<4, 1>(dw16),
-                        (4, 2) => w.run_pair::<4, 2>(dw16),
-                        (4, 3) => w.run_pair::<4, 3>(dw16),
-                        (3, 1) => w.run_pair::<3, 1>(dw16),
-                        (3, 2) => w.run_pair::<3, 2>(dw16),
-                        (3, 3) => w.run_pair::<3, 3>(dw16),
-                        (2, 1) => w.run_pair::<2, 1>(dw16),
-                        (2, 2) => w.run_pair::<2, 2>(dw16),
-                        (2, 3) => w.run_pair::<2, 3>(dw16),
-                        (1, 1) => w.run_pair::<1, 1>(dw16),
-                        (1, 2) => w.run_pair::<1, 2>(dw16),
-                        _ => w.run_pair::<1, 3>(dw16),
-                    }
-                    c0 += cb;
-                }
-                continue;
             }
             let mut c0 = 0;
             while c0 < g.c_in {
-                let cb = CB.min(g.c_in - c0);
+                let cb = cb_max.min(g.c_in - c0);
                 let w = WgradBlock { xp, dyt, g, kb, c0 };
-                // fixed block sizes keep the accumulators in registers
-                macro_rules! dispatch {
-                    ($($cb:literal),*) => {
-                        match (cb, g.k_w) {
-                            $( ($cb, 1) => w.run::<$cb, 1>(dw16),
-                               ($cb, 2) => w.run::<$cb, 2>(dw16),
-                               ($cb, 3) => w.run::<$cb, 3>(dw16), )*
-                            _ => unreachable!("fits() admits k_w <= 3"),
-                        }
-                    };
-                }
-                dispatch!(1, 2, 3, 4, 5, 6, 7, 8);
+                by_width!(g.k_w, [1, 2, 3], KW => by_width!(cb, [1, 2, 3, 4, 5, 6, 7, 8], CBN => w.run::<CBN, KW, S>(dw16)));
                 c0 += cb;
             }
         }
@@ -445,7 +416,7 @@ unsafe fn weight_grad_avx512(xp: &[f32], dy: &[f32], g: &ConvGeometry, dw16: &mu
 }
 
 /// Weight-gradient accumulators of input channels `c0..c0 + CBN`, all taps of one kernel row
-/// at a time, output channels `16·kb..`.
+/// at a time, output channels of slices `kb..kb + S`.
 #[cfg(target_arch = "x86_64")]
 struct WgradBlock<'a> {
     xp: &'a [f32],
@@ -457,85 +428,46 @@ struct WgradBlock<'a> {
 
 #[cfg(target_arch = "x86_64")]
 impl WgradBlock<'_> {
-    /// Like `run`, for the 32 output channels of slices kb and kb + 1 (dyt holds both,
-    /// interleaved per position).
     #[target_feature(enable = "avx512f")]
-    unsafe fn run_pair<const CBN: usize, const KW: usize>(&self, dw16: &mut [f32]) {
-        let g = self.g;
-        let (hp, wp) = (g.h + 2 * g.pad, g.w + 2 * g.pad);
-        let (ho, wo, st) = (g.h_out(), g.w_out(), g.stride);
-        let (crs, taps) = (g.crs(), g.k_h * g.k_w);
-        // SAFETY: as in `run`; dyt holds 2·ho·wo vectors; dw16 writes inside slices kb, kb+1.
-        unsafe {
-            let xptr = self.xp.as_ptr();
-            let dw0 = dw16.as_mut_ptr().add(self.kb * crs * 16);
-            let dw1 = dw0.add(crs * 16);
-            for r in 0..g.k_h {
-                let mut a0 = [[_mm512_setzero_ps(); KW]; CBN];
-                let mut a1 = [[_mm512_setzero_ps(); KW]; CBN];
-                for oh in 0..ho {
-                    let dyrow = self.dyt.as_ptr().add(oh * wo * 32);
-                    let xrow = xptr.add((self.c0 * hp + oh * st + r) * wp);
-                    for ow in 0..wo {
-                        let d0 = _mm512_loadu_ps(dyrow.add(ow * 32));
-                        let d1 = _mm512_loadu_ps(dyrow.add(ow * 32 + 16));
-                        let xo = xrow.add(ow * st);
-                        for cc in 0..CBN {
-                            let xc = xo.add(cc * hp * wp);
-                            for s in 0..KW {
-                                let xb = _mm512_set1_ps(*xc.add(s));
-                                a0[cc][s] = _mm512_fmadd_ps(xb, d0, a0[cc][s]);
-                                a1[cc][s] = _mm512_fmadd_ps(xb, d1, a1[cc][s]);
-                            }
-                        }
-                    }
-                }
-                for (acc, dw) in [(&a0, dw0), (&a1, dw1)] {
-                    for (cc, a) in acc.iter().enumerate() {
-                        for (s, v) in a.iter().enumerate() {
-                            let at = dw.add(((self.c0 + cc) * taps + r * g.k_w + s) * 16);
-                            _mm512_storeu_ps(at, _mm512_add_ps(_mm512_loadu_ps(at), *v));
-                        }
-                    }
-                }
-            }
-        }
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-impl WgradBlock<'_> {
-    #[target_feature(enable = "avx512f")]
-    unsafe fn run<const CBN: usize, const KW: usize>(&self, dw16: &mut [f32]) {
+    unsafe fn run<const CBN: usize, const KW: usize, const S: usize>(&self, dw16: &mut [f32]) {
         let g = self.g;
         let (hp, wp) = (g.h + 2 * g.pad, g.w + 2 * g.pad);
         let (ho, wo, st) = (g.h_out(), g.w_out(), g.stride);
         let (crs, taps) = (g.crs(), g.k_h * g.k_w);
         // SAFETY: x reads stay inside rows (c, oh·st + r) of the padded image at columns
-        // ≤ (wo-1)·st + KW - 1 < wp; dyt holds ho·wo vectors; dw16 writes inside block kb.
+        // ≤ (wo-1)·st + KW - 1 < wp; dyt holds S·ho·wo vectors; dw16 writes inside slices
+        // kb..kb + S.
         unsafe {
             let xptr = self.xp.as_ptr();
             let dw = dw16.as_mut_ptr().add(self.kb * crs * 16);
             for r in 0..g.k_h {
-                let mut acc = [[_mm512_setzero_ps(); KW]; CBN];
+                let mut acc = [[[_mm512_setzero_ps(); KW]; CBN]; S];
                 for oh in 0..ho {
-                    let dyrow = self.dyt.as_ptr().add(oh * wo * 16);
+                    let dyrow = self.dyt.as_ptr().add(oh * wo * S * 16);
                     let xrow = xptr.add((self.c0 * hp + oh * st + r) * wp);
                     for ow in 0..wo {
-                        let dv = _mm512_loadu_ps(dyrow.add(ow * 16));
+                        let mut dv = [_mm512_setzero_ps(); S];
+                        for (j, d) in dv.iter_mut().enumerate() {
+                            *d = _mm512_loadu_ps(dyrow.add((ow * S + j) * 16));
+                        }
                         let xo = xrow.add(ow * st);
-                        for (cc, a) in acc.iter_mut().enumerate() {
+                        for cc in 0..CBN {
                             let xc = xo.add(cc * hp * wp);
-                            for (s, v) in a.iter_mut().enumerate() {
-                                *v = _mm512_fmadd_ps(_mm512_set1_ps(*xc.add(s)), dv, *v);
+                            for s in 0..KW {
+                                let xb = _mm512_set1_ps(*xc.add(s));
+                                for j in 0..S {
+                                    acc[j][cc][s] = _mm512_fmadd_ps(xb, dv[j], acc[j][cc][s]);
+                                }
                             }
                         }
                     }
                 }
-                for (cc, a) in acc.iter().enumerate() {
-                    for (s, v) in a.iter().enumerate() {
-                        let at = dw.add(((self.c0 + cc) * taps + r * g.k_w + s) * 16);
-                        _mm512_storeu_ps(at, _mm512_add_ps(_mm512_loadu_ps(at), *v));
+                for (j, slice) in acc.iter().enumerate() {
+                    for (cc, a) in slice.iter().enumerate() {
+                        for (s, v) in a.iter().enumerate() {
+                            let at = dw.add(j * crs * 16 + ((self.c0 + cc) * taps + r * g.k_w + s) * 16);
+                            _mm512_storeu_ps(at, _mm512_add_ps(_mm512_loadu_ps(at), *v));
+                        }
                     }
                 }
             }
