@@ -196,26 +196,15 @@ pub fn conv2d_backward_weight(x: &[f32], dy: &[f32], g: &ConvGeometry, dw: &mut 
     assert_eq!(dw.len(), g.weight_len());
     let (crs, pq, chw) = (g.crs(), g.pq(), g.c_in * g.h * g.w);
     if conv_direct::fits(g.c_out, g.k_w) && !g.is_pointwise() {
-        let per = g.n.div_ceil(rayon::current_num_threads()).max(1);
-        let partials: Vec<Vec<f32>> = x
-            .par_chunks(chw * per)
-            .zip(dy.par_chunks(g.c_out * pq * per))
-            .map(|(xs, dys)| {
-                let mut acc = vec![0.0; dw.len()];
-                PADDED.with(|b| {
-                    let (xp, dyt) = &mut *b.borrow_mut();
-                    for (xn, dyn_) in xs.chunks(chw).zip(dys.chunks(g.c_out * pq)) {
-                        conv_direct::pad_image(xn, g.c_in, g.h, g.w, g.pad, xp);
-                        conv_direct::weight_grad_image(xp, dyn_, g, &mut acc, dyt);
-                    }
-                });
-                acc
+        let sum = sum_over_image_groups(x, dy, g, dw.len(), |xs, dys, acc| {
+            PADDED.with(|b| {
+                let (xp, dyt) = &mut *b.borrow_mut();
+                for (xn, dyn_) in xs.chunks(chw).zip(dys.chunks(g.c_out * pq)) {
+                    conv_direct::pad_image(xn, g.c_in, g.h, g.w, g.pad, xp);
+                    conv_direct::weight_grad_image(xp, dyn_, g, acc, dyt);
+                }
             })
-            .collect();
-        let mut sum = partials[0].clone();
-        for p in &partials[1..] {
-            sum.iter_mut().zip(p).for_each(|(d, v)| *d += v);
-        }
+        });
         conv_direct::unpack_weights(&sum, g.c_out, crs, dw);
         bias_grad(dy, g, db);
         return;
@@ -230,26 +219,15 @@ pub fn conv2d_backward_weight(x: &[f32], dy: &[f32], g: &ConvGeometry, dw: &mut 
         }
     };
     if batch_parallel(g) {
-        let threads = rayon::current_num_threads();
-        let per = g.n.div_ceil(threads);
-        let partials: Vec<Vec<f32>> = x
-            .par_chunks(chw * per)
-            .zip(dy.par_chunks(g.c_out * pq * per))
-            .map(|(xs, dys)| {
-                let mut acc = vec![0.0; dw.len()];
-                COL.with(|col| {
-                    let col = &mut col.borrow_mut();
-                    for (i, (xn, dyn_)) in xs.chunks(chw).zip(dys.chunks(g.c_out * pq)).enumerate() {
-                        one(xn, dyn_, &mut acc, col, i == 0, false);
-                    }
-                });
-                acc
+        let sum = sum_over_image_groups(x, dy, g, dw.len(), |xs, dys, acc| {
+            COL.with(|col| {
+                let col = &mut col.borrow_mut();
+                for (i, (xn, dyn_)) in xs.chunks(chw).zip(dys.chunks(g.c_out * pq)).enumerate() {
+                    one(xn, dyn_, acc, col, i == 0, false);
+                }
             })
-            .collect();
-        dw.copy_from_slice(&partials[0]);
-        for p in &partials[1..] {
-            dw.iter_mut().zip(p).for_each(|(d, v)| *d += v);
-        }
+        });
+        dw.copy_from_slice(&sum);
     } else {
         let mut col = Vec::new();
         for (i, (xn, dyn_)) in x.chunks(chw).zip(dy.chunks(g.c_out * pq)).enumerate() {
@@ -257,6 +235,34 @@ pub fn conv2d_backward_weight(x: &[f32], dy: &[f32], g: &ConvGeometry, dw: &mut 
         }
     }
     bias_grad(dy, g, db);
+}
+
+/// Splits the batch into one group of images per thread, lets `f(xs, dys, acc)` add each
+/// group's contribution into its own zeroed buffer of `len`, and returns the sum.
+fn sum_over_image_groups(
+    x: &[f32],
+    dy: &[f32],
+    g: &ConvGeometry,
+    len: usize,
+    f: impl Fn(&[f32], &[f32], &mut [f32]) + Sync,
+) -> Vec<f32> {
+    let per = g.n.div_ceil(rayon::current_num_threads()).max(1);
+    let (chw, kpq) = (g.c_in * g.h * g.w, g.c_out * g.pq());
+    let partials: Vec<Vec<f32>> = x
+        .par_chunks(chw * per)
+        .zip(dy.par_chunks(kpq * per))
+        .map(|(xs, dys)| {
+            let mut acc = vec![0.0; len];
+            f(xs, dys, &mut acc);
+            acc
+        })
+        .collect();
+    // summed in group order, so the result does not depend on how rayon scheduled the groups
+    let mut sum = vec![0.0; len];
+    for p in &partials {
+        sum.iter_mut().zip(p).for_each(|(d, v)| *d += v);
+    }
+    sum
 }
 
 /// db = Σ dy over images and positions (overwritten).
