@@ -193,48 +193,77 @@ pub struct Bar {
     pub error: Option<f64>,
 }
 
+/// The frame shared by the bar charts: size, margins, plot area and y range.
+struct BarFrame {
+    w: f64,
+    h: f64,
+    ml: f64,
+    mt: f64,
+    iw: f64,
+    ih: f64,
+    lo: f64,
+    hi: f64,
+}
+
+impl BarFrame {
+    /// The y pixel of value `v` (clamped to the plot area).
+    fn y(&self, v: f64) -> f64 {
+        self.mt + self.ih - ((v - self.lo) / (self.hi - self.lo)).clamp(0.0, 1.0) * self.ih
+    }
+
+    /// The SVG opening: background, title, horizontal grid with y ticks, and the y label.
+    fn open(&self, title: &str, y_label: &str) -> String {
+        let (w, h, ml) = (self.w, self.h, self.ml);
+        let mut s = String::new();
+        let _ = write!(
+            s,
+            r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" font-family="sans-serif" font-size="12"><rect width="100%" height="100%" fill="white"/>"#
+        );
+        let _ = write!(
+            s,
+            r#"<text x="{}" y="22" text-anchor="middle" font-size="14" font-weight="bold">{}</text>"#,
+            ml + self.iw / 2.0,
+            escape(title)
+        );
+        let step = tick_step(self.hi - self.lo);
+        let mut t = (self.lo / step).ceil() * step;
+        while t <= self.hi {
+            let y = self.y(t);
+            let _ = write!(
+                s,
+                r##"<line x1="{ml}" x2="{}" y1="{y}" y2="{y}" stroke="#eee"/><text x="{}" y="{}" text-anchor="end">{}</text>"##,
+                ml + self.iw,
+                ml - 4.0,
+                y + 4.0,
+                fmt_tick(t, step)
+            );
+            t += step;
+        }
+        let _ = write!(
+            s,
+            r#"<text transform="translate(16,{}) rotate(-90)" text-anchor="middle">{}</text>"#,
+            self.mt + self.ih / 2.0,
+            escape(y_label)
+        );
+        s
+    }
+}
+
 /// A vertical bar chart with error bars; the y axis starts at `y_min` (None: 0), so small
 /// differences between high accuracies stay visible.
 pub fn bar_chart(title: &str, y_label: &str, bars: &[Bar], y_min: Option<f64>) -> String {
-    let (w, h) = (120.0 + 90.0 * bars.len() as f64, 360.0);
     let (ml, mt, mb) = (64.0, 36.0, 90.0);
+    // wide enough for the bold title too
+    let w = (120.0 + 90.0 * bars.len() as f64).max(ml + 40.0 + 8.0 * title.chars().count() as f64);
+    let h = 360.0;
     let iw = w - ml - 20.0;
     let ih = h - mt - mb;
     let top = bars.iter().map(|b| b.value + b.error.unwrap_or(0.0)).fold(f64::MIN, f64::max);
     let lo = y_min.unwrap_or(0.0);
     let hi = if top > lo { top + (top - lo) * 0.08 } else { lo + 1.0 };
-    let sy = |v: f64| mt + ih - ((v - lo) / (hi - lo)).clamp(0.0, 1.0) * ih;
-    let mut s = String::new();
-    let _ = write!(
-        s,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" font-family="sans-serif" font-size="12"><rect width="100%" height="100%" fill="white"/>"#
-    );
-    let _ = write!(
-        s,
-        r#"<text x="{}" y="22" text-anchor="middle" font-size="14" font-weight="bold">{}</text>"#,
-        ml + iw / 2.0,
-        escape(title)
-    );
-    let step = tick_step(hi - lo);
-    let mut t = (lo / step).ceil() * step;
-    while t <= hi {
-        let y = sy(t);
-        let _ = write!(
-            s,
-            r##"<line x1="{ml}" x2="{}" y1="{y}" y2="{y}" stroke="#eee"/><text x="{}" y="{}" text-anchor="end">{}</text>"##,
-            ml + iw,
-            ml - 4.0,
-            y + 4.0,
-            fmt_tick(t, step)
-        );
-        t += step;
-    }
-    let _ = write!(
-        s,
-        r#"<text transform="translate(16,{}) rotate(-90)" text-anchor="middle">{}</text>"#,
-        mt + ih / 2.0,
-        escape(y_label)
-    );
+    let frame = BarFrame { w, h, ml, mt, iw, ih, lo, hi };
+    let sy = |v: f64| frame.y(v);
+    let mut s = frame.open(title, y_label);
     let slot = iw / bars.len().max(1) as f64;
     for (i, b) in bars.iter().enumerate() {
         let x = ml + slot * i as f64 + slot * 0.15;
@@ -294,38 +323,9 @@ pub fn grouped_bars(title: &str, y_label: &str, groups: &[String], series: &[Ser
     let (iw, ih) = (w - ml - 20.0, h - mt - mb);
     let top = series.iter().flat_map(|s| s.points.iter().map(|p| p.1)).fold(0.0, f64::max);
     let hi = if top > 0.0 { top * 1.12 } else { 1.0 };
-    let sy = |v: f64| mt + ih - (v / hi).clamp(0.0, 1.0) * ih;
-    let mut s = String::new();
-    let _ = write!(
-        s,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" font-family="sans-serif" font-size="12"><rect width="100%" height="100%" fill="white"/>"#
-    );
-    let _ = write!(
-        s,
-        r#"<text x="{}" y="20" text-anchor="middle" font-size="14" font-weight="bold">{}</text>"#,
-        ml + iw / 2.0,
-        escape(title)
-    );
-    let step = tick_step(hi);
-    let mut t = 0.0;
-    while t <= hi {
-        let y = sy(t);
-        let _ = write!(
-            s,
-            r##"<line x1="{ml}" x2="{}" y1="{y}" y2="{y}" stroke="#eee"/><text x="{}" y="{}" text-anchor="end">{}</text>"##,
-            ml + iw,
-            ml - 4.0,
-            y + 4.0,
-            fmt_tick(t, step)
-        );
-        t += step;
-    }
-    let _ = write!(
-        s,
-        r#"<text transform="translate(16,{}) rotate(-90)" text-anchor="middle">{}</text>"#,
-        mt + ih / 2.0,
-        escape(y_label)
-    );
+    let frame = BarFrame { w, h, ml, mt, iw, ih, lo: 0.0, hi };
+    let sy = |v: f64| frame.y(v);
+    let mut s = frame.open(title, y_label);
     let mut lx = ml;
     for (si, ser) in series.iter().enumerate() {
         let color = COLORS[si % COLORS.len()];
