@@ -2,7 +2,10 @@
 //! backend can later implement the same operations. `CpuBackend` runs the CPU kernels.
 
 use crate::geometry::{ConvGeometry, PoolGeometry};
-use crate::kernels::{self, norm::BnSaved};
+use crate::kernels::{
+    self,
+    norm::{BnSaved, ChannelSums, ReluMask},
+};
 
 /// Every operation a layer needs. Shapes are those of the matching functions in [`kernels`].
 /// Output slices are overwritten entirely (except the pooling backward passes, which add
@@ -34,37 +37,29 @@ pub trait Backend: Send + Sync {
         dw: &mut [f32],
         db: Option<&mut [f32]>,
     );
-    fn batch_norm_forward_train(
+    /// Per-channel Σx and Σx² of `x: [n, c, hw]` (the train-mode batch statistics).
+    fn channel_sums(&self, x: &[f32], n: usize, c: usize, hw: usize) -> ChannelSums;
+    /// `conv2d_forward` that also returns its output's [`Backend::channel_sums`] (taken per
+    /// image while the image's output is still in cache, for a BN that follows).
+    fn conv2d_forward_sums(
         &self,
         x: &[f32],
-        gamma: &[f32],
-        beta: &[f32],
-        n: usize,
-        c: usize,
-        hw: usize,
-        eps: f32,
-        momentum: f32,
-        running_mean: &mut [f32],
-        running_var: &mut [f32],
+        w: &[f32],
+        bias: Option<&[f32]>,
+        g: &ConvGeometry,
         y: &mut [f32],
-    ) -> BnSaved;
-    fn batch_norm_forward_eval(
-        &self,
-        x: &[f32],
-        gamma: &[f32],
-        beta: &[f32],
-        running_mean: &[f32],
-        running_var: &[f32],
-        c: usize,
-        hw: usize,
-        eps: f32,
-        y: &mut [f32],
-    );
+    ) -> ChannelSums {
+        self.conv2d_forward(x, w, bias, g, y);
+        self.channel_sums(y, g.n, g.c_out, g.pq())
+    }
+    /// y = scale[ch]·x + shift[ch] per channel, then a ReLU with threshold `relu` if given.
+    fn batch_norm_apply(&self, x: &[f32], scale: &[f32], shift: &[f32], hw: usize, relu: Option<f32>, y: &mut [f32]);
     fn batch_norm_backward_sums(
         &self,
         x: &[f32],
         dy: &[f32],
         saved: &BnSaved,
+        mask: Option<&ReluMask>,
         n: usize,
         c: usize,
         hw: usize,
@@ -77,10 +72,10 @@ pub trait Backend: Send + Sync {
         dy: &[f32],
         gamma: &[f32],
         saved: &BnSaved,
+        mask: Option<&ReluMask>,
         dgamma: &[f32],
         dbeta: &[f32],
         n: usize,
-        c: usize,
         hw: usize,
         dx: &mut [f32],
     );
@@ -147,48 +142,35 @@ impl Backend for CpuBackend {
     ) {
         kernels::linear::linear_backward_weight(x, dy, n, d_in, d_out, dw, db)
     }
-    fn batch_norm_forward_train(
-        &self,
-        x: &[f32],
-        gamma: &[f32],
-        beta: &[f32],
-        n: usize,
-        c: usize,
-        hw: usize,
-        eps: f32,
-        momentum: f32,
-        running_mean: &mut [f32],
-        running_var: &mut [f32],
-        y: &mut [f32],
-    ) -> BnSaved {
-        kernels::norm::batch_norm_forward_train(x, gamma, beta, n, c, hw, eps, momentum, running_mean, running_var, y)
+    fn channel_sums(&self, x: &[f32], n: usize, c: usize, hw: usize) -> ChannelSums {
+        kernels::norm::channel_sums(x, n, c, hw)
     }
-    fn batch_norm_forward_eval(
+    fn conv2d_forward_sums(
         &self,
         x: &[f32],
-        gamma: &[f32],
-        beta: &[f32],
-        running_mean: &[f32],
-        running_var: &[f32],
-        c: usize,
-        hw: usize,
-        eps: f32,
+        w: &[f32],
+        bias: Option<&[f32]>,
+        g: &ConvGeometry,
         y: &mut [f32],
-    ) {
-        kernels::norm::batch_norm_forward_eval(x, gamma, beta, running_mean, running_var, c, hw, eps, y)
+    ) -> ChannelSums {
+        kernels::conv::conv2d_forward_sums(x, w, bias, g, y)
+    }
+    fn batch_norm_apply(&self, x: &[f32], scale: &[f32], shift: &[f32], hw: usize, relu: Option<f32>, y: &mut [f32]) {
+        kernels::norm::batch_norm_apply(x, scale, shift, hw, relu, y)
     }
     fn batch_norm_backward_sums(
         &self,
         x: &[f32],
         dy: &[f32],
         saved: &BnSaved,
+        mask: Option<&ReluMask>,
         n: usize,
         c: usize,
         hw: usize,
         dgamma: &mut [f32],
         dbeta: &mut [f32],
     ) {
-        kernels::norm::batch_norm_backward_sums(x, dy, saved, n, c, hw, dgamma, dbeta)
+        kernels::norm::batch_norm_backward_sums(x, dy, saved, mask, n, c, hw, dgamma, dbeta)
     }
     fn batch_norm_backward_input(
         &self,
@@ -196,14 +178,14 @@ impl Backend for CpuBackend {
         dy: &[f32],
         gamma: &[f32],
         saved: &BnSaved,
+        mask: Option<&ReluMask>,
         dgamma: &[f32],
         dbeta: &[f32],
         n: usize,
-        c: usize,
         hw: usize,
         dx: &mut [f32],
     ) {
-        kernels::norm::batch_norm_backward_input(x, dy, gamma, saved, dgamma, dbeta, n, c, hw, dx)
+        kernels::norm::batch_norm_backward_input(x, dy, gamma, saved, mask, dgamma, dbeta, n, hw, dx)
     }
     fn relu_forward(&self, x: &[f32], threshold: f32, y: &mut [f32]) {
         kernels::act::relu_forward(x, threshold, y)

@@ -15,11 +15,21 @@ pub struct Ctx<'a> {
     pub first_non_finite: RefCell<Option<String>>,
     /// When set, mmOp layers count their operands' non-zeros and time their passes.
     pub profiler: Option<&'a RefCell<Profiler>>,
+    /// Lets containers run conv → BN → ReLU as fused kernels (see `Sequential`); off, every
+    /// layer runs on its own (the tests compare the two).
+    pub fuse: bool,
 }
 
 impl<'a> Ctx<'a> {
     pub fn new(backend: &'a dyn Backend, train: bool) -> Self {
-        Ctx { backend, train, check_finite: false, first_non_finite: RefCell::new(None), profiler: None }
+        Ctx { backend, train, check_finite: false, first_non_finite: RefCell::new(None), profiler: None, fuse: true }
+    }
+
+    /// Whether to fuse now: not while the profiler times and counts layer by layer, nor
+    /// while the finite-value probe looks for the first bad layer (a fused ReLU would hide a
+    /// NaN of the BN before it).
+    pub fn fusing(&self) -> bool {
+        self.fuse && self.profiler.is_none() && !self.check_finite
     }
 
     /// Runs `f`, returning its result and its wall time in milliseconds if profiling.

@@ -272,4 +272,66 @@ mod tests {
         let e = build(&cfg("resnet18", [3, 28, 28], false), &mut rng).err().unwrap().to_string();
         assert!(e.contains("too small"), "{e}");
     }
+
+    /// The fused conv → BN → ReLU path gives the unfused layers' outputs, gradients and
+    /// running statistics (to rounding), in train mode with ternary layers, a raised ReLU
+    /// threshold and the L1 term, with frozen BN statistics, and in eval mode.
+    #[test]
+    fn fused_and_unfused_layers_agree() {
+        use crate::layer::Ctx;
+        use crate::layers::BatchNorm;
+        use tern_core::quant::TernaryConfig;
+        use tern_core::{CpuBackend, Tensor};
+        fn close(a: &[f32], b: &[f32], what: &str) {
+            for (i, (x, y)) in a.iter().zip(b).enumerate() {
+                assert!((x - y).abs() <= 1e-4 * (1.0 + y.abs()), "{what}[{i}]: {x} vs {y}");
+            }
+        }
+        for (name, frozen) in [("vgg-small", false), ("resnet20", false), ("vgg-small", true)] {
+            let mut c = cfg(name, [3, 16, 16], false);
+            c.width = 16;
+            let build_one = || {
+                let mut m = build(&c, &mut Rng::new(5)).unwrap();
+                m.set_ternary(Some(TernaryConfig::default()), true, false);
+                m.set_relu(0.05, 0.01);
+                m.net.visit_leaves(&mut |l| {
+                    if let Some(bn) = l.as_any_mut().downcast_mut::<BatchNorm>() {
+                        bn.frozen_stats = frozen;
+                    }
+                });
+                m
+            };
+            let (mut fused, mut plain) = (build_one(), build_one());
+            let x = Tensor::randn(&[4, 3, 16, 16], 1.0, &mut Rng::new(6));
+            let dlogits = Tensor::randn(&[4, 10], 1.0, &mut Rng::new(7));
+            let mut outs = Vec::new();
+            for (m, fuse) in [(&mut fused, true), (&mut plain, false)] {
+                let mut ctx = Ctx::new(&CpuBackend, true);
+                ctx.fuse = fuse;
+                let y = m.forward(&ctx, &x);
+                m.backward(&ctx, &dlogits);
+                let mut ectx = Ctx::new(&CpuBackend, false);
+                ectx.fuse = fuse;
+                let e = m.forward(&ectx, &x);
+                outs.push((y, e));
+            }
+            close(outs[0].0.data(), outs[1].0.data(), &format!("{name} train logits"));
+            close(outs[0].1.data(), outs[1].1.data(), &format!("{name} eval logits"));
+            let mut grads = Vec::new();
+            fused.visit_params(&mut |p| grads.push((p.name.clone(), p.grad.data().to_vec())));
+            let mut i = 0;
+            plain.visit_params(&mut |p| {
+                assert_eq!(grads[i].0, p.name);
+                close(&grads[i].1, p.grad.data(), &format!("{name} grad {}", p.name));
+                i += 1;
+            });
+            let mut bufs = Vec::new();
+            fused.visit_buffers(&mut |n, t| bufs.push((n.to_string(), t.data().to_vec())));
+            let mut i = 0;
+            plain.visit_buffers(&mut |n, t| {
+                close(&bufs[i].1, t.data(), &format!("{name} {n}"));
+                i += 1;
+            });
+        }
+    }
 }

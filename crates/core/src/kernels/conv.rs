@@ -5,6 +5,7 @@
 
 use super::conv_direct;
 use super::gemm::{sgemm, sgemm_im2col};
+use super::norm::{self, ChannelSums};
 use crate::geometry::ConvGeometry;
 use rayon::prelude::*;
 
@@ -88,16 +89,30 @@ thread_local! {
     static PADDED: std::cell::RefCell<(Vec<f32>, Vec<f32>)> = const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
 }
 
-/// Forward through the direct kernel, images in parallel (`conv_direct::fits` holds).
-fn forward_direct(x: &[f32], w16: &[f32], bias: Option<&[f32]>, g: &ConvGeometry, y: &mut [f32]) {
+/// Forward through the direct kernel, images in parallel (`conv_direct::fits` holds); with
+/// `sums`, also each image's output channel sums, taken while that output is in cache.
+fn forward_direct(
+    x: &[f32],
+    w16: &[f32],
+    bias: Option<&[f32]>,
+    g: &ConvGeometry,
+    y: &mut [f32],
+    sums: bool,
+) -> Option<ChannelSums> {
     let chw = g.c_in * g.h * g.w;
-    y.par_chunks_mut(g.c_out * g.pq()).zip(x.par_chunks(chw)).for_each(|(yn, xn)| {
-        PADDED.with(|b| {
-            let xp = &mut b.borrow_mut().0;
-            conv_direct::pad_image(xn, g.c_in, g.h, g.w, g.pad, xp);
-            conv_direct::forward_image(xp, w16, bias, g, yn);
+    let per_image: Vec<Option<ChannelSums>> = y
+        .par_chunks_mut(g.c_out * g.pq())
+        .zip(x.par_chunks(chw))
+        .map(|(yn, xn)| {
+            PADDED.with(|b| {
+                let xp = &mut b.borrow_mut().0;
+                conv_direct::pad_image(xn, g.c_in, g.h, g.w, g.pad, xp);
+                conv_direct::forward_image(xp, w16, bias, g, yn);
+            });
+            sums.then(|| ChannelSums::of_image(yn, g.c_out, g.pq()))
         })
-    });
+        .collect();
+    sums.then(|| ChannelSums::total(&per_image.into_iter().flatten().collect::<Vec<_>>(), g.c_out))
 }
 
 /// Splits the batch across threads only when there is at least one image per thread.
@@ -108,11 +123,28 @@ fn batch_parallel(g: &ConvGeometry) -> bool {
 /// y = conv(x, w) + bias.
 /// x: [n, c_in, h, w], w: [c_out, c_in, k_h, k_w], bias: [c_out], y: [n, c_out, h_out, w_out]
 pub fn conv2d_forward(x: &[f32], w: &[f32], bias: Option<&[f32]>, g: &ConvGeometry, y: &mut [f32]) {
+    forward(x, w, bias, g, y, false);
+}
+
+/// [`conv2d_forward`] that also returns the output's per-channel sums (as
+/// [`norm::channel_sums`] would, bit for bit), each image's taken right after it is computed.
+pub fn conv2d_forward_sums(x: &[f32], w: &[f32], bias: Option<&[f32]>, g: &ConvGeometry, y: &mut [f32]) -> ChannelSums {
+    forward(x, w, bias, g, y, true).expect("sums requested")
+}
+
+fn forward(
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    g: &ConvGeometry,
+    y: &mut [f32],
+    sums: bool,
+) -> Option<ChannelSums> {
     assert_eq!(x.len(), g.in_len());
     assert_eq!(w.len(), g.weight_len());
     assert_eq!(y.len(), g.out_len());
     if conv_direct::fits(g.c_out, g.k_w) && !g.is_pointwise() {
-        return forward_direct(x, &conv_direct::pack_weights(w, g.c_out, g.crs()), bias, g, y);
+        return forward_direct(x, &conv_direct::pack_weights(w, g.c_out, g.crs()), bias, g, y, sums);
     }
     let (crs, pq, chw) = (g.crs(), g.pq(), g.c_in * g.h * g.w);
     let one = |xn: &[f32], yn: &mut [f32], col: &mut Vec<f32>, par: bool| {
@@ -132,15 +164,21 @@ pub fn conv2d_forward(x: &[f32], w: &[f32], bias: Option<&[f32]>, g: &ConvGeomet
         }
     };
     if batch_parallel(g) {
-        y.par_chunks_mut(g.c_out * pq)
+        let per_image: Vec<Option<ChannelSums>> = y
+            .par_chunks_mut(g.c_out * pq)
             .zip(x.par_chunks(chw))
-            .for_each(|(yn, xn)| COL.with(|col| one(xn, yn, &mut col.borrow_mut(), false)));
-    } else {
-        let mut col = Vec::new();
-        for (yn, xn) in y.chunks_mut(g.c_out * pq).zip(x.chunks(chw)) {
-            one(xn, yn, &mut col, true);
-        }
+            .map(|(yn, xn)| {
+                COL.with(|col| one(xn, yn, &mut col.borrow_mut(), false));
+                sums.then(|| ChannelSums::of_image(yn, g.c_out, pq))
+            })
+            .collect();
+        return sums.then(|| ChannelSums::total(&per_image.into_iter().flatten().collect::<Vec<_>>(), g.c_out));
     }
+    let mut col = Vec::new();
+    for (yn, xn) in y.chunks_mut(g.c_out * pq).zip(x.chunks(chw)) {
+        one(xn, yn, &mut col, true);
+    }
+    sums.then(|| norm::channel_sums(y, g.n, g.c_out, pq))
 }
 
 /// dx = conv_transpose(dy, w): the gradient with respect to the input.
@@ -163,7 +201,8 @@ pub fn conv2d_backward_input(dy: &[f32], w: &[f32], g: &ConvGeometry, dx: &mut [
             stride: 1,
             pad: g.k_h - 1 - g.pad,
         };
-        return forward_direct(dy, &conv_direct::pack_weights_transposed_flipped(w, g), None, &gt, dx);
+        forward_direct(dy, &conv_direct::pack_weights_transposed_flipped(w, g), None, &gt, dx, false);
+        return;
     }
     let (crs, pq, chw) = (g.crs(), g.pq(), g.c_in * g.h * g.w);
     let one = |dyn_: &[f32], dxn: &mut [f32], col: &mut Vec<f32>, par: bool| {
@@ -314,6 +353,25 @@ mod tests {
             reference::conv2d_backward_weight(&x, &dy, &g, &mut dw_ref, Some(&mut db_ref));
             assert_close(&dw, &dw_ref, 1e-3, &format!("conv dw {g:?}"));
             assert_close(&db, &db_ref, 1e-3, &format!("conv db {g:?}"));
+        }
+    }
+
+    /// The fused channel sums equal a separate pass over the output, bit for bit, on the
+    /// direct, the GEMM and the single-image path.
+    #[test]
+    fn forward_sums_equal_channel_sums_of_the_output() {
+        let mut rng = Rng::new(13);
+        let mut geoms = awkward_geometries();
+        geoms.push(ConvGeometry::new(3, 5, 9, 7, 32, 3, 1, 1).unwrap());
+        geoms.push(ConvGeometry::new(1, 4, 6, 6, 16, 3, 1, 1).unwrap());
+        for g in geoms {
+            let x = rand_vec(g.in_len(), &mut rng);
+            let w = rand_vec(g.weight_len(), &mut rng);
+            let (mut y, mut y2) = (vec![7.0; g.out_len()], vec![0.0; g.out_len()]);
+            let sums = conv2d_forward_sums(&x, &w, None, &g, &mut y);
+            conv2d_forward(&x, &w, None, &g, &mut y2);
+            assert_eq!(y, y2, "{g:?}");
+            assert_eq!(sums, norm::channel_sums(&y, g.n, g.c_out, g.pq()), "{g:?}");
         }
     }
 

@@ -1,6 +1,35 @@
 //! CPU kernels: free functions over slices plus a geometry struct. Every fast kernel has a
 //! plain twin in [`reference`] and a test that they agree on random, awkward sizes.
 
+/// Defines `fn $name` as a plain Rust loop compiled twice, for the baseline target and for
+/// AVX-512, and picks the copy the CPU runs at call time. The pointwise kernels are written
+/// so the compiler vectorises them; without this they would get 4-wide SSE2 only (the build
+/// targets any x86-64). Rayon closures are separate functions, so call these from inside them.
+macro_rules! multiversion {
+    ($(#[$m:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
+        $(#[$m])*
+        #[allow(clippy::too_many_arguments)]
+        $vis fn $name($($arg: $ty),*) $(-> $ret)? {
+            #[inline(always)]
+            #[allow(clippy::too_many_arguments)]
+            fn body($($arg: $ty),*) $(-> $ret)? $body
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f")]
+                #[allow(clippy::too_many_arguments)]
+                unsafe fn wide($($arg: $ty),*) $(-> $ret)? {
+                    body($($arg),*)
+                }
+                if $crate::kernels::sgemm512::available() {
+                    // SAFETY: the CPU has AVX-512F.
+                    return unsafe { wide($($arg),*) };
+                }
+            }
+            body($($arg),*)
+        }
+    };
+}
+
 pub mod act;
 pub mod conv;
 pub mod conv_direct;

@@ -1,6 +1,12 @@
 //! Batch normalisation over `[n, c, h, w]` (per channel): train mode with batch statistics,
 //! eval mode with running statistics, and the backward pass split into its per-channel sums
-//! (which are also dγ and dβ) and the input gradient.
+//! (which are also dγ and dβ) and the input gradient. A ReLU that follows the normalisation
+//! can be fused in: the forward writes relu(bn(x)) directly, and the backward recomputes the
+//! ReLU's mask from x (bn(x) > t), so the ReLU needs neither its own pass nor a saved tensor.
+//!
+//! Channel sums are taken per image (each plane's 16-lane f32 sum widened to f64) and added
+//! in image order: the result does not depend on the thread count, and a producer that sums
+//! its own output image by image (the convolution) gives bit-identical statistics.
 
 use rayon::prelude::*;
 
@@ -11,10 +17,29 @@ pub struct BnSaved {
     pub inv_std: Vec<f32>,
 }
 
+/// Per-channel Σx and Σx² over a batch, in f64.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ChannelSums {
+    pub sum: Vec<f64>,
+    pub sumsq: Vec<f64>,
+}
+
+/// A ReLU fused after the normalisation: `y = bn(x)` passes where `scale·x + shift > threshold`
+/// (the normalisation's own affine map); its gradient there is `dy + extra` (`extra`: the L1
+/// activation penalty's λ/n, 0 for a plain ReLU).
+#[derive(Clone, Debug)]
+pub struct ReluMask {
+    pub scale: Vec<f32>,
+    pub shift: Vec<f32>,
+    pub threshold: f32,
+    pub extra: f32,
+}
+
 const LANES: usize = 16;
 
 /// (Σ v, Σ v²) of a plane in 16 independent partial sums: one f32 accumulator is a serial
 /// chain the compiler must keep in order (one add per 4 cycles); 16 lanes vectorise.
+#[inline(always)]
 fn sum_and_squares(p: &[f32]) -> (f32, f32) {
     let (mut a, mut b) = ([0.0f32; LANES], [0.0f32; LANES]);
     let chunks = p.chunks_exact(LANES);
@@ -25,7 +50,7 @@ fn sum_and_squares(p: &[f32]) -> (f32, f32) {
             b[i] += ch[i] * ch[i];
         }
     }
-    let (mut sa, mut sb) = (a.iter().sum::<f32>(), b.iter().sum::<f32>());
+    let (mut sa, mut sb) = (lane_sum(&a), lane_sum(&b));
     for &v in rest {
         sa += v;
         sb += v * v;
@@ -33,28 +58,186 @@ fn sum_and_squares(p: &[f32]) -> (f32, f32) {
     (sa, sb)
 }
 
-/// (Σ d, Σ d·(x − mean)) of a plane, in 16 lanes like [`sum_and_squares`].
-fn grad_sums(x: &[f32], d: &[f32], mean: f32) -> (f32, f32) {
+/// Σ of 16 lanes as a tree (vector halves added), not a serial chain.
+#[inline(always)]
+fn lane_sum(a: &[f32; LANES]) -> f32 {
+    let mut h = *a;
+    let mut w = LANES / 2;
+    while w > 0 {
+        for i in 0..w {
+            h[i] += h[i + w];
+        }
+        w /= 2;
+    }
+    h[0]
+}
+
+/// The ReLU mask's gradient: `dy + extra` where `a > t`, else 0 (a select, not a branch).
+#[inline(always)]
+fn masked(a: f32, t: f32, dy: f32, extra: f32) -> f32 {
+    let pass = dy + extra;
+    if a > t {
+        pass
+    } else {
+        0.0
+    }
+}
+
+/// (Σ dz, Σ dz·(x − mean)) of a plane, dz = dy, or dy through the fused ReLU's mask
+/// (`mask`: scale, shift, threshold, extra of this channel).
+#[inline(always)]
+fn grad_sums(x: &[f32], d: &[f32], mean: f32, mask: Option<(f32, f32, f32, f32)>) -> (f32, f32) {
     let (mut a, mut b) = ([0.0f32; LANES], [0.0f32; LANES]);
     let (xc, dc) = (x.chunks_exact(LANES), d.chunks_exact(LANES));
     let (xr, dr) = (xc.remainder(), dc.remainder());
-    for (xs, ds) in xc.zip(dc) {
-        for i in 0..LANES {
-            a[i] += ds[i];
-            b[i] += ds[i] * (xs[i] - mean);
+    match mask {
+        None => {
+            for (xs, ds) in xc.zip(dc) {
+                for i in 0..LANES {
+                    a[i] += ds[i];
+                    b[i] += ds[i] * (xs[i] - mean);
+                }
+            }
+        }
+        Some((sc, sh, t, e)) => {
+            for (xs, ds) in xc.zip(dc) {
+                for i in 0..LANES {
+                    let dz = masked(xs[i] * sc + sh, t, ds[i], e);
+                    a[i] += dz;
+                    b[i] += dz * (xs[i] - mean);
+                }
+            }
         }
     }
-    let (mut sa, mut sb) = (a.iter().sum::<f32>(), b.iter().sum::<f32>());
+    let (mut sa, mut sb) = (lane_sum(&a), lane_sum(&b));
     for (&xv, &dv) in xr.iter().zip(dr) {
-        sa += dv;
-        sb += dv * (xv - mean);
+        let dz = mask.map_or(dv, |(sc, sh, t, e)| masked(xv * sc + sh, t, dv, e));
+        sa += dz;
+        sb += dz * (xv - mean);
     }
     (sa, sb)
 }
 
-/// Gathers, for channel `ch`, the `n` planes of `hw` values of x.
-fn planes(x: &[f32], n: usize, c: usize, hw: usize, ch: usize) -> impl Iterator<Item = &[f32]> {
-    (0..n).map(move |i| &x[(i * c + ch) * hw..(i * c + ch + 1) * hw])
+multiversion! {
+    /// Adds image `x: [c, hw]`'s per-channel (Σ, Σ²) to `sum`, `sumsq`.
+    fn add_image_sums(x: &[f32], hw: usize, sum: &mut [f64], sumsq: &mut [f64]) {
+        for (ch, p) in x.chunks_exact(hw).enumerate() {
+            let (a, b) = sum_and_squares(p);
+            sum[ch] += a as f64;
+            sumsq[ch] += b as f64;
+        }
+    }
+}
+
+impl ChannelSums {
+    pub fn zeros(c: usize) -> Self {
+        ChannelSums { sum: vec![0.0; c], sumsq: vec![0.0; c] }
+    }
+
+    /// The sums of one image `x: [c, hw]`.
+    pub fn of_image(x: &[f32], c: usize, hw: usize) -> Self {
+        let mut s = ChannelSums::zeros(c);
+        add_image_sums(&x[..c * hw], hw, &mut s.sum, &mut s.sumsq);
+        s
+    }
+
+    /// The sum of per-image sums, added in the order given.
+    pub fn total(parts: &[ChannelSums], c: usize) -> Self {
+        let mut t = ChannelSums::zeros(c);
+        for p in parts {
+            t.sum.iter_mut().zip(&p.sum).for_each(|(a, b)| *a += b);
+            t.sumsq.iter_mut().zip(&p.sumsq).for_each(|(a, b)| *a += b);
+        }
+        t
+    }
+}
+
+/// Per-channel sums of `x: [n, c, hw]`, images in parallel.
+pub fn channel_sums(x: &[f32], n: usize, c: usize, hw: usize) -> ChannelSums {
+    let parts: Vec<ChannelSums> =
+        x[..n * c * hw].par_chunks(c * hw).map(|xn| ChannelSums::of_image(xn, c, hw)).collect();
+    ChannelSums::total(&parts, c)
+}
+
+impl BnSaved {
+    /// Batch mean and inverse standard deviation from channel sums over `count` values per
+    /// channel; updates the running statistics as PyTorch does (momentum, unbiased variance).
+    pub fn from_sums(
+        sums: &ChannelSums,
+        count: usize,
+        eps: f32,
+        momentum: f32,
+        running_mean: &mut [f32],
+        running_var: &mut [f32],
+    ) -> Self {
+        let m = count as f64;
+        let unbias = if m > 1.0 { m / (m - 1.0) } else { 1.0 };
+        let c = sums.sum.len();
+        let mut saved = BnSaved { mean: Vec::with_capacity(c), inv_std: Vec::with_capacity(c) };
+        for ch in 0..c {
+            let mean = sums.sum[ch] / m;
+            let var = (sums.sumsq[ch] / m - mean * mean).max(0.0);
+            saved.mean.push(mean as f32);
+            saved.inv_std.push(1.0 / (var as f32 + eps).sqrt());
+            running_mean[ch] = (1.0 - momentum) * running_mean[ch] + momentum * mean as f32;
+            running_var[ch] = (1.0 - momentum) * running_var[ch] + momentum * (var * unbias) as f32;
+        }
+        saved
+    }
+
+    /// The affine map y = scale·x + shift these statistics give with γ and β.
+    pub fn scale_shift(&self, gamma: &[f32], beta: &[f32]) -> (Vec<f32>, Vec<f32>) {
+        let scale: Vec<f32> = gamma.iter().zip(&self.inv_std).map(|(g, i)| g * i).collect();
+        let shift = beta.iter().zip(&self.mean).zip(&scale).map(|((b, m), s)| b - m * s).collect();
+        (scale, shift)
+    }
+}
+
+/// The eval-mode affine map from running statistics.
+pub fn eval_scale_shift(
+    gamma: &[f32],
+    beta: &[f32],
+    running_mean: &[f32],
+    running_var: &[f32],
+    eps: f32,
+) -> (Vec<f32>, Vec<f32>) {
+    let scale: Vec<f32> = gamma.iter().zip(running_var).map(|(g, v)| g / (v + eps).sqrt()).collect();
+    let shift = beta.iter().zip(running_mean).zip(&scale).map(|((b, m), s)| b - m * s).collect();
+    (scale, shift)
+}
+
+/// Planes per parallel task: small planes are grouped so a task has ~16K values (one rayon
+/// task per 32x32 plane cost more in scheduling than in arithmetic).
+fn planes_per_task(hw: usize) -> usize {
+    (16384 / hw.max(1)).max(1)
+}
+
+multiversion! {
+    /// Planes `x` (channels from `ch0`, cycling through `c`) mapped to y = scale·x + shift,
+    /// then through the ReLU if `relu` (its threshold) is given.
+    fn apply_planes(x: &[f32], y: &mut [f32], hw: usize, ch0: usize, scale: &[f32], shift: &[f32], relu: Option<f32>) {
+        let c = scale.len();
+        for (k, (yp, xp)) in y.chunks_mut(hw).zip(x.chunks(hw)).enumerate() {
+            let ch = (ch0 + k) % c;
+            let (a, b) = (scale[ch], shift[ch]);
+            match relu {
+                None => yp.iter_mut().zip(xp).for_each(|(o, &v)| *o = v * a + b),
+                Some(t) => yp.iter_mut().zip(xp).for_each(|(o, &v)| {
+                    let z = v * a + b;
+                    *o = if z > t { z } else { 0.0 };
+                }),
+            }
+        }
+    }
+}
+
+/// y = scale[ch]·x + shift[ch] per channel plane, then relu with threshold `relu` if given
+/// (the train- and eval-mode forward once the statistics are known). x, y: [n, c, hw]
+pub fn batch_norm_apply(x: &[f32], scale: &[f32], shift: &[f32], hw: usize, relu: Option<f32>, y: &mut [f32]) {
+    let per = planes_per_task(hw);
+    y.par_chunks_mut(hw * per).zip(x.par_chunks(hw * per)).enumerate().for_each(|(t, (yc, xc))| {
+        apply_planes(xc, yc, hw, t * per, scale, shift, relu);
+    });
 }
 
 /// Train-mode forward: normalises with the batch mean and (biased) variance, and updates the
@@ -73,33 +256,10 @@ pub fn batch_norm_forward_train(
     running_var: &mut [f32],
     y: &mut [f32],
 ) -> BnSaved {
-    let m = (n * hw) as f64;
-    let stats: Vec<(f32, f32)> = (0..c)
-        .into_par_iter()
-        .map(|ch| {
-            let (mut s, mut ss) = (0.0f64, 0.0f64);
-            for p in planes(x, n, c, hw, ch) {
-                // f32 partial sums per plane keep the loop vectorised; f64 across planes keeps precision.
-                let (a, b) = sum_and_squares(p);
-                s += a as f64;
-                ss += b as f64;
-            }
-            let mean = s / m;
-            let var = (ss / m - mean * mean).max(0.0);
-            (mean as f32, var as f32)
-        })
-        .collect();
-    let mut saved = BnSaved { mean: Vec::with_capacity(c), inv_std: Vec::with_capacity(c) };
-    let unbias = if m > 1.0 { m / (m - 1.0) } else { 1.0 };
-    for (ch, &(mean, var)) in stats.iter().enumerate() {
-        saved.mean.push(mean);
-        saved.inv_std.push(1.0 / (var + eps).sqrt());
-        running_mean[ch] = (1.0 - momentum) * running_mean[ch] + momentum * mean;
-        running_var[ch] = (1.0 - momentum) * running_var[ch] + momentum * (var as f64 * unbias) as f32;
-    }
-    let scale: Vec<f32> = (0..c).map(|ch| gamma[ch] * saved.inv_std[ch]).collect();
-    let shift: Vec<f32> = (0..c).map(|ch| beta[ch] - saved.mean[ch] * scale[ch]).collect();
-    affine(x, &scale, &shift, c, hw, y);
+    let sums = channel_sums(x, n, c, hw);
+    let saved = BnSaved::from_sums(&sums, n * hw, eps, momentum, running_mean, running_var);
+    let (scale, shift) = saved.scale_shift(gamma, beta);
+    batch_norm_apply(x, &scale, &shift, hw, None, y);
     saved
 }
 
@@ -110,75 +270,99 @@ pub fn batch_norm_forward_eval(
     beta: &[f32],
     running_mean: &[f32],
     running_var: &[f32],
-    c: usize,
     hw: usize,
     eps: f32,
     y: &mut [f32],
 ) {
-    let scale: Vec<f32> = (0..c).map(|ch| gamma[ch] / (running_var[ch] + eps).sqrt()).collect();
-    let shift: Vec<f32> = (0..c).map(|ch| beta[ch] - running_mean[ch] * scale[ch]).collect();
-    affine(x, &scale, &shift, c, hw, y);
+    let (scale, shift) = eval_scale_shift(gamma, beta, running_mean, running_var, eps);
+    batch_norm_apply(x, &scale, &shift, hw, None, y);
 }
 
-/// Planes per parallel task: small planes are grouped so a task has ~16K values (one rayon
-/// task per 32x32 plane cost more in scheduling than in arithmetic).
-fn planes_per_task(hw: usize) -> usize {
-    (16384 / hw.max(1)).max(1)
+/// This channel's ReLU-mask parameters.
+fn mask_of(mask: Option<&ReluMask>, ch: usize) -> Option<(f32, f32, f32, f32)> {
+    mask.map(|m| (m.scale[ch], m.shift[ch], m.threshold, m.extra))
 }
 
-/// y = x * scale[ch] + shift[ch], per channel plane.
-fn affine(x: &[f32], scale: &[f32], shift: &[f32], c: usize, hw: usize, y: &mut [f32]) {
-    let per = planes_per_task(hw);
-    y.par_chunks_mut(hw * per).zip(x.par_chunks(hw * per)).enumerate().for_each(|(t, (yc, xc))| {
-        for (k, (yp, xp)) in yc.chunks_mut(hw).zip(xc.chunks(hw)).enumerate() {
-            let ch = (t * per + k) % c;
-            let (a, b) = (scale[ch], shift[ch]);
-            yp.iter_mut().zip(xp).for_each(|(o, &v)| *o = v * a + b);
+multiversion! {
+    /// Adds image `x, dy: [c, hw]`'s (Σ dz, Σ dz·(x − mean)) to `sd`, `sdx`.
+    fn add_image_grad_sums(x: &[f32], dy: &[f32], hw: usize, saved: &BnSaved, mask: Option<&ReluMask>, sd: &mut [f64], sdx: &mut [f64]) {
+        for (ch, (xp, dp)) in x.chunks_exact(hw).zip(dy.chunks_exact(hw)).enumerate() {
+            let (a, b) = grad_sums(xp, dp, saved.mean[ch], mask_of(mask, ch));
+            sd[ch] += a as f64;
+            sdx[ch] += b as f64;
         }
-    });
+    }
 }
 
-/// Per-channel sums Σ dy (= dβ) and Σ dy·x̂ (= dγ) of the train-mode backward.
+/// Per-channel sums Σ dz (= dβ) and Σ dz·x̂ (= dγ) of the train-mode backward; dz is dy, or
+/// dy through the fused ReLU's mask. Images in parallel, added in image order.
 pub fn batch_norm_backward_sums(
     x: &[f32],
     dy: &[f32],
     saved: &BnSaved,
+    mask: Option<&ReluMask>,
     n: usize,
     c: usize,
     hw: usize,
     dgamma: &mut [f32],
     dbeta: &mut [f32],
 ) {
-    let sums: Vec<(f32, f32)> = (0..c)
-        .into_par_iter()
-        .map(|ch| {
-            let (mean, inv) = (saved.mean[ch], saved.inv_std[ch]);
-            let (mut sd, mut sdx) = (0.0f64, 0.0f64);
-            for (xp, dp) in planes(x, n, c, hw, ch).zip(planes(dy, n, c, hw, ch)) {
-                let (a, b) = grad_sums(xp, dp, mean);
-                sd += a as f64;
-                sdx += b as f64;
-            }
-            (sd as f32, (sdx * inv as f64) as f32)
+    let chw = c * hw;
+    let parts: Vec<ChannelSums> = x[..n * chw]
+        .par_chunks(chw)
+        .zip(dy[..n * chw].par_chunks(chw))
+        .map(|(xn, dn)| {
+            let mut s = ChannelSums::zeros(c);
+            add_image_grad_sums(xn, dn, hw, saved, mask, &mut s.sum, &mut s.sumsq);
+            s
         })
         .collect();
-    for (ch, (sd, sdx)) in sums.into_iter().enumerate() {
-        dbeta[ch] = sd;
-        dgamma[ch] = sdx;
+    let t = ChannelSums::total(&parts, c);
+    for ch in 0..c {
+        dbeta[ch] = t.sum[ch] as f32;
+        dgamma[ch] = (t.sumsq[ch] * saved.inv_std[ch] as f64) as f32;
     }
 }
 
-/// Train-mode input gradient from the sums of [`batch_norm_backward_sums`]:
-/// dx = γ·inv_std/M · (M·dy − dβ − x̂·dγ). x, dy, dx: [n, c, h, w]
+multiversion! {
+    /// The input gradient of planes `x, dy` (channels from `ch0`, cycling through `c`).
+    fn input_grad_planes(x: &[f32], dy: &[f32], dx: &mut [f32], hw: usize, ch0: usize, m: f32, gamma: &[f32], saved: &BnSaved, mask: Option<&ReluMask>, dgamma: &[f32], dbeta: &[f32]) {
+        let c = gamma.len();
+        for (kk, (dxp, (xp, dp))) in dx.chunks_mut(hw).zip(x.chunks(hw).zip(dy.chunks(hw))).enumerate() {
+            let ch = (ch0 + kk) % c;
+            let (mean, inv) = (saved.mean[ch], saved.inv_std[ch]);
+            let k = gamma[ch] * inv / m;
+            let (db, dg) = (dbeta[ch], dgamma[ch]);
+            match mask_of(mask, ch) {
+                None => {
+                    for ((o, &xv), &d) in dxp.iter_mut().zip(xp).zip(dp) {
+                        let xhat = (xv - mean) * inv;
+                        *o = k * (m * d - db - xhat * dg);
+                    }
+                }
+                Some((sc, sh, t, e)) => {
+                    for ((o, &xv), &d) in dxp.iter_mut().zip(xp).zip(dp) {
+                        let dz = masked(xv * sc + sh, t, d, e);
+                        let xhat = (xv - mean) * inv;
+                        *o = k * (m * dz - db - xhat * dg);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Train-mode input gradient from the sums of [`batch_norm_backward_sums`] (same `mask`):
+/// dx = γ·inv_std/M · (M·dz − dβ − x̂·dγ). x, dy, dx: [n, c, h, w]
 pub fn batch_norm_backward_input(
     x: &[f32],
     dy: &[f32],
     gamma: &[f32],
     saved: &BnSaved,
+    mask: Option<&ReluMask>,
     dgamma: &[f32],
     dbeta: &[f32],
     n: usize,
-    c: usize,
     hw: usize,
     dx: &mut [f32],
 ) {
@@ -186,18 +370,7 @@ pub fn batch_norm_backward_input(
     let per = planes_per_task(hw);
     let chunk = hw * per;
     dx.par_chunks_mut(chunk).zip(x.par_chunks(chunk).zip(dy.par_chunks(chunk))).enumerate().for_each(
-        |(t, (dxc, (xc, dc)))| {
-            for (kk, (dxp, (xp, dp))) in dxc.chunks_mut(hw).zip(xc.chunks(hw).zip(dc.chunks(hw))).enumerate() {
-                let ch = (t * per + kk) % c;
-                let (mean, inv) = (saved.mean[ch], saved.inv_std[ch]);
-                let k = gamma[ch] * inv / m;
-                let (db, dg) = (dbeta[ch], dgamma[ch]);
-                for ((o, &xv), &d) in dxp.iter_mut().zip(xp).zip(dp) {
-                    let xhat = (xv - mean) * inv;
-                    *o = k * (m * d - db - xhat * dg);
-                }
-            }
-        },
+        |(t, (dxc, (xc, dc)))| input_grad_planes(xc, dc, dxc, hw, t * per, m, gamma, saved, mask, dgamma, dbeta),
     );
 }
 
@@ -211,7 +384,7 @@ mod tests {
     #[test]
     fn train_and_eval_agree_with_reference() {
         let mut rng = Rng::new(9);
-        for &(n, c, hw) in &[(1, 1, 2), (3, 5, 7), (4, 3, 1), (2, 17, 25)] {
+        for &(n, c, hw) in &[(1, 1, 2), (3, 5, 7), (4, 3, 1), (2, 17, 25), (3, 4, 70)] {
             let x: Vec<f32> = rand_vec(n * c * hw, &mut rng).iter().map(|v| v * 3.0 + 1.0).collect();
             let gamma = rand_vec(c, &mut rng);
             let beta = rand_vec(c, &mut rng);
@@ -226,18 +399,73 @@ mod tests {
             assert_close(&rv, &rv_r, 1e-4, "bn running var");
 
             let (mut dg, mut db) = (vec![0.0; c], vec![0.0; c]);
-            batch_norm_backward_sums(&x, &dy, &saved, n, c, hw, &mut dg, &mut db);
+            batch_norm_backward_sums(&x, &dy, &saved, None, n, c, hw, &mut dg, &mut db);
             let mut dx = vec![7.0; x.len()];
-            batch_norm_backward_input(&x, &dy, &gamma, &saved, &dg, &db, n, c, hw, &mut dx);
+            batch_norm_backward_input(&x, &dy, &gamma, &saved, None, &dg, &db, n, hw, &mut dx);
             let (mut dx_r, mut dg_r, mut db_r) = (vec![0.0; x.len()], vec![0.0; c], vec![0.0; c]);
             reference::batch_norm_backward_train(&x, &dy, &gamma, n, c, hw, 1e-5, &mut dx_r, &mut dg_r, &mut db_r);
             assert_close(&dg, &dg_r, 1e-3, "bn dgamma");
             assert_close(&db, &db_r, 1e-3, "bn dbeta");
             assert_close(&dx, &dx_r, 1e-3, "bn dx");
 
-            batch_norm_forward_eval(&x, &gamma, &beta, &rm, &rv, c, hw, 1e-5, &mut y);
+            batch_norm_forward_eval(&x, &gamma, &beta, &rm, &rv, hw, 1e-5, &mut y);
             reference::batch_norm_forward_eval(&x, &gamma, &beta, &rm, &rv, c, hw, 1e-5, &mut y_r);
             assert_close(&y, &y_r, 1e-4, "bn eval y");
+        }
+    }
+
+    /// BN with a fused ReLU equals the reference BN followed by the reference ReLU, forward
+    /// and backward (thresholds 0 and above, with and without the L1 term).
+    #[test]
+    fn fused_relu_agrees_with_bn_then_relu() {
+        let mut rng = Rng::new(10);
+        for &(n, c, hw, t, l1) in &[(2, 3, 5, 0.0f32, 0.0f32), (3, 4, 33, 0.3, 0.5), (1, 2, 64, 0.01, 0.0)] {
+            let x: Vec<f32> = rand_vec(n * c * hw, &mut rng).iter().map(|v| v * 2.0 - 0.5).collect();
+            let gamma = rand_vec(c, &mut rng);
+            let beta = rand_vec(c, &mut rng);
+            let dy = rand_vec(n * c * hw, &mut rng);
+            let (mut rm, mut rv) = (vec![0.0; c], vec![1.0; c]);
+            let sums = channel_sums(&x, n, c, hw);
+            let saved = BnSaved::from_sums(&sums, n * hw, 1e-5, 0.1, &mut rm, &mut rv);
+            let (scale, shift) = saved.scale_shift(&gamma, &beta);
+            let mut y = vec![7.0; x.len()];
+            batch_norm_apply(&x, &scale, &shift, hw, Some(t), &mut y);
+            // reference: BN, then ReLU
+            let (mut rm_r, mut rv_r) = (vec![0.0; c], vec![1.0; c]);
+            let (mut z_r, mut y_r) = (vec![0.0; x.len()], vec![0.0; x.len()]);
+            reference::batch_norm_forward_train(&x, &gamma, &beta, n, c, hw, 1e-5, 0.1, &mut rm_r, &mut rv_r, &mut z_r);
+            reference::relu_forward(&z_r, t, &mut y_r);
+            assert_close(&y, &y_r, 1e-4, "bn+relu forward");
+
+            let extra = l1 / n as f32;
+            let mask = ReluMask { scale: scale.clone(), shift: shift.clone(), threshold: t, extra };
+            let (mut dg, mut db) = (vec![0.0; c], vec![0.0; c]);
+            batch_norm_backward_sums(&x, &dy, &saved, Some(&mask), n, c, hw, &mut dg, &mut db);
+            let mut dx = vec![7.0; x.len()];
+            batch_norm_backward_input(&x, &dy, &gamma, &saved, Some(&mask), &dg, &db, n, hw, &mut dx);
+            let mut dz_r = vec![0.0; x.len()];
+            reference::relu_backward(&z_r, &dy, t, extra, &mut dz_r);
+            let (mut dx_r, mut dg_r, mut db_r) = (vec![0.0; x.len()], vec![0.0; c], vec![0.0; c]);
+            reference::batch_norm_backward_train(&x, &dz_r, &gamma, n, c, hw, 1e-5, &mut dx_r, &mut dg_r, &mut db_r);
+            assert_close(&dg, &dg_r, 1e-3, "bn+relu dgamma");
+            assert_close(&db, &db_r, 1e-3, "bn+relu dbeta");
+            assert_close(&dx, &dx_r, 1e-3, "bn+relu dx");
+        }
+    }
+
+    #[test]
+    fn channel_sums_are_per_image_sums_added_in_order() {
+        let mut rng = Rng::new(11);
+        let (n, c, hw) = (5, 3, 37);
+        let x = rand_vec(n * c * hw, &mut rng);
+        let parts: Vec<ChannelSums> = x.chunks(c * hw).map(|xn| ChannelSums::of_image(xn, c, hw)).collect();
+        assert_eq!(channel_sums(&x, n, c, hw), ChannelSums::total(&parts, c));
+        let s = channel_sums(&x, n, c, hw);
+        for ch in 0..c {
+            let v: Vec<f64> =
+                (0..n).flat_map(|i| x[(i * c + ch) * hw..(i * c + ch + 1) * hw].iter().map(|&v| v as f64)).collect();
+            assert!((s.sum[ch] - v.iter().sum::<f64>()).abs() < 1e-4);
+            assert!((s.sumsq[ch] - v.iter().map(|a| a * a).sum::<f64>()).abs() < 1e-3);
         }
     }
 }

@@ -2,19 +2,55 @@
 //! `Residual` computes relu(body(x) + shortcut(x)), the ResNet block.
 //! For containers the whole work happens in `backward`; `backward_input` runs it in full.
 
-use super::Relu;
+use super::{BatchNorm, Conv2d, Relu};
 use crate::layer::{Ctx, Layer, Param, SummaryRow};
 use tern_core::Tensor;
 
 pub struct Sequential {
     name: String,
     pub layers: Vec<Box<dyn Layer>>,
+    /// Per layer: whether the last forward fused it into the layer before (a ReLU into its
+    /// BN), whose backward then covers it.
+    absorbed: Vec<bool>,
 }
 
 impl Sequential {
     pub fn new(name: &str, layers: Vec<Box<dyn Layer>>) -> Self {
-        Sequential { name: name.to_string(), layers }
+        let absorbed = vec![false; layers.len()];
+        Sequential { name: name.to_string(), layers, absorbed }
     }
+}
+
+/// The BN at the head of `layers` and the ReLU right after it, if any.
+fn bn_and_relu(layers: &mut [Box<dyn Layer>]) -> Option<(&mut BatchNorm, Option<&mut Relu>)> {
+    let (first, rest) = layers.split_first_mut()?;
+    let bn = first.as_any_mut().downcast_mut::<BatchNorm>()?;
+    let relu = rest.first_mut().and_then(|l| l.as_any_mut().downcast_mut::<Relu>());
+    Some((bn, relu))
+}
+
+/// Runs a fusable group at the head of `layers`, if there is one: conv → BN (→ ReLU) in
+/// train mode, where the conv takes the BN's batch sums while its output is in cache (one
+/// pass over the activations less), and BN → ReLU in any mode, one kernel writing relu(bn(x))
+/// (one pass and one saved tensor less). Returns the output, the layers consumed, and
+/// whether the last of them was a ReLU taken into the BN.
+fn forward_fused(layers: &mut [Box<dyn Layer>], ctx: &Ctx, x: &Tensor) -> Option<(Tensor, usize, bool)> {
+    let (first, rest) = layers.split_first_mut()?;
+    if let Some(conv) = first.as_any_mut().downcast_mut::<Conv2d>() {
+        let (bn, relu) = bn_and_relu(rest)?;
+        if !ctx.train || bn.frozen_stats {
+            return None;
+        }
+        let (y, sums) = conv.forward_with_sums(ctx, x);
+        let out = bn.forward_fused(ctx, &y, Some(sums), relu.as_deref());
+        let fused_relu = relu.map(|r| r.clear_cache()).is_some();
+        return Some((out, 2 + fused_relu as usize, fused_relu));
+    }
+    let (bn, relu) = bn_and_relu(layers)?;
+    let relu = relu.filter(|_| bn.fuses_relu(ctx))?;
+    let out = bn.forward_fused(ctx, x, None, Some(relu));
+    relu.clear_cache();
+    Some((out, 2, true))
 }
 
 impl Layer for Sequential {
@@ -29,10 +65,23 @@ impl Layer for Sequential {
         self.layers.iter().fold(input.to_vec(), |s, l| l.out_shape(&s))
     }
     fn forward(&mut self, ctx: &Ctx, x: &Tensor) -> Tensor {
+        self.absorbed.clear();
+        self.absorbed.resize(self.layers.len(), false);
         let mut h = x.clone();
-        for l in &mut self.layers {
+        let mut i = 0;
+        while i < self.layers.len() {
+            if ctx.fusing() {
+                if let Some((out, used, relu)) = forward_fused(&mut self.layers[i..], ctx, &h) {
+                    self.absorbed[i + used - 1] = relu;
+                    h = out;
+                    i += used;
+                    continue;
+                }
+            }
+            let l = &mut self.layers[i];
             h = l.forward(ctx, &h);
             ctx.probe(l.name(), &h);
+            i += 1;
         }
         h
     }
@@ -42,6 +91,9 @@ impl Layer for Sequential {
     fn backward(&mut self, ctx: &Ctx, dy: &Tensor, need_input: bool) -> Option<Tensor> {
         let mut g = Some(dy.clone());
         for (i, l) in self.layers.iter_mut().enumerate().rev() {
+            if self.absorbed[i] {
+                continue; // the BN before it applies its mask
+            }
             let need = need_input || i > 0;
             g = l.backward(ctx, g.as_ref().expect("gradient flows while layers remain"), need);
         }

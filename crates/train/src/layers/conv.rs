@@ -2,6 +2,7 @@
 
 use super::ternary::TernaryWeight;
 use crate::layer::{Ctx, Layer, Param, SummaryRow};
+use tern_core::kernels::norm::ChannelSums;
 use tern_core::{ConvGeometry, Rng, Tensor};
 
 pub struct Conv2d {
@@ -59,6 +60,34 @@ impl Conv2d {
     }
 }
 
+impl Conv2d {
+    /// The forward, also returning the output's channel sums (for a train-mode BN after it).
+    pub fn forward_with_sums(&mut self, ctx: &Ctx, x: &Tensor) -> (Tensor, ChannelSums) {
+        let (y, sums) = self.run_forward(ctx, x, true);
+        (y, sums.expect("sums requested"))
+    }
+
+    fn run_forward(&mut self, ctx: &Ctx, x: &Tensor, sums: bool) -> (Tensor, Option<ChannelSums>) {
+        let g = self.geometry(x.shape());
+        let mut y = Tensor::for_overwrite(&[g.n, g.c_out, g.h_out(), g.w_out()]);
+        let bias = self.bias.as_ref().map(|b| b.value.data());
+        let w = self.ternary.forward_weight(&self.weight.value, self.c_out);
+        let (s, ms) = ctx.timed(|| {
+            if sums {
+                Some(ctx.backend.conv2d_forward_sums(x.data(), w.data(), bias, &g, y.data_mut()))
+            } else {
+                ctx.backend.conv2d_forward(x.data(), w.data(), bias, &g, y.data_mut());
+                None
+            }
+        });
+        if let Some(p) = ctx.profiler {
+            p.borrow_mut().record_forward(&self.name, "conv", &g, x.data(), w.data(), ms);
+        }
+        self.cache_x = ctx.train.then(|| x.clone());
+        (y, s)
+    }
+}
+
 impl Layer for Conv2d {
     crate::layer_accessors!();
     fn name(&self) -> &str {
@@ -72,16 +101,7 @@ impl Layer for Conv2d {
         vec![g.n, g.c_out, g.h_out(), g.w_out()]
     }
     fn forward(&mut self, ctx: &Ctx, x: &Tensor) -> Tensor {
-        let g = self.geometry(x.shape());
-        let mut y = Tensor::for_overwrite(&[g.n, g.c_out, g.h_out(), g.w_out()]);
-        let bias = self.bias.as_ref().map(|b| b.value.data());
-        let w = self.ternary.forward_weight(&self.weight.value, self.c_out);
-        let ((), ms) = ctx.timed(|| ctx.backend.conv2d_forward(x.data(), w.data(), bias, &g, y.data_mut()));
-        if let Some(p) = ctx.profiler {
-            p.borrow_mut().record_forward(&self.name, "conv", &g, x.data(), w.data(), ms);
-        }
-        self.cache_x = ctx.train.then(|| x.clone());
-        y
+        self.run_forward(ctx, x, false).0
     }
     fn backward_input(&mut self, ctx: &Ctx, dy: &Tensor) -> Tensor {
         let x = self.cache_x.as_ref().expect("backward without a train-mode forward");

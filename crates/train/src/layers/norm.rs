@@ -1,7 +1,9 @@
-//! Batch normalisation over channels (dimension 1) of `[n, c, ...]`.
+//! Batch normalisation over channels (dimension 1) of `[n, c, ...]`, optionally with the
+//! batch sums from the layer before and the ReLU after fused in (see `Sequential`).
 
+use super::Relu;
 use crate::layer::{Ctx, Layer, Param, SummaryRow};
-use tern_core::kernels::norm::BnSaved;
+use tern_core::kernels::norm::{eval_scale_shift, BnSaved, ChannelSums, ReluMask};
 use tern_core::Tensor;
 
 pub struct BatchNorm {
@@ -19,6 +21,8 @@ pub struct BatchNorm {
     cache_x: Option<Tensor>,
     /// Train-mode batch statistics of the last forward (None: it ran in eval mode).
     saved: Option<BnSaved>,
+    /// The ReLU fused into the last forward: its threshold and gradient term λ/n.
+    fused_relu: Option<(f32, f32)>,
 }
 
 impl BatchNorm {
@@ -35,7 +39,56 @@ impl BatchNorm {
             frozen_stats: false,
             cache_x: None,
             saved: None,
+            fused_relu: None,
         }
+    }
+
+    /// Whether a following ReLU can be fused in this mode: not when fine-tuning with frozen
+    /// statistics (that backward is a plain scaling, kept unfused).
+    pub fn fuses_relu(&self, ctx: &Ctx) -> bool {
+        !(ctx.train && self.frozen_stats)
+    }
+
+    /// The forward; `sums`: x's channel sums when its producer took them (train mode),
+    /// `relu`: the ReLU that follows, applied here (its own forward and backward are skipped;
+    /// this layer's backward applies its mask).
+    pub fn forward_fused(&mut self, ctx: &Ctx, x: &Tensor, sums: Option<ChannelSums>, relu: Option<&Relu>) -> Tensor {
+        let (n, hw) = self.dims(x.shape());
+        let mut y = Tensor::for_overwrite(x.shape());
+        let (g, b) = (self.gamma.value.data(), self.beta.value.data());
+        let threshold = relu.map(|r| r.threshold);
+        self.fused_relu = relu.map(|r| (r.threshold, r.l1 / n as f32));
+        if ctx.train && !self.frozen_stats {
+            let sums = sums.unwrap_or_else(|| ctx.backend.channel_sums(x.data(), n, self.c, hw));
+            let (rm, rv) = (self.running_mean.data_mut(), self.running_var.data_mut());
+            let saved = BnSaved::from_sums(&sums, n * hw, self.eps, self.momentum, rm, rv);
+            let (scale, shift) = saved.scale_shift(g, b);
+            ctx.backend.batch_norm_apply(x.data(), &scale, &shift, hw, threshold, y.data_mut());
+            self.saved = Some(saved);
+            self.cache_x = Some(x.clone());
+        } else {
+            assert!(threshold.is_none() || !ctx.train, "{}: no fused ReLU with frozen statistics", self.name);
+            let (rm, rv) = (self.running_mean.data(), self.running_var.data());
+            let (scale, shift) = eval_scale_shift(g, b, rm, rv, self.eps);
+            ctx.backend.batch_norm_apply(x.data(), &scale, &shift, hw, threshold, y.data_mut());
+            if ctx.train {
+                let inv_std = rv.iter().map(|v| 1.0 / (v + self.eps).sqrt()).collect();
+                self.saved = Some(BnSaved { mean: rm.to_vec(), inv_std });
+                self.cache_x = Some(x.clone());
+            } else {
+                self.saved = None;
+                self.cache_x = None;
+            }
+        }
+        y
+    }
+
+    /// The mask of the ReLU fused into the last forward, if any.
+    fn relu_mask(&self) -> Option<ReluMask> {
+        let (threshold, extra) = self.fused_relu?;
+        let saved = self.saved.as_ref().expect("train-mode statistics");
+        let (scale, shift) = saved.scale_shift(self.gamma.value.data(), self.beta.value.data());
+        Some(ReluMask { scale, shift, threshold, extra })
     }
 
     fn dims(&self, s: &[usize]) -> (usize, usize) {
@@ -57,45 +110,15 @@ impl Layer for BatchNorm {
         input.to_vec()
     }
     fn forward(&mut self, ctx: &Ctx, x: &Tensor) -> Tensor {
-        let (n, hw) = self.dims(x.shape());
-        let mut y = Tensor::for_overwrite(x.shape());
-        let (g, b) = (self.gamma.value.data(), self.beta.value.data());
-        if ctx.train && !self.frozen_stats {
-            let saved = ctx.backend.batch_norm_forward_train(
-                x.data(),
-                g,
-                b,
-                n,
-                self.c,
-                hw,
-                self.eps,
-                self.momentum,
-                self.running_mean.data_mut(),
-                self.running_var.data_mut(),
-                y.data_mut(),
-            );
-            self.saved = Some(saved);
-            self.cache_x = Some(x.clone());
-        } else {
-            let (rm, rv) = (self.running_mean.data(), self.running_var.data());
-            ctx.backend.batch_norm_forward_eval(x.data(), g, b, rm, rv, self.c, hw, self.eps, y.data_mut());
-            if ctx.train {
-                let inv_std = rv.iter().map(|v| 1.0 / (v + self.eps).sqrt()).collect();
-                self.saved = Some(BnSaved { mean: rm.to_vec(), inv_std });
-                self.cache_x = Some(x.clone());
-            } else {
-                self.saved = None;
-                self.cache_x = None;
-            }
-        }
-        y
+        self.forward_fused(ctx, x, None, None)
     }
     fn backward_weight(&mut self, ctx: &Ctx, dy: &Tensor) {
         let x = self.cache_x.as_ref().expect("backward without a train-mode forward");
         let (n, hw) = self.dims(x.shape());
         let saved = self.saved.as_ref().expect("train-mode statistics");
+        let mask = self.relu_mask();
         let (dg, db) = (self.gamma.grad.data_mut(), self.beta.grad.data_mut());
-        ctx.backend.batch_norm_backward_sums(x.data(), dy.data(), saved, n, self.c, hw, dg, db);
+        ctx.backend.batch_norm_backward_sums(x.data(), dy.data(), saved, mask.as_ref(), n, self.c, hw, dg, db);
     }
     /// Uses dγ and dβ from `backward_weight` (the per-channel sums it needs); `backward` calls
     /// the two in that order.
@@ -108,19 +131,21 @@ impl Layer for BatchNorm {
             // with zero mean and zero shift.
             let zeros = vec![0.0; self.c];
             let (g, rv) = (self.gamma.value.data(), self.running_var.data());
-            ctx.backend.batch_norm_forward_eval(dy.data(), g, &zeros, &zeros, rv, self.c, hw, self.eps, dx.data_mut());
+            let (scale, shift) = eval_scale_shift(g, &zeros, &zeros, rv, self.eps);
+            ctx.backend.batch_norm_apply(dy.data(), &scale, &shift, hw, None, dx.data_mut());
             return dx;
         }
         let saved = self.saved.as_ref().expect("train-mode statistics");
+        let mask = self.relu_mask();
         ctx.backend.batch_norm_backward_input(
             x.data(),
             dy.data(),
             self.gamma.value.data(),
             saved,
+            mask.as_ref(),
             self.gamma.grad.data(),
             self.beta.grad.data(),
             n,
-            self.c,
             hw,
             dx.data_mut(),
         );
@@ -141,5 +166,6 @@ impl Layer for BatchNorm {
     fn clear_cache(&mut self) {
         self.cache_x = None;
         self.saved = None;
+        self.fused_relu = None;
     }
 }
