@@ -86,7 +86,7 @@ thread_local! {
     /// rayon task meant zero-filling megabytes per task).
     static COL: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
     /// The direct kernels' padded image and transposed output gradient, likewise.
-    static PADDED: std::cell::RefCell<(Vec<f32>, Vec<f32>)> = const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
+    static PADDED: std::cell::RefCell<(conv_direct::PaddedImage, Vec<f32>)> = std::cell::RefCell::new(Default::default());
 }
 
 /// Forward through the direct kernel, images in parallel (`conv_direct::fits` holds); with
@@ -106,8 +106,7 @@ fn forward_direct(
         .map(|(yn, xn)| {
             PADDED.with(|b| {
                 let xp = &mut b.borrow_mut().0;
-                conv_direct::pad_image(xn, g.c_in, g.h, g.w, g.pad, xp);
-                conv_direct::forward_image(xp, w16, bias, g, yn);
+                conv_direct::forward_image(xp.fill(xn, g.c_in, g.h, g.w, g.pad), w16, bias, g, yn);
             });
             sums.then(|| ChannelSums::of_image(yn, g.c_out, g.pq()))
         })
@@ -239,8 +238,7 @@ pub fn conv2d_backward_weight(x: &[f32], dy: &[f32], g: &ConvGeometry, dw: &mut 
             PADDED.with(|b| {
                 let (xp, dyt) = &mut *b.borrow_mut();
                 for (xn, dyn_) in xs.chunks(chw).zip(dys.chunks(g.c_out * pq)) {
-                    conv_direct::pad_image(xn, g.c_in, g.h, g.w, g.pad, xp);
-                    conv_direct::weight_grad_image(xp, dyn_, g, acc, dyt);
+                    conv_direct::weight_grad_image(xp.fill(xn, g.c_in, g.h, g.w, g.pad), dyn_, g, acc, dyt);
                 }
             })
         });

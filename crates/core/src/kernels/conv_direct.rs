@@ -29,24 +29,58 @@ pub fn fits(c_out: usize, k_w: usize) -> bool {
     c_out.is_multiple_of(16) && k_w <= 3 && super::sgemm512::available()
 }
 
-/// Copies image `x: [c, h, w]` into `xp: [c, h + 2p, w + 2p]` with zero borders. A buffer
-/// that already has the size is reused: only its borders are re-zeroed (no full memset).
-pub fn pad_image(x: &[f32], c: usize, h: usize, w: usize, p: usize, xp: &mut Vec<f32>) {
-    let (hp, wp) = (h + 2 * p, w + 2 * p);
-    if xp.len() != c * hp * wp {
-        xp.clear();
-        xp.resize(c * hp * wp, 0.0);
-    }
-    for ci in 0..c {
-        let plane = &mut xp[ci * hp * wp..(ci + 1) * hp * wp];
-        plane[..p * wp].fill(0.0);
-        plane[(p + h) * wp..].fill(0.0);
-        for i in 0..h {
-            let row = &mut plane[(i + p) * wp..(i + p + 1) * wp];
-            row[..p].fill(0.0);
-            row[p + w..].fill(0.0);
-            row[p..p + w].copy_from_slice(&x[(ci * h + i) * w..(ci * h + i + 1) * w]);
+/// A zero-padded copy of one image, `[c, h + 2p, w + 2p]`, reused image after image: the
+/// borders are zeroed only when the shape changes, since each image overwrites exactly the
+/// interior (per image, a memset of the whole buffer and a memmove call per row cost as much
+/// as a thin layer's arithmetic).
+#[derive(Default)]
+pub struct PaddedImage {
+    pub data: Vec<f32>,
+    /// (c, h, w, p) of the current layout.
+    shape: (usize, usize, usize, usize),
+}
+
+impl PaddedImage {
+    /// Copies `x: [c, h, w]` into the interior, zeroing the borders if the shape changed.
+    pub fn fill(&mut self, x: &[f32], c: usize, h: usize, w: usize, p: usize) -> &[f32] {
+        let (hp, wp) = (h + 2 * p, w + 2 * p);
+        assert!(x.len() >= c * h * w);
+        if self.shape != (c, h, w, p) || self.data.len() != c * hp * wp {
+            self.data.clear();
+            self.data.resize(c * hp * wp, 0.0);
+            self.shape = (c, h, w, p);
         }
+        for ci in 0..c {
+            for i in 0..h {
+                let dst = &mut self.data[(ci * hp + i + p) * wp + p..][..w];
+                let src = &x[(ci * h + i) * w..][..w];
+                copy_row(src, dst);
+            }
+        }
+        &self.data
+    }
+}
+
+/// `dst.copy_from_slice(src)` for the short rows of a padded image, without a library call
+/// per row.
+fn copy_row(src: &[f32], dst: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if src.len() <= 64 && super::sgemm512::available() {
+        // SAFETY: the CPU has AVX-512F; masked accesses stay inside both slices.
+        unsafe { copy_row_avx512(src, dst) };
+        return;
+    }
+    dst.copy_from_slice(src);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn copy_row_avx512(src: &[f32], dst: &mut [f32]) {
+    let n = src.len().min(dst.len());
+    for j in (0..n).step_by(16) {
+        let m = lanes((n - j).min(16));
+        // SAFETY: lanes past n are masked off.
+        unsafe { _mm512_mask_storeu_ps(dst.as_mut_ptr().add(j), m, _mm512_maskz_loadu_ps(m, src.as_ptr().add(j))) };
     }
 }
 
@@ -514,15 +548,29 @@ mod tests {
     }
 
     #[test]
-    fn padding_a_reused_buffer_rezeroes_its_borders() {
-        let x: Vec<f32> = (1..=12).map(|v| v as f32).collect();
-        let mut xp = vec![-1.0; 2 * 4 * 5]; // right size, stale contents
-        pad_image(&x, 2, 2, 3, 1, &mut xp);
+    fn padded_image_keeps_zero_borders_across_shapes() {
+        let x: Vec<f32> = (1..=40).map(|v| v as f32).collect();
+        let mut xp = PaddedImage::default();
+        // another layout of the same length first: its interior must not leak into the borders
+        xp.fill(&x, 1, 6, 3, 1); // [1, 8, 5] = 40 values
+        xp.fill(&x, 2, 2, 3, 1); // [2, 4, 5]
         let want_plane0 = [0., 0., 0., 0., 0., 0., 1., 2., 3., 0., 0., 4., 5., 6., 0., 0., 0., 0., 0., 0.];
-        assert_eq!(&xp[..20], &want_plane0);
-        assert_eq!(xp[26..29], [7.0, 8.0, 9.0]);
-        assert_eq!(xp[31..34], [10.0, 11.0, 12.0]);
-        assert_eq!(xp.iter().filter(|&&v| v == -1.0).count(), 0);
+        assert_eq!(&xp.data[..20], &want_plane0);
+        assert_eq!(xp.data[26..29], [7.0, 8.0, 9.0]);
+        assert_eq!(xp.data[31..34], [10.0, 11.0, 12.0]);
+        // rows longer than one vector, and than the fast path
+        for w in [17, 70] {
+            let x: Vec<f32> = (0..3 * w).map(|v| v as f32 + 1.0).collect();
+            let d = xp.fill(&x, 1, 3, w, 2).to_vec();
+            let wp = w + 4;
+            for i in 0..7 {
+                for j in 0..wp {
+                    let inside = (2..5).contains(&i) && (2..w + 2).contains(&j);
+                    let want = if inside { x[(i - 2) * w + j - 2] } else { 0.0 };
+                    assert_eq!(d[i * wp + j], want, "w {w} ({i}, {j})");
+                }
+            }
+        }
     }
 
     #[test]
@@ -540,10 +588,9 @@ mod tests {
             // forward
             let w16 = pack_weights(&w, g.c_out, g.crs());
             let mut y = vec![7.0; g.out_len()]; // stale values must be overwritten
-            let mut xp = Vec::new();
+            let mut xp = PaddedImage::default();
             for (xn, yn) in x.chunks(chw).zip(y.chunks_mut(kpq)) {
-                pad_image(xn, g.c_in, g.h, g.w, g.pad, &mut xp);
-                forward_image(&xp, &w16, Some(&b), &g, yn);
+                forward_image(xp.fill(xn, g.c_in, g.h, g.w, g.pad), &w16, Some(&b), &g, yn);
             }
             let mut y_ref = vec![0.0; g.out_len()];
             reference::conv2d_forward(&x, &w, Some(&b), &g, &mut y_ref);
@@ -552,8 +599,7 @@ mod tests {
             let mut dw16 = vec![0.0; g.weight_len()];
             let mut dyt = Vec::new();
             for (xn, dyn_) in x.chunks(chw).zip(dy.chunks(kpq)) {
-                pad_image(xn, g.c_in, g.h, g.w, g.pad, &mut xp);
-                weight_grad_image(&xp, dyn_, &g, &mut dw16, &mut dyt);
+                weight_grad_image(xp.fill(xn, g.c_in, g.h, g.w, g.pad), dyn_, &g, &mut dw16, &mut dyt);
             }
             let mut dw = vec![0.0; g.weight_len()];
             unpack_weights(&dw16, g.c_out, g.crs(), &mut dw);
@@ -567,8 +613,7 @@ mod tests {
                 let wt = pack_weights_transposed_flipped(&w, &g);
                 let mut dx = vec![7.0; g.in_len()];
                 for (dyn_, dxn) in dy.chunks(kpq).zip(dx.chunks_mut(chw)) {
-                    pad_image(dyn_, g.c_out, g.h_out(), g.w_out(), gt.pad, &mut xp);
-                    forward_image(&xp, &wt, None, &gt, dxn);
+                    forward_image(xp.fill(dyn_, g.c_out, g.h_out(), g.w_out(), gt.pad), &wt, None, &gt, dxn);
                 }
                 let mut dx_ref = vec![0.0; g.in_len()];
                 reference::conv2d_backward_input(&dy, &w, &g, &mut dx_ref);
