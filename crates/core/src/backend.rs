@@ -8,8 +8,8 @@ use crate::kernels::{
 };
 
 /// Every operation a layer needs. Shapes are those of the matching functions in [`kernels`].
-/// Output slices are overwritten entirely (except the pooling backward passes, which add
-/// into zeroed input gradients): layers hand them recycled buffers with stale values
+/// Output slices are overwritten entirely, the pooling backward passes included (they zero
+/// their input gradients before adding): layers hand them recycled buffers with stale values
 /// (`Tensor::for_overwrite`).
 pub trait Backend: Send + Sync {
     fn name(&self) -> &'static str;

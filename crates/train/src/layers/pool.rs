@@ -36,8 +36,10 @@ impl Layer for MaxPool2d {
     }
     fn forward(&mut self, ctx: &Ctx, x: &Tensor) -> Tensor {
         let g = pool_geometry(&self.name, x.shape(), self.k, self.stride, self.pad);
-        let mut y = Tensor::zeros(&[g.n, g.c, g.h_out(), g.w_out()]);
-        let mut arg = vec![0u32; g.out_len()];
+        let mut y = Tensor::for_overwrite(&[g.n, g.c, g.h_out(), g.w_out()]);
+        // the last step's argmax buffer, reused: a fresh one page-faults megabytes per step
+        let mut arg = self.cache.take().map(|(_, a)| a).filter(|a| a.len() == g.out_len()).unwrap_or_default();
+        arg.resize(g.out_len(), 0);
         ctx.backend.max_pool_forward(x.data(), &g, y.data_mut(), &mut arg);
         self.cache = ctx.train.then(|| (x.shape().to_vec(), arg));
         y
@@ -45,7 +47,7 @@ impl Layer for MaxPool2d {
     fn backward_input(&mut self, ctx: &Ctx, dy: &Tensor) -> Tensor {
         let (shape, arg) = self.cache.as_ref().expect("backward without a train-mode forward");
         let g = pool_geometry(&self.name, shape, self.k, self.stride, self.pad);
-        let mut dx = Tensor::zeros(shape);
+        let mut dx = Tensor::for_overwrite(shape);
         ctx.backend.max_pool_backward(dy.data(), arg, &g, dx.data_mut());
         dx
     }
@@ -82,14 +84,14 @@ impl Layer for AvgPool2d {
     }
     fn forward(&mut self, ctx: &Ctx, x: &Tensor) -> Tensor {
         let g = pool_geometry(&self.name, x.shape(), self.k, self.stride, self.pad);
-        let mut y = Tensor::zeros(&[g.n, g.c, g.h_out(), g.w_out()]);
+        let mut y = Tensor::for_overwrite(&[g.n, g.c, g.h_out(), g.w_out()]);
         ctx.backend.avg_pool_forward(x.data(), &g, y.data_mut());
         self.in_shape = x.shape().to_vec();
         y
     }
     fn backward_input(&mut self, ctx: &Ctx, dy: &Tensor) -> Tensor {
         let g = pool_geometry(&self.name, &self.in_shape, self.k, self.stride, self.pad);
-        let mut dx = Tensor::zeros(&self.in_shape);
+        let mut dx = Tensor::for_overwrite(&self.in_shape);
         ctx.backend.avg_pool_backward(dy.data(), &g, dx.data_mut());
         dx
     }
@@ -121,13 +123,13 @@ impl Layer for GlobalAvgPool {
     }
     fn forward(&mut self, ctx: &Ctx, x: &Tensor) -> Tensor {
         let s = x.shape();
-        let mut y = Tensor::zeros(&self.out_shape(s));
+        let mut y = Tensor::for_overwrite(&self.out_shape(s));
         ctx.backend.global_avg_pool_forward(x.data(), s[2] * s[3], y.data_mut());
         self.in_shape = s.to_vec();
         y
     }
     fn backward_input(&mut self, ctx: &Ctx, dy: &Tensor) -> Tensor {
-        let mut dx = Tensor::zeros(&self.in_shape);
+        let mut dx = Tensor::for_overwrite(&self.in_shape);
         ctx.backend.global_avg_pool_backward(dy.data(), self.in_shape[2] * self.in_shape[3], dx.data_mut());
         dx
     }
