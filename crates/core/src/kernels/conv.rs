@@ -3,9 +3,9 @@
 //! Images are independent, so work is split over the batch across the rayon pool; with fewer
 //! images than threads the GEMM itself runs in parallel instead.
 
-use super::conv_direct;
 use super::gemm::{sgemm, sgemm_im2col};
 use super::norm::{self, ChannelSums};
+use super::{conv_direct, winograd};
 use crate::geometry::ConvGeometry;
 use rayon::prelude::*;
 
@@ -114,6 +114,33 @@ fn forward_direct(
     sums.then(|| ChannelSums::total(&per_image.into_iter().flatten().collect::<Vec<_>>(), g.c_out))
 }
 
+/// Forward through the Winograd kernel (`winograd::fits` holds), image groups in parallel;
+/// with `sums`, also the output channel sums, image by image as in [`forward_direct`].
+fn forward_winograd(
+    x: &[f32],
+    u: &[f32],
+    bias: Option<&[f32]>,
+    g: &ConvGeometry,
+    y: &mut [f32],
+    sums: bool,
+) -> Option<ChannelSums> {
+    let per = winograd::images_per_group(g).min(g.n.div_ceil(rayon::current_num_threads())).max(1);
+    let (chw, kpq) = (g.c_in * g.h * g.w, g.c_out * g.pq());
+    let per_group: Vec<Vec<ChannelSums>> = y
+        .par_chunks_mut(kpq * per)
+        .zip(x.par_chunks(chw * per))
+        .map(|(ys, xs)| {
+            winograd::forward_images(xs, u, bias, g, ys);
+            if sums {
+                ys.chunks(kpq).map(|yn| ChannelSums::of_image(yn, g.c_out, g.pq())).collect()
+            } else {
+                Vec::new()
+            }
+        })
+        .collect();
+    sums.then(|| ChannelSums::total(&per_group.into_iter().flatten().collect::<Vec<_>>(), g.c_out))
+}
+
 /// Splits the batch across threads only when there is at least one image per thread.
 fn batch_parallel(g: &ConvGeometry) -> bool {
     g.n >= rayon::current_num_threads()
@@ -142,6 +169,9 @@ fn forward(
     assert_eq!(x.len(), g.in_len());
     assert_eq!(w.len(), g.weight_len());
     assert_eq!(y.len(), g.out_len());
+    if winograd::fits(g) {
+        return forward_winograd(x, &winograd::transform_weights(w, g.c_out, g.c_in), bias, g, y, sums);
+    }
     if conv_direct::fits(g.c_out, g.k_w) && !g.is_pointwise() {
         return forward_direct(x, &conv_direct::pack_weights(w, g.c_out, g.crs()), bias, g, y, sums);
     }
@@ -200,7 +230,18 @@ pub fn conv2d_backward_input(dy: &[f32], w: &[f32], g: &ConvGeometry, dx: &mut [
             stride: 1,
             pad: g.k_h - 1 - g.pad,
         };
-        forward_direct(dy, &conv_direct::pack_weights_transposed_flipped(w, g), None, &gt, dx, false);
+        if winograd::fits(&gt) {
+            forward_winograd(
+                dy,
+                &winograd::transform_weights(&conv_direct::transpose_flip(w, g), gt.c_out, gt.c_in),
+                None,
+                &gt,
+                dx,
+                false,
+            );
+        } else {
+            forward_direct(dy, &conv_direct::pack_weights_transposed_flipped(w, g), None, &gt, dx, false);
+        }
         return;
     }
     let (crs, pq, chw) = (g.crs(), g.pq(), g.c_in * g.h * g.w);
@@ -325,7 +366,12 @@ mod tests {
     #[test]
     fn forward_and_backward_agree_with_reference() {
         let mut rng = Rng::new(11);
-        for g in awkward_geometries() {
+        // plus shapes the direct and Winograd kernels take (forward and input gradient)
+        let mut geoms = awkward_geometries();
+        geoms.push(ConvGeometry::new(3, 16, 8, 6, 16, 3, 1, 1).unwrap());
+        geoms.push(ConvGeometry::new(2, 32, 4, 10, 48, 3, 1, 1).unwrap());
+        geoms.push(ConvGeometry::new(2, 16, 7, 7, 32, 3, 1, 1).unwrap());
+        for g in geoms {
             let x = rand_vec(g.in_len(), &mut rng);
             let w = rand_vec(g.weight_len(), &mut rng);
             let b = rand_vec(g.c_out, &mut rng);
@@ -362,6 +408,7 @@ mod tests {
         let mut geoms = awkward_geometries();
         geoms.push(ConvGeometry::new(3, 5, 9, 7, 32, 3, 1, 1).unwrap());
         geoms.push(ConvGeometry::new(1, 4, 6, 6, 16, 3, 1, 1).unwrap());
+        geoms.push(ConvGeometry::new(3, 16, 8, 6, 24, 3, 1, 1).unwrap());
         for g in geoms {
             let x = rand_vec(g.in_len(), &mut rng);
             let w = rand_vec(g.weight_len(), &mut rng);

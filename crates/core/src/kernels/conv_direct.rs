@@ -96,9 +96,9 @@ pub fn pack_weights(w: &[f32], k: usize, crs: usize) -> Vec<f32> {
     out
 }
 
-/// Weights for the input gradient of a stride-1 conv: `w'[c, k, R-1-r, S-1-s] = w[k, c, r, s]`,
-/// packed for [`forward_image`] with `c` as the output channels.
-pub fn pack_weights_transposed_flipped(w: &[f32], g: &ConvGeometry) -> Vec<f32> {
+/// Weights for the input gradient of a stride-1 conv as a forward conv:
+/// `w'[c, k, R-1-r, S-1-s] = w[k, c, r, s]` (c becomes the output channel).
+pub fn transpose_flip(w: &[f32], g: &ConvGeometry) -> Vec<f32> {
     let (rr, ss) = (g.k_h, g.k_w);
     let mut t = vec![0.0; w.len()];
     for k in 0..g.c_out {
@@ -111,7 +111,12 @@ pub fn pack_weights_transposed_flipped(w: &[f32], g: &ConvGeometry) -> Vec<f32> 
             }
         }
     }
-    pack_weights(&t, g.c_in, g.c_out * rr * ss)
+    t
+}
+
+/// [`transpose_flip`] packed for [`forward_image`].
+pub fn pack_weights_transposed_flipped(w: &[f32], g: &ConvGeometry) -> Vec<f32> {
+    pack_weights(&transpose_flip(w, g), g.c_in, g.c_out * g.k_h * g.k_w)
 }
 
 /// One image of the forward pass: `xp` is the zero-padded input `[c_in, h + 2·pad, w + 2·pad]`,

@@ -41,6 +41,7 @@ pub mod pool;
 pub mod reference;
 pub mod sgemm512;
 pub mod sparsity;
+pub mod winograd;
 
 #[cfg(test)]
 pub(crate) mod testutil {

@@ -1,0 +1,405 @@
+//! Winograd F(2x2, 3x3) convolution for 3x3, stride-1, pad-1 layers (the bulk of VGG and
+//! ResNet): each 2x2 output tile takes 16 multiplies per channel pair instead of 36, i.e.
+//! 2.25x fewer than the direct kernel. Used for the forward pass and for the stride-1 input
+//! gradient (a forward with flipped, transposed weights).
+//!
+//! Y = Aᵀ[(G g Gᵀ) ⊙ (Bᵀ d B)]A per tile (Lavin & Gray 2016). Per group of images:
+//! 1. input transform, 16 tiles per vector: `V[ξ][c][t]` from the zero-padded image (the
+//!    4x4 patch columns of 16 tiles come from two loads and an even/odd permute);
+//! 2. for each of the 16 ξ a product over channels, `M[ξ][k][t] = Σ_c U[ξ][c][k]·V[ξ][c][t]`,
+//!    in register blocks of 8 output channels x 48 tiles (8 broadcasts + 3 loads per 24 FMAs);
+//! 3. output transform of each block while its 16 ξ planes are in L1, 2x2 outputs per tile
+//!    interleaved back into rows.
+//!
+//! Rounding differs from the direct kernel (the transforms add and subtract inputs); the
+//! agreement test bounds it.
+
+use super::conv_direct::PaddedImage;
+use crate::geometry::ConvGeometry;
+#[cfg(target_arch = "x86_64")]
+use std::arch::x86_64::*;
+
+pub static PH: [std::sync::atomic::AtomicU64; 3] =
+    [std::sync::atomic::AtomicU64::new(0), std::sync::atomic::AtomicU64::new(0), std::sync::atomic::AtomicU64::new(0)];
+/// Output channels per register block.
+const KB: usize = 8;
+/// Tile vectors per register block (16 tiles each).
+const NV: usize = 3;
+/// Bytes of `V` one image group may take (it should stay in L2 while every output-channel
+/// block reads it).
+const V_BUDGET_FLOATS: usize = 1 << 17;
+
+/// Whether the Winograd kernel handles geometry `g`: 3x3, stride 1, pad 1, even sides,
+/// output channels in 8s, at least 16 input channels (fewer make the transforms cost more
+/// than they save), and one image's transformed input within L2.
+pub fn fits(g: &ConvGeometry) -> bool {
+    g.k_h == 3
+        && g.k_w == 3
+        && g.stride == 1
+        && g.pad == 1
+        && g.h.is_multiple_of(2)
+        && g.w.is_multiple_of(2)
+        && g.c_out.is_multiple_of(KB)
+        && g.c_in >= 16
+        && 16 * g.c_in * tiles_per_image(g) <= 2 * V_BUDGET_FLOATS
+        && super::sgemm512::available()
+}
+
+fn tiles_per_image(g: &ConvGeometry) -> usize {
+    (g.h / 2) * (g.w / 2)
+}
+
+/// Images per group: enough tiles to fill the register blocks, V within budget.
+pub fn images_per_group(g: &ConvGeometry) -> usize {
+    (V_BUDGET_FLOATS / (16 * g.c_in * tiles_per_image(g))).clamp(1, g.n.max(1))
+}
+
+/// The transformed weights `U[ξ][c][k] = (G·w[k][c]·Gᵀ)[ξ]` of `w: [k, c, 3, 3]`.
+pub fn transform_weights(w: &[f32], k: usize, c: usize) -> Vec<f32> {
+    let mut u = vec![0.0; 16 * c * k];
+    for kk in 0..k {
+        for cc in 0..c {
+            let g = &w[(kk * c + cc) * 9..][..9];
+            // a = G·g (4x3), then u = a·Gᵀ (4x4)
+            let mut a = [[0.0f32; 3]; 4];
+            for j in 0..3 {
+                let (g0, g1, g2) = (g[j], g[3 + j], g[6 + j]);
+                a[0][j] = g0;
+                a[1][j] = 0.5 * (g0 + g1 + g2);
+                a[2][j] = 0.5 * (g0 - g1 + g2);
+                a[3][j] = g2;
+            }
+            for (i, r) in a.iter().enumerate() {
+                let row = [r[0], 0.5 * (r[0] + r[1] + r[2]), 0.5 * (r[0] - r[1] + r[2]), r[2]];
+                for (j, v) in row.iter().enumerate() {
+                    u[((i * 4 + j) * c + cc) * k + kk] = *v;
+                }
+            }
+        }
+    }
+    u
+}
+
+thread_local! {
+    /// This thread's padded image, transformed input and block of products, reused.
+    static SCRATCH: std::cell::RefCell<(PaddedImage, Vec<f32>, Vec<f32>)> = std::cell::RefCell::new(Default::default());
+}
+
+/// Forward of images `x: [n_g, c_in, h, w]` into `y: [n_g, c_out, h, w]` (overwritten, plus
+/// bias) with transformed weights `u` (`transform_weights`); `g` gives the layer's shape.
+pub fn forward_images(x: &[f32], u: &[f32], bias: Option<&[f32]>, g: &ConvGeometry, y: &mut [f32]) {
+    assert!(fits(g));
+    let (chw, khw) = (g.c_in * g.h * g.w, g.c_out * g.h * g.w);
+    let n = x.len() / chw;
+    assert!(x.len() == n * chw && y.len() == n * khw && u.len() == 16 * g.c_in * g.c_out);
+    let per = images_per_group(g);
+    SCRATCH.with(|s| {
+        let (xp, v, m) = &mut *s.borrow_mut();
+        for (xs, ys) in x.chunks(chw * per).zip(y.chunks_mut(khw * per)) {
+            // SAFETY: fits() checked AVX-512; the group's slices have the sizes asserted above.
+            #[cfg(target_arch = "x86_64")]
+            unsafe {
+                group(xs, u, bias, g, ys, xp, v, m)
+            }
+        }
+    });
+}
+
+/// One group of images through the three steps.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn group(
+    x: &[f32],
+    u: &[f32],
+    bias: Option<&[f32]>,
+    g: &ConvGeometry,
+    y: &mut [f32],
+    xp: &mut PaddedImage,
+    v: &mut Vec<f32>,
+    m: &mut Vec<f32>,
+) {
+    let (c, k, h, w) = (g.c_in, g.c_out, g.h, g.w);
+    let n = x.len() / (c * h * w);
+    let t_total = n * tiles_per_image(g);
+    // V rows padded to whole 16-tile vectors; lanes past t_total are never stored
+    let ts = t_total.div_ceil(16) * 16;
+    let xs = xi_stride(c, ts);
+    let v = aligned(v, 16 * xs);
+    let m = aligned(m, 16 * k * NV * 16);
+    // SAFETY (whole body): every index below stays inside x, y, u, v or m by the sizes set
+    // or asserted above; masked accesses cover the partial vectors.
+    unsafe {
+        for (i, xi) in x.chunks(c * h * w).enumerate() {
+            let padded = xp.fill(xi, c, h, w, 1);
+            input_transform(padded, c, h, w, v, ts, i * tiles_per_image(g));
+        }
+        // per block of tiles: each ξ's slice of V stays in L1 while every output-channel
+        // block reads it; M of the block (all ξ, all channels) then goes through the output
+        // transform
+        let mut t0 = 0;
+        while t0 < t_total {
+            let nv = (t_total - t0).div_ceil(16).min(NV);
+            for xi in 0..16 {
+                for k0 in (0..k).step_by(KB) {
+                    match nv {
+                        1 => products::<1>(v, ts, u, c, k, xi, k0, t0, m),
+                        2 => products::<2>(v, ts, u, c, k, xi, k0, t0, m),
+                        _ => products::<3>(v, ts, u, c, k, xi, k0, t0, m),
+                    }
+                }
+            }
+            output_transform(m, nv, bias, g, t0, t_total, y);
+            t0 += nv * 16;
+        }
+    }
+}
+
+/// Floats between two ξ planes of V: c·ts plus one cache line, so that the 16 planes of a
+/// tile do not all map to one L1 set (c·ts·4 bytes is usually a multiple of 4 KiB).
+fn xi_stride(c: usize, ts: usize) -> usize {
+    c * ts + 16
+}
+
+/// `len` floats of `buf` starting at a 64-byte boundary (grown as needed): whole-line
+/// vector accesses instead of ones split across two cache lines.
+fn aligned(buf: &mut Vec<f32>, len: usize) -> &mut [f32] {
+    if buf.len() < len + 16 {
+        buf.resize(len + 16, 0.0);
+    }
+    let skip = buf.as_ptr().align_offset(64).min(15);
+    &mut buf[skip..skip + len]
+}
+
+/// Lanes 0..n.
+#[cfg(target_arch = "x86_64")]
+fn lanes(n: usize) -> __mmask16 {
+    if n >= 16 {
+        0xFFFF
+    } else {
+        ((1u32 << n) - 1) as __mmask16
+    }
+}
+
+/// Transforms one padded image `xp: [c, h+2, w+2]` into `V[ξ][ch][t0 + tile]`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn input_transform(xp: &[f32], c: usize, h: usize, w: usize, v: &mut [f32], ts: usize, t0: usize) {
+    let (tw_n, wp) = (w / 2, w + 2);
+    let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    let odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+    // SAFETY (whole body): loads are masked to the row (wp floats from the row start); stores
+    // to n lanes at t < t0 + tiles of this image ≤ ts.
+    unsafe {
+        for ch in 0..c {
+            let plane = xp.as_ptr().add(ch * (h + 2) * wp);
+            for th in 0..h / 2 {
+                for tw0 in (0..tw_n).step_by(16) {
+                    let n = (tw_n - tw0).min(16);
+                    // d[r][j]: patch row r, column j of 16 tiles
+                    let mut d = [[_mm512_setzero_ps(); 4]; 4];
+                    for (r, dr) in d.iter_mut().enumerate() {
+                        let row = plane.add((2 * th + r) * wp);
+                        let col = 2 * tw0;
+                        let load = |off: usize| {
+                            let p = row.add(col + off);
+                            let avail = wp - (col + off);
+                            if avail >= 32 {
+                                (_mm512_loadu_ps(p), _mm512_loadu_ps(p.add(16)))
+                            } else {
+                                let lo = _mm512_maskz_loadu_ps(lanes(avail), p);
+                                let hi = _mm512_maskz_loadu_ps(lanes(avail.saturating_sub(16)), p.add(16));
+                                (lo, hi)
+                            }
+                        };
+                        let (lo, hi) = load(0);
+                        dr[0] = _mm512_permutex2var_ps(lo, even, hi);
+                        dr[1] = _mm512_permutex2var_ps(lo, odd, hi);
+                        let (lo, hi) = load(2);
+                        dr[2] = _mm512_permutex2var_ps(lo, even, hi);
+                        dr[3] = _mm512_permutex2var_ps(lo, odd, hi);
+                    }
+                    // t = Bᵀ·d (rows), then Bᵀ·d·B (columns)
+                    let mut t = [[_mm512_setzero_ps(); 4]; 4];
+                    for j in 0..4 {
+                        t[0][j] = _mm512_sub_ps(d[0][j], d[2][j]);
+                        t[1][j] = _mm512_add_ps(d[1][j], d[2][j]);
+                        t[2][j] = _mm512_sub_ps(d[2][j], d[1][j]);
+                        t[3][j] = _mm512_sub_ps(d[1][j], d[3][j]);
+                    }
+                    let vt = v.as_mut_ptr().add(ch * ts + t0 + th * tw_n + tw0);
+                    let xs = xi_stride(c, ts);
+                    let mask = lanes(n);
+                    for (i, ti) in t.iter().enumerate() {
+                        let vs = [
+                            _mm512_sub_ps(ti[0], ti[2]),
+                            _mm512_add_ps(ti[1], ti[2]),
+                            _mm512_sub_ps(ti[2], ti[1]),
+                            _mm512_sub_ps(ti[1], ti[3]),
+                        ];
+                        for (j, vv) in vs.iter().enumerate() {
+                            _mm512_mask_storeu_ps(vt.add((i * 4 + j) * xs), mask, *vv);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `M[ξ][k][tile]` of one ξ for output channels k0..k0+8 and tiles t0..t0+16·N, into `m`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn products<const N: usize>(
+    v: &[f32],
+    ts: usize,
+    u: &[f32],
+    c: usize,
+    k: usize,
+    xi: usize,
+    k0: usize,
+    t0: usize,
+    m: &mut [f32],
+) {
+    // SAFETY (whole body): V reads at t0 + 16·N ≤ ts; U reads at k0 + 8 ≤ k; m holds
+    // 16·k·NV·16 floats.
+    unsafe {
+        let vp = v.as_ptr().add(xi * xi_stride(c, ts) + t0);
+        let up = u.as_ptr().add(xi * c * k + k0);
+        let mut acc = [[_mm512_setzero_ps(); N]; KB];
+        for ch in 0..c {
+            let mut vv = [_mm512_setzero_ps(); N];
+            for (j, a) in vv.iter_mut().enumerate() {
+                *a = _mm512_loadu_ps(vp.add(ch * ts + 16 * j));
+            }
+            let uc = up.add(ch * k);
+            for (kk, row) in acc.iter_mut().enumerate() {
+                let b = _mm512_set1_ps(*uc.add(kk));
+                for j in 0..N {
+                    row[j] = _mm512_fmadd_ps(b, vv[j], row[j]);
+                }
+            }
+        }
+        for (kk, row) in acc.iter().enumerate() {
+            for (j, a) in row.iter().enumerate() {
+                _mm512_storeu_ps(m.as_mut_ptr().add(((xi * k + k0 + kk) * NV + j) * 16), *a);
+            }
+        }
+    }
+}
+
+/// 2x2 outputs of tiles t0..t0+16·nv (those < t_total) for every channel from `m`, plus
+/// bias, into `y: [n_g, k, h, w]`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn output_transform(
+    m: &[f32],
+    nv: usize,
+    bias: Option<&[f32]>,
+    g: &ConvGeometry,
+    t0: usize,
+    t_total: usize,
+    y: &mut [f32],
+) {
+    let (k, h, w) = (g.c_out, g.h, g.w);
+    let (tw_n, tpi) = (w / 2, tiles_per_image(g));
+    let il_lo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+    let il_hi = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+    // SAFETY (whole body): m reads inside its 16·k·NV·16 floats; y writes at rows of tiles
+    // < t_total of this group, 2·s ≤ w - 2·tw floats each.
+    unsafe {
+        for kk in 0..k {
+            let b = _mm512_set1_ps(bias.map_or(0.0, |b| b[kk]));
+            for j in 0..nv {
+                let mv = |xi: usize| _mm512_loadu_ps(m.as_ptr().add(((xi * k + kk) * NV + j) * 16));
+                // s = Aᵀ·m (rows), then s·A (columns)
+                let mut s = [[_mm512_setzero_ps(); 4]; 2];
+                for c in 0..4 {
+                    let (m0, m1, m2, m3) = (mv(c), mv(4 + c), mv(8 + c), mv(12 + c));
+                    s[0][c] = _mm512_add_ps(_mm512_add_ps(m0, m1), m2);
+                    s[1][c] = _mm512_sub_ps(_mm512_sub_ps(m1, m2), m3);
+                }
+                // rows[r]: output row r of the 16 tiles, 32 floats as two vectors
+                let mut rows = [[_mm512_setzero_ps(); 2]; 2];
+                for (r, sr) in s.iter().enumerate() {
+                    let y0 = _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(sr[0], sr[1]), sr[2]), b);
+                    let y1 = _mm512_add_ps(_mm512_sub_ps(_mm512_sub_ps(sr[1], sr[2]), sr[3]), b);
+                    rows[r] = [_mm512_permutex2var_ps(y0, il_lo, y1), _mm512_permutex2var_ps(y0, il_hi, y1)];
+                }
+                // the 16 tiles, split where they cross a tile row or end
+                let first = t0 + 16 * j;
+                let end = (first + 16).min(t_total);
+                let (mut img, rest) = (first / tpi, first % tpi);
+                let (mut th, mut tw) = (rest / tw_n, rest % tw_n);
+                let mut t = first;
+                while t < end {
+                    let s_n = (tw_n - tw).min(end - t);
+                    // floats f0..f1 of the 32 go to dst..; the part in vector `half` is a masked
+                    // store whose lane L lands at dst + 16·half + L − f0
+                    let (f0, f1) = (2 * (t - first), 2 * (t - first + s_n));
+                    for (r, row) in rows.iter().enumerate() {
+                        let dst = y.as_mut_ptr().add(((img * k + kk) * h + 2 * th + r) * w + 2 * tw);
+                        for (half, vec) in row.iter().enumerate() {
+                            let (lo, hi) = (f0.max(16 * half), f1.min(16 * half + 16));
+                            if lo < hi {
+                                let mask = lanes(hi - 16 * half) & !lanes(lo - 16 * half);
+                                let base = dst.wrapping_offset(16 * half as isize - f0 as isize);
+                                _mm512_mask_storeu_ps(base, mask, *vec);
+                            }
+                        }
+                    }
+                    t += s_n;
+                    tw += s_n;
+                    if tw == tw_n {
+                        tw = 0;
+                        th += 1;
+                        if th == h / 2 {
+                            th = 0;
+                            img += 1;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::reference;
+    use crate::kernels::testutil::*;
+    use crate::rng::Rng;
+
+    #[test]
+    fn winograd_agrees_with_reference() {
+        if !crate::kernels::sgemm512::available() {
+            return;
+        }
+        let mut rng = Rng::new(31);
+        // wide rows (16 tiles), half rows, quarter rows, rows of 1 and 20 tiles, groups of
+        // several images, channels not in 16s
+        for &(n, c, h, w, k) in &[
+            (2, 16, 32, 32, 16),
+            (3, 24, 16, 16, 8),
+            (5, 16, 8, 8, 24),
+            (2, 17, 2, 2, 8),
+            (1, 16, 6, 40, 16),
+            (3, 32, 10, 14, 32),
+        ] {
+            let g = ConvGeometry::new(n, c, h, w, k, 3, 1, 1).unwrap();
+            assert!(fits(&g), "{g:?}");
+            let x = rand_vec(g.in_len(), &mut rng);
+            let wt = rand_vec(g.weight_len(), &mut rng);
+            let b = rand_vec(k, &mut rng);
+            let u = transform_weights(&wt, k, c);
+            let mut y = vec![7.0; g.out_len()];
+            forward_images(&x, &u, Some(&b), &g, &mut y);
+            let mut y_ref = vec![0.0; g.out_len()];
+            reference::conv2d_forward(&x, &wt, Some(&b), &g, &mut y_ref);
+            assert_close(&y, &y_ref, 1e-4, &format!("winograd {g:?}"));
+        }
+    }
+}
