@@ -6,10 +6,12 @@
 //! Y = Aᵀ[(G g Gᵀ) ⊙ (Bᵀ d B)]A per tile (Lavin & Gray 2016). Per group of images:
 //! 1. input transform, 16 tiles per vector: `V[ξ][c][t]` from the zero-padded image (the
 //!    4x4 patch columns of 16 tiles come from two loads and an even/odd permute);
-//! 2. for each of the 16 ξ a product over channels, `M[ξ][k][t] = Σ_c U[ξ][c][k]·V[ξ][c][t]`,
-//!    in register blocks of 8 output channels x 48 tiles (8 broadcasts + 3 loads per 24 FMAs);
-//! 3. output transform of each block while its 16 ξ planes are in L1, 2x2 outputs per tile
-//!    interleaved back into rows.
+//! 2. per block of 48 tiles and per ξ, a product over channels,
+//!    `M[ξ][k][t] = Σ_c U[ξ][c][k]·V[ξ][c][t]`, in register blocks of 8 output channels x 48
+//!    tiles (8 broadcasts + 3 loads per 24 FMAs), the block's slice of V staying in L1 across
+//!    all output channels;
+//! 3. output transform of the block (all ξ, all channels), 2x2 outputs per tile interleaved
+//!    back into rows with masked stores.
 //!
 //! Rounding differs from the direct kernel (the transforms add and subtract inputs); the
 //! agreement test bounds it.
@@ -19,14 +21,12 @@ use crate::geometry::ConvGeometry;
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 
-pub static PH: [std::sync::atomic::AtomicU64; 3] =
-    [std::sync::atomic::AtomicU64::new(0), std::sync::atomic::AtomicU64::new(0), std::sync::atomic::AtomicU64::new(0)];
 /// Output channels per register block.
 const KB: usize = 8;
 /// Tile vectors per register block (16 tiles each).
 const NV: usize = 3;
-/// Bytes of `V` one image group may take (it should stay in L2 while every output-channel
-/// block reads it).
+/// Floats of `V` one image group should take (512 KiB: it stays in L2 while every block of
+/// tiles reads from it).
 const V_BUDGET_FLOATS: usize = 1 << 17;
 
 /// Whether the Winograd kernel handles geometry `g`: 3x3, stride 1, pad 1, even sides,
