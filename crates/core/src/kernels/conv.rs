@@ -274,6 +274,14 @@ pub fn conv2d_backward_weight(x: &[f32], dy: &[f32], g: &ConvGeometry, dw: &mut 
     assert_eq!(dy.len(), g.out_len());
     assert_eq!(dw.len(), g.weight_len());
     let (crs, pq, chw) = (g.crs(), g.pq(), g.c_in * g.h * g.w);
+    if winograd::fits_weight_grad(g) {
+        let du = sum_over_image_groups(x, dy, g, 16 * g.c_in * g.c_out, |xs, dys, acc| {
+            winograd::weight_grad_images(xs, dys, g, acc)
+        });
+        winograd::weights_from_du(&du, g.c_out, g.c_in, dw);
+        bias_grad(dy, g, db);
+        return;
+    }
     if conv_direct::fits(g.c_out, g.k_w) && !g.is_pointwise() {
         let sum = sum_over_image_groups(x, dy, g, dw.len(), |xs, dys, acc| {
             PADDED.with(|b| {

@@ -362,7 +362,8 @@ unsafe fn store_block<const B: usize>(acc: &[__m512; B], out: *mut f32, pq: usiz
 /// The 16x16 transpose of `r` (row i = vector i): returns column l as vector l.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-fn transpose16(r: &[__m512; 16]) -> [__m512; 16] {
+#[inline]
+pub(crate) fn transpose16(r: &[__m512; 16]) -> [__m512; 16] {
     let mut t = [_mm512_setzero_ps(); 16];
     let mut s = [_mm512_setzero_ps(); 16];
     // within each 128-bit lane: 32-bit then 64-bit interleaves make 4x4 blocks;

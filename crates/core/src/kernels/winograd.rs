@@ -139,7 +139,7 @@ unsafe fn group(
         // transform
         let mut t0 = 0;
         while t0 < t_total {
-            let nv = (t_total - t0).div_ceil(16).min(NV);
+            let nv = block_vectors((t_total - t0).div_ceil(16));
             for xi in 0..16 {
                 for k0 in (0..k).step_by(KB) {
                     match nv {
@@ -159,6 +159,16 @@ unsafe fn group(
 /// tile do not all map to one L1 set (c·ts·4 bytes is usually a multiple of 4 KiB).
 fn xi_stride(c: usize, ts: usize) -> usize {
     c * ts + 16
+}
+
+/// Vectors for the next register block when `left` remain: up to NV, but 4 as 2 + 2 (a
+/// block of one vector does 8 FMAs per 9 loads).
+fn block_vectors(left: usize) -> usize {
+    if left == 4 {
+        2
+    } else {
+        left.min(NV)
+    }
 }
 
 /// `len` floats of `buf` starting at a 64-byte boundary (grown as needed): whole-line
@@ -181,65 +191,89 @@ fn lanes(n: usize) -> __mmask16 {
     }
 }
 
+/// Even and odd lanes of two concatenated vectors (the permutes that split 32 consecutive
+/// floats into the columns 2·tile and 2·tile + 1 of 16 tiles).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn even_odd() -> (__m512i, __m512i) {
+    (
+        _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30),
+        _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31),
+    )
+}
+
+/// 32 floats from `p` (`avail` of them readable; the rest read as zero).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn load32(p: *const f32, avail: usize) -> (__m512, __m512) {
+    // SAFETY: the caller guarantees `avail` floats at p; the loads are masked to them.
+    unsafe {
+        if avail >= 32 {
+            (_mm512_loadu_ps(p), _mm512_loadu_ps(p.add(16)))
+        } else {
+            let lo = _mm512_maskz_loadu_ps(lanes(avail), p);
+            (lo, _mm512_maskz_loadu_ps(lanes(avail.saturating_sub(16)), p.add(16)))
+        }
+    }
+}
+
+/// Bᵀ·d·B of the 4x4 patches of 16 tiles from `tw0` in tile row `th` of one padded plane
+/// (`wp` floats per row): vector ξ = 4i + j holds element (i, j) of each tile's transform.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn patch_transform(plane: *const f32, wp: usize, th: usize, tw0: usize) -> [__m512; 16] {
+    let (even, odd) = even_odd();
+    // SAFETY: rows 2·th..2·th + 4 of the plane exist; loads are masked to each row.
+    unsafe {
+        // d[r][j]: patch row r, column j of 16 tiles
+        let mut d = [[_mm512_setzero_ps(); 4]; 4];
+        for (r, dr) in d.iter_mut().enumerate() {
+            let row = plane.add((2 * th + r) * wp);
+            let col = 2 * tw0;
+            let (lo, hi) = load32(row.add(col), wp - col);
+            dr[0] = _mm512_permutex2var_ps(lo, even, hi);
+            dr[1] = _mm512_permutex2var_ps(lo, odd, hi);
+            let (lo, hi) = load32(row.add(col + 2), wp - col - 2);
+            dr[2] = _mm512_permutex2var_ps(lo, even, hi);
+            dr[3] = _mm512_permutex2var_ps(lo, odd, hi);
+        }
+        // t = Bᵀ·d (rows), then Bᵀ·d·B (columns)
+        let mut t = [[_mm512_setzero_ps(); 4]; 4];
+        for j in 0..4 {
+            t[0][j] = _mm512_sub_ps(d[0][j], d[2][j]);
+            t[1][j] = _mm512_add_ps(d[1][j], d[2][j]);
+            t[2][j] = _mm512_sub_ps(d[2][j], d[1][j]);
+            t[3][j] = _mm512_sub_ps(d[1][j], d[3][j]);
+        }
+        let mut out = [_mm512_setzero_ps(); 16];
+        for (i, ti) in t.iter().enumerate() {
+            out[4 * i] = _mm512_sub_ps(ti[0], ti[2]);
+            out[4 * i + 1] = _mm512_add_ps(ti[1], ti[2]);
+            out[4 * i + 2] = _mm512_sub_ps(ti[2], ti[1]);
+            out[4 * i + 3] = _mm512_sub_ps(ti[1], ti[3]);
+        }
+        out
+    }
+}
+
 /// Transforms one padded image `xp: [c, h+2, w+2]` into `V[ξ][ch][t0 + tile]`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn input_transform(xp: &[f32], c: usize, h: usize, w: usize, v: &mut [f32], ts: usize, t0: usize) {
     let (tw_n, wp) = (w / 2, w + 2);
-    let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-    let odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
-    // SAFETY (whole body): loads are masked to the row (wp floats from the row start); stores
-    // to n lanes at t < t0 + tiles of this image ≤ ts.
+    let xs = xi_stride(c, ts);
+    // SAFETY (whole body): the plane lies inside xp; stores to n lanes at
+    // t < t0 + tiles of this image ≤ ts.
     unsafe {
         for ch in 0..c {
             let plane = xp.as_ptr().add(ch * (h + 2) * wp);
             for th in 0..h / 2 {
                 for tw0 in (0..tw_n).step_by(16) {
-                    let n = (tw_n - tw0).min(16);
-                    // d[r][j]: patch row r, column j of 16 tiles
-                    let mut d = [[_mm512_setzero_ps(); 4]; 4];
-                    for (r, dr) in d.iter_mut().enumerate() {
-                        let row = plane.add((2 * th + r) * wp);
-                        let col = 2 * tw0;
-                        let load = |off: usize| {
-                            let p = row.add(col + off);
-                            let avail = wp - (col + off);
-                            if avail >= 32 {
-                                (_mm512_loadu_ps(p), _mm512_loadu_ps(p.add(16)))
-                            } else {
-                                let lo = _mm512_maskz_loadu_ps(lanes(avail), p);
-                                let hi = _mm512_maskz_loadu_ps(lanes(avail.saturating_sub(16)), p.add(16));
-                                (lo, hi)
-                            }
-                        };
-                        let (lo, hi) = load(0);
-                        dr[0] = _mm512_permutex2var_ps(lo, even, hi);
-                        dr[1] = _mm512_permutex2var_ps(lo, odd, hi);
-                        let (lo, hi) = load(2);
-                        dr[2] = _mm512_permutex2var_ps(lo, even, hi);
-                        dr[3] = _mm512_permutex2var_ps(lo, odd, hi);
-                    }
-                    // t = Bᵀ·d (rows), then Bᵀ·d·B (columns)
-                    let mut t = [[_mm512_setzero_ps(); 4]; 4];
-                    for j in 0..4 {
-                        t[0][j] = _mm512_sub_ps(d[0][j], d[2][j]);
-                        t[1][j] = _mm512_add_ps(d[1][j], d[2][j]);
-                        t[2][j] = _mm512_sub_ps(d[2][j], d[1][j]);
-                        t[3][j] = _mm512_sub_ps(d[1][j], d[3][j]);
-                    }
+                    let vs = patch_transform(plane, wp, th, tw0);
                     let vt = v.as_mut_ptr().add(ch * ts + t0 + th * tw_n + tw0);
-                    let xs = xi_stride(c, ts);
-                    let mask = lanes(n);
-                    for (i, ti) in t.iter().enumerate() {
-                        let vs = [
-                            _mm512_sub_ps(ti[0], ti[2]),
-                            _mm512_add_ps(ti[1], ti[2]),
-                            _mm512_sub_ps(ti[2], ti[1]),
-                            _mm512_sub_ps(ti[1], ti[3]),
-                        ];
-                        for (j, vv) in vs.iter().enumerate() {
-                            _mm512_mask_storeu_ps(vt.add((i * 4 + j) * xs), mask, *vv);
-                        }
+                    let mask = lanes(tw_n - tw0);
+                    for (xi, vv) in vs.iter().enumerate() {
+                        _mm512_mask_storeu_ps(vt.add(xi * xs), mask, *vv);
                     }
                 }
             }
@@ -366,6 +400,201 @@ unsafe fn output_transform(
     }
 }
 
+/// Whether [`weight_grad_images`] handles `g`: as [`fits`], with input channels in 16s (its
+/// products run 16 input channels per vector).
+pub fn fits_weight_grad(g: &ConvGeometry) -> bool {
+    fits(g) && g.c_in.is_multiple_of(16)
+}
+
+/// Adds the weight-gradient contribution of images `x: [n_g, c, h, w]` and `dy: [n_g, k, h,
+/// w]` to `du: [16][k][c]`, the gradient with respect to the transformed weights:
+/// `dU[ξ][k][c] += Σ_t Z[ξ][k][t]·V[ξ][t][c]` with `Z = A·dY_t·Aᵀ` (the output transform's
+/// adjoint) and `V = Bᵀ·d_t·B`. [`weights_from_du`] maps the sum back to `[k, c, 3, 3]`.
+pub fn weight_grad_images(x: &[f32], dy: &[f32], g: &ConvGeometry, du: &mut [f32]) {
+    assert!(fits_weight_grad(g));
+    let (chw, khw) = (g.c_in * g.h * g.w, g.c_out * g.h * g.w);
+    let n = x.len() / chw;
+    assert!(x.len() == n * chw && dy.len() == n * khw && du.len() == 16 * g.c_in * g.c_out);
+    let per = images_per_group(g);
+    SCRATCH.with(|s| {
+        let (xp, v, z) = &mut *s.borrow_mut();
+        for (xs, dys) in x.chunks(chw * per).zip(dy.chunks(khw * per)) {
+            // SAFETY: fits() checked AVX-512; the group's slices have the sizes asserted above.
+            #[cfg(target_arch = "x86_64")]
+            unsafe {
+                weight_grad_group(xs, dys, g, du, xp, v, z)
+            }
+        }
+    });
+}
+
+/// One group of images of [`weight_grad_images`].
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn weight_grad_group(
+    x: &[f32],
+    dy: &[f32],
+    g: &ConvGeometry,
+    du: &mut [f32],
+    xp: &mut PaddedImage,
+    v: &mut Vec<f32>,
+    z: &mut Vec<f32>,
+) {
+    let (c, k, h, w) = (g.c_in, g.c_out, g.h, g.w);
+    let (tpi, tw_n) = (tiles_per_image(g), w / 2);
+    let n = x.len() / (c * h * w);
+    let t_total = n * tpi;
+    // V[ξ][t][c] (channels in lanes) and Z[ξ][k][t] (tiles in lanes), ξ planes a cache line
+    // apart from a multiple of 4 KiB
+    let (vx, zx) = (t_total * c + 16, k * t_total + 16);
+    let v = aligned(v, 16 * vx);
+    let z = aligned(z, 16 * zx + 16);
+    // SAFETY (whole body): indices stay inside x, dy, v, z and du by the sizes above; masked
+    // accesses cover partial vectors.
+    unsafe {
+        let mut block = [[_mm512_setzero_ps(); 16]; 16];
+        let wp = w + 2;
+        for (i, (xi, dyi)) in x.chunks(c * h * w).zip(dy.chunks(k * h * w)).enumerate() {
+            let padded = xp.fill(xi, c, h, w, 1).as_ptr();
+            for c0 in (0..c).step_by(16) {
+                for th in 0..h / 2 {
+                    for tw0 in (0..tw_n).step_by(16) {
+                        let nt = (tw_n - tw0).min(16);
+                        for (cc, b) in block.iter_mut().enumerate() {
+                            *b = patch_transform(padded.add((c0 + cc) * (h + 2) * wp), wp, th, tw0);
+                        }
+                        let t = i * tpi + th * tw_n + tw0;
+                        for xi in 0..16 {
+                            let rows: [__m512; 16] = std::array::from_fn(|cc| block[cc][xi]);
+                            for (l, col) in super::conv_direct::transpose16(&rows).iter().take(nt).enumerate() {
+                                _mm512_storeu_ps(v.as_mut_ptr().add(xi * vx + (t + l) * c + c0), *col);
+                            }
+                        }
+                    }
+                }
+            }
+            let (even, odd) = even_odd();
+            for kk in 0..k {
+                let plane = dyi.as_ptr().add(kk * h * w);
+                for th in 0..h / 2 {
+                    for tw0 in (0..tw_n).step_by(16) {
+                        // e[a][b]: output row 2·th + a, column 2·tile + b of 16 tiles
+                        let mut e = [[_mm512_setzero_ps(); 2]; 2];
+                        for (a, ea) in e.iter_mut().enumerate() {
+                            let col = 2 * tw0;
+                            let (lo, hi) = load32(plane.add((2 * th + a) * w + col), w - col);
+                            ea[0] = _mm512_permutex2var_ps(lo, even, hi);
+                            ea[1] = _mm512_permutex2var_ps(lo, odd, hi);
+                        }
+                        // Z = A·e·Aᵀ, A = [[1,0],[1,1],[1,-1],[0,-1]]
+                        let r = [
+                            e[0],
+                            [_mm512_add_ps(e[0][0], e[1][0]), _mm512_add_ps(e[0][1], e[1][1])],
+                            [_mm512_sub_ps(e[0][0], e[1][0]), _mm512_sub_ps(e[0][1], e[1][1])],
+                            [_mm512_sub_ps(_mm512_setzero_ps(), e[1][0]), _mm512_sub_ps(_mm512_setzero_ps(), e[1][1])],
+                        ];
+                        let zt = z.as_mut_ptr().add(kk * t_total + i * tpi + th * tw_n + tw0);
+                        let mask = lanes(tw_n - tw0);
+                        for (a, ra) in r.iter().enumerate() {
+                            let cols = [
+                                ra[0],
+                                _mm512_add_ps(ra[0], ra[1]),
+                                _mm512_sub_ps(ra[0], ra[1]),
+                                _mm512_sub_ps(_mm512_setzero_ps(), ra[1]),
+                            ];
+                            for (b, zv) in cols.iter().enumerate() {
+                                _mm512_mask_storeu_ps(zt.add((4 * a + b) * zx), mask, *zv);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        for xi in 0..16 {
+            for k0 in (0..k).step_by(KB) {
+                let mut c0 = 0;
+                while c0 < c {
+                    let nv = block_vectors((c - c0) / 16);
+                    match nv {
+                        1 => du_block::<1>(z, zx, v, vx, du, c, k, t_total, xi, k0, c0),
+                        2 => du_block::<2>(z, zx, v, vx, du, c, k, t_total, xi, k0, c0),
+                        _ => du_block::<3>(z, zx, v, vx, du, c, k, t_total, xi, k0, c0),
+                    }
+                    c0 += 16 * nv;
+                }
+            }
+        }
+    }
+}
+
+/// `dU[ξ][k0..k0+8][c0..c0+16·N] += Σ_t Z[ξ][k][t]·V[ξ][t][c]`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn du_block<const N: usize>(
+    z: &[f32],
+    zx: usize,
+    v: &[f32],
+    vx: usize,
+    du: &mut [f32],
+    c: usize,
+    k: usize,
+    t_total: usize,
+    xi: usize,
+    k0: usize,
+    c0: usize,
+) {
+    // SAFETY (whole body): z rows k0..k0+8 and v rows t < t_total at channels < c0 + 16·N ≤ c
+    // of plane ξ; du at (ξ, k < k, c < c).
+    unsafe {
+        let zp = z.as_ptr().add(xi * zx + k0 * t_total);
+        let vp = v.as_ptr().add(xi * vx + c0);
+        let mut acc = [[_mm512_setzero_ps(); N]; KB];
+        for t in 0..t_total {
+            let mut vv = [_mm512_setzero_ps(); N];
+            for (j, a) in vv.iter_mut().enumerate() {
+                *a = _mm512_loadu_ps(vp.add(t * c + 16 * j));
+            }
+            for (kk, row) in acc.iter_mut().enumerate() {
+                let b = _mm512_set1_ps(*zp.add(kk * t_total + t));
+                for j in 0..N {
+                    row[j] = _mm512_fmadd_ps(b, vv[j], row[j]);
+                }
+            }
+        }
+        for (kk, row) in acc.iter().enumerate() {
+            for (j, a) in row.iter().enumerate() {
+                let at = du.as_mut_ptr().add((xi * k + k0 + kk) * c + c0 + 16 * j);
+                _mm512_storeu_ps(at, _mm512_add_ps(_mm512_loadu_ps(at), *a));
+            }
+        }
+    }
+}
+
+/// `dW[k][c] = Gᵀ·dU[·][k][c]·G` (3x3) of the summed `du: [16][k][c]`, into `dw: [k, c, 3, 3]`.
+pub fn weights_from_du(du: &[f32], k: usize, c: usize, dw: &mut [f32]) {
+    for kk in 0..k {
+        for cc in 0..c {
+            let d = |i: usize, j: usize| du[((i * 4 + j) * k + kk) * c + cc];
+            // q = Gᵀ·dU (3x4), then q·G (3x3); Gᵀ rows: [1, ½, ½, 0], [0, ½, −½, 0], [0, ½, ½, 1]
+            let mut q = [[0.0f32; 4]; 3];
+            for j in 0..4 {
+                let (d0, d1, d2, d3) = (d(0, j), d(1, j), d(2, j), d(3, j));
+                q[0][j] = d0 + 0.5 * (d1 + d2);
+                q[1][j] = 0.5 * (d1 - d2);
+                q[2][j] = 0.5 * (d1 + d2) + d3;
+            }
+            let out = &mut dw[(kk * c + cc) * 9..][..9];
+            for (a, qa) in q.iter().enumerate() {
+                out[a * 3] = qa[0] + 0.5 * (qa[1] + qa[2]);
+                out[a * 3 + 1] = 0.5 * (qa[1] - qa[2]);
+                out[a * 3 + 2] = 0.5 * (qa[1] + qa[2]) + qa[3];
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -400,6 +629,20 @@ mod tests {
             let mut y_ref = vec![0.0; g.out_len()];
             reference::conv2d_forward(&x, &wt, Some(&b), &g, &mut y_ref);
             assert_close(&y, &y_ref, 1e-4, &format!("winograd {g:?}"));
+            if fits_weight_grad(&g) {
+                let dy = rand_vec(g.out_len(), &mut rng);
+                let mut du = vec![0.0; 16 * c * k];
+                // two calls (images split) add up
+                let half = n / 2 * c * h * w;
+                let halfy = n / 2 * k * h * w;
+                weight_grad_images(&x[..half], &dy[..halfy], &g, &mut du);
+                weight_grad_images(&x[half..], &dy[halfy..], &g, &mut du);
+                let mut dw = vec![7.0; g.weight_len()];
+                weights_from_du(&du, k, c, &mut dw);
+                let mut dw_ref = vec![0.0; g.weight_len()];
+                reference::conv2d_backward_weight(&x, &dy, &g, &mut dw_ref, None);
+                assert_close(&dw, &dw_ref, 1e-3, &format!("winograd weight grad {g:?}"));
+            }
         }
     }
 }
