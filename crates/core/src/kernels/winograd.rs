@@ -4,8 +4,9 @@
 //! gradient (a forward with flipped, transposed weights).
 //!
 //! Y = Aᵀ[(G g Gᵀ) ⊙ (Bᵀ d B)]A per tile (Lavin & Gray 2016). Per group of images:
-//! 1. input transform, 16 tiles per vector: `V[ξ][c][t]` from the zero-padded image (the
-//!    4x4 patch columns of 16 tiles come from two loads and an even/odd permute);
+//! 1. input transform, 16 tiles per vector: `V[ξ][c][t]` straight from the image, the pad-1
+//!    border masked off (the 4x4 patch columns of 16 tiles come from two loads and an
+//!    even/odd permute);
 //! 2. per block of 48 tiles and per ξ, a product over channels,
 //!    `M[ξ][k][t] = Σ_c U[ξ][c][k]·V[ξ][c][t]`, in register blocks of 8 output channels x 48
 //!    tiles (8 broadcasts + 3 loads per 24 FMAs), the block's slice of V staying in L1 across
@@ -16,7 +17,6 @@
 //! Rounding differs from the direct kernel (the transforms add and subtract inputs); the
 //! agreement test bounds it.
 
-use super::conv_direct::PaddedImage;
 use crate::geometry::ConvGeometry;
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
@@ -81,8 +81,9 @@ pub fn transform_weights(w: &[f32], k: usize, c: usize) -> Vec<f32> {
 }
 
 thread_local! {
-    /// This thread's padded image, transformed input and block of products, reused.
-    static SCRATCH: std::cell::RefCell<(PaddedImage, Vec<f32>, Vec<f32>)> = std::cell::RefCell::new(Default::default());
+    /// This thread's transformed input and block of products (or transformed output
+    /// gradient), reused.
+    static SCRATCH: std::cell::RefCell<(Vec<f32>, Vec<f32>)> = std::cell::RefCell::new(Default::default());
 }
 
 /// Forward of images `x: [n_g, c_in, h, w]` into `y: [n_g, c_out, h, w]` (overwritten, plus
@@ -94,12 +95,12 @@ pub fn forward_images(x: &[f32], u: &[f32], bias: Option<&[f32]>, g: &ConvGeomet
     assert!(x.len() == n * chw && y.len() == n * khw && u.len() == 16 * g.c_in * g.c_out);
     let per = images_per_group(g);
     SCRATCH.with(|s| {
-        let (xp, v, m) = &mut *s.borrow_mut();
+        let (v, m) = &mut *s.borrow_mut();
         for (xs, ys) in x.chunks(chw * per).zip(y.chunks_mut(khw * per)) {
             // SAFETY: fits() checked AVX-512; the group's slices have the sizes asserted above.
             #[cfg(target_arch = "x86_64")]
             unsafe {
-                group(xs, u, bias, g, ys, xp, v, m)
+                group(xs, u, bias, g, ys, v, m)
             }
         }
     });
@@ -115,7 +116,6 @@ unsafe fn group(
     bias: Option<&[f32]>,
     g: &ConvGeometry,
     y: &mut [f32],
-    xp: &mut PaddedImage,
     v: &mut Vec<f32>,
     m: &mut Vec<f32>,
 ) {
@@ -131,8 +131,7 @@ unsafe fn group(
     // or asserted above; masked accesses cover the partial vectors.
     unsafe {
         for (i, xi) in x.chunks(c * h * w).enumerate() {
-            let padded = xp.fill(xi, c, h, w, 1);
-            input_transform(padded, c, h, w, v, ts, i * tiles_per_image(g));
+            input_transform(xi, c, h, w, v, ts, i * tiles_per_image(g));
         }
         // per block of tiles: each ξ's slice of V stays in L1 while every output-channel
         // block reads it; M of the block (all ξ, all channels) then goes through the output
@@ -217,25 +216,39 @@ unsafe fn load32(p: *const f32, avail: usize) -> (__m512, __m512) {
     }
 }
 
-/// Bᵀ·d·B of the 4x4 patches of 16 tiles from `tw0` in tile row `th` of one padded plane
-/// (`wp` floats per row): vector ξ = 4i + j holds element (i, j) of each tile's transform.
+/// Bᵀ·d·B of the 4x4 patches of 16 tiles from `tw0` in tile row `th` of one unpadded plane
+/// `[h, w]`: vector ξ = 4i + j holds element (i, j) of each tile's transform. The pad-1 border
+/// is implicit: rows outside the plane are zero vectors and columns outside it are masked
+/// off in the loads (no padded copy of the image).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn patch_transform(plane: *const f32, wp: usize, th: usize, tw0: usize) -> [__m512; 16] {
+unsafe fn patch_transform(plane: *const f32, h: usize, w: usize, th: usize, tw0: usize) -> [__m512; 16] {
     let (even, odd) = even_odd();
-    // SAFETY: rows 2·th..2·th + 4 of the plane exist; loads are masked to each row.
+    // columns 2·tw0 − 1 + L of the window; lanes whose column is outside 0..w are masked off
+    let c0 = 2 * tw0 as isize - 1;
+    let window = |off: isize| {
+        let (first, last) = ((-(c0 + off)).max(0), (w as isize - (c0 + off)).clamp(0, 32));
+        let m = if last > first { ((1u64 << last) - (1u64 << first)) as u32 } else { 0 };
+        (m as __mmask16, (m >> 16) as __mmask16)
+    };
+    let (m0, m2) = (window(0), window(2));
+    // SAFETY: every lane loaded lies inside its row of the plane (the masks); masked-off
+    // lanes do not access memory.
     unsafe {
         // d[r][j]: patch row r, column j of 16 tiles
         let mut d = [[_mm512_setzero_ps(); 4]; 4];
         for (r, dr) in d.iter_mut().enumerate() {
-            let row = plane.add((2 * th + r) * wp);
-            let col = 2 * tw0;
-            let (lo, hi) = load32(row.add(col), wp - col);
-            dr[0] = _mm512_permutex2var_ps(lo, even, hi);
-            dr[1] = _mm512_permutex2var_ps(lo, odd, hi);
-            let (lo, hi) = load32(row.add(col + 2), wp - col - 2);
-            dr[2] = _mm512_permutex2var_ps(lo, even, hi);
-            dr[3] = _mm512_permutex2var_ps(lo, odd, hi);
+            let ih = (2 * th + r) as isize - 1;
+            if ih < 0 || ih >= h as isize {
+                continue;
+            }
+            let row = plane.wrapping_add(ih as usize * w).wrapping_offset(c0);
+            for (k, (off, (lo_m, hi_m))) in [(0usize, m0), (2, m2)].into_iter().enumerate() {
+                let lo = _mm512_maskz_loadu_ps(lo_m, row.wrapping_add(off));
+                let hi = _mm512_maskz_loadu_ps(hi_m, row.wrapping_add(off + 16));
+                dr[2 * k] = _mm512_permutex2var_ps(lo, even, hi);
+                dr[2 * k + 1] = _mm512_permutex2var_ps(lo, odd, hi);
+            }
         }
         // t = Bᵀ·d (rows), then Bᵀ·d·B (columns)
         let mut t = [[_mm512_setzero_ps(); 4]; 4];
@@ -256,20 +269,20 @@ unsafe fn patch_transform(plane: *const f32, wp: usize, th: usize, tw0: usize) -
     }
 }
 
-/// Transforms one padded image `xp: [c, h+2, w+2]` into `V[ξ][ch][t0 + tile]`.
+/// Transforms one image `x: [c, h, w]` into `V[ξ][ch][t0 + tile]`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn input_transform(xp: &[f32], c: usize, h: usize, w: usize, v: &mut [f32], ts: usize, t0: usize) {
-    let (tw_n, wp) = (w / 2, w + 2);
+unsafe fn input_transform(x: &[f32], c: usize, h: usize, w: usize, v: &mut [f32], ts: usize, t0: usize) {
+    let tw_n = w / 2;
     let xs = xi_stride(c, ts);
-    // SAFETY (whole body): the plane lies inside xp; stores to n lanes at
+    // SAFETY (whole body): the plane lies inside x; stores to n lanes at
     // t < t0 + tiles of this image ≤ ts.
     unsafe {
         for ch in 0..c {
-            let plane = xp.as_ptr().add(ch * (h + 2) * wp);
+            let plane = x.as_ptr().add(ch * h * w);
             for th in 0..h / 2 {
                 for tw0 in (0..tw_n).step_by(16) {
-                    let vs = patch_transform(plane, wp, th, tw0);
+                    let vs = patch_transform(plane, h, w, th, tw0);
                     let vt = v.as_mut_ptr().add(ch * ts + t0 + th * tw_n + tw0);
                     let mask = lanes(tw_n - tw0);
                     for (xi, vv) in vs.iter().enumerate() {
@@ -417,12 +430,12 @@ pub fn weight_grad_images(x: &[f32], dy: &[f32], g: &ConvGeometry, du: &mut [f32
     assert!(x.len() == n * chw && dy.len() == n * khw && du.len() == 16 * g.c_in * g.c_out);
     let per = images_per_group(g);
     SCRATCH.with(|s| {
-        let (xp, v, z) = &mut *s.borrow_mut();
+        let (v, z) = &mut *s.borrow_mut();
         for (xs, dys) in x.chunks(chw * per).zip(dy.chunks(khw * per)) {
             // SAFETY: fits() checked AVX-512; the group's slices have the sizes asserted above.
             #[cfg(target_arch = "x86_64")]
             unsafe {
-                weight_grad_group(xs, dys, g, du, xp, v, z)
+                weight_grad_group(xs, dys, g, du, v, z)
             }
         }
     });
@@ -437,7 +450,6 @@ unsafe fn weight_grad_group(
     dy: &[f32],
     g: &ConvGeometry,
     du: &mut [f32],
-    xp: &mut PaddedImage,
     v: &mut Vec<f32>,
     z: &mut Vec<f32>,
 ) {
@@ -454,15 +466,14 @@ unsafe fn weight_grad_group(
     // accesses cover partial vectors.
     unsafe {
         let mut block = [[_mm512_setzero_ps(); 16]; 16];
-        let wp = w + 2;
         for (i, (xi, dyi)) in x.chunks(c * h * w).zip(dy.chunks(k * h * w)).enumerate() {
-            let padded = xp.fill(xi, c, h, w, 1).as_ptr();
+            let plane0 = xi.as_ptr();
             for c0 in (0..c).step_by(16) {
                 for th in 0..h / 2 {
                     for tw0 in (0..tw_n).step_by(16) {
                         let nt = (tw_n - tw0).min(16);
                         for (cc, b) in block.iter_mut().enumerate() {
-                            *b = patch_transform(padded.add((c0 + cc) * (h + 2) * wp), wp, th, tw0);
+                            *b = patch_transform(plane0.add((c0 + cc) * h * w), h, w, th, tw0);
                         }
                         let t = i * tpi + th * tw_n + tw0;
                         for xi in 0..16 {
