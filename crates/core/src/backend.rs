@@ -82,6 +82,8 @@ pub trait Backend: Send + Sync {
     fn relu_forward(&self, x: &[f32], threshold: f32, y: &mut [f32]);
     fn relu_backward(&self, x: &[f32], dy: &[f32], threshold: f32, extra: f32, dx: &mut [f32]);
     fn add(&self, a: &[f32], b: &[f32], y: &mut [f32]);
+    /// y = relu(a + b), threshold ≥ 0 (the residual add and its ReLU in one pass).
+    fn add_relu(&self, a: &[f32], b: &[f32], threshold: f32, y: &mut [f32]);
     fn max_pool_forward(&self, x: &[f32], g: &PoolGeometry, y: &mut [f32], argmax: &mut [u32]);
     fn max_pool_backward(&self, dy: &[f32], argmax: &[u32], g: &PoolGeometry, dx: &mut [f32]);
     fn avg_pool_forward(&self, x: &[f32], g: &PoolGeometry, y: &mut [f32]);
@@ -192,6 +194,9 @@ impl Backend for CpuBackend {
     }
     fn relu_backward(&self, x: &[f32], dy: &[f32], threshold: f32, extra: f32, dx: &mut [f32]) {
         kernels::act::relu_backward(x, dy, threshold, extra, dx)
+    }
+    fn add_relu(&self, a: &[f32], b: &[f32], threshold: f32, y: &mut [f32]) {
+        kernels::act::add_relu(a, b, threshold, y)
     }
     fn add(&self, a: &[f32], b: &[f32], y: &mut [f32]) {
         kernels::act::add(a, b, y)

@@ -24,6 +24,25 @@ pub fn relu_backward(x: &[f32], dy: &[f32], threshold: f32, extra: f32, dx: &mut
     });
 }
 
+multiversion! {
+    /// One chunk of [`add_relu`].
+    fn add_relu_chunk(a: &[f32], b: &[f32], threshold: f32, y: &mut [f32]) {
+        for ((o, &u), &v) in y.iter_mut().zip(a).zip(b) {
+            let z = u + v;
+            *o = if z > threshold { z } else { 0.0 };
+        }
+    }
+}
+
+/// y = relu(a + b) with threshold `threshold` (the residual add and the ReLU after it, one
+/// pass). With a threshold ≥ 0, y > threshold exactly where a + b > threshold, so y serves
+/// as the ReLU's backward mask.
+pub fn add_relu(a: &[f32], b: &[f32], threshold: f32, y: &mut [f32]) {
+    y.par_chunks_mut(CHUNK)
+        .zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK)))
+        .for_each(|(yc, (ac, bc))| add_relu_chunk(ac, bc, threshold, yc));
+}
+
 /// y = a + b (the residual add; its backward hands dy to both inputs unchanged).
 pub fn add(a: &[f32], b: &[f32], y: &mut [f32]) {
     y.par_chunks_mut(CHUNK).zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK))).for_each(|(yc, (ac, bc))| {
@@ -59,6 +78,12 @@ mod tests {
             add(&x, &dy, &mut y);
             let want: Vec<f32> = x.iter().zip(&dy).map(|(a, b)| a + b).collect();
             assert_close(&y, &want, 0.0, "add");
+            for t in [0.0f32, 0.3] {
+                let (mut fused, mut want_relu) = (vec![7.0; n], vec![0.0; n]);
+                add_relu(&x, &dy, t, &mut fused);
+                reference::relu_forward(&want, t, &mut want_relu);
+                assert_close(&fused, &want_relu, 0.0, "add + relu");
+            }
         }
     }
 }

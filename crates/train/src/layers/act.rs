@@ -19,6 +19,18 @@ impl Relu {
     }
 }
 
+impl Relu {
+    /// relu(a + b) in one pass (a residual block's add and ReLU). It keeps its output for the
+    /// backward: with a threshold ≥ 0 the output passes the threshold exactly where its input
+    /// did, so the mask is the same.
+    pub fn forward_after_add(&mut self, ctx: &Ctx, a: &Tensor, b: &Tensor) -> Tensor {
+        let mut y = Tensor::for_overwrite(a.shape());
+        ctx.backend.add_relu(a.data(), b.data(), self.threshold, y.data_mut());
+        self.cache_x = ctx.train.then(|| y.clone());
+        y
+    }
+}
+
 impl Layer for Relu {
     crate::layer_accessors!();
     fn name(&self) -> &str {

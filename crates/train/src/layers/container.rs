@@ -150,6 +150,9 @@ impl Layer for Residual {
             Some(sc) => sc.forward(ctx, x),
             None => x.clone(),
         };
+        if ctx.fusing() {
+            return self.relu.forward_after_add(ctx, &a, &s);
+        }
         let mut z = Tensor::for_overwrite(a.shape());
         ctx.backend.add(a.data(), s.data(), z.data_mut());
         ctx.probe(&format!("{}.add", self.name), &z);
