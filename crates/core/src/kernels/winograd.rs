@@ -8,7 +8,7 @@
 //!    border masked off (the 4x4 patch columns of 16 tiles come from two loads and an
 //!    even/odd permute);
 //! 2. per block of 48 tiles and per ξ, a product over channels,
-//!    `M[ξ][k][t] = Σ_c U[ξ][c][k]·V[ξ][c][t]`, in register blocks of 8 output channels x 48
+//!    `M[ξ][k][t] = Σ_c U[c][ξ][k]·V[ξ][c][t]`, in register blocks of 8 output channels x 48
 //!    tiles (8 broadcasts + 3 loads per 24 FMAs), the block's slice of V staying in L1 across
 //!    all output channels;
 //! 3. output transform of the block (all ξ, all channels), 2x2 outputs per tile interleaved
@@ -54,11 +54,13 @@ pub fn images_per_group(g: &ConvGeometry) -> usize {
     (V_BUDGET_FLOATS / (16 * g.c_in * tiles_per_image(g))).clamp(1, g.n.max(1))
 }
 
-/// The transformed weights `U[ξ][c][k] = (G·w[k][c]·Gᵀ)[ξ]` of `w: [k, c, 3, 3]`.
+/// The transformed weights `U[c][ξ][k] = (G·w[k][c]·Gᵀ)[ξ]` of `w: [k, c, 3, 3]`, input
+/// channels in parallel (each owns a contiguous `[16][k]` block).
 pub fn transform_weights(w: &[f32], k: usize, c: usize) -> Vec<f32> {
+    use rayon::prelude::*;
     let mut u = vec![0.0; 16 * c * k];
-    for kk in 0..k {
-        for cc in 0..c {
+    u.par_chunks_mut(16 * k).enumerate().for_each(|(cc, uc)| {
+        for kk in 0..k {
             let g = &w[(kk * c + cc) * 9..][..9];
             // a = G·g (4x3), then u = a·Gᵀ (4x4)
             let mut a = [[0.0f32; 3]; 4];
@@ -72,11 +74,11 @@ pub fn transform_weights(w: &[f32], k: usize, c: usize) -> Vec<f32> {
             for (i, r) in a.iter().enumerate() {
                 let row = [r[0], 0.5 * (r[0] + r[1] + r[2]), 0.5 * (r[0] - r[1] + r[2]), r[2]];
                 for (j, v) in row.iter().enumerate() {
-                    u[((i * 4 + j) * c + cc) * k + kk] = *v;
+                    uc[(i * 4 + j) * k + kk] = *v;
                 }
             }
         }
-    }
+    });
     u
 }
 
@@ -313,14 +315,14 @@ unsafe fn products<const N: usize>(
     // 16·k·NV·16 floats.
     unsafe {
         let vp = v.as_ptr().add(xi * xi_stride(c, ts) + t0);
-        let up = u.as_ptr().add(xi * c * k + k0);
+        let up = u.as_ptr().add(xi * k + k0);
         let mut acc = [[_mm512_setzero_ps(); N]; KB];
         for ch in 0..c {
             let mut vv = [_mm512_setzero_ps(); N];
             for (j, a) in vv.iter_mut().enumerate() {
                 *a = _mm512_loadu_ps(vp.add(ch * ts + 16 * j));
             }
-            let uc = up.add(ch * k);
+            let uc = up.add(ch * 16 * k);
             for (kk, row) in acc.iter_mut().enumerate() {
                 let b = _mm512_set1_ps(*uc.add(kk));
                 for j in 0..N {
