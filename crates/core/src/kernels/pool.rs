@@ -87,7 +87,7 @@ pub fn max_pool_backward(dy: &[f32], argmax: &[u32], g: &PoolGeometry, dx: &mut 
     // 2x2/2 windows tiling the plane exactly: each input position gets its window's gradient
     // or 0, written in one pass without zeroing first
     #[cfg(target_arch = "x86_64")]
-    let tiled = g.k == 2 && g.stride == 2 && g.pad == 0 && g.h % 2 == 0 && g.w % 2 == 0;
+    let tiled = g.k == 2 && g.stride == 2 && g.pad == 0 && g.h.is_multiple_of(2) && g.w.is_multiple_of(2);
     dx.par_chunks_mut(hw).zip(dy.par_chunks(ho * wo).zip(argmax.par_chunks(ho * wo))).with_min_len(per).for_each(
         |(dp, (gp, ap))| {
             #[cfg(target_arch = "x86_64")]
