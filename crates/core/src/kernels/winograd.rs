@@ -8,7 +8,7 @@
 //!    border masked off (the 4x4 patch columns of 16 tiles come from two loads and an
 //!    even/odd permute);
 //! 2. per block of 48 tiles and per ξ, a product over channels,
-//!    `M[ξ][k][t] = Σ_c U[c][ξ][k]·V[ξ][c][t]`, in register blocks of 8 output channels x 48
+//!    `M[ξ][k][t] = Σ_c U[ξ][c][k]·V[ξ][c][t]`, in register blocks of 8 output channels x 48
 //!    tiles (8 broadcasts + 3 loads per 24 FMAs), the block's slice of V staying in L1 across
 //!    all output channels;
 //! 3. output transform of the block (all ξ, all channels), 2x2 outputs per tile interleaved
@@ -29,38 +29,63 @@ const NV: usize = 3;
 /// tiles reads from it).
 const V_BUDGET_FLOATS: usize = 1 << 17;
 
-/// Whether the Winograd kernel handles geometry `g`: 3x3, stride 1, pad 1, even sides,
-/// output channels in 8s, at least 16 input channels (fewer make the transforms cost more
-/// than they save), and one image's transformed input within L2.
+/// Whether the Winograd kernel handles geometry `g`: 3x3, stride 1, pad 1, output channels
+/// in 8s and at least 16 input channels (fewer make the transforms cost more than they save).
+/// Odd sides get a partial last tile; large images go in bands of tile rows.
 pub fn fits(g: &ConvGeometry) -> bool {
     g.k_h == 3
         && g.k_w == 3
         && g.stride == 1
         && g.pad == 1
-        && g.h.is_multiple_of(2)
-        && g.w.is_multiple_of(2)
         && g.c_out.is_multiple_of(KB)
         && g.c_in >= 16
-        && 16 * g.c_in * tiles_per_image(g) <= 2 * V_BUDGET_FLOATS
         && super::sgemm512::available()
 }
 
-fn tiles_per_image(g: &ConvGeometry) -> usize {
-    (g.h / 2) * (g.w / 2)
+/// The tiles one pass covers: tile rows `th0..th1` of each image of its group.
+#[derive(Clone, Copy, Debug)]
+struct Band {
+    th0: usize,
+    th1: usize,
+    /// Tiles per row.
+    tw_n: usize,
 }
 
-/// Images per group: enough tiles to fill the register blocks, V within budget.
+impl Band {
+    fn tiles_per_image(&self) -> usize {
+        (self.th1 - self.th0) * self.tw_n
+    }
+}
+
+/// Tile rows and columns of an image: 2x2 output tiles, the last one partial on odd sides.
+fn tiles(g: &ConvGeometry) -> (usize, usize) {
+    (g.h.div_ceil(2), g.w.div_ceil(2))
+}
+
+/// Images per group: enough tiles to fill the register blocks, V within budget (1 when one
+/// image already exceeds it).
 pub fn images_per_group(g: &ConvGeometry) -> usize {
-    (V_BUDGET_FLOATS / (16 * g.c_in * tiles_per_image(g))).clamp(1, g.n.max(1))
+    let (th, tw) = tiles(g);
+    (V_BUDGET_FLOATS / (16 * g.c_in * th * tw)).clamp(1, g.n.max(1))
 }
 
-/// The transformed weights `U[c][ξ][k] = (G·w[k][c]·Gᵀ)[ξ]` of `w: [k, c, 3, 3]`, input
-/// channels in parallel (each owns a contiguous `[16][k]` block).
+/// The bands of tile rows one image goes through: all rows at once if they fit the budget,
+/// else as many rows per band as fit (at least one).
+fn bands(g: &ConvGeometry) -> impl Iterator<Item = Band> {
+    let (th_n, tw_n) = tiles(g);
+    let rows = (V_BUDGET_FLOATS / (16 * g.c_in * tw_n)).clamp(1, th_n);
+    (0..th_n).step_by(rows).map(move |th0| Band { th0, th1: (th0 + rows).min(th_n), tw_n })
+}
+
+/// The transformed weights `U[ξ][c][k] = (G·w[k][c]·Gᵀ)[ξ]` of `w: [k, c, 3, 3]`: the 16
+/// values of each (k, c) computed with output channels in parallel, then laid out per ξ
+/// (each ξ plane in parallel) so that the products read consecutive input channels from
+/// nearby memory.
 pub fn transform_weights(w: &[f32], k: usize, c: usize) -> Vec<f32> {
     use rayon::prelude::*;
-    let mut u = vec![0.0; 16 * c * k];
-    u.par_chunks_mut(16 * k).enumerate().for_each(|(cc, uc)| {
-        for kk in 0..k {
+    let mut tmp = vec![0.0f32; 16 * c * k];
+    tmp.par_chunks_mut(16 * c).enumerate().for_each(|(kk, tk)| {
+        for (cc, t16) in tk.chunks_mut(16).enumerate() {
             let g = &w[(kk * c + cc) * 9..][..9];
             // a = G·g (4x3), then u = a·Gᵀ (4x4)
             let mut a = [[0.0f32; 3]; 4];
@@ -73,9 +98,15 @@ pub fn transform_weights(w: &[f32], k: usize, c: usize) -> Vec<f32> {
             }
             for (i, r) in a.iter().enumerate() {
                 let row = [r[0], 0.5 * (r[0] + r[1] + r[2]), 0.5 * (r[0] - r[1] + r[2]), r[2]];
-                for (j, v) in row.iter().enumerate() {
-                    uc[(i * 4 + j) * k + kk] = *v;
-                }
+                t16[4 * i..4 * i + 4].copy_from_slice(&row);
+            }
+        }
+    });
+    let mut u = vec![0.0; 16 * c * k];
+    u.par_chunks_mut(c * k).enumerate().for_each(|(xi, ux)| {
+        for (cc, row) in ux.chunks_mut(k).enumerate() {
+            for (kk, v) in row.iter_mut().enumerate() {
+                *v = tmp[(kk * c + cc) * 16 + xi];
             }
         }
     });
@@ -99,16 +130,19 @@ pub fn forward_images(x: &[f32], u: &[f32], bias: Option<&[f32]>, g: &ConvGeomet
     SCRATCH.with(|s| {
         let (v, m) = &mut *s.borrow_mut();
         for (xs, ys) in x.chunks(chw * per).zip(y.chunks_mut(khw * per)) {
-            // SAFETY: fits() checked AVX-512; the group's slices have the sizes asserted above.
-            #[cfg(target_arch = "x86_64")]
-            unsafe {
-                group(xs, u, bias, g, ys, v, m)
+            for band in bands(g) {
+                // SAFETY: fits() checked AVX-512; the group's slices have the sizes asserted
+                // above.
+                #[cfg(target_arch = "x86_64")]
+                unsafe {
+                    group(xs, u, bias, g, band, ys, v, m)
+                }
             }
         }
     });
 }
 
-/// One group of images through the three steps.
+/// One band of tile rows of a group of images through the three steps.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::too_many_arguments)]
@@ -117,13 +151,14 @@ unsafe fn group(
     u: &[f32],
     bias: Option<&[f32]>,
     g: &ConvGeometry,
+    band: Band,
     y: &mut [f32],
     v: &mut Vec<f32>,
     m: &mut Vec<f32>,
 ) {
     let (c, k, h, w) = (g.c_in, g.c_out, g.h, g.w);
     let n = x.len() / (c * h * w);
-    let t_total = n * tiles_per_image(g);
+    let t_total = n * band.tiles_per_image();
     // V rows padded to whole 16-tile vectors; lanes past t_total are never stored
     let ts = t_total.div_ceil(16) * 16;
     let xs = xi_stride(c, ts);
@@ -133,7 +168,7 @@ unsafe fn group(
     // or asserted above; masked accesses cover the partial vectors.
     unsafe {
         for (i, xi) in x.chunks(c * h * w).enumerate() {
-            input_transform(xi, c, h, w, v, ts, i * tiles_per_image(g));
+            input_transform(xi, c, h, w, band, v, ts, i * band.tiles_per_image());
         }
         // per block of tiles: each ξ's slice of V stays in L1 while every output-channel
         // block reads it; M of the block (all ξ, all channels) then goes through the output
@@ -150,7 +185,7 @@ unsafe fn group(
                     }
                 }
             }
-            output_transform(m, nv, bias, g, t0, t_total, y);
+            output_transform(m, nv, bias, g, band, t0, t_total, y);
             t0 += nv * 16;
         }
     }
@@ -271,21 +306,22 @@ unsafe fn patch_transform(plane: *const f32, h: usize, w: usize, th: usize, tw0:
     }
 }
 
-/// Transforms one image `x: [c, h, w]` into `V[ξ][ch][t0 + tile]`.
+/// Transforms the band's tile rows of one image `x: [c, h, w]` into `V[ξ][ch][t0 + tile]`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn input_transform(x: &[f32], c: usize, h: usize, w: usize, v: &mut [f32], ts: usize, t0: usize) {
-    let tw_n = w / 2;
+#[allow(clippy::too_many_arguments)]
+unsafe fn input_transform(x: &[f32], c: usize, h: usize, w: usize, band: Band, v: &mut [f32], ts: usize, t0: usize) {
+    let tw_n = band.tw_n;
     let xs = xi_stride(c, ts);
     // SAFETY (whole body): the plane lies inside x; stores to n lanes at
     // t < t0 + tiles of this image ≤ ts.
     unsafe {
         for ch in 0..c {
             let plane = x.as_ptr().add(ch * h * w);
-            for th in 0..h / 2 {
+            for th in band.th0..band.th1 {
                 for tw0 in (0..tw_n).step_by(16) {
                     let vs = patch_transform(plane, h, w, th, tw0);
-                    let vt = v.as_mut_ptr().add(ch * ts + t0 + th * tw_n + tw0);
+                    let vt = v.as_mut_ptr().add(ch * ts + t0 + (th - band.th0) * tw_n + tw0);
                     let mask = lanes(tw_n - tw0);
                     for (xi, vv) in vs.iter().enumerate() {
                         _mm512_mask_storeu_ps(vt.add(xi * xs), mask, *vv);
@@ -315,14 +351,14 @@ unsafe fn products<const N: usize>(
     // 16·k·NV·16 floats.
     unsafe {
         let vp = v.as_ptr().add(xi * xi_stride(c, ts) + t0);
-        let up = u.as_ptr().add(xi * k + k0);
+        let up = u.as_ptr().add(xi * c * k + k0);
         let mut acc = [[_mm512_setzero_ps(); N]; KB];
         for ch in 0..c {
             let mut vv = [_mm512_setzero_ps(); N];
             for (j, a) in vv.iter_mut().enumerate() {
                 *a = _mm512_loadu_ps(vp.add(ch * ts + 16 * j));
             }
-            let uc = up.add(ch * 16 * k);
+            let uc = up.add(ch * k);
             for (kk, row) in acc.iter_mut().enumerate() {
                 let b = _mm512_set1_ps(*uc.add(kk));
                 for j in 0..N {
@@ -338,8 +374,9 @@ unsafe fn products<const N: usize>(
     }
 }
 
-/// 2x2 outputs of tiles t0..t0+16·nv (those < t_total) for every channel from `m`, plus
-/// bias, into `y: [n_g, k, h, w]`.
+/// 2x2 outputs of tiles t0..t0+16·nv (those < t_total) of the band for every channel from
+/// `m`, plus bias, into `y: [n_g, k, h, w]` (a partial last tile writes only its row or
+/// column inside the image).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::too_many_arguments)]
@@ -348,16 +385,17 @@ unsafe fn output_transform(
     nv: usize,
     bias: Option<&[f32]>,
     g: &ConvGeometry,
+    band: Band,
     t0: usize,
     t_total: usize,
     y: &mut [f32],
 ) {
     let (k, h, w) = (g.c_out, g.h, g.w);
-    let (tw_n, tpi) = (w / 2, tiles_per_image(g));
+    let (tw_n, tpi) = (band.tw_n, band.tiles_per_image());
     let il_lo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
     let il_hi = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
-    // SAFETY (whole body): m reads inside its 16·k·NV·16 floats; y writes at rows of tiles
-    // < t_total of this group, 2·s ≤ w - 2·tw floats each.
+    // SAFETY (whole body): m reads inside its 16·k·NV·16 floats; y writes at rows < h of
+    // tiles < t_total of this group, cols ≤ w - 2·tw floats each.
     unsafe {
         for kk in 0..k {
             let b = _mm512_set1_ps(bias.map_or(0.0, |b| b[kk]));
@@ -381,14 +419,19 @@ unsafe fn output_transform(
                 let first = t0 + 16 * j;
                 let end = (first + 16).min(t_total);
                 let (mut img, rest) = (first / tpi, first % tpi);
-                let (mut th, mut tw) = (rest / tw_n, rest % tw_n);
+                let (mut th, mut tw) = (band.th0 + rest / tw_n, rest % tw_n);
                 let mut t = first;
                 while t < end {
                     let s_n = (tw_n - tw).min(end - t);
                     // floats f0..f1 of the 32 go to dst..; the part in vector `half` is a masked
-                    // store whose lane L lands at dst + 16·half + L − f0
-                    let (f0, f1) = (2 * (t - first), 2 * (t - first + s_n));
+                    // store whose lane L lands at dst + 16·half + L − f0 (on an odd width the
+                    // row's last tile has one column)
+                    let cols = (2 * (tw + s_n)).min(w) - 2 * tw;
+                    let (f0, f1) = (2 * (t - first), 2 * (t - first) + cols);
                     for (r, row) in rows.iter().enumerate() {
+                        if 2 * th + r >= h {
+                            continue;
+                        }
                         let dst = y.as_mut_ptr().add(((img * k + kk) * h + 2 * th + r) * w + 2 * tw);
                         for (half, vec) in row.iter().enumerate() {
                             let (lo, hi) = (f0.max(16 * half), f1.min(16 * half + 16));
@@ -404,8 +447,8 @@ unsafe fn output_transform(
                     if tw == tw_n {
                         tw = 0;
                         th += 1;
-                        if th == h / 2 {
-                            th = 0;
+                        if th == band.th1 {
+                            th = band.th0;
                             img += 1;
                         }
                     }
@@ -434,16 +477,19 @@ pub fn weight_grad_images(x: &[f32], dy: &[f32], g: &ConvGeometry, du: &mut [f32
     SCRATCH.with(|s| {
         let (v, z) = &mut *s.borrow_mut();
         for (xs, dys) in x.chunks(chw * per).zip(dy.chunks(khw * per)) {
-            // SAFETY: fits() checked AVX-512; the group's slices have the sizes asserted above.
-            #[cfg(target_arch = "x86_64")]
-            unsafe {
-                weight_grad_group(xs, dys, g, du, v, z)
+            for band in bands(g) {
+                // SAFETY: fits() checked AVX-512; the group's slices have the sizes asserted
+                // above.
+                #[cfg(target_arch = "x86_64")]
+                unsafe {
+                    weight_grad_group(xs, dys, g, band, du, v, z)
+                }
             }
         }
     });
 }
 
-/// One group of images of [`weight_grad_images`].
+/// One band of tile rows of a group of images of [`weight_grad_images`].
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::too_many_arguments)]
@@ -451,12 +497,13 @@ unsafe fn weight_grad_group(
     x: &[f32],
     dy: &[f32],
     g: &ConvGeometry,
+    band: Band,
     du: &mut [f32],
     v: &mut Vec<f32>,
     z: &mut Vec<f32>,
 ) {
     let (c, k, h, w) = (g.c_in, g.c_out, g.h, g.w);
-    let (tpi, tw_n) = (tiles_per_image(g), w / 2);
+    let (tpi, tw_n) = (band.tiles_per_image(), band.tw_n);
     let n = x.len() / (c * h * w);
     let t_total = n * tpi;
     // V[ξ][t][c] (channels in lanes) and Z[ξ][k][t] (tiles in lanes), ξ planes a cache line
@@ -471,13 +518,13 @@ unsafe fn weight_grad_group(
         for (i, (xi, dyi)) in x.chunks(c * h * w).zip(dy.chunks(k * h * w)).enumerate() {
             let plane0 = xi.as_ptr();
             for c0 in (0..c).step_by(16) {
-                for th in 0..h / 2 {
+                for th in band.th0..band.th1 {
                     for tw0 in (0..tw_n).step_by(16) {
                         let nt = (tw_n - tw0).min(16);
                         for (cc, b) in block.iter_mut().enumerate() {
                             *b = patch_transform(plane0.add((c0 + cc) * h * w), h, w, th, tw0);
                         }
-                        let t = i * tpi + th * tw_n + tw0;
+                        let t = i * tpi + (th - band.th0) * tw_n + tw0;
                         for xi in 0..16 {
                             let rows: [__m512; 16] = std::array::from_fn(|cc| block[cc][xi]);
                             for (l, col) in super::conv_direct::transpose16(&rows).iter().take(nt).enumerate() {
@@ -490,11 +537,15 @@ unsafe fn weight_grad_group(
             let (even, odd) = even_odd();
             for kk in 0..k {
                 let plane = dyi.as_ptr().add(kk * h * w);
-                for th in 0..h / 2 {
+                for th in band.th0..band.th1 {
                     for tw0 in (0..tw_n).step_by(16) {
-                        // e[a][b]: output row 2·th + a, column 2·tile + b of 16 tiles
+                        // e[a][b]: output row 2·th + a, column 2·tile + b of 16 tiles (zero
+                        // past the image's last row or column)
                         let mut e = [[_mm512_setzero_ps(); 2]; 2];
                         for (a, ea) in e.iter_mut().enumerate() {
+                            if 2 * th + a >= h {
+                                continue;
+                            }
                             let col = 2 * tw0;
                             let (lo, hi) = load32(plane.add((2 * th + a) * w + col), w - col);
                             ea[0] = _mm512_permutex2var_ps(lo, even, hi);
@@ -507,7 +558,7 @@ unsafe fn weight_grad_group(
                             [_mm512_sub_ps(e[0][0], e[1][0]), _mm512_sub_ps(e[0][1], e[1][1])],
                             [_mm512_sub_ps(_mm512_setzero_ps(), e[1][0]), _mm512_sub_ps(_mm512_setzero_ps(), e[1][1])],
                         ];
-                        let zt = z.as_mut_ptr().add(kk * t_total + i * tpi + th * tw_n + tw0);
+                        let zt = z.as_mut_ptr().add(kk * t_total + i * tpi + (th - band.th0) * tw_n + tw0);
                         let mask = lanes(tw_n - tw0);
                         for (a, ra) in r.iter().enumerate() {
                             let cols = [
@@ -630,9 +681,18 @@ mod tests {
             (2, 17, 2, 2, 8),
             (1, 16, 6, 40, 16),
             (3, 32, 10, 14, 32),
+            // odd sides (a partial last tile), and images large enough to go in bands of
+            // tile rows (even and odd)
+            (2, 16, 7, 7, 16),
+            (3, 16, 5, 9, 8),
+            (1, 16, 50, 46, 8),
+            (1, 16, 51, 45, 16),
         ] {
             let g = ConvGeometry::new(n, c, h, w, k, 3, 1, 1).unwrap();
             assert!(fits(&g), "{g:?}");
+            if h > 40 {
+                assert!(bands(&g).count() > 1, "{g:?} should go in bands");
+            }
             let x = rand_vec(g.in_len(), &mut rng);
             let wt = rand_vec(g.weight_len(), &mut rng);
             let b = rand_vec(k, &mut rng);
