@@ -77,15 +77,25 @@ fn bands(g: &ConvGeometry) -> impl Iterator<Item = Band> {
     (0..th_n).step_by(rows).map(move |th0| Band { th0, th1: (th0 + rows).min(th_n), tw_n })
 }
 
-/// The transformed weights `U[ξ][c][k] = (G·w[k][c]·Gᵀ)[ξ]` of `w: [k, c, 3, 3]`: the 16
-/// values of each (k, c) computed with output channels in parallel, then laid out per ξ
-/// (each ξ plane in parallel) so that the products read consecutive input channels from
-/// nearby memory.
+/// The transformed weights `U[ξ][c][k] = (G·w[k][c]·Gᵀ)[ξ]` of `w: [k, c, 3, 3]` (the
+/// products read consecutive input channels from adjacent rows). Blocks of 32 input channels
+/// in parallel: a task writes rows c0..c0+32 of every ξ plane, reading for each output
+/// channel one contiguous run of w (channel by channel, the reads and writes of 512x512
+/// layers each touched a new page).
 pub fn transform_weights(w: &[f32], k: usize, c: usize) -> Vec<f32> {
     use rayon::prelude::*;
-    let mut tmp = vec![0.0f32; 16 * c * k];
-    tmp.par_chunks_mut(16 * c).enumerate().for_each(|(kk, tk)| {
-        for (cc, t16) in tk.chunks_mut(16).enumerate() {
+    /// The output's base pointer, shared by tasks that write disjoint rows.
+    #[derive(Clone, Copy)]
+    struct Rows(*mut f32);
+    // SAFETY: each task writes only the rows of its own input channel (see below).
+    unsafe impl Send for Rows {}
+    unsafe impl Sync for Rows {}
+    assert_eq!(w.len(), 9 * c * k);
+    let mut u = vec![0.0f32; 16 * c * k];
+    let rows = Rows(u.as_mut_ptr());
+    (0..c).into_par_iter().step_by(32).for_each(|c0| {
+        let rows = rows;
+        for (kk, cc) in (0..k).flat_map(|kk| (c0..(c0 + 32).min(c)).map(move |cc| (kk, cc))) {
             let g = &w[(kk * c + cc) * 9..][..9];
             // a = G·g (4x3), then u = a·Gᵀ (4x4)
             let mut a = [[0.0f32; 3]; 4];
@@ -98,15 +108,11 @@ pub fn transform_weights(w: &[f32], k: usize, c: usize) -> Vec<f32> {
             }
             for (i, r) in a.iter().enumerate() {
                 let row = [r[0], 0.5 * (r[0] + r[1] + r[2]), 0.5 * (r[0] - r[1] + r[2]), r[2]];
-                t16[4 * i..4 * i + 4].copy_from_slice(&row);
-            }
-        }
-    });
-    let mut u = vec![0.0; 16 * c * k];
-    u.par_chunks_mut(c * k).enumerate().for_each(|(xi, ux)| {
-        for (cc, row) in ux.chunks_mut(k).enumerate() {
-            for (kk, v) in row.iter_mut().enumerate() {
-                *v = tmp[(kk * c + cc) * 16 + xi];
+                for (j, v) in row.into_iter().enumerate() {
+                    // SAFETY: (ξ·c + cc)·k + kk < 16·c·k, and only this task writes rows
+                    // c0..c0 + 32 of each ξ plane; u outlives the parallel loop.
+                    unsafe { *rows.0.add(((i * 4 + j) * c + cc) * k + kk) = v };
+                }
             }
         }
     });
