@@ -90,11 +90,16 @@ pub fn transform_weights(w: &[f32], k: usize, c: usize) -> Vec<f32> {
     // SAFETY: each task writes only the rows of its own input channel (see below).
     unsafe impl Send for Rows {}
     unsafe impl Sync for Rows {}
+    impl Rows {
+        /// Element i (a method, so that closures capture the whole `Rows`, which is Send).
+        fn at(self, i: usize) -> *mut f32 {
+            self.0.wrapping_add(i)
+        }
+    }
     assert_eq!(w.len(), 9 * c * k);
     let mut u = vec![0.0f32; 16 * c * k];
     let rows = Rows(u.as_mut_ptr());
     (0..c).into_par_iter().step_by(32).for_each(|c0| {
-        let rows = rows;
         for (kk, cc) in (0..k).flat_map(|kk| (c0..(c0 + 32).min(c)).map(move |cc| (kk, cc))) {
             let g = &w[(kk * c + cc) * 9..][..9];
             // a = G·g (4x3), then u = a·Gᵀ (4x4)
@@ -111,7 +116,7 @@ pub fn transform_weights(w: &[f32], k: usize, c: usize) -> Vec<f32> {
                 for (j, v) in row.into_iter().enumerate() {
                     // SAFETY: (ξ·c + cc)·k + kk < 16·c·k, and only this task writes rows
                     // c0..c0 + 32 of each ξ plane; u outlives the parallel loop.
-                    unsafe { *rows.0.add(((i * 4 + j) * c + cc) * k + kk) = v };
+                    unsafe { *rows.at(((i * 4 + j) * c + cc) * k + kk) = v };
                 }
             }
         }
