@@ -111,7 +111,7 @@ fn forward_direct(
             sums.then(|| ChannelSums::of_image(yn, g.c_out, g.pq()))
         })
         .collect();
-    sums.then(|| ChannelSums::total(&per_image.into_iter().flatten().collect::<Vec<_>>(), g.c_out))
+    sums.then(|| ChannelSums::total(per_image.iter().flatten(), g.c_out))
 }
 
 /// Forward through the Winograd kernel (`winograd::fits` holds), image groups in parallel;
@@ -138,7 +138,7 @@ fn forward_winograd(
             }
         })
         .collect();
-    sums.then(|| ChannelSums::total(&per_group.into_iter().flatten().collect::<Vec<_>>(), g.c_out))
+    sums.then(|| ChannelSums::total(per_group.iter().flatten(), g.c_out))
 }
 
 /// Splits the batch across threads only when there is at least one image per thread.
@@ -201,7 +201,7 @@ fn forward(
                 sums.then(|| ChannelSums::of_image(yn, g.c_out, pq))
             })
             .collect();
-        return sums.then(|| ChannelSums::total(&per_image.into_iter().flatten().collect::<Vec<_>>(), g.c_out));
+        return sums.then(|| ChannelSums::total(per_image.iter().flatten(), g.c_out));
     }
     let mut col = Vec::new();
     for (yn, xn) in y.chunks_mut(g.c_out * pq).zip(x.chunks(chw)) {

@@ -15,6 +15,8 @@
 //! `conv.rs` dispatches here when the CPU has AVX-512 and the shapes fit ([`fits`]); the
 //! im2col + GEMM path and the reference twin stay for everything else and for the tests.
 
+#[cfg(target_arch = "x86_64")]
+use super::simd::lanes;
 use crate::geometry::ConvGeometry;
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
@@ -324,12 +326,6 @@ impl Block<'_> {
             store_block(&acc, out, pq);
         }
     }
-}
-
-/// The mask of the first `b` lanes.
-#[cfg(target_arch = "x86_64")]
-fn lanes(b: usize) -> __mmask16 {
-    ((1u32 << b) - 1) as __mmask16
 }
 
 /// 16 rows of `n ≤ 16` values at `src + l·stride` (l = 0..16), transposed: vector i holds

@@ -40,6 +40,8 @@ pub mod norm;
 pub mod pool;
 pub mod reference;
 pub mod sgemm512;
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod simd;
 pub mod sparsity;
 pub mod winograd;
 

@@ -145,7 +145,7 @@ impl ChannelSums {
     }
 
     /// The sum of per-image sums, added in the order given.
-    pub fn total(parts: &[ChannelSums], c: usize) -> Self {
+    pub fn total<'a>(parts: impl IntoIterator<Item = &'a ChannelSums>, c: usize) -> Self {
         let mut t = ChannelSums::zeros(c);
         for p in parts {
             t.sum.iter_mut().zip(&p.sum).for_each(|(a, b)| *a += b);
@@ -326,6 +326,8 @@ pub fn batch_norm_backward_sums(
     dbeta: &mut [f32],
 ) {
     let chw = c * hw;
+    // per-image pairs of per-channel sums, added in image order like the forward's; here
+    // `sum` holds Σ dz and `sumsq` Σ dz·(x − mean)
     let parts: Vec<ChannelSums> = x[..n * chw]
         .par_chunks(chw)
         .zip(dy[..n * chw].par_chunks(chw))
@@ -396,12 +398,8 @@ pub fn batch_norm_backward_input(
 /// vectorises them 4 lanes at a time with scalar loads and inserts, 3–4x slower.
 #[cfg(target_arch = "x86_64")]
 mod x86 {
+    use crate::kernels::simd::lanes;
     use std::arch::x86_64::*;
-
-    /// The first `n < 16` lanes.
-    fn head(n: usize) -> __mmask16 {
-        ((1u32 << n) - 1) as __mmask16
-    }
 
     #[target_feature(enable = "avx512f")]
     pub unsafe fn add_image_sums(x: &[f32], hw: usize, sum: &mut [f64], sumsq: &mut [f64]) {
@@ -416,7 +414,7 @@ mod x86 {
                     b = _mm512_fmadd_ps(v, v, b);
                 }
                 if full < p.len() {
-                    let v = _mm512_maskz_loadu_ps(head(p.len() - full), p.as_ptr().add(full));
+                    let v = _mm512_maskz_loadu_ps(lanes(p.len() - full), p.as_ptr().add(full));
                     a = _mm512_add_ps(a, v);
                     b = _mm512_fmadd_ps(v, v, b);
                 }
@@ -455,7 +453,7 @@ mod x86 {
                 step(_mm512_loadu_ps(x.as_ptr().add(i)), _mm512_loadu_ps(d.as_ptr().add(i)), 0xFFFF);
             }
             if full < n {
-                let m = head(n - full);
+                let m = lanes(n - full);
                 let (xv, dv) =
                     (_mm512_maskz_loadu_ps(m, x.as_ptr().add(full)), _mm512_maskz_loadu_ps(m, d.as_ptr().add(full)));
                 step(xv, dv, m);

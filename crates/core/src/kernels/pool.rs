@@ -107,27 +107,14 @@ pub fn max_pool_backward(dy: &[f32], argmax: &[u32], g: &PoolGeometry, dx: &mut 
 /// rows split by permutes.
 #[cfg(target_arch = "x86_64")]
 mod x86 {
+    use crate::kernels::simd::{even_odd, interleave, lanes, lanes32};
     use std::arch::x86_64::*;
-
-    fn lanes(n: usize) -> __mmask16 {
-        if n >= 16 {
-            0xFFFF
-        } else {
-            ((1u32 << n) - 1) as __mmask16
-        }
-    }
-
-    /// Lanes [0, n) of a 32-lane pair of masks.
-    fn lanes32(n: usize) -> (__mmask16, __mmask16) {
-        (lanes(n), lanes(n.saturating_sub(16)))
-    }
 
     /// One plane `x: [h, w]` into `y, arg: [ho, wo]` (arg: flat index of the maximum).
     #[target_feature(enable = "avx512f")]
     pub unsafe fn max_2x2_forward(x: &[f32], w: usize, ho: usize, wo: usize, y: &mut [f32], arg: &mut [u32]) {
-        let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-        let odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
-        let iota2 = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+        // the even indices are also the first input column of each of 16 windows
+        let ((even, odd), iota2) = (even_odd(), even_odd().0);
         assert!(ho == 0 || x.len() >= (2 * ho - 1) * w + 2 * wo);
         assert!(2 * wo <= w && y.len() >= ho * wo && arg.len() >= ho * wo);
         // SAFETY (whole body): reads of rows 2p, 2p + 1 masked to 2·wo ≤ w columns; writes
@@ -168,9 +155,7 @@ mod x86 {
     /// input position written, `dy` where it was its window's maximum, else 0.
     #[target_feature(enable = "avx512f")]
     pub unsafe fn max_2x2_backward(dy: &[f32], arg: &[u32], w: usize, ho: usize, wo: usize, dx: &mut [f32]) {
-        let il_lo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
-        let il_hi = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
-        let iota2 = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+        let ((il_lo, il_hi), iota2) = (interleave(), even_odd().0);
         assert!(dx.len() >= 2 * ho * w && 2 * wo == w && dy.len() >= ho * wo && arg.len() >= ho * wo);
         // SAFETY (whole body): reads masked to the wo outputs of row p; writes masked to the
         // 2·wo = w columns of rows 2p, 2p + 1.

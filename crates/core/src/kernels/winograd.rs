@@ -17,6 +17,8 @@
 //! Rounding differs from the direct kernel (the transforms add and subtract inputs); the
 //! agreement test bounds it.
 
+#[cfg(target_arch = "x86_64")]
+use super::simd::{even_odd, interleave, lanes, lanes32};
 use crate::geometry::ConvGeometry;
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
@@ -137,17 +139,29 @@ pub fn forward_images(x: &[f32], u: &[f32], bias: Option<&[f32]>, g: &ConvGeomet
     let (chw, khw) = (g.c_in * g.h * g.w, g.c_out * g.h * g.w);
     let n = x.len() / chw;
     assert!(x.len() == n * chw && y.len() == n * khw && u.len() == 16 * g.c_in * g.c_out);
+    for_each_band(g, n, |imgs, band, v, m| {
+        let ys = &mut y[imgs.start * khw..imgs.end * khw];
+        // SAFETY: fits() checked AVX-512; the group's slices have the sizes asserted above.
+        #[cfg(target_arch = "x86_64")]
+        unsafe {
+            group(&x[imgs.start * chw..imgs.end * chw], u, bias, g, band, ys, v, m)
+        }
+    });
+}
+
+/// Calls `f(images, band, v, m)` for every band of tile rows of every group of the `n`
+/// images, with this thread's two scratch buffers.
+fn for_each_band(
+    g: &ConvGeometry,
+    n: usize,
+    mut f: impl FnMut(std::ops::Range<usize>, Band, &mut Vec<f32>, &mut Vec<f32>),
+) {
     let per = images_per_group(g);
     SCRATCH.with(|s| {
         let (v, m) = &mut *s.borrow_mut();
-        for (xs, ys) in x.chunks(chw * per).zip(y.chunks_mut(khw * per)) {
+        for i0 in (0..n).step_by(per) {
             for band in bands(g) {
-                // SAFETY: fits() checked AVX-512; the group's slices have the sizes asserted
-                // above.
-                #[cfg(target_arch = "x86_64")]
-                unsafe {
-                    group(xs, u, bias, g, band, ys, v, m)
-                }
+                f(i0..(i0 + per).min(n), band, v, m);
             }
         }
     });
@@ -228,27 +242,6 @@ fn aligned(buf: &mut Vec<f32>, len: usize) -> &mut [f32] {
     &mut buf[skip..skip + len]
 }
 
-/// Lanes 0..n.
-#[cfg(target_arch = "x86_64")]
-fn lanes(n: usize) -> __mmask16 {
-    if n >= 16 {
-        0xFFFF
-    } else {
-        ((1u32 << n) - 1) as __mmask16
-    }
-}
-
-/// Even and odd lanes of two concatenated vectors (the permutes that split 32 consecutive
-/// floats into the columns 2·tile and 2·tile + 1 of 16 tiles).
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-fn even_odd() -> (__m512i, __m512i) {
-    (
-        _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30),
-        _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31),
-    )
-}
-
 /// 32 floats from `p` (`avail` of them readable; the rest read as zero).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
@@ -258,8 +251,8 @@ unsafe fn load32(p: *const f32, avail: usize) -> (__m512, __m512) {
         if avail >= 32 {
             (_mm512_loadu_ps(p), _mm512_loadu_ps(p.add(16)))
         } else {
-            let lo = _mm512_maskz_loadu_ps(lanes(avail), p);
-            (lo, _mm512_maskz_loadu_ps(lanes(avail.saturating_sub(16)), p.add(16)))
+            let (m_lo, m_hi) = lanes32(avail);
+            (_mm512_maskz_loadu_ps(m_lo, p), _mm512_maskz_loadu_ps(m_hi, p.add(16)))
         }
     }
 }
@@ -403,8 +396,7 @@ unsafe fn output_transform(
 ) {
     let (k, h, w) = (g.c_out, g.h, g.w);
     let (tw_n, tpi) = (band.tw_n, band.tiles_per_image());
-    let il_lo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
-    let il_hi = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+    let (il_lo, il_hi) = interleave();
     // SAFETY (whole body): m reads inside its 16·k·NV·16 floats; y writes at rows < h of
     // tiles < t_total of this group, cols ≤ w - 2·tw floats each.
     unsafe {
@@ -484,18 +476,12 @@ pub fn weight_grad_images(x: &[f32], dy: &[f32], g: &ConvGeometry, du: &mut [f32
     let (chw, khw) = (g.c_in * g.h * g.w, g.c_out * g.h * g.w);
     let n = x.len() / chw;
     assert!(x.len() == n * chw && dy.len() == n * khw && du.len() == 16 * g.c_in * g.c_out);
-    let per = images_per_group(g);
-    SCRATCH.with(|s| {
-        let (v, z) = &mut *s.borrow_mut();
-        for (xs, dys) in x.chunks(chw * per).zip(dy.chunks(khw * per)) {
-            for band in bands(g) {
-                // SAFETY: fits() checked AVX-512; the group's slices have the sizes asserted
-                // above.
-                #[cfg(target_arch = "x86_64")]
-                unsafe {
-                    weight_grad_group(xs, dys, g, band, du, v, z)
-                }
-            }
+    for_each_band(g, n, |imgs, band, v, z| {
+        let (xs, dys) = (&x[imgs.start * chw..imgs.end * chw], &dy[imgs.start * khw..imgs.end * khw]);
+        // SAFETY: fits() checked AVX-512; the group's slices have the sizes asserted above.
+        #[cfg(target_arch = "x86_64")]
+        unsafe {
+            weight_grad_group(xs, dys, g, band, du, v, z)
         }
     });
 }
