@@ -34,23 +34,13 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
     let normalize: Normalize = serde_json::from_value(c.meta["normalize"].clone())
         .with_context(|| format!("{}: no `normalize` metadata", a.checkpoint.display()))?;
     let data = a.data.load()?;
-    if data.test.shape[0] != model.config.in_shape[0] || data.class_names.len() != model.config.classes {
-        anyhow::bail!(
-            "{} was trained on {}-channel images with {} classes, but --data {} has {}-channel images with {} classes",
-            a.checkpoint.display(),
-            model.config.in_shape[0],
-            model.config.classes,
-            a.data.data,
-            data.test.shape[0],
-            data.class_names.len()
-        );
-    }
+    crate::common::check_data_fits(&a.checkpoint, &model.config, &data, &a.data.data)?;
     let test = Arc::new(match a.limit {
         Some(n) => data.test.take(n),
         None => data.test.clone(),
     });
     let mut bars = Bars::new(a.json);
-    let r = tern_train::evaluate(&mut model, &CpuBackend, test, &normalize, a.batch, &mut bars);
+    let r = tern_train::evaluate(&mut model, &CpuBackend, test, &normalize, a.batch, &mut bars)?;
     bars.finish();
     if a.json {
         println!(

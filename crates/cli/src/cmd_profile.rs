@@ -15,7 +15,7 @@ use tern_core::quant::TernaryConfig;
 use tern_core::{Backend, CpuBackend, Rng, Tensor};
 use tern_data::{Augment, BatchIter, LoaderConfig, Normalize};
 use tern_train::layer::Ctx;
-use tern_train::profile::{Profiler, PASSES};
+use tern_train::profile::{LayerProfile, Profiler, PASSES};
 use tern_train::{Model, ModelConfig};
 
 #[derive(Args, Debug)]
@@ -73,6 +73,7 @@ pub fn run(a: ProfileArgs) -> anyhow::Result<()> {
         let normalize: Normalize = serde_json::from_value(c.meta["normalize"].clone())
             .with_context(|| format!("{}: no `normalize` metadata", path.display()))?;
         let data = a.data.load()?;
+        crate::common::check_data_fits(path, &model.config, &data, &a.data.data)?;
         let cfg = LoaderConfig {
             batch_size: a.batch,
             shuffle: true,
@@ -83,6 +84,7 @@ pub fn run(a: ProfileArgs) -> anyhow::Result<()> {
             prefetch: 2,
         };
         for b in BatchIter::new(Arc::new(data.train.clone()), cfg, 0, false).take(a.batches) {
+            let b = b?;
             step(&mut model, &be, &prof, &b.x, &b.labels);
         }
         source = format!("{} on {} training images ({} batches of {})", path.display(), data.name, a.batches, a.batch);
@@ -121,7 +123,10 @@ pub fn run(a: ProfileArgs) -> anyhow::Result<()> {
         let mut recs = Vec::new();
         for o in &p.operands {
             let g = &o.geometry;
-            recs.push(MaskRecord::from_values(&o.name, Operand::Weight, &[g.c_out, g.c_in, g.k_h, g.k_w], &o.w));
+            recs.push(
+                MaskRecord::from_values(&o.name, Operand::Weight, &[g.c_out, g.c_in, g.k_h, g.k_w], &o.w)
+                    .with_stride_pad(g.stride, g.pad),
+            );
             recs.push(MaskRecord::from_values(&o.name, Operand::Input, &[g.n, g.c_in, g.h, g.w], &o.x));
             if let Some(dy) = &o.dy {
                 recs.push(MaskRecord::from_values(
@@ -162,8 +167,9 @@ fn write_outputs(
     let mut csv = String::from(
         "layer,kind,pass,k,crs,pq,macs,nonzero_macs,nonzero_frac,weight_zero_frac,input_zero_frac,grad_zero_frac,ms\n",
     );
+    // passes that never ran (the first layer's input gradient) get no row: count only what runs
     for l in &p.layers {
-        for (i, pass) in PASSES.iter().enumerate() {
+        for (i, pass) in PASSES.iter().enumerate().filter(|&(i, _)| Profiler::ran(l, i)) {
             csv.push_str(&format!(
                 "{},{},{},{},{},{},{},{},{:.6},{:.6},{:.6},{:.6},{:.3}\n",
                 l.name,
@@ -200,16 +206,23 @@ fn write_outputs(
         "best-case ms",
     ]);
     let mut best_total = 0.0;
+    let frac = |l: &LayerProfile, k: usize| {
+        if Profiler::ran(l, k) {
+            format!("{:.2}", l.nonzero_frac(k))
+        } else {
+            "-".into()
+        }
+    };
     for (i, l) in p.layers.iter().enumerate() {
-        let best: f64 = (0..3).map(|k| l.ms[k] * l.nonzero_frac(k)).sum();
+        let best: f64 = (0..3).filter(|&k| Profiler::ran(l, k)).map(|k| l.ms[k] * l.nonzero_frac(k)).sum();
         best_total += best;
         let tot: f64 = l.ms.iter().sum();
         t.row(vec![
             (i + 1).to_string(),
             l.name.clone(),
-            format!("{:.2}", l.nonzero_frac(0)),
-            format!("{:.2}", l.nonzero_frac(1)),
-            format!("{:.2}", l.nonzero_frac(2)),
+            frac(l, 0),
+            frac(l, 1),
+            frac(l, 2),
             format!("{:.1}", l.ms[0]),
             format!("{:.1}", l.ms[1]),
             format!("{:.1}", l.ms[2]),
@@ -261,7 +274,7 @@ fn write_outputs(
     let mut wl = Vec::new();
     let mut wcsv = String::from("layer,pass,k,crs,pq,a_zero_frac,b_zero_frac,nonzero_frac\n");
     for l in &p.layers {
-        for (i, pass) in PASSES.iter().enumerate() {
+        for (i, pass) in PASSES.iter().enumerate().filter(|&(i, _)| Profiler::ran(l, i)) {
             let (a_name, a, b_name, b) = match i {
                 0 => ("weight", l.weight_zero_frac(), "input", l.input_zero_frac()),
                 1 => ("weight", l.weight_zero_frac(), "output_grad", l.grad_zero_frac()),
@@ -306,7 +319,13 @@ fn write_outputs(
     write_atomic(&out.join("fig1.svg"), fig1.as_bytes())?;
     let series = |k: usize, name: &str| Series {
         name: name.into(),
-        points: p.layers.iter().enumerate().map(|(i, l)| ((i + 1) as f64, l.nonzero_frac(k))).collect(),
+        points: p
+            .layers
+            .iter()
+            .enumerate()
+            .filter(|(_, l)| Profiler::ran(l, k))
+            .map(|(i, l)| ((i + 1) as f64, l.nonzero_frac(k)))
+            .collect(),
     };
     let layers = line_charts(&[Panel {
         title: "Non-zero fraction per layer".into(),

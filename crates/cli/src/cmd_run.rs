@@ -458,7 +458,8 @@ fn build_report(plan: &Plan, out: &Path, stages: &[Stage], seconds: &[f64], tota
     let (lf, lt) = (layers(&prof[0]), layers(&prof[1]));
     let mut rows = Vec::new();
     for (i, (a, b)) in lf.iter().zip(&lt).enumerate() {
-        let nz = |l: &Value, k: usize| format!("{:.2}", f(&l["nonzero_frac"][k]));
+        // null: the pass never ran (the first layer's input gradient)
+        let nz = |l: &Value, k: usize| l["nonzero_frac"][k].as_f64().map_or("-".into(), |v| format!("{v:.2}"));
         rows.push(vec![
             (i + 1).to_string(),
             a["name"].as_str().unwrap_or("").to_string(),

@@ -35,3 +35,25 @@ pub fn parse_input_size(s: &str) -> Result<usize, String> {
     }
     Ok(v)
 }
+
+/// Refuses data whose channel or class count differs from what the checkpoint was trained
+/// on (the loader would otherwise fail deep inside a batch).
+pub fn check_data_fits(
+    checkpoint: &std::path::Path,
+    model: &tern_train::ModelConfig,
+    data: &DataSplit,
+    data_flag: &str,
+) -> anyhow::Result<()> {
+    if data.test.shape[0] != model.in_shape[0] || data.class_names.len() != model.classes {
+        anyhow::bail!(
+            "{} was trained on {}-channel images with {} classes, but --data {} has {}-channel images with {} classes",
+            checkpoint.display(),
+            model.in_shape[0],
+            model.classes,
+            data_flag,
+            data.test.shape[0],
+            data.class_names.len()
+        );
+    }
+    Ok(())
+}

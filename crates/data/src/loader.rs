@@ -6,7 +6,8 @@ use crate::transform::{render_sample, Augment, Normalize};
 use crate::Dataset;
 use std::sync::mpsc::{sync_channel, Receiver};
 use std::sync::Arc;
-use tern_core::{Rng, Tensor};
+use std::thread::JoinHandle;
+use tern_core::{Error, Result, Rng, Tensor};
 
 #[derive(Clone, Debug)]
 pub struct LoaderConfig {
@@ -61,10 +62,13 @@ pub fn make_batch(
     Batch { x: Tensor::from_vec(&[n, c, h, w], x), labels }
 }
 
-/// Iterator over one epoch's batches, produced on a background thread.
+/// Iterator over one epoch's batches, produced on a background thread. A producer that
+/// dies (a panic while rendering a sample) ends the iteration with an error carrying its
+/// message, never with a silently short epoch.
 pub struct BatchIter {
     rx: Receiver<Batch>,
     remaining: usize,
+    producer: Option<JoinHandle<()>>,
 }
 
 impl BatchIter {
@@ -73,7 +77,7 @@ impl BatchIter {
         let order = epoch_order(ds.len(), cfg.seed, epoch, cfg.shuffle);
         let batches = ds.len().div_ceil(cfg.batch_size.max(1));
         let (tx, rx) = sync_channel(cfg.prefetch.max(1));
-        std::thread::spawn(move || {
+        let producer = std::thread::spawn(move || {
             for (b, chunk) in order.chunks(cfg.batch_size.max(1)).enumerate() {
                 let batch = make_batch(&ds, chunk, &cfg, epoch, b * cfg.batch_size, augment);
                 if tx.send(batch).is_err() {
@@ -81,7 +85,7 @@ impl BatchIter {
                 }
             }
         });
-        BatchIter { rx, remaining: batches }
+        BatchIter { rx, remaining: batches, producer: Some(producer) }
     }
 
     pub fn len(&self) -> usize {
@@ -93,12 +97,35 @@ impl BatchIter {
 }
 
 impl Iterator for BatchIter {
-    type Item = Batch;
-    fn next(&mut self) -> Option<Batch> {
-        let b = self.rx.recv().ok()?;
-        self.remaining -= 1;
-        Some(b)
+    type Item = Result<Batch>;
+    fn next(&mut self) -> Option<Result<Batch>> {
+        if self.remaining == 0 {
+            return None;
+        }
+        match self.rx.recv() {
+            Ok(b) => {
+                self.remaining -= 1;
+                Some(Ok(b))
+            }
+            Err(_) => {
+                // The producer hung up before the last batch: it panicked.
+                let left = std::mem::take(&mut self.remaining);
+                let why = match self.producer.take().map(JoinHandle::join) {
+                    Some(Err(payload)) => panic_message(payload.as_ref()),
+                    _ => "the producer thread stopped".to_string(),
+                };
+                Some(Err(Error::invalid("data loader", format!("failed with {left} batches left: {why}"))))
+            }
+        }
     }
+}
+
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "panic without a message".into())
 }
 
 #[cfg(test)]
@@ -129,9 +156,8 @@ mod tests {
     #[test]
     fn deterministic_per_seed_and_epoch_and_covers_every_sample() {
         let ds = Arc::new(toy(10));
-        let a: Vec<Batch> = BatchIter::new(ds.clone(), cfg(1), 3, true).collect();
-        let b: Vec<Batch> = BatchIter::new(ds.clone(), cfg(1), 3, true).collect();
-        let c: Vec<Batch> = BatchIter::new(ds.clone(), cfg(1), 4, true).collect();
+        let all = |epoch| BatchIter::new(ds.clone(), cfg(1), epoch, true).collect::<Result<Vec<Batch>>>().unwrap();
+        let (a, b, c) = (all(3), all(3), all(4));
         assert_eq!(a.len(), 3);
         assert_eq!(a.last().unwrap().labels.len(), 2);
         for (x, y) in a.iter().zip(&b) {
@@ -143,5 +169,20 @@ mod tests {
         order.sort();
         assert_eq!(order, (0..10).collect::<Vec<_>>());
         assert_eq!(a[0].x.shape(), &[4, 1, 4, 4]);
+    }
+
+    #[test]
+    fn a_producer_panic_is_an_error_not_a_short_epoch() {
+        // a data set whose image buffer is too short: rendering the last samples panics
+        let mut ds = toy(10);
+        ds.images.truncate(6 * 4);
+        let mut c = cfg(1);
+        c.shuffle = false;
+        let got: Vec<Result<Batch>> = BatchIter::new(Arc::new(ds), c, 0, false).collect();
+        assert!(got[0].is_ok());
+        let err = got.iter().find_map(|r| r.as_ref().err()).expect("an error, not a silently short epoch");
+        let msg = err.to_string();
+        assert!(msg.contains("data loader") && msg.contains("batches left"), "{msg}");
+        assert!(got.last().unwrap().is_err());
     }
 }

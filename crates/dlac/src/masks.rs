@@ -63,10 +63,22 @@ pub struct OpMasks {
     pub bt: BitMatrix,
 }
 
-/// Stride and (symmetric) padding that map `h` to `p` with a kernel of `r`.
-fn infer_stride_pad(h: usize, r: usize, p: usize) -> Option<(usize, usize)> {
+/// Every stride and (symmetric) padding up to half the kernel (as PyTorch allows) that map
+/// `h` to `p` with a kernel of `r`.
+fn stride_pad_candidates(h: usize, r: usize, p: usize) -> Vec<(usize, usize)> {
     (1..=r.max(4))
-        .find_map(|s| (0..=r).find(|&pad| h + 2 * pad >= r && (h + 2 * pad - r) / s + 1 == p).map(|pad| (s, pad)))
+        .flat_map(|s| (0..=r / 2).map(move |pad| (s, pad)))
+        .filter(|&(s, pad)| h + 2 * pad >= r && (h + 2 * pad - r) / s + 1 == p)
+        .collect()
+}
+
+/// The one stride and padding that fit (version-1 mask files carry none); None when no
+/// candidate or several fit both sides.
+fn infer_stride_pad(h: usize, r: usize, p: usize, w: usize, s: usize, q: usize) -> Option<(usize, usize)> {
+    let rows = stride_pad_candidates(h, r, p);
+    let cols = stride_pad_candidates(w, s, q);
+    let both: Vec<_> = rows.into_iter().filter(|c| cols.contains(c)).collect();
+    (both.len() == 1).then(|| both[0])
 }
 
 impl OpMasks {
@@ -116,13 +128,26 @@ impl OpMasks {
                 format!("`{}`: output {p}x{q} does not match the workload's PQ {}", op.name, op.pq),
             ));
         }
-        let geometry = infer_stride_pad(h, kr, p).zip(infer_stride_pad(wd, ks, q)).ok_or_else(|| {
-            Error::format(
+        let (stride, pad) = match w.stride_pad {
+            Some(sp) => sp,
+            None => infer_stride_pad(h, kr, p, wd, ks, q).ok_or_else(|| {
+                Error::format(
+                    source,
+                    format!(
+                        "`{}`: the file does not say its stride and padding, and no single choice maps {h}x{wd} to {p}x{q} with a {kr}x{ks} kernel (profile again to write version-2 masks)",
+                        op.name
+                    ),
+                )
+            })?,
+        };
+        let fits = |n: usize, k: usize, o: usize| n + 2 * pad >= k && (n + 2 * pad - k) / stride + 1 == o;
+        if !(fits(h, kr, p) && fits(wd, ks, q)) {
+            return Err(Error::format(
                 source,
-                format!("`{}`: no stride/padding maps {h}x{wd} to {p}x{q} with a {kr}x{ks} kernel", op.name),
-            )
-        })?;
-        let ((sh, ph), (sw, pw)) = geometry;
+                format!("`{}`: stride {stride}, padding {pad} do not map {h}x{wd} to {p}x{q}", op.name),
+            ));
+        }
+        let ((sh, ph), (sw, pw)) = ((stride, pad), (stride, pad));
         // image 0's im2col entry (crs, pq)
         let xcol = |ci: usize, pi: usize| -> bool {
             let (cc, rr, ss) = (ci / (kr * ks), ci / ks % kr, ci % ks);
@@ -187,12 +212,35 @@ mod tests {
     }
 
     #[test]
-    fn stride_and_padding_are_inferred() {
-        assert_eq!(infer_stride_pad(56, 3, 56), Some((1, 1)));
-        assert_eq!(infer_stride_pad(56, 3, 28), Some((2, 1)));
-        assert_eq!(infer_stride_pad(56, 1, 28), Some((2, 0)));
-        assert_eq!(infer_stride_pad(224, 7, 112), Some((2, 3)));
-        assert_eq!(infer_stride_pad(28, 5, 24), Some((1, 0)));
+    fn stride_and_padding_are_inferred_only_when_unambiguous() {
+        assert_eq!(infer_stride_pad(56, 3, 56, 56, 3, 56), Some((1, 1)));
+        assert_eq!(infer_stride_pad(56, 3, 28, 56, 3, 28), Some((2, 1)));
+        assert_eq!(infer_stride_pad(224, 7, 112, 224, 7, 112), Some((2, 3)));
+        // 5 -> 3 with a 3x3 kernel: stride 1 pad 0, or stride 2 pad 1
+        assert_eq!(infer_stride_pad(5, 3, 3, 5, 3, 3), None);
+        assert_eq!(infer_stride_pad(4, 3, 2, 4, 3, 2), None);
+    }
+
+    #[test]
+    fn the_recorded_stride_decides_where_shapes_are_ambiguous() {
+        // 3x3 on 5x5 -> 3x3: stride 2 pad 1 reads the padding at output (0,0), tap (0,0);
+        // stride 1 pad 0 reads x[0][0]
+        let xv = vec![1.0; 25];
+        let wv = vec![1.0; 9];
+        let op = MmOp::new("l", "forward", 1, 9, 9, 0.0, 0.0);
+        let with = |sp: Option<(usize, usize)>| {
+            let mut w = MaskRecord::from_values("l", Operand::Weight, &[1, 1, 3, 3], &wv);
+            w.stride_pad = sp;
+            vec![w, MaskRecord::from_values("l", Operand::Input, &[1, 1, 5, 5], &xv)]
+        };
+        let s2 = OpMasks::from_records(&op, &with(Some((2, 1))), "t").unwrap();
+        assert_eq!(s2.bt.bits(0, 0, 1), 0);
+        let s1 = OpMasks::from_records(&op, &with(Some((1, 0))), "t").unwrap();
+        assert_eq!(s1.bt.bits(0, 0, 1), 1);
+        let e = OpMasks::from_records(&op, &with(None), "old.bin").unwrap_err().to_string();
+        assert!(e.contains("no single choice"), "{e}");
+        let e = OpMasks::from_records(&op, &with(Some((3, 0))), "t").unwrap_err().to_string();
+        assert!(e.contains("do not map"), "{e}");
     }
 
     #[test]

@@ -27,8 +27,8 @@ pub struct LayerProfile {
     pub input_values: u64,
     pub grad_zeros: u64,
     pub grad_values: u64,
-    /// Wall time of each pass, milliseconds (0 for a pass that did not run, e.g. the first
-    /// layer's input gradient).
+    /// Wall time of each pass, milliseconds. A pass that did not run (the first layer's input
+    /// gradient) has zero multiply-adds and zero time.
     pub ms: [f64; 3],
 }
 
@@ -103,37 +103,35 @@ impl Profiler {
         }
     }
 
-    /// The backward passes: the input gradient (if it ran, `input_ms`) and the weight gradient.
-    pub fn record_backward(
-        &mut self,
-        name: &str,
-        kind: &str,
-        g: &ConvGeometry,
-        x: &[f32],
-        w: &[f32],
-        dy: &[f32],
-        weight_ms: f64,
-    ) {
+    /// The input-gradient pass ("backward"), counted only when it runs (never for the first
+    /// layer of a network): w the weights the forward used, dy the output gradient.
+    pub fn record_input_grad(&mut self, name: &str, kind: &str, g: &ConvGeometry, w: &[f32], dy: &[f32], ms: f64) {
         let back = sparsity::backward_nonzero(w, dy, g);
-        let grad = sparsity::weight_grad_nonzero(x, dy, g);
-        let dense = (g.n * g.c_out * g.crs() * g.pq()) as u64;
         let e = self.entry(name, kind, g);
-        e.macs[1] += dense;
-        e.macs[2] += dense;
+        e.macs[1] += (g.n * g.c_out * g.crs() * g.pq()) as u64;
         e.nonzero[1] += back.macs;
+        e.ms[1] += ms;
+    }
+
+    /// The weight-gradient pass ("GradUpdate"), which every trained layer runs: x the cached
+    /// input, dy the output gradient (whose zeros are counted here, once per step).
+    pub fn record_weight_grad(&mut self, name: &str, kind: &str, g: &ConvGeometry, x: &[f32], dy: &[f32], ms: f64) {
+        let grad = sparsity::weight_grad_nonzero(x, dy, g);
+        let dy_nonzero = dy.iter().filter(|&&v| v != 0.0).count() as u64;
+        let e = self.entry(name, kind, g);
+        e.macs[2] += (g.n * g.c_out * g.crs() * g.pq()) as u64;
         e.nonzero[2] += grad;
-        e.grad_zeros += dy.len() as u64 - back.b;
+        e.grad_zeros += dy.len() as u64 - dy_nonzero;
         e.grad_values += dy.len() as u64;
-        e.ms[2] += weight_ms;
+        e.ms[2] += ms;
         if let Some(o) = self.operands.iter_mut().find(|o| o.name == name) {
             o.dy = Some(dy.to_vec());
         }
     }
 
-    pub fn record_input_time(&mut self, name: &str, ms: f64) {
-        if let Some(e) = self.layers.iter_mut().find(|l| l.name == name) {
-            e.ms[1] += ms;
-        }
+    /// Whether `pass` ran for layer `l` (the first layer's input gradient never does).
+    pub fn ran(l: &LayerProfile, pass: usize) -> bool {
+        l.macs[pass] > 0
     }
 
     /// Σ non-zero / Σ dense over all layers, per pass (the paper's Fig. 1 numbers).
@@ -211,11 +209,14 @@ mod tests {
         let p = prof.into_inner();
         let names: Vec<&str> = p.layers.iter().map(|l| l.name.as_str()).collect();
         assert_eq!(names, ["stem", "block.conv1", "block.conv2", "block.sc.conv", "fc"]);
-        for (l, o) in p.layers.iter().zip(&p.operands) {
+        for (i, (l, o)) in p.layers.iter().zip(&p.operands).enumerate() {
             let want = conv_pass_counts_reference(&o.x, &o.w, o.dy.as_deref(), &o.geometry);
-            assert_eq!(l.macs, [want.dense; 3], "{}", l.name);
-            assert_eq!(l.nonzero, [want.forward, want.backward, want.weight_grad], "{}", l.name);
+            // the stem's input gradient never runs, so it is not counted
+            let back = if i == 0 { (0, 0) } else { (want.dense, want.backward) };
+            assert_eq!(l.macs, [want.dense, back.0, want.dense], "{}", l.name);
+            assert_eq!(l.nonzero, [want.forward, back.1, want.weight_grad], "{}", l.name);
         }
+        assert!(!Profiler::ran(&p.layers[0], 1) && Profiler::ran(&p.layers[1], 1));
         // totals are the sums over layers
         let t = p.totals();
         for pass in 0..3 {
@@ -224,6 +225,7 @@ mod tests {
             assert!((t[pass] - nz as f64 / dense as f64).abs() < 1e-12);
             assert!(t[pass] < 1.0);
         }
+        assert_eq!(p.layers[0].nonzero_frac(1).is_nan(), true);
         assert!(p.layers[1].weight_zero_frac() > 0.2 && p.layers[1].input_zero_frac() > 0.2);
         // the zero fractions found on the way equal direct counts
         for (l, o) in p.layers.iter().zip(&p.operands) {

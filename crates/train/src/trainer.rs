@@ -144,7 +144,7 @@ pub fn evaluate(
     normalize: &Normalize,
     batch: usize,
     obs: &mut dyn Observer,
-) -> EvalResult {
+) -> Result<EvalResult> {
     let ctx = Ctx::new(backend, false);
     let cfg = loader(normalize, model.config.in_shape, batch, 0, false, Augment::default());
     let iter = BatchIter::new(ds, cfg, 0, false);
@@ -152,6 +152,7 @@ pub fn evaluate(
     let classes = model.config.classes;
     let (mut c1, mut c5, mut loss, mut n) = (0usize, 0usize, 0.0f64, 0usize);
     for b in iter {
+        let b = b?;
         let logits = model.forward(&ctx, &b.x);
         let mut d = vec![0.0; logits.len()];
         loss += backend.softmax_cross_entropy(logits.data(), &b.labels, classes, None, &mut d) as f64
@@ -162,7 +163,7 @@ pub fn evaluate(
         obs.eval_batch();
     }
     let n_f = n.max(1) as f64;
-    EvalResult { top1: c1 as f64 / n_f, top5: c5 as f64 / n_f, loss: loss / n_f, samples: n }
+    Ok(EvalResult { top1: c1 as f64 / n_f, top5: c5 as f64 / n_f, loss: loss / n_f, samples: n })
 }
 
 pub struct Trainer {
@@ -310,6 +311,7 @@ impl Trainer {
         let (mut loss_sum, mut correct, mut seen) = (0.0f64, 0usize, 0usize);
         let mut lr = self.schedule.lr(epoch, 0.0);
         for (bi, b) in iter.enumerate() {
+            let b = b?;
             lr = self.schedule.lr(epoch, bi as f64 / batches as f64);
             let mut ctx = Ctx::new(self.backend.as_ref(), true);
             if profile_now && bi == 0 {
@@ -349,9 +351,21 @@ impl Trainer {
         }
         let train_secs = start.elapsed().as_secs_f64();
         self.model.clear_cache();
+        // The last update can turn the weights non-finite with a finite loss: never evaluate
+        // (NaN logits) or save such a model.
+        if let Some(param) = self.model.first_non_finite_param() {
+            return Err(Error::NonFinite {
+                step: self.step,
+                what: format!(
+                    "parameter {param} is not finite after the last update of epoch {}; {}",
+                    epoch + 1,
+                    self.kept_checkpoint(self.history.len())
+                ),
+            });
+        }
         let train_acc = correct as f64 / seen.max(1) as f64;
         self.schedule.end_epoch(epoch, 1.0 - train_acc);
-        let ev = evaluate(&mut self.model, self.backend.as_ref(), self.test.clone(), &self.normalize, 256, obs);
+        let ev = evaluate(&mut self.model, self.backend.as_ref(), self.test.clone(), &self.normalize, 256, obs)?;
         let mut zf = Vec::new();
         self.model.visit_mm_layers(&mut |_, t| {
             if t.config.is_some() {
@@ -377,14 +391,15 @@ impl Trainer {
         })
     }
 
-    /// Builds the NaN/Inf error: re-runs the batch with the finite-value probe on.
+    /// Builds the NaN/Inf error: re-runs the batch with the finite-value probe on, in train
+    /// mode as the step ran it (batch statistics in BN: eval mode could name another layer).
     fn non_finite(&mut self, x: &Tensor, loss: f32) -> Error {
-        let mut ctx = Ctx::new(self.backend.as_ref(), false);
+        let mut ctx = Ctx::new(self.backend.as_ref(), true);
         ctx.check_finite = true;
         self.model.forward(&ctx, x);
+        self.model.clear_cache();
         let layer = ctx.first_non_finite.borrow().clone();
         let param = self.model.first_non_finite_param();
-        let kept = self.out_dir.join(CHECKPOINT_FILE);
         Error::NonFinite {
             step: self.step,
             what: format!(
@@ -392,12 +407,19 @@ impl Trainer {
                 self.next_epoch + 1,
                 layer.unwrap_or_else(|| "none (the loss itself overflowed)".into()),
                 param.unwrap_or_else(|| "none".into()),
-                if kept.exists() {
-                    format!("the last good checkpoint is kept at {}", kept.display())
-                } else {
-                    "no checkpoint was written yet".into()
-                },
+                self.kept_checkpoint(self.history.len()),
             ),
+        }
+    }
+
+    /// What is on disk after a failure: saves never write non-finite weights, so an existing
+    /// checkpoint is the last good one.
+    fn kept_checkpoint(&self, epochs_saved: usize) -> String {
+        let kept = self.out_dir.join(CHECKPOINT_FILE);
+        if kept.exists() {
+            format!("the last good checkpoint (epoch {epochs_saved}) is kept at {}", kept.display())
+        } else {
+            "no checkpoint was written yet".into()
         }
     }
 
@@ -423,8 +445,15 @@ impl Trainer {
         })
     }
 
-    /// Writes the checkpoint, then `metrics.json`, both atomically.
+    /// Writes the checkpoint, then `metrics.json`, both atomically; refuses non-finite weights
+    /// (the previous checkpoint stays).
     pub fn save(&mut self) -> Result<()> {
+        if let Some(param) = self.model.first_non_finite_param() {
+            return Err(Error::NonFinite {
+                step: self.step,
+                what: format!("parameter {param} is not finite; not saved; {}", self.kept_checkpoint(self.history.len().saturating_sub(1))),
+            });
+        }
         let meta = serde_json::json!({
             "train": self.cfg,
             "history": self.history,

@@ -113,3 +113,50 @@ fn checkpoint_of_another_model_or_truncated_is_refused() {
     let e = checkpoint::load_model(&path).err().unwrap().to_string();
     assert!(e.contains("model.safetensors") && e.contains("truncated"), "{e}");
 }
+
+#[test]
+fn divergence_on_an_epochs_last_step_never_scores_or_overwrites_the_good_checkpoint() {
+    // One step per epoch: the update of epoch 2 blows the weights up while its loss, taken
+    // before the update, is still finite.
+    let data = synthetic::split(32, 16, [1, 16, 16], 10, 0.5, 5);
+    let dir = tempfile::tempdir().unwrap();
+    let mut t = Trainer::new(&model("lenet5", 0), &data, config(2, 0.01), dir.path()).unwrap();
+    t.run_until(1, &mut Silent).unwrap();
+    let path = dir.path().join(CHECKPOINT_FILE);
+    let good = std::fs::read(&path).unwrap();
+    t.schedule.base_lr = f32::INFINITY;
+    t.schedule.plateau_lr = f32::INFINITY;
+    match t.run(&mut Silent) {
+        Err(Error::NonFinite { what, .. }) => {
+            assert!(what.contains("is not finite after the last update of epoch 2"), "{what}");
+            assert!(what.contains("last good checkpoint (epoch 1)"), "{what}");
+        }
+        other => panic!("expected a NonFinite error, got {:?}", other.map(|_| ())),
+    }
+    assert_eq!(std::fs::read(&path).unwrap(), good, "the good checkpoint was overwritten");
+    assert_eq!(t.history.len(), 1, "a diverged epoch was recorded");
+}
+
+#[test]
+fn weights_do_not_depend_on_the_thread_count() {
+    // vgg-small at width 16 takes the Winograd and direct kernels, resnet20 at width 4 the
+    // im2col + GEMM path; every reduction must split the same way on 1 and 3 threads.
+    let data = synthetic::split(48, 8, [1, 16, 16], 10, 0.5, 6);
+    for (name, width) in [("vgg-small", 16), ("resnet20", 4)] {
+        let train_on = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            let dir = tempfile::tempdir().unwrap();
+            pool.install(|| {
+                let mut cfg = config(1, 0.05);
+                cfg.batch_size = 24;
+                let mut t = Trainer::new(&model(name, width), &data, cfg, dir.path()).unwrap();
+                t.run(&mut Silent).unwrap();
+                checkpoint::named_tensors(&mut t.model)
+            })
+        };
+        let (one, three) = (train_on(1), train_on(3));
+        for ((n1, t1), (_, t3)) in one.iter().zip(&three) {
+            assert_eq!(t1.data(), t3.data(), "{name}: {n1} differs between 1 and 3 threads");
+        }
+    }
+}

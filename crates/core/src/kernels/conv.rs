@@ -304,7 +304,7 @@ pub fn conv2d_backward_weight(x: &[f32], dy: &[f32], g: &ConvGeometry, dw: &mut 
             sgemm(g.c_out, crs, pq, dyn_, false, col, true, acc, !first, par);
         }
     };
-    if batch_parallel(g) {
+    if g.n > 1 {
         let sum = sum_over_image_groups(x, dy, g, dw.len(), |xs, dys, acc| {
             COL.with(|col| {
                 let col = &mut col.borrow_mut();
@@ -323,8 +323,14 @@ pub fn conv2d_backward_weight(x: &[f32], dy: &[f32], g: &ConvGeometry, dw: &mut 
     bias_grad(dy, g, db);
 }
 
-/// Splits the batch into one group of images per thread, lets `f(xs, dys, acc)` add each
-/// group's contribution into its own zeroed buffer of `len`, and returns the sum.
+/// How many groups [`sum_over_image_groups`] splits a batch into: a constant, not the thread
+/// count, so that the floating-point sum (and every weight trained with it) is the same on
+/// any machine and with any `--threads`.
+pub const WEIGHT_GRAD_GROUPS: usize = 8;
+
+/// Splits the batch into [`WEIGHT_GRAD_GROUPS`] groups of consecutive images, lets
+/// `f(xs, dys, acc)` add each group's contribution into its own zeroed buffer of `len` (the
+/// groups run in parallel), and returns the sum in group order.
 fn sum_over_image_groups(
     x: &[f32],
     dy: &[f32],
@@ -332,7 +338,7 @@ fn sum_over_image_groups(
     len: usize,
     f: impl Fn(&[f32], &[f32], &mut [f32]) + Sync,
 ) -> Vec<f32> {
-    let per = g.n.div_ceil(rayon::current_num_threads()).max(1);
+    let per = g.n.div_ceil(WEIGHT_GRAD_GROUPS).max(1);
     let (chw, kpq) = (g.c_in * g.h * g.w, g.c_out * g.pq());
     let partials: Vec<Vec<f32>> = x
         .par_chunks(chw * per)

@@ -27,12 +27,17 @@ pub fn softmax_cross_entropy(
 }
 
 /// Whether each sample's label is among its `k` largest logits (ties broken towards the label
-/// being outranked, so a constant output is never "correct").
+/// being outranked, so a constant output is never "correct"). A row with a NaN or an
+/// infinity is wrong: every comparison with NaN is false, so a diverged model would
+/// otherwise score 100 %.
 pub fn top_k_correct(logits: &[f32], labels: &[u32], classes: usize, k: usize) -> Vec<bool> {
     logits
         .chunks(classes)
         .zip(labels)
         .map(|(row, &y)| {
+            if !row.iter().all(|v| v.is_finite()) {
+                return false;
+            }
             let v = row[y as usize];
             let better = row.iter().enumerate().filter(|&(j, &o)| o > v || (o == v && j < y as usize)).count();
             better < k
@@ -67,5 +72,9 @@ mod tests {
         assert_eq!(top_k_correct(&logits, &[1, 0], 3, 1), vec![true, true]);
         assert_eq!(top_k_correct(&logits, &[0, 2], 3, 1), vec![false, false]);
         assert_eq!(top_k_correct(&logits, &[0, 2], 3, 2), vec![true, false]);
+        // non-finite logits are wrong answers, whatever k
+        let bad = [f32::NAN, f32::NAN, f32::NAN, 1.0, f32::INFINITY, 0.0, 0.3, f32::NAN, 0.9];
+        assert_eq!(top_k_correct(&bad, &[0, 1, 2], 3, 1), vec![false; 3]);
+        assert_eq!(top_k_correct(&bad, &[0, 1, 2], 3, 3), vec![false; 3]);
     }
 }

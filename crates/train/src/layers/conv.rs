@@ -110,7 +110,7 @@ impl Layer for Conv2d {
         let w = self.ternary.used_weight(&self.weight.value);
         let ((), ms) = ctx.timed(|| ctx.backend.conv2d_backward_input(dy.data(), w.data(), &g, dx.data_mut()));
         if let Some(p) = ctx.profiler {
-            p.borrow_mut().record_input_time(&self.name, ms);
+            p.borrow_mut().record_input_grad(&self.name, "conv", &g, w.data(), dy.data(), ms);
         }
         dx
     }
@@ -121,8 +121,7 @@ impl Layer for Conv2d {
         let dw = self.weight.grad.data_mut();
         let ((), ms) = ctx.timed(|| ctx.backend.conv2d_backward_weight(x.data(), dy.data(), &g, dw, db));
         if let Some(p) = ctx.profiler {
-            let w = self.ternary.used_weight(&self.weight.value);
-            p.borrow_mut().record_backward(&self.name, "conv", &g, x.data(), w.data(), dy.data(), ms);
+            p.borrow_mut().record_weight_grad(&self.name, "conv", &g, x.data(), dy.data(), ms);
         }
         self.ternary.to_shadow_grad(&self.weight.value, &mut self.weight.grad);
     }

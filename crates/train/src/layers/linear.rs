@@ -69,7 +69,8 @@ impl Layer for Linear {
         let ((), ms) = ctx
             .timed(|| ctx.backend.linear_backward_input(dy.data(), w.data(), n, self.d_in, self.d_out, dx.data_mut()));
         if let Some(p) = ctx.profiler {
-            p.borrow_mut().record_input_time(&self.name, ms);
+            let g = self.geometry(n);
+            p.borrow_mut().record_input_grad(&self.name, "linear", &g, w.data(), dy.data(), ms);
         }
         dx
     }
@@ -80,8 +81,7 @@ impl Layer for Linear {
         let ((), ms) =
             ctx.timed(|| ctx.backend.linear_backward_weight(x.data(), dy.data(), n, self.d_in, self.d_out, dw, db));
         if let Some(p) = ctx.profiler {
-            let w = self.ternary.used_weight(&self.weight.value);
-            p.borrow_mut().record_backward(&self.name, "linear", &self.geometry(n), x.data(), w.data(), dy.data(), ms);
+            p.borrow_mut().record_weight_grad(&self.name, "linear", &self.geometry(n), x.data(), dy.data(), ms);
         }
         self.ternary.to_shadow_grad(&self.weight.value, &mut self.weight.grad);
     }
