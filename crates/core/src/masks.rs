@@ -174,7 +174,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("masks.bin");
         let rec = MaskRecord::from_values("c", Operand::Weight, &[1, 1, 3, 3], &[1.0; 9]).with_stride_pad(2, 1);
-        write(&p, &[rec.clone()]).unwrap();
+        write(&p, std::slice::from_ref(&rec)).unwrap();
         assert_eq!(read(&p).unwrap(), vec![rec]);
         // a 16-byte file that claims 4 billion records, then one whose dims overflow
         let mut b = MAGIC.to_vec();

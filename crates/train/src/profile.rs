@@ -225,7 +225,7 @@ mod tests {
             assert!((t[pass] - nz as f64 / dense as f64).abs() < 1e-12);
             assert!(t[pass] < 1.0);
         }
-        assert_eq!(p.layers[0].nonzero_frac(1).is_nan(), true);
+        assert!(p.layers[0].nonzero_frac(1).is_nan());
         assert!(p.layers[1].weight_zero_frac() > 0.2 && p.layers[1].input_zero_frac() > 0.2);
         // the zero fractions found on the way equal direct counts
         for (l, o) in p.layers.iter().zip(&p.operands) {
