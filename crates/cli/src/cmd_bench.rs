@@ -115,7 +115,10 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
             let mut sgd = Sgd::new(SgdConfig { momentum: 0.9, nesterov: false, weight_decay: 5e-4 });
             let x = Tensor::randn(&[batch, channels, size, size], 1.0, &mut rng);
             let labels: Vec<u32> = (0..batch).map(|i| (i % classes) as u32).collect();
+            let labels = Tensor::from_u32(&[batch], &labels);
             let be = CpuBackend;
+            let lr = Tensor::from_vec(&[1], vec![0.01]);
+            let mut stats = Tensor::zeros(&[tern_core::loss_stats::LEN]);
             let prof = std::cell::RefCell::new(tern_train::profile::Profiler::default());
             let mut step = || {
                 let mut ctx = Ctx::new(&be, true);
@@ -124,9 +127,9 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
                 }
                 let logits = m.forward(&ctx, &x);
                 let mut d = Tensor::zeros(logits.shape());
-                tern_core::Backend::softmax_cross_entropy(&be, logits.data(), &labels, classes, None, d.data_mut());
+                tern_core::Backend::softmax_cross_entropy(&be, &logits, &labels, 1, false, Some(&mut d), &mut stats);
                 m.backward(&ctx, &d);
-                sgd.step(&mut m, 0.01);
+                sgd.step(&be, &mut m, &lr);
             };
             for _ in 0..warmup {
                 step();

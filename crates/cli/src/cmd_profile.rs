@@ -148,9 +148,11 @@ pub fn run(a: ProfileArgs) -> anyhow::Result<()> {
 fn step(model: &mut Model, be: &dyn Backend, prof: &RefCell<Profiler>, x: &Tensor, labels: &[u32]) {
     let mut ctx = Ctx::new(be, true);
     ctx.profiler = Some(prof);
-    let logits = model.forward(&ctx, x);
-    let mut d = Tensor::zeros(logits.shape());
-    be.softmax_cross_entropy(logits.data(), labels, model.config.classes, None, d.data_mut());
+    let (x, labels) = (be.upload(x), be.upload(&Tensor::from_u32(&[labels.len()], labels)));
+    let logits = model.forward(&ctx, &x);
+    let mut d = be.alloc(logits.shape());
+    let mut stats = be.zeros(&[tern_core::loss_stats::LEN]);
+    be.softmax_cross_entropy(&logits, &labels, 1, false, Some(&mut d), &mut stats);
     model.backward(&ctx, &d);
     model.clear_cache();
 }

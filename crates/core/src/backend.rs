@@ -1,232 +1,451 @@
-//! The kernel boundary: layers call a `Backend`, never a kernel directly, so that a GPU
-//! backend can later implement the same operations. `CpuBackend` runs the CPU kernels.
+//! The device boundary: every operation of a training step — layers, loss, optimizer,
+//! ternarisation and its straight-through gradient, BN statistics — goes through a
+//! `Backend`, over tensors that live on the backend's device. `CpuBackend` runs the CPU
+//! kernels on host tensors; tern-cuda implements the same trait on CUDA buffers.
+//!
+//! Per-step scalars that change between steps (the learning rate) travel as one-element
+//! tensors, and the scalars a step reports (loss, correct counts) come back in a small stats
+//! tensor, so that a device can replay a captured step without the host in the loop; the
+//! host reads those few values, never whole activations.
 
 use crate::geometry::{ConvGeometry, PoolGeometry};
-use crate::kernels::{
-    self,
-    norm::{BnSaved, ChannelSums, ReluMask},
-};
+use crate::kernels::{self, norm, norm::ChannelSums};
+use crate::quant::TernaryConfig;
+use crate::tensor::{Device, Tensor};
 
-/// Every operation a layer needs. Shapes are those of the matching functions in [`kernels`].
-/// Output slices are overwritten entirely, the pooling backward passes included (they zero
-/// their input gradients before adding): layers hand them recycled buffers with stale values
-/// (`Tensor::for_overwrite`).
-pub trait Backend: Send + Sync {
-    fn name(&self) -> &'static str;
-    fn conv2d_forward(&self, x: &[f32], w: &[f32], bias: Option<&[f32]>, g: &ConvGeometry, y: &mut [f32]);
-    fn conv2d_backward_input(&self, dy: &[f32], w: &[f32], g: &ConvGeometry, dx: &mut [f32]);
-    fn conv2d_backward_weight(&self, x: &[f32], dy: &[f32], g: &ConvGeometry, dw: &mut [f32], db: Option<&mut [f32]>);
-    fn linear_forward(
-        &self,
-        x: &[f32],
-        w: &[f32],
-        bias: Option<&[f32]>,
-        n: usize,
-        d_in: usize,
-        d_out: usize,
-        y: &mut [f32],
-    );
-    fn linear_backward_input(&self, dy: &[f32], w: &[f32], n: usize, d_in: usize, d_out: usize, dx: &mut [f32]);
-    fn linear_backward_weight(
-        &self,
-        x: &[f32],
-        dy: &[f32],
-        n: usize,
-        d_in: usize,
-        d_out: usize,
-        dw: &mut [f32],
-        db: Option<&mut [f32]>,
-    );
-    /// Per-channel Σx and Σx² of `x: [n, c, hw]` (the train-mode batch statistics).
-    fn channel_sums(&self, x: &[f32], n: usize, c: usize, hw: usize) -> ChannelSums;
-    /// `conv2d_forward` that also returns its output's [`Backend::channel_sums`] (taken per
-    /// image while the image's output is still in cache, for a BN that follows).
-    fn conv2d_forward_sums(
-        &self,
-        x: &[f32],
-        w: &[f32],
-        bias: Option<&[f32]>,
-        g: &ConvGeometry,
-        y: &mut [f32],
-    ) -> ChannelSums {
-        self.conv2d_forward(x, w, bias, g, y);
-        self.channel_sums(y, g.n, g.c_out, g.pq())
-    }
-    /// y = scale[ch]·x + shift[ch] per channel, then a ReLU with threshold `relu` if given.
-    fn batch_norm_apply(&self, x: &[f32], scale: &[f32], shift: &[f32], hw: usize, relu: Option<f32>, y: &mut [f32]);
-    fn batch_norm_backward_sums(
-        &self,
-        x: &[f32],
-        dy: &[f32],
-        saved: &BnSaved,
-        mask: Option<&ReluMask>,
-        n: usize,
-        c: usize,
-        hw: usize,
-        dgamma: &mut [f32],
-        dbeta: &mut [f32],
-    );
-    fn batch_norm_backward_input(
-        &self,
-        x: &[f32],
-        dy: &[f32],
-        gamma: &[f32],
-        saved: &BnSaved,
-        mask: Option<&ReluMask>,
-        dgamma: &[f32],
-        dbeta: &[f32],
-        n: usize,
-        hw: usize,
-        dx: &mut [f32],
-    );
-    fn relu_forward(&self, x: &[f32], threshold: f32, y: &mut [f32]);
-    fn relu_backward(&self, x: &[f32], dy: &[f32], threshold: f32, extra: f32, dx: &mut [f32]);
-    fn add(&self, a: &[f32], b: &[f32], y: &mut [f32]);
-    /// y = relu(a + b), threshold ≥ 0 (the residual add and its ReLU in one pass).
-    fn add_relu(&self, a: &[f32], b: &[f32], threshold: f32, y: &mut [f32]);
-    fn max_pool_forward(&self, x: &[f32], g: &PoolGeometry, y: &mut [f32], argmax: &mut [u32]);
-    fn max_pool_backward(&self, dy: &[f32], argmax: &[u32], g: &PoolGeometry, dx: &mut [f32]);
-    fn avg_pool_forward(&self, x: &[f32], g: &PoolGeometry, y: &mut [f32]);
-    fn avg_pool_backward(&self, dy: &[f32], g: &PoolGeometry, dx: &mut [f32]);
-    fn global_avg_pool_forward(&self, x: &[f32], hw: usize, y: &mut [f32]);
-    fn global_avg_pool_backward(&self, dy: &[f32], hw: usize, dx: &mut [f32]);
-    fn softmax_cross_entropy(
-        &self,
-        logits: &[f32],
-        labels: &[u32],
-        classes: usize,
-        weights: Option<&[f32]>,
-        dlogits: &mut [f32],
-    ) -> f32;
+/// The statistics of a train-mode BN forward that its backward needs: per-channel mean and
+/// 1/σ, `[c]` each, on the backend's device.
+#[derive(Clone, Debug)]
+pub struct BnSaved {
+    pub mean: Tensor,
+    pub inv_std: Tensor,
 }
 
-/// The CPU backend: rayon-parallel kernels from [`kernels`].
+/// A ReLU fused after a BN: its threshold, and `extra`, the L1 activation penalty's λ/n
+/// added to the gradient where the ReLU passes.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct FusedRelu {
+    pub threshold: f32,
+    pub extra: f32,
+}
+
+/// What [`Backend::softmax_cross_entropy`] writes into its `stats: [3]` tensor.
+pub mod loss_stats {
+    /// Mean cross-entropy over the batch (unweighted).
+    pub const LOSS: usize = 0;
+    /// Samples whose label has the largest logit (non-finite rows never count).
+    pub const TOP1: usize = 1;
+    /// Samples whose label is among the `k` largest logits.
+    pub const TOPK: usize = 2;
+    pub const LEN: usize = 3;
+}
+
+/// Every operation a training or evaluation step needs. Tensors are on [`Backend::device`];
+/// shapes are those of the matching functions in [`kernels`]. Outputs are overwritten
+/// entirely (layers hand them buffers from [`Backend::alloc`], which may hold stale values).
+pub trait Backend: Send + Sync {
+    fn name(&self) -> &'static str;
+    fn device(&self) -> Device;
+
+    // ---- memory ----
+    /// A tensor whose every element the caller will overwrite (its values are unspecified).
+    fn alloc(&self, shape: &[usize]) -> Tensor;
+    fn zeros(&self, shape: &[usize]) -> Tensor;
+    /// `t` on this backend's device (a handle clone if it is already there).
+    fn upload(&self, t: &Tensor) -> Tensor;
+    fn fill(&self, t: &mut Tensor, v: f32);
+    /// Waits for queued work (a no-op on the CPU); for timing.
+    fn synchronize(&self) {}
+
+    // ---- mmOps ----
+    fn conv2d_forward(&self, x: &Tensor, w: &Tensor, bias: Option<&Tensor>, g: &ConvGeometry, y: &mut Tensor);
+    /// `conv2d_forward` that may also return its output's channel sums for a train-mode BN
+    /// that follows (the CPU takes them per image while the output is in cache); `None`
+    /// lets the BN compute its own statistics.
+    fn conv2d_forward_sums(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        bias: Option<&Tensor>,
+        g: &ConvGeometry,
+        y: &mut Tensor,
+    ) -> Option<ChannelSums> {
+        self.conv2d_forward(x, w, bias, g, y);
+        None
+    }
+    fn conv2d_backward_input(&self, dy: &Tensor, w: &Tensor, g: &ConvGeometry, dx: &mut Tensor);
+    fn conv2d_backward_weight(
+        &self,
+        x: &Tensor,
+        dy: &Tensor,
+        g: &ConvGeometry,
+        dw: &mut Tensor,
+        db: Option<&mut Tensor>,
+    );
+    /// y = x·wᵀ + bias; x: [n, d_in], w: [d_out, d_in], y: [n, d_out].
+    fn linear_forward(&self, x: &Tensor, w: &Tensor, bias: Option<&Tensor>, y: &mut Tensor);
+    fn linear_backward_input(&self, dy: &Tensor, w: &Tensor, dx: &mut Tensor);
+    fn linear_backward_weight(&self, x: &Tensor, dy: &Tensor, dw: &mut Tensor, db: Option<&mut Tensor>);
+
+    // ---- batch normalisation over x: [n, c, ...] ----
+    /// Train mode: batch statistics (from `sums` when the producer took them), running
+    /// statistics updated in place, y = relu?(γ·x̂ + β).
+    #[allow(clippy::too_many_arguments)]
+    fn batch_norm_train(
+        &self,
+        x: &Tensor,
+        sums: Option<ChannelSums>,
+        gamma: &Tensor,
+        beta: &Tensor,
+        running_mean: &mut Tensor,
+        running_var: &mut Tensor,
+        eps: f32,
+        momentum: f32,
+        relu: Option<f32>,
+        y: &mut Tensor,
+    ) -> BnSaved;
+    /// With the running statistics (eval, or fine-tuning with frozen statistics); returns them
+    /// as the saved statistics.
+    #[allow(clippy::too_many_arguments)]
+    fn batch_norm_eval(
+        &self,
+        x: &Tensor,
+        gamma: &Tensor,
+        beta: &Tensor,
+        running_mean: &Tensor,
+        running_var: &Tensor,
+        eps: f32,
+        relu: Option<f32>,
+        y: &mut Tensor,
+    ) -> BnSaved;
+    /// dβ = Σ dz and dγ = Σ dz·x̂ (dz: dy through the fused ReLU's mask, if any).
+    #[allow(clippy::too_many_arguments)]
+    fn batch_norm_backward_sums(
+        &self,
+        x: &Tensor,
+        dy: &Tensor,
+        gamma: &Tensor,
+        beta: &Tensor,
+        saved: &BnSaved,
+        relu: Option<FusedRelu>,
+        dgamma: &mut Tensor,
+        dbeta: &mut Tensor,
+    );
+    /// The input gradient through batch statistics, from the sums of `batch_norm_backward_sums`.
+    #[allow(clippy::too_many_arguments)]
+    fn batch_norm_backward_input(
+        &self,
+        x: &Tensor,
+        dy: &Tensor,
+        gamma: &Tensor,
+        beta: &Tensor,
+        saved: &BnSaved,
+        relu: Option<FusedRelu>,
+        dgamma: &Tensor,
+        dbeta: &Tensor,
+        dx: &mut Tensor,
+    );
+    /// dx = dy·γ/σ (statistics held constant: frozen-statistics fine-tuning).
+    fn batch_norm_frozen_backward_input(&self, dy: &Tensor, gamma: &Tensor, running_var: &Tensor, eps: f32, dx: &mut Tensor);
+
+    // ---- point-wise ----
+    fn relu_forward(&self, x: &Tensor, threshold: f32, y: &mut Tensor);
+    /// dx = (dy + extra) where x > threshold, else 0.
+    fn relu_backward(&self, x: &Tensor, dy: &Tensor, threshold: f32, extra: f32, dx: &mut Tensor);
+    fn add(&self, a: &Tensor, b: &Tensor, y: &mut Tensor);
+    /// y = relu(a + b), threshold ≥ 0 (the residual add and its ReLU in one pass).
+    fn add_relu(&self, a: &Tensor, b: &Tensor, threshold: f32, y: &mut Tensor);
+
+    // ---- pooling ----
+    /// `argmax`: an index tensor (u32 bit patterns) of y's shape.
+    fn max_pool_forward(&self, x: &Tensor, g: &PoolGeometry, y: &mut Tensor, argmax: &mut Tensor);
+    fn max_pool_backward(&self, dy: &Tensor, argmax: &Tensor, g: &PoolGeometry, dx: &mut Tensor);
+    fn avg_pool_forward(&self, x: &Tensor, g: &PoolGeometry, y: &mut Tensor);
+    fn avg_pool_backward(&self, dy: &Tensor, g: &PoolGeometry, dx: &mut Tensor);
+    /// x: [n, c, h, w] → y: [n, c].
+    fn global_avg_pool_forward(&self, x: &Tensor, y: &mut Tensor);
+    fn global_avg_pool_backward(&self, dy: &Tensor, dx: &mut Tensor);
+
+    // ---- loss ----
+    /// Softmax cross-entropy of `logits: [n, classes]` against `labels` (an index tensor
+    /// `[n]`): writes [`loss_stats`] into `stats: [3]`, and, if given, `dlogits` = the
+    /// gradient of the mean loss, where `skip_correct` (the paper's GradUpdate) gives the
+    /// correctly classified samples zero error.
+    #[allow(clippy::too_many_arguments)]
+    fn softmax_cross_entropy(
+        &self,
+        logits: &Tensor,
+        labels: &Tensor,
+        top_k: usize,
+        skip_correct: bool,
+        dlogits: Option<&mut Tensor>,
+        stats: &mut Tensor,
+    );
+
+    // ---- ternary weights and the optimizer ----
+    /// Writes the ternary weights of `w: [rows, ...]` (Eq. 1) into `q` and their zero
+    /// fraction into `zero_fraction: [1]`.
+    fn ternarize(&self, w: &Tensor, rows: usize, cfg: &TernaryConfig, q: &mut Tensor, zero_fraction: &mut Tensor);
+    /// Straight-through gradient: zeroes `grad` where |w| > clip.
+    fn straight_through(&self, w: &Tensor, grad: &mut Tensor, clip: f32);
+    /// SGD with momentum (PyTorch semantics): v = μ·v + (g + λ·w); w -= lr·(Nesterov ?
+    /// g + λ·w + μ·v : v), with the rate read from `lr: [1]`.
+    #[allow(clippy::too_many_arguments)]
+    fn sgd_step(
+        &self,
+        w: &mut Tensor,
+        g: &Tensor,
+        v: &mut Tensor,
+        lr: &Tensor,
+        momentum: f32,
+        nesterov: bool,
+        weight_decay: f32,
+    );
+}
+
+/// The CPU backend: rayon-parallel kernels from [`kernels`] on host tensors.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct CpuBackend;
+
+fn host_saved(s: &BnSaved) -> norm::BnSaved {
+    norm::BnSaved { mean: s.mean.data().to_vec(), inv_std: s.inv_std.data().to_vec() }
+}
+
+fn relu_mask(s: &norm::BnSaved, gamma: &Tensor, beta: &Tensor, relu: Option<FusedRelu>) -> Option<norm::ReluMask> {
+    let r = relu?;
+    let (scale, shift) = s.scale_shift(gamma.data(), beta.data());
+    Some(norm::ReluMask { scale, shift, threshold: r.threshold, extra: r.extra })
+}
+
+/// (n, c, hw) of `[n, c, ...]`.
+fn nchw(x: &Tensor) -> (usize, usize, usize) {
+    let s = x.shape();
+    (s[0], s[1], s[2..].iter().product())
+}
 
 impl Backend for CpuBackend {
     fn name(&self) -> &'static str {
         "cpu"
     }
-    fn conv2d_forward(&self, x: &[f32], w: &[f32], bias: Option<&[f32]>, g: &ConvGeometry, y: &mut [f32]) {
-        kernels::conv::conv2d_forward(x, w, bias, g, y)
+    fn device(&self) -> Device {
+        Device::Cpu
     }
-    fn conv2d_backward_input(&self, dy: &[f32], w: &[f32], g: &ConvGeometry, dx: &mut [f32]) {
-        kernels::conv::conv2d_backward_input(dy, w, g, dx)
+    fn alloc(&self, shape: &[usize]) -> Tensor {
+        Tensor::for_overwrite(shape)
     }
-    fn conv2d_backward_weight(&self, x: &[f32], dy: &[f32], g: &ConvGeometry, dw: &mut [f32], db: Option<&mut [f32]>) {
-        kernels::conv::conv2d_backward_weight(x, dy, g, dw, db)
+    fn zeros(&self, shape: &[usize]) -> Tensor {
+        Tensor::zeros(shape)
     }
-    fn linear_forward(
-        &self,
-        x: &[f32],
-        w: &[f32],
-        bias: Option<&[f32]>,
-        n: usize,
-        d_in: usize,
-        d_out: usize,
-        y: &mut [f32],
-    ) {
-        kernels::linear::linear_forward(x, w, bias, n, d_in, d_out, y)
+    fn upload(&self, t: &Tensor) -> Tensor {
+        t.to_host()
     }
-    fn linear_backward_input(&self, dy: &[f32], w: &[f32], n: usize, d_in: usize, d_out: usize, dx: &mut [f32]) {
-        kernels::linear::linear_backward_input(dy, w, n, d_in, d_out, dx)
+    fn fill(&self, t: &mut Tensor, v: f32) {
+        t.fill(v)
     }
-    fn linear_backward_weight(
-        &self,
-        x: &[f32],
-        dy: &[f32],
-        n: usize,
-        d_in: usize,
-        d_out: usize,
-        dw: &mut [f32],
-        db: Option<&mut [f32]>,
-    ) {
-        kernels::linear::linear_backward_weight(x, dy, n, d_in, d_out, dw, db)
-    }
-    fn channel_sums(&self, x: &[f32], n: usize, c: usize, hw: usize) -> ChannelSums {
-        kernels::norm::channel_sums(x, n, c, hw)
+    fn conv2d_forward(&self, x: &Tensor, w: &Tensor, bias: Option<&Tensor>, g: &ConvGeometry, y: &mut Tensor) {
+        kernels::conv::conv2d_forward(x.data(), w.data(), bias.map(|b| b.data()), g, y.data_mut())
     }
     fn conv2d_forward_sums(
         &self,
-        x: &[f32],
-        w: &[f32],
-        bias: Option<&[f32]>,
+        x: &Tensor,
+        w: &Tensor,
+        bias: Option<&Tensor>,
         g: &ConvGeometry,
-        y: &mut [f32],
-    ) -> ChannelSums {
-        kernels::conv::conv2d_forward_sums(x, w, bias, g, y)
+        y: &mut Tensor,
+    ) -> Option<ChannelSums> {
+        Some(kernels::conv::conv2d_forward_sums(x.data(), w.data(), bias.map(|b| b.data()), g, y.data_mut()))
     }
-    fn batch_norm_apply(&self, x: &[f32], scale: &[f32], shift: &[f32], hw: usize, relu: Option<f32>, y: &mut [f32]) {
-        kernels::norm::batch_norm_apply(x, scale, shift, hw, relu, y)
+    fn conv2d_backward_input(&self, dy: &Tensor, w: &Tensor, g: &ConvGeometry, dx: &mut Tensor) {
+        kernels::conv::conv2d_backward_input(dy.data(), w.data(), g, dx.data_mut())
+    }
+    fn conv2d_backward_weight(
+        &self,
+        x: &Tensor,
+        dy: &Tensor,
+        g: &ConvGeometry,
+        dw: &mut Tensor,
+        db: Option<&mut Tensor>,
+    ) {
+        kernels::conv::conv2d_backward_weight(x.data(), dy.data(), g, dw.data_mut(), db.map(|d| d.data_mut()))
+    }
+    fn linear_forward(&self, x: &Tensor, w: &Tensor, bias: Option<&Tensor>, y: &mut Tensor) {
+        let (n, d_in, d_out) = (x.dim(0), x.dim(1), w.dim(0));
+        kernels::linear::linear_forward(x.data(), w.data(), bias.map(|b| b.data()), n, d_in, d_out, y.data_mut())
+    }
+    fn linear_backward_input(&self, dy: &Tensor, w: &Tensor, dx: &mut Tensor) {
+        let (n, d_out, d_in) = (dy.dim(0), w.dim(0), w.dim(1));
+        kernels::linear::linear_backward_input(dy.data(), w.data(), n, d_in, d_out, dx.data_mut())
+    }
+    fn linear_backward_weight(&self, x: &Tensor, dy: &Tensor, dw: &mut Tensor, db: Option<&mut Tensor>) {
+        let (n, d_in, d_out) = (x.dim(0), x.dim(1), dy.dim(1));
+        let db = db.map(|d| d.data_mut());
+        kernels::linear::linear_backward_weight(x.data(), dy.data(), n, d_in, d_out, dw.data_mut(), db)
+    }
+    fn batch_norm_train(
+        &self,
+        x: &Tensor,
+        sums: Option<ChannelSums>,
+        gamma: &Tensor,
+        beta: &Tensor,
+        running_mean: &mut Tensor,
+        running_var: &mut Tensor,
+        eps: f32,
+        momentum: f32,
+        relu: Option<f32>,
+        y: &mut Tensor,
+    ) -> BnSaved {
+        let (n, c, hw) = nchw(x);
+        let sums = sums.unwrap_or_else(|| norm::channel_sums(x.data(), n, c, hw));
+        let (rm, rv) = (running_mean.data_mut(), running_var.data_mut());
+        let saved = norm::BnSaved::from_sums(&sums, n * hw, eps, momentum, rm, rv);
+        let (scale, shift) = saved.scale_shift(gamma.data(), beta.data());
+        norm::batch_norm_apply(x.data(), &scale, &shift, hw, relu, y.data_mut());
+        BnSaved { mean: Tensor::from_vec(&[c], saved.mean), inv_std: Tensor::from_vec(&[c], saved.inv_std) }
+    }
+    fn batch_norm_eval(
+        &self,
+        x: &Tensor,
+        gamma: &Tensor,
+        beta: &Tensor,
+        running_mean: &Tensor,
+        running_var: &Tensor,
+        eps: f32,
+        relu: Option<f32>,
+        y: &mut Tensor,
+    ) -> BnSaved {
+        let (_, c, hw) = nchw(x);
+        let (rm, rv) = (running_mean.data(), running_var.data());
+        let (scale, shift) = norm::eval_scale_shift(gamma.data(), beta.data(), rm, rv, eps);
+        norm::batch_norm_apply(x.data(), &scale, &shift, hw, relu, y.data_mut());
+        let inv_std = rv.iter().map(|v| 1.0 / (v + eps).sqrt()).collect();
+        BnSaved { mean: running_mean.clone(), inv_std: Tensor::from_vec(&[c], inv_std) }
     }
     fn batch_norm_backward_sums(
         &self,
-        x: &[f32],
-        dy: &[f32],
+        x: &Tensor,
+        dy: &Tensor,
+        gamma: &Tensor,
+        beta: &Tensor,
         saved: &BnSaved,
-        mask: Option<&ReluMask>,
-        n: usize,
-        c: usize,
-        hw: usize,
-        dgamma: &mut [f32],
-        dbeta: &mut [f32],
+        relu: Option<FusedRelu>,
+        dgamma: &mut Tensor,
+        dbeta: &mut Tensor,
     ) {
-        kernels::norm::batch_norm_backward_sums(x, dy, saved, mask, n, c, hw, dgamma, dbeta)
+        let (n, c, hw) = nchw(x);
+        let s = host_saved(saved);
+        let mask = relu_mask(&s, gamma, beta, relu);
+        let (dg, db) = (dgamma.data_mut(), dbeta.data_mut());
+        norm::batch_norm_backward_sums(x.data(), dy.data(), &s, mask.as_ref(), n, c, hw, dg, db)
     }
     fn batch_norm_backward_input(
         &self,
-        x: &[f32],
-        dy: &[f32],
-        gamma: &[f32],
+        x: &Tensor,
+        dy: &Tensor,
+        gamma: &Tensor,
+        beta: &Tensor,
         saved: &BnSaved,
-        mask: Option<&ReluMask>,
-        dgamma: &[f32],
-        dbeta: &[f32],
-        n: usize,
-        hw: usize,
-        dx: &mut [f32],
+        relu: Option<FusedRelu>,
+        dgamma: &Tensor,
+        dbeta: &Tensor,
+        dx: &mut Tensor,
     ) {
-        kernels::norm::batch_norm_backward_input(x, dy, gamma, saved, mask, dgamma, dbeta, n, hw, dx)
+        let (n, _, hw) = nchw(x);
+        let s = host_saved(saved);
+        let mask = relu_mask(&s, gamma, beta, relu);
+        let (g, dg, db) = (gamma.data(), dgamma.data(), dbeta.data());
+        norm::batch_norm_backward_input(x.data(), dy.data(), g, &s, mask.as_ref(), dg, db, n, hw, dx.data_mut())
     }
-    fn relu_forward(&self, x: &[f32], threshold: f32, y: &mut [f32]) {
-        kernels::act::relu_forward(x, threshold, y)
+    fn batch_norm_frozen_backward_input(&self, dy: &Tensor, gamma: &Tensor, running_var: &Tensor, eps: f32, dx: &mut Tensor) {
+        // dy·γ/σ is the eval-mode forward applied to dy with zero mean and zero shift
+        let (_, c, hw) = nchw(dy);
+        let zeros = vec![0.0; c];
+        let (scale, shift) = norm::eval_scale_shift(gamma.data(), &zeros, &zeros, running_var.data(), eps);
+        norm::batch_norm_apply(dy.data(), &scale, &shift, hw, None, dx.data_mut())
     }
-    fn relu_backward(&self, x: &[f32], dy: &[f32], threshold: f32, extra: f32, dx: &mut [f32]) {
-        kernels::act::relu_backward(x, dy, threshold, extra, dx)
+    fn relu_forward(&self, x: &Tensor, threshold: f32, y: &mut Tensor) {
+        kernels::act::relu_forward(x.data(), threshold, y.data_mut())
     }
-    fn add_relu(&self, a: &[f32], b: &[f32], threshold: f32, y: &mut [f32]) {
-        kernels::act::add_relu(a, b, threshold, y)
+    fn relu_backward(&self, x: &Tensor, dy: &Tensor, threshold: f32, extra: f32, dx: &mut Tensor) {
+        kernels::act::relu_backward(x.data(), dy.data(), threshold, extra, dx.data_mut())
     }
-    fn add(&self, a: &[f32], b: &[f32], y: &mut [f32]) {
-        kernels::act::add(a, b, y)
+    fn add(&self, a: &Tensor, b: &Tensor, y: &mut Tensor) {
+        kernels::act::add(a.data(), b.data(), y.data_mut())
     }
-    fn max_pool_forward(&self, x: &[f32], g: &PoolGeometry, y: &mut [f32], argmax: &mut [u32]) {
-        kernels::pool::max_pool_forward(x, g, y, argmax)
+    fn add_relu(&self, a: &Tensor, b: &Tensor, threshold: f32, y: &mut Tensor) {
+        kernels::act::add_relu(a.data(), b.data(), threshold, y.data_mut())
     }
-    fn max_pool_backward(&self, dy: &[f32], argmax: &[u32], g: &PoolGeometry, dx: &mut [f32]) {
-        kernels::pool::max_pool_backward(dy, argmax, g, dx)
+    fn max_pool_forward(&self, x: &Tensor, g: &PoolGeometry, y: &mut Tensor, argmax: &mut Tensor) {
+        kernels::pool::max_pool_forward(x.data(), g, y.data_mut(), argmax.as_u32_mut())
     }
-    fn avg_pool_forward(&self, x: &[f32], g: &PoolGeometry, y: &mut [f32]) {
-        kernels::pool::avg_pool_forward(x, g, y)
+    fn max_pool_backward(&self, dy: &Tensor, argmax: &Tensor, g: &PoolGeometry, dx: &mut Tensor) {
+        kernels::pool::max_pool_backward(dy.data(), argmax.as_u32(), g, dx.data_mut())
     }
-    fn avg_pool_backward(&self, dy: &[f32], g: &PoolGeometry, dx: &mut [f32]) {
-        kernels::pool::avg_pool_backward(dy, g, dx)
+    fn avg_pool_forward(&self, x: &Tensor, g: &PoolGeometry, y: &mut Tensor) {
+        kernels::pool::avg_pool_forward(x.data(), g, y.data_mut())
     }
-    fn global_avg_pool_forward(&self, x: &[f32], hw: usize, y: &mut [f32]) {
-        kernels::pool::global_avg_pool_forward(x, hw, y)
+    fn avg_pool_backward(&self, dy: &Tensor, g: &PoolGeometry, dx: &mut Tensor) {
+        kernels::pool::avg_pool_backward(dy.data(), g, dx.data_mut())
     }
-    fn global_avg_pool_backward(&self, dy: &[f32], hw: usize, dx: &mut [f32]) {
-        kernels::pool::global_avg_pool_backward(dy, hw, dx)
+    fn global_avg_pool_forward(&self, x: &Tensor, y: &mut Tensor) {
+        let (_, _, hw) = nchw(x);
+        kernels::pool::global_avg_pool_forward(x.data(), hw, y.data_mut())
+    }
+    fn global_avg_pool_backward(&self, dy: &Tensor, dx: &mut Tensor) {
+        let (_, _, hw) = nchw(dx);
+        kernels::pool::global_avg_pool_backward(dy.data(), hw, dx.data_mut())
     }
     fn softmax_cross_entropy(
         &self,
-        logits: &[f32],
-        labels: &[u32],
-        classes: usize,
-        weights: Option<&[f32]>,
-        dlogits: &mut [f32],
-    ) -> f32 {
-        kernels::loss::softmax_cross_entropy(logits, labels, classes, weights, dlogits)
+        logits: &Tensor,
+        labels: &Tensor,
+        top_k: usize,
+        skip_correct: bool,
+        dlogits: Option<&mut Tensor>,
+        stats: &mut Tensor,
+    ) {
+        use kernels::loss::{softmax_cross_entropy, top_k_correct};
+        let (classes, labels) = (logits.dim(1), labels.as_u32());
+        let top1 = top_k_correct(logits.data(), labels, classes, 1);
+        let topk = top_k_correct(logits.data(), labels, classes, top_k.min(classes));
+        let mut scratch;
+        let d = match dlogits {
+            Some(d) => d.data_mut(),
+            None => {
+                scratch = vec![0.0; logits.len()];
+                &mut scratch[..]
+            }
+        };
+        let loss = softmax_cross_entropy(logits.data(), labels, classes, None, d);
+        if skip_correct {
+            // the reported loss stays the plain cross-entropy; the gradient drops right answers
+            let w: Vec<f32> = top1.iter().map(|&c| if c { 0.0 } else { 1.0 }).collect();
+            softmax_cross_entropy(logits.data(), labels, classes, Some(&w), d);
+        }
+        let count = |v: &[bool]| v.iter().filter(|&&c| c).count() as f32;
+        stats.data_mut()[..loss_stats::LEN].copy_from_slice(&[loss, count(&top1), count(&topk)]);
+    }
+    fn ternarize(&self, w: &Tensor, rows: usize, cfg: &TernaryConfig, q: &mut Tensor, zero_fraction: &mut Tensor) {
+        zero_fraction.data_mut()[0] = crate::quant::ternarize(w.data(), rows, cfg, q.data_mut()) as f32;
+    }
+    fn straight_through(&self, w: &Tensor, grad: &mut Tensor, clip: f32) {
+        crate::quant::straight_through(w.data(), grad.data_mut(), Some(clip))
+    }
+    fn sgd_step(
+        &self,
+        w: &mut Tensor,
+        g: &Tensor,
+        v: &mut Tensor,
+        lr: &Tensor,
+        momentum: f32,
+        nesterov: bool,
+        weight_decay: f32,
+    ) {
+        let lr = lr.data()[0];
+        let (w, g, v) = (w.data_mut(), g.data(), v.data_mut());
+        for j in 0..w.len() {
+            let grad = g[j] + weight_decay * w[j];
+            v[j] = momentum * v[j] + grad;
+            w[j] -= lr * if nesterov { grad + momentum * v[j] } else { v[j] };
+        }
     }
 }

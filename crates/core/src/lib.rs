@@ -11,8 +11,8 @@ pub mod quant;
 pub mod rng;
 pub mod tensor;
 
-pub use backend::{Backend, CpuBackend};
+pub use backend::{loss_stats, Backend, BnSaved, CpuBackend, FusedRelu};
 pub use error::{Error, Result};
 pub use geometry::{ConvGeometry, PoolGeometry};
 pub use rng::Rng;
-pub use tensor::Tensor;
+pub use tensor::{Device, DeviceBuffer, Tensor};

@@ -10,11 +10,11 @@ use tern_core::{Error, Result, Rng, Tensor};
 
 pub const VELOCITY_PREFIX: &str = "optimizer.velocity.";
 
-/// All named tensors of a model: parameters, then buffers.
+/// All named tensors of a model, as host tensors: parameters, then buffers.
 pub fn named_tensors(model: &mut Model) -> Vec<(String, Tensor)> {
     let mut out = Vec::new();
-    model.visit_params(&mut |p| out.push((p.name.clone(), p.value.clone())));
-    model.visit_buffers(&mut |n, t| out.push((n.to_string(), t.clone())));
+    model.visit_params(&mut |p| out.push((p.name.clone(), p.value.to_host())));
+    model.visit_buffers(&mut |n, t| out.push((n.to_string(), t.to_host())));
     out
 }
 
@@ -25,7 +25,7 @@ pub fn save(path: &Path, model: &mut Model, velocity: &[Tensor], mut meta: serde
     let mut names = Vec::new();
     model.visit_params(&mut |p| names.push(p.name.clone()));
     for (name, v) in names.iter().zip(velocity) {
-        tensors.push((format!("{VELOCITY_PREFIX}{name}"), v.clone()));
+        tensors.push((format!("{VELOCITY_PREFIX}{name}"), v.to_host()));
     }
     meta["format"] = "tern-checkpoint-v1".into();
     meta["model"] = serde_json::to_value(&model.config).expect("config serialises");
@@ -63,7 +63,9 @@ pub fn load_into(path: &Path, c: &Checkpoint, model: &mut Model) -> Result<Optio
             Some(src) if src.shape() != t.shape() => {
                 err = Some(format!("tensor `{name}` has shape {:?}, the model expects {:?}", src.shape(), t.shape()))
             }
-            Some(src) => *t = src.clone(),
+            // on the tensor's device (a model on a device stays there)
+            Some(src) if t.is_host() => *t = src.clone(),
+            Some(_) => err = Some(format!("tensor `{name}`: load checkpoints into a host model, then move it")),
         }
     };
     model.visit_params(&mut |p| copy(&p.name, &mut p.value));

@@ -65,6 +65,12 @@ impl Param {
         let grad = Tensor::zeros(value.shape());
         Param { name: name.into(), value, grad, decay }
     }
+
+    /// Moves value and gradient to `backend`'s device.
+    pub fn to_backend(&mut self, backend: &dyn Backend) {
+        self.value = backend.upload(&self.value);
+        self.grad = backend.upload(&self.grad);
+    }
 }
 
 /// One row of a model summary.
@@ -148,6 +154,14 @@ pub trait Layer: Send {
 
     /// Drops cached activations (frees memory between training and evaluation).
     fn clear_cache(&mut self) {}
+
+    /// Moves a leaf layer's parameters and buffers to `backend`'s device and drops what it
+    /// cached on the old one (`Model::to_backend` calls it on every leaf).
+    fn to_backend(&mut self, backend: &dyn Backend) {
+        self.clear_cache();
+        self.visit_params(&mut |p| p.to_backend(backend));
+        self.visit_buffers(&mut |_, t| *t = backend.upload(t));
+    }
 }
 
 /// The two trait-object accessors every layer implements the same way.

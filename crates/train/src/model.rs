@@ -47,6 +47,11 @@ impl Model {
         self.net.clear_cache();
     }
 
+    /// Moves every parameter and buffer to `backend`'s device.
+    pub fn to_backend(&mut self, backend: &dyn tern_core::Backend) {
+        self.net.visit_leaves(&mut |l| l.to_backend(backend));
+    }
+
     /// Per-layer rows for one image.
     pub fn summary(&self) -> Vec<SummaryRow> {
         let mut rows = Vec::new();

@@ -1,7 +1,7 @@
 //! SGD with momentum (PyTorch semantics), optional Nesterov, decoupled-from-BN weight decay.
 
 use crate::model::Model;
-use tern_core::Tensor;
+use tern_core::{Backend, Tensor};
 
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct SgdConfig {
@@ -22,23 +22,18 @@ impl Sgd {
         Sgd { config, velocity: Vec::new() }
     }
 
-    /// v = μ·v + (g + λ·w); w -= lr·(Nesterov ? g + λ·w + μ·v : v).
-    pub fn step(&mut self, model: &mut Model, lr: f32) {
+    /// v = μ·v + (g + λ·w); w -= lr·(Nesterov ? g + λ·w + μ·v : v), on `backend`'s device;
+    /// `lr: [1]` on that device.
+    pub fn step(&mut self, backend: &dyn Backend, model: &mut Model, lr: &Tensor) {
         let SgdConfig { momentum: mu, nesterov, weight_decay: wd } = self.config;
         let mut i = 0;
         let vel = &mut self.velocity;
         model.visit_params(&mut |p| {
             if vel.len() <= i {
-                vel.push(Tensor::zeros(p.value.shape()));
+                vel.push(backend.zeros(p.value.shape()));
             }
-            let v = vel[i].data_mut();
             let decay = if p.decay { wd } else { 0.0 };
-            let (w, g) = (p.value.data_mut(), p.grad.data());
-            for j in 0..w.len() {
-                let grad = g[j] + decay * w[j];
-                v[j] = mu * v[j] + grad;
-                w[j] -= lr * if nesterov { grad + mu * v[j] } else { v[j] };
-            }
+            backend.sgd_step(&mut p.value, &p.grad, &mut vel[i], lr, mu, nesterov, decay);
             i += 1;
         });
     }

@@ -12,9 +12,8 @@ use crate::schedule::{Schedule, ScheduleKind};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
-use tern_core::kernels::loss::top_k_correct;
-use tern_core::{Backend, CpuBackend, Error, Result, Rng, Tensor};
-use tern_data::{Augment, BatchIter, DataSplit, Dataset, LoaderConfig, Normalize};
+use tern_core::{loss_stats, Backend, CpuBackend, Error, Result, Rng, Tensor};
+use tern_data::{Augment, Batch, BatchIter, DataSplit, Dataset, LoaderConfig, Normalize};
 
 pub const CHECKPOINT_FILE: &str = "model.safetensors";
 pub const METRICS_FILE: &str = "metrics.json";
@@ -136,7 +135,12 @@ fn loader(
     }
 }
 
-/// Top-1/top-5 accuracy and mean loss of `model` on `ds`.
+/// A batch's images and labels (an index tensor) on `backend`'s device.
+pub fn upload_batch(backend: &dyn Backend, b: &Batch) -> (Tensor, Tensor) {
+    (backend.upload(&b.x), backend.upload(&Tensor::from_u32(&[b.labels.len()], &b.labels)))
+}
+
+/// Top-1/top-5 accuracy and mean loss of `model` (on `backend`'s device) on `ds`.
 pub fn evaluate(
     model: &mut Model,
     backend: &dyn Backend,
@@ -149,16 +153,17 @@ pub fn evaluate(
     let cfg = loader(normalize, model.config.in_shape, batch, 0, false, Augment::default());
     let iter = BatchIter::new(ds, cfg, 0, false);
     obs.eval_start(iter.len());
-    let classes = model.config.classes;
     let (mut c1, mut c5, mut loss, mut n) = (0usize, 0usize, 0.0f64, 0usize);
+    let mut stats = backend.zeros(&[loss_stats::LEN]);
     for b in iter {
         let b = b?;
-        let logits = model.forward(&ctx, &b.x);
-        let mut d = vec![0.0; logits.len()];
-        loss += backend.softmax_cross_entropy(logits.data(), &b.labels, classes, None, &mut d) as f64
-            * b.labels.len() as f64;
-        c1 += top_k_correct(logits.data(), &b.labels, classes, 1).iter().filter(|&&c| c).count();
-        c5 += top_k_correct(logits.data(), &b.labels, classes, 5.min(classes)).iter().filter(|&&c| c).count();
+        let (x, labels) = upload_batch(backend, &b);
+        let logits = model.forward(&ctx, &x);
+        backend.softmax_cross_entropy(&logits, &labels, 5, false, None, &mut stats);
+        let s = stats.host_values();
+        loss += s[loss_stats::LOSS] as f64 * b.labels.len() as f64;
+        c1 += s[loss_stats::TOP1] as usize;
+        c5 += s[loss_stats::TOPK] as usize;
         n += b.labels.len();
         obs.eval_batch();
     }
@@ -270,6 +275,20 @@ impl Trainer {
         &self.train
     }
 
+    /// Runs the rest of training on `backend`: moves the model and the optimizer state to its
+    /// device (checkpoints stay device-independent: they are written from host copies).
+    pub fn set_backend(&mut self, backend: Box<dyn Backend>) {
+        self.model.to_backend(backend.as_ref());
+        for v in &mut self.sgd.velocity {
+            *v = backend.upload(v);
+        }
+        self.backend = backend;
+    }
+
+    pub fn backend(&self) -> &dyn Backend {
+        self.backend.as_ref()
+    }
+
     /// Runs the remaining epochs; returns the final test accuracy.
     pub fn run(&mut self, obs: &mut dyn Observer) -> Result<f64> {
         self.run_until(self.cfg.epochs, obs)
@@ -307,42 +326,41 @@ impl Trainer {
         let iter = BatchIter::new(self.train.clone(), lcfg, epoch, true);
         let batches = iter.len();
         obs.epoch_start(epoch, self.cfg.epochs, batches);
-        let classes = self.model.config.classes;
         let (mut loss_sum, mut correct, mut seen) = (0.0f64, 0usize, 0usize);
         let mut lr = self.schedule.lr(epoch, 0.0);
+        let be = self.backend.as_ref();
+        let mut stats = be.zeros(&[loss_stats::LEN]);
         for (bi, b) in iter.enumerate() {
             let b = b?;
             lr = self.schedule.lr(epoch, bi as f64 / batches as f64);
-            let mut ctx = Ctx::new(self.backend.as_ref(), true);
+            let mut ctx = Ctx::new(be, true);
             if profile_now && bi == 0 {
                 ctx.profiler = Some(&profiler);
             }
-            let logits = self.model.forward(&ctx, &b.x);
-            let is_correct = top_k_correct(logits.data(), &b.labels, classes, 1);
-            let ok = is_correct.iter().filter(|&&c| c).count();
-            // GradUpdate: correctly classified samples contribute zero error.
-            let weights: Option<Vec<f32>> =
-                skip_correct.then(|| is_correct.iter().map(|&c| if c { 0.0 } else { 1.0 }).collect());
-            let mut dlogits = Tensor::zeros(logits.shape());
-            let loss = self.backend.softmax_cross_entropy(logits.data(), &b.labels, classes, None, dlogits.data_mut());
+            let (x, labels) = upload_batch(be, &b);
+            let logits = self.model.forward(&ctx, &x);
+            // GradUpdate (skip_correct): correctly classified samples contribute zero error;
+            // the reported loss stays the plain cross-entropy.
+            let mut dlogits = be.alloc(logits.shape());
+            be.softmax_cross_entropy(&logits, &labels, 1, skip_correct, Some(&mut dlogits), &mut stats);
+            // the one read of the step: loss and correct count
+            let s = stats.host_values();
+            let (loss, ok) = (s[loss_stats::LOSS], s[loss_stats::TOP1] as usize);
             if !loss.is_finite() {
-                return Err(self.non_finite(&b.x, loss));
+                return Err(self.non_finite(&x, loss));
             }
-            if let Some(w) = &weights {
-                // Recompute the gradient with the per-sample weights (the reported loss stays
-                // the plain cross-entropy).
-                self.backend.softmax_cross_entropy(logits.data(), &b.labels, classes, Some(w), dlogits.data_mut());
+            if skip_correct {
                 skipped_samples += ok;
             }
             if skip_correct && ok == b.labels.len() {
                 // The whole batch is right: no backward pass; the step applies momentum and
                 // weight decay only.
                 skipped_batches += 1;
-                self.model.visit_params(&mut |p| p.grad.fill(0.0));
+                self.model.visit_params(&mut |p| be.fill(&mut p.grad, 0.0));
             } else {
                 self.model.backward(&ctx, &dlogits);
             }
-            self.sgd.step(&mut self.model, lr);
+            self.sgd.step(be, &mut self.model, &be.upload(&Tensor::from_vec(&[1], vec![lr])));
             self.step += 1;
             loss_sum += loss as f64 * b.labels.len() as f64;
             correct += ok;
@@ -367,11 +385,7 @@ impl Trainer {
         self.schedule.end_epoch(epoch, 1.0 - train_acc);
         let ev = evaluate(&mut self.model, self.backend.as_ref(), self.test.clone(), &self.normalize, 256, obs)?;
         let mut zf = Vec::new();
-        self.model.visit_mm_layers(&mut |_, t| {
-            if t.config.is_some() {
-                zf.push(t.zero_fraction);
-            }
-        });
+        self.model.visit_mm_layers(&mut |_, t| zf.extend(t.zero_fraction()));
         let weight_zero_fraction = (!zf.is_empty()).then(|| zf.iter().sum::<f64>() / zf.len() as f64);
         Ok(EpochMetrics {
             epoch: epoch + 1,

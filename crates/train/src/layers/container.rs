@@ -42,7 +42,7 @@ fn forward_fused(layers: &mut [Box<dyn Layer>], ctx: &Ctx, x: &Tensor) -> Option
             return None;
         }
         let (y, sums) = conv.forward_with_sums(ctx, x);
-        let out = bn.forward_fused(ctx, &y, Some(sums), relu.as_deref());
+        let out = bn.forward_fused(ctx, &y, sums, relu.as_deref());
         let fused_relu = relu.map(|r| r.clear_cache()).is_some();
         return Some((out, 2 + fused_relu as usize, fused_relu));
     }
@@ -153,8 +153,8 @@ impl Layer for Residual {
         if ctx.fusing() {
             return self.relu.forward_after_add(ctx, &a, &s);
         }
-        let mut z = Tensor::for_overwrite(a.shape());
-        ctx.backend.add(a.data(), s.data(), z.data_mut());
+        let mut z = ctx.backend.alloc(a.shape());
+        ctx.backend.add(&a, &s, &mut z);
         ctx.probe(&format!("{}.add", self.name), &z);
         let y = self.relu.forward(ctx, &z);
         ctx.probe(self.relu.name(), &y);
@@ -172,8 +172,8 @@ impl Layer for Residual {
         };
         match (da, ds) {
             (Some(a), Some(s)) => {
-                let mut dx = Tensor::for_overwrite(a.shape());
-                ctx.backend.add(a.data(), s.data(), dx.data_mut());
+                let mut dx = ctx.backend.alloc(a.shape());
+                ctx.backend.add(&a, &s, &mut dx);
                 Some(dx)
             }
             _ => None,

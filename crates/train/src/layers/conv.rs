@@ -3,7 +3,7 @@
 use super::ternary::TernaryWeight;
 use crate::layer::{Ctx, Layer, Param, SummaryRow};
 use tern_core::kernels::norm::ChannelSums;
-use tern_core::{ConvGeometry, Rng, Tensor};
+use tern_core::{Backend, ConvGeometry, Rng, Tensor};
 
 pub struct Conv2d {
     name: String,
@@ -62,26 +62,26 @@ impl Conv2d {
 
 impl Conv2d {
     /// The forward, also returning the output's channel sums (for a train-mode BN after it).
-    pub fn forward_with_sums(&mut self, ctx: &Ctx, x: &Tensor) -> (Tensor, ChannelSums) {
-        let (y, sums) = self.run_forward(ctx, x, true);
-        (y, sums.expect("sums requested"))
+    /// (None where the backend leaves the statistics to the BN).
+    pub fn forward_with_sums(&mut self, ctx: &Ctx, x: &Tensor) -> (Tensor, Option<ChannelSums>) {
+        self.run_forward(ctx, x, true)
     }
 
     fn run_forward(&mut self, ctx: &Ctx, x: &Tensor, sums: bool) -> (Tensor, Option<ChannelSums>) {
         let g = self.geometry(x.shape());
-        let mut y = Tensor::for_overwrite(&[g.n, g.c_out, g.h_out(), g.w_out()]);
-        let bias = self.bias.as_ref().map(|b| b.value.data());
-        let w = self.ternary.forward_weight(&self.weight.value, self.c_out);
+        let mut y = ctx.backend.alloc(&[g.n, g.c_out, g.h_out(), g.w_out()]);
+        let bias = self.bias.as_ref().map(|b| &b.value);
+        let w = self.ternary.forward_weight(ctx.backend, &self.weight.value, self.c_out);
         let (s, ms) = ctx.timed(|| {
             if sums {
-                Some(ctx.backend.conv2d_forward_sums(x.data(), w.data(), bias, &g, y.data_mut()))
+                ctx.backend.conv2d_forward_sums(x, w, bias, &g, &mut y)
             } else {
-                ctx.backend.conv2d_forward(x.data(), w.data(), bias, &g, y.data_mut());
+                ctx.backend.conv2d_forward(x, w, bias, &g, &mut y);
                 None
             }
         });
         if let Some(p) = ctx.profiler {
-            p.borrow_mut().record_forward(&self.name, "conv", &g, x.data(), w.data(), ms);
+            p.borrow_mut().record_forward(&self.name, "conv", &g, &x.host_values(), &w.host_values(), ms);
         }
         self.cache_x = ctx.train.then(|| x.clone());
         (y, s)
@@ -106,24 +106,24 @@ impl Layer for Conv2d {
     fn backward_input(&mut self, ctx: &Ctx, dy: &Tensor) -> Tensor {
         let x = self.cache_x.as_ref().expect("backward without a train-mode forward");
         let g = self.geometry(x.shape());
-        let mut dx = Tensor::for_overwrite(x.shape());
+        let mut dx = ctx.backend.alloc(x.shape());
         let w = self.ternary.used_weight(&self.weight.value);
-        let ((), ms) = ctx.timed(|| ctx.backend.conv2d_backward_input(dy.data(), w.data(), &g, dx.data_mut()));
+        let ((), ms) = ctx.timed(|| ctx.backend.conv2d_backward_input(dy, w, &g, &mut dx));
         if let Some(p) = ctx.profiler {
-            p.borrow_mut().record_input_grad(&self.name, "conv", &g, w.data(), dy.data(), ms);
+            p.borrow_mut().record_input_grad(&self.name, "conv", &g, &w.host_values(), &dy.host_values(), ms);
         }
         dx
     }
     fn backward_weight(&mut self, ctx: &Ctx, dy: &Tensor) {
         let x = self.cache_x.as_ref().expect("backward without a train-mode forward");
         let g = self.geometry(x.shape());
-        let db = self.bias.as_mut().map(|b| b.grad.data_mut());
-        let dw = self.weight.grad.data_mut();
-        let ((), ms) = ctx.timed(|| ctx.backend.conv2d_backward_weight(x.data(), dy.data(), &g, dw, db));
+        let db = self.bias.as_mut().map(|b| &mut b.grad);
+        let dw = &mut self.weight.grad;
+        let ((), ms) = ctx.timed(|| ctx.backend.conv2d_backward_weight(x, dy, &g, dw, db));
         if let Some(p) = ctx.profiler {
-            p.borrow_mut().record_weight_grad(&self.name, "conv", &g, x.data(), dy.data(), ms);
+            p.borrow_mut().record_weight_grad(&self.name, "conv", &g, &x.host_values(), &dy.host_values(), ms);
         }
-        self.ternary.to_shadow_grad(&self.weight.value, &mut self.weight.grad);
+        self.ternary.to_shadow_grad(ctx.backend, &self.weight.value, &mut self.weight.grad);
     }
     fn visit_params(&mut self, f: &mut dyn FnMut(&mut Param)) {
         f(&mut self.weight);
@@ -150,5 +150,10 @@ impl Layer for Conv2d {
     }
     fn clear_cache(&mut self) {
         self.cache_x = None;
+    }
+    fn to_backend(&mut self, backend: &dyn Backend) {
+        self.ternary.clear();
+        self.cache_x = None;
+        self.visit_params(&mut |p| p.to_backend(backend));
     }
 }

@@ -2,7 +2,7 @@
 
 use super::ternary::TernaryWeight;
 use crate::layer::{Ctx, Layer, Param, SummaryRow};
-use tern_core::{ConvGeometry, Rng, Tensor};
+use tern_core::{Backend, ConvGeometry, Rng, Tensor};
 
 pub struct Linear {
     name: String,
@@ -50,40 +50,38 @@ impl Layer for Linear {
     }
     fn forward(&mut self, ctx: &Ctx, x: &Tensor) -> Tensor {
         let n = self.check(x.shape());
-        let mut y = Tensor::zeros(&[n, self.d_out]);
-        let bias = self.bias.as_ref().map(|b| b.value.data());
+        let mut y = ctx.backend.alloc(&[n, self.d_out]);
+        let bias = self.bias.as_ref().map(|b| &b.value);
         let g = self.geometry(n);
-        let w = self.ternary.forward_weight(&self.weight.value, self.d_out);
-        let ((), ms) =
-            ctx.timed(|| ctx.backend.linear_forward(x.data(), w.data(), bias, n, self.d_in, self.d_out, y.data_mut()));
+        let w = self.ternary.forward_weight(ctx.backend, &self.weight.value, self.d_out);
+        let ((), ms) = ctx.timed(|| ctx.backend.linear_forward(x, w, bias, &mut y));
         if let Some(p) = ctx.profiler {
-            p.borrow_mut().record_forward(&self.name, "linear", &g, x.data(), w.data(), ms);
+            p.borrow_mut().record_forward(&self.name, "linear", &g, &x.host_values(), &w.host_values(), ms);
         }
         self.cache_x = ctx.train.then(|| x.clone());
         y
     }
     fn backward_input(&mut self, ctx: &Ctx, dy: &Tensor) -> Tensor {
         let n = dy.dim(0);
-        let mut dx = Tensor::zeros(&[n, self.d_in]);
+        let mut dx = ctx.backend.alloc(&[n, self.d_in]);
         let w = self.ternary.used_weight(&self.weight.value);
-        let ((), ms) = ctx
-            .timed(|| ctx.backend.linear_backward_input(dy.data(), w.data(), n, self.d_in, self.d_out, dx.data_mut()));
+        let ((), ms) = ctx.timed(|| ctx.backend.linear_backward_input(dy, w, &mut dx));
         if let Some(p) = ctx.profiler {
             let g = self.geometry(n);
-            p.borrow_mut().record_input_grad(&self.name, "linear", &g, w.data(), dy.data(), ms);
+            p.borrow_mut().record_input_grad(&self.name, "linear", &g, &w.host_values(), &dy.host_values(), ms);
         }
         dx
     }
     fn backward_weight(&mut self, ctx: &Ctx, dy: &Tensor) {
         let x = self.cache_x.as_ref().expect("backward without a train-mode forward");
-        let db = self.bias.as_mut().map(|b| b.grad.data_mut());
-        let (n, dw) = (dy.dim(0), self.weight.grad.data_mut());
-        let ((), ms) =
-            ctx.timed(|| ctx.backend.linear_backward_weight(x.data(), dy.data(), n, self.d_in, self.d_out, dw, db));
+        let db = self.bias.as_mut().map(|b| &mut b.grad);
+        let (n, dw) = (dy.dim(0), &mut self.weight.grad);
+        let ((), ms) = ctx.timed(|| ctx.backend.linear_backward_weight(x, dy, dw, db));
         if let Some(p) = ctx.profiler {
-            p.borrow_mut().record_weight_grad(&self.name, "linear", &self.geometry(n), x.data(), dy.data(), ms);
+            let g = self.geometry(n);
+            p.borrow_mut().record_weight_grad(&self.name, "linear", &g, &x.host_values(), &dy.host_values(), ms);
         }
-        self.ternary.to_shadow_grad(&self.weight.value, &mut self.weight.grad);
+        self.ternary.to_shadow_grad(ctx.backend, &self.weight.value, &mut self.weight.grad);
     }
     fn visit_params(&mut self, f: &mut dyn FnMut(&mut Param)) {
         f(&mut self.weight);
@@ -107,5 +105,10 @@ impl Layer for Linear {
     }
     fn clear_cache(&mut self) {
         self.cache_x = None;
+    }
+    fn to_backend(&mut self, backend: &dyn Backend) {
+        self.ternary.clear();
+        self.cache_x = None;
+        self.visit_params(&mut |p| p.to_backend(backend));
     }
 }

@@ -3,8 +3,8 @@
 
 use super::Relu;
 use crate::layer::{Ctx, Layer, Param, SummaryRow};
-use tern_core::kernels::norm::{eval_scale_shift, BnSaved, ChannelSums, ReluMask};
-use tern_core::Tensor;
+use tern_core::kernels::norm::ChannelSums;
+use tern_core::{BnSaved, FusedRelu, Tensor};
 
 pub struct BatchNorm {
     name: String,
@@ -22,7 +22,7 @@ pub struct BatchNorm {
     /// Train-mode batch statistics of the last forward (None: it ran in eval mode).
     saved: Option<BnSaved>,
     /// The ReLU fused into the last forward: its threshold and gradient term λ/n.
-    fused_relu: Option<(f32, f32)>,
+    fused_relu: Option<FusedRelu>,
 }
 
 impl BatchNorm {
@@ -53,42 +53,25 @@ impl BatchNorm {
     /// `relu`: the ReLU that follows, applied here (its own forward and backward are skipped;
     /// this layer's backward applies its mask).
     pub fn forward_fused(&mut self, ctx: &Ctx, x: &Tensor, sums: Option<ChannelSums>, relu: Option<&Relu>) -> Tensor {
-        let (n, hw) = self.dims(x.shape());
-        let mut y = Tensor::for_overwrite(x.shape());
-        let (g, b) = (self.gamma.value.data(), self.beta.value.data());
+        let (n, _) = self.dims(x.shape());
+        let mut y = ctx.backend.alloc(x.shape());
         let threshold = relu.map(|r| r.threshold);
-        self.fused_relu = relu.map(|r| (r.threshold, r.l1 / n as f32));
+        self.fused_relu = relu.map(|r| FusedRelu { threshold: r.threshold, extra: r.l1 / n as f32 });
+        let (g, b) = (&self.gamma.value, &self.beta.value);
         if ctx.train && !self.frozen_stats {
-            let sums = sums.unwrap_or_else(|| ctx.backend.channel_sums(x.data(), n, self.c, hw));
-            let (rm, rv) = (self.running_mean.data_mut(), self.running_var.data_mut());
-            let saved = BnSaved::from_sums(&sums, n * hw, self.eps, self.momentum, rm, rv);
-            let (scale, shift) = saved.scale_shift(g, b);
-            ctx.backend.batch_norm_apply(x.data(), &scale, &shift, hw, threshold, y.data_mut());
+            let (rm, rv) = (&mut self.running_mean, &mut self.running_var);
+            let saved =
+                ctx.backend.batch_norm_train(x, sums, g, b, rm, rv, self.eps, self.momentum, threshold, &mut y);
             self.saved = Some(saved);
             self.cache_x = Some(x.clone());
         } else {
             assert!(threshold.is_none() || !ctx.train, "{}: no fused ReLU with frozen statistics", self.name);
-            let (rm, rv) = (self.running_mean.data(), self.running_var.data());
-            let (scale, shift) = eval_scale_shift(g, b, rm, rv, self.eps);
-            ctx.backend.batch_norm_apply(x.data(), &scale, &shift, hw, threshold, y.data_mut());
-            if ctx.train {
-                let inv_std = rv.iter().map(|v| 1.0 / (v + self.eps).sqrt()).collect();
-                self.saved = Some(BnSaved { mean: rm.to_vec(), inv_std });
-                self.cache_x = Some(x.clone());
-            } else {
-                self.saved = None;
-                self.cache_x = None;
-            }
+            let (rm, rv) = (&self.running_mean, &self.running_var);
+            let saved = ctx.backend.batch_norm_eval(x, g, b, rm, rv, self.eps, threshold, &mut y);
+            self.saved = ctx.train.then_some(saved);
+            self.cache_x = ctx.train.then(|| x.clone());
         }
         y
-    }
-
-    /// The mask of the ReLU fused into the last forward, if any.
-    fn relu_mask(&self) -> Option<ReluMask> {
-        let (threshold, extra) = self.fused_relu?;
-        let saved = self.saved.as_ref().expect("train-mode statistics");
-        let (scale, shift) = saved.scale_shift(self.gamma.value.data(), self.beta.value.data());
-        Some(ReluMask { scale, shift, threshold, extra })
     }
 
     fn dims(&self, s: &[usize]) -> (usize, usize) {
@@ -114,41 +97,24 @@ impl Layer for BatchNorm {
     }
     fn backward_weight(&mut self, ctx: &Ctx, dy: &Tensor) {
         let x = self.cache_x.as_ref().expect("backward without a train-mode forward");
-        let (n, hw) = self.dims(x.shape());
         let saved = self.saved.as_ref().expect("train-mode statistics");
-        let mask = self.relu_mask();
-        let (dg, db) = (self.gamma.grad.data_mut(), self.beta.grad.data_mut());
-        ctx.backend.batch_norm_backward_sums(x.data(), dy.data(), saved, mask.as_ref(), n, self.c, hw, dg, db);
+        let (g, b) = (&self.gamma.value, &self.beta.value);
+        let (dg, db) = (&mut self.gamma.grad, &mut self.beta.grad);
+        ctx.backend.batch_norm_backward_sums(x, dy, g, b, saved, self.fused_relu, dg, db);
     }
     /// Uses dγ and dβ from `backward_weight` (the per-channel sums it needs); `backward` calls
     /// the two in that order.
     fn backward_input(&mut self, ctx: &Ctx, dy: &Tensor) -> Tensor {
         let x = self.cache_x.as_ref().expect("backward without a train-mode forward");
-        let (n, hw) = self.dims(x.shape());
-        let mut dx = Tensor::for_overwrite(x.shape());
+        let mut dx = ctx.backend.alloc(x.shape());
         if self.frozen_stats {
-            // Constant statistics: dx = dy·γ/σ, which is the eval-mode forward applied to dy
-            // with zero mean and zero shift.
-            let zeros = vec![0.0; self.c];
-            let (g, rv) = (self.gamma.value.data(), self.running_var.data());
-            let (scale, shift) = eval_scale_shift(g, &zeros, &zeros, rv, self.eps);
-            ctx.backend.batch_norm_apply(dy.data(), &scale, &shift, hw, None, dx.data_mut());
+            let (g, rv) = (&self.gamma.value, &self.running_var);
+            ctx.backend.batch_norm_frozen_backward_input(dy, g, rv, self.eps, &mut dx);
             return dx;
         }
         let saved = self.saved.as_ref().expect("train-mode statistics");
-        let mask = self.relu_mask();
-        ctx.backend.batch_norm_backward_input(
-            x.data(),
-            dy.data(),
-            self.gamma.value.data(),
-            saved,
-            mask.as_ref(),
-            self.gamma.grad.data(),
-            self.beta.grad.data(),
-            n,
-            hw,
-            dx.data_mut(),
-        );
+        let (g, b, dg, db) = (&self.gamma.value, &self.beta.value, &self.gamma.grad, &self.beta.grad);
+        ctx.backend.batch_norm_backward_input(x, dy, g, b, saved, self.fused_relu, dg, db, &mut dx);
         dx
     }
     fn visit_params(&mut self, f: &mut dyn FnMut(&mut Param)) {

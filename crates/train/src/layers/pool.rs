@@ -13,7 +13,8 @@ pub struct MaxPool2d {
     pub k: usize,
     pub stride: usize,
     pub pad: usize,
-    cache: Option<(Vec<usize>, Vec<u32>)>,
+    /// The input shape and the argmax index tensor of the last train-mode forward.
+    cache: Option<(Vec<usize>, Tensor)>,
 }
 
 impl MaxPool2d {
@@ -36,19 +37,20 @@ impl Layer for MaxPool2d {
     }
     fn forward(&mut self, ctx: &Ctx, x: &Tensor) -> Tensor {
         let g = pool_geometry(&self.name, x.shape(), self.k, self.stride, self.pad);
-        let mut y = Tensor::for_overwrite(&[g.n, g.c, g.h_out(), g.w_out()]);
+        let out = [g.n, g.c, g.h_out(), g.w_out()];
+        let mut y = ctx.backend.alloc(&out);
         // the last step's argmax buffer, reused: a fresh one page-faults megabytes per step
-        let mut arg = self.cache.take().map(|(_, a)| a).filter(|a| a.len() == g.out_len()).unwrap_or_default();
-        arg.resize(g.out_len(), 0);
-        ctx.backend.max_pool_forward(x.data(), &g, y.data_mut(), &mut arg);
+        let reuse = self.cache.take().map(|(_, a)| a).filter(|a| a.shape() == out && a.device() == x.device());
+        let mut arg = reuse.unwrap_or_else(|| ctx.backend.alloc(&out));
+        ctx.backend.max_pool_forward(x, &g, &mut y, &mut arg);
         self.cache = ctx.train.then(|| (x.shape().to_vec(), arg));
         y
     }
     fn backward_input(&mut self, ctx: &Ctx, dy: &Tensor) -> Tensor {
         let (shape, arg) = self.cache.as_ref().expect("backward without a train-mode forward");
         let g = pool_geometry(&self.name, shape, self.k, self.stride, self.pad);
-        let mut dx = Tensor::for_overwrite(shape);
-        ctx.backend.max_pool_backward(dy.data(), arg, &g, dx.data_mut());
+        let mut dx = ctx.backend.alloc(shape);
+        ctx.backend.max_pool_backward(dy, arg, &g, &mut dx);
         dx
     }
     fn clear_cache(&mut self) {
@@ -84,15 +86,15 @@ impl Layer for AvgPool2d {
     }
     fn forward(&mut self, ctx: &Ctx, x: &Tensor) -> Tensor {
         let g = pool_geometry(&self.name, x.shape(), self.k, self.stride, self.pad);
-        let mut y = Tensor::for_overwrite(&[g.n, g.c, g.h_out(), g.w_out()]);
-        ctx.backend.avg_pool_forward(x.data(), &g, y.data_mut());
+        let mut y = ctx.backend.alloc(&[g.n, g.c, g.h_out(), g.w_out()]);
+        ctx.backend.avg_pool_forward(x, &g, &mut y);
         self.in_shape = x.shape().to_vec();
         y
     }
     fn backward_input(&mut self, ctx: &Ctx, dy: &Tensor) -> Tensor {
         let g = pool_geometry(&self.name, &self.in_shape, self.k, self.stride, self.pad);
-        let mut dx = Tensor::for_overwrite(&self.in_shape);
-        ctx.backend.avg_pool_backward(dy.data(), &g, dx.data_mut());
+        let mut dx = ctx.backend.alloc(&self.in_shape);
+        ctx.backend.avg_pool_backward(dy, &g, &mut dx);
         dx
     }
 }
@@ -123,14 +125,14 @@ impl Layer for GlobalAvgPool {
     }
     fn forward(&mut self, ctx: &Ctx, x: &Tensor) -> Tensor {
         let s = x.shape();
-        let mut y = Tensor::for_overwrite(&self.out_shape(s));
-        ctx.backend.global_avg_pool_forward(x.data(), s[2] * s[3], y.data_mut());
+        let mut y = ctx.backend.alloc(&self.out_shape(s));
+        ctx.backend.global_avg_pool_forward(x, &mut y);
         self.in_shape = s.to_vec();
         y
     }
     fn backward_input(&mut self, ctx: &Ctx, dy: &Tensor) -> Tensor {
-        let mut dx = Tensor::for_overwrite(&self.in_shape);
-        ctx.backend.global_avg_pool_backward(dy.data(), self.in_shape[2] * self.in_shape[3], dx.data_mut());
+        let mut dx = ctx.backend.alloc(&self.in_shape);
+        ctx.backend.global_avg_pool_backward(dy, &mut dx);
         dx
     }
 }
