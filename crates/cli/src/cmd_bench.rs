@@ -4,7 +4,7 @@
 use clap::{Args, Subcommand};
 use std::time::Instant;
 use tern_core::kernels::conv;
-use tern_core::{ConvGeometry, CpuBackend, Rng, Tensor};
+use tern_core::{ConvGeometry, Rng, Tensor};
 use tern_train::layer::Ctx;
 use tern_train::models::build;
 use tern_train::{ModelConfig, Sgd, SgdConfig};
@@ -56,6 +56,14 @@ pub enum BenchKind {
         width: usize,
         #[arg(long)]
         small_input: bool,
+        /// Ternary weights (Eq. 1, TWN threshold) in every conv and linear layer
+        #[arg(long)]
+        ternary: bool,
+        /// With --ternary: keep the first conv layer in full precision
+        #[arg(long, requires = "ternary")]
+        fp_first_layer: bool,
+        #[command(flatten)]
+        device: crate::common::DeviceArgs,
         /// Untimed warm-up steps
         #[arg(long, default_value_t = 2)]
         warmup: usize,
@@ -108,42 +116,70 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
                 })
             );
         }
-        BenchKind::Train { model, batch, channels, size, classes, width, small_input, warmup, steps, probe } => {
+        BenchKind::Train {
+            model,
+            batch,
+            channels,
+            size,
+            classes,
+            width,
+            small_input,
+            ternary,
+            fp_first_layer,
+            device,
+            warmup,
+            steps,
+            probe,
+        } => {
             let cfg = ModelConfig { name: model, in_shape: [channels, size, size], classes, width, small_input };
+            let (be, info) = device.backend()?;
+            let be = be.as_ref();
             let mut rng = Rng::new(0);
             let mut m = build(&cfg, &mut rng)?;
+            if ternary {
+                m.set_ternary(Some(tern_core::quant::TernaryConfig::default()), fp_first_layer, false);
+            }
+            m.to_backend(be);
             let mut sgd = Sgd::new(SgdConfig { momentum: 0.9, nesterov: false, weight_decay: 5e-4 });
-            let x = Tensor::randn(&[batch, channels, size, size], 1.0, &mut rng);
+            // the data already on the device, as a loader that uploads ahead would leave it
+            let x = be.upload(&Tensor::randn(&[batch, channels, size, size], 1.0, &mut rng));
             let labels: Vec<u32> = (0..batch).map(|i| (i % classes) as u32).collect();
-            let labels = Tensor::from_u32(&[batch], &labels);
-            let be = CpuBackend;
-            let lr = Tensor::from_vec(&[1], vec![0.01]);
-            let mut stats = Tensor::zeros(&[tern_core::loss_stats::LEN]);
+            let labels = be.upload(&Tensor::from_u32(&[batch], &labels));
+            let lr = be.upload(&Tensor::from_vec(&[1], vec![0.01]));
+            let mut stats = be.zeros(&[tern_core::loss_stats::LEN]);
             let prof = std::cell::RefCell::new(tern_train::profile::Profiler::default());
             let mut step = || {
-                let mut ctx = Ctx::new(&be, true);
+                let mut ctx = Ctx::new(be, true);
                 if probe {
                     ctx.profiler = Some(&prof);
                 }
                 let logits = m.forward(&ctx, &x);
-                let mut d = Tensor::zeros(logits.shape());
-                tern_core::Backend::softmax_cross_entropy(&be, &logits, &labels, 1, false, Some(&mut d), &mut stats);
+                let mut d = be.alloc(logits.shape());
+                be.softmax_cross_entropy(&logits, &labels, 1, false, Some(&mut d), &mut stats);
                 m.backward(&ctx, &d);
-                sgd.step(&be, &mut m, &lr);
+                sgd.step(be, &mut m, &lr);
             };
             for _ in 0..warmup {
                 step();
             }
+            be.synchronize();
             let t = Instant::now();
             for _ in 0..steps.max(1) {
                 step();
             }
+            be.synchronize();
             let secs = t.elapsed().as_secs_f64() / steps.max(1) as f64;
+            let loss = stats.to_host().data()[tern_core::loss_stats::LOSS];
+            if !loss.is_finite() {
+                anyhow::bail!("the benchmark's loss is {loss}: the steps diverged, the timing would be meaningless");
+            }
             println!(
                 "{}",
                 serde_json::json!({
                     "model": cfg, "batch": batch, "threads": rayon::current_num_threads(), "probe": probe, "gemm": a.gemm,
-                    "step_ms": secs * 1e3, "images_per_s": batch as f64 / secs,
+                    "ternary": ternary, "fp_first_layer": fp_first_layer, "device": info,
+                    "device_memory_bytes": be.held_bytes(),
+                    "step_ms": secs * 1e3, "images_per_s": batch as f64 / secs, "loss": loss,
                 })
             );
         }

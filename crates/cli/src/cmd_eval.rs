@@ -6,7 +6,6 @@ use anyhow::Context;
 use clap::Args;
 use std::path::PathBuf;
 use std::sync::Arc;
-use tern_core::CpuBackend;
 use tern_data::Normalize;
 
 #[derive(Args, Debug)]
@@ -16,6 +15,8 @@ pub struct EvalArgs {
     pub checkpoint: PathBuf,
     #[command(flatten)]
     pub data: DataArgs,
+    #[command(flatten)]
+    pub device: crate::common::DeviceArgs,
     #[arg(long, default_value_t = 256)]
     pub batch: usize,
     /// Evaluate on the first N test samples only
@@ -40,7 +41,9 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
         None => data.test.clone(),
     });
     let mut bars = Bars::new(a.json);
-    let r = tern_train::evaluate(&mut model, &CpuBackend, test, &normalize, a.batch, &mut bars)?;
+    let (backend, _) = a.device.backend()?;
+    model.to_backend(backend.as_ref());
+    let r = tern_train::evaluate(&mut model, backend.as_ref(), test, &normalize, a.batch, &mut bars)?;
     bars.finish();
     if a.json {
         println!(

@@ -16,6 +16,8 @@ use tern_train::{EpochMetrics, ModelConfig, Recipe, ScheduleKind, SgdConfig, Tra
 pub struct TrainArgs {
     #[command(flatten)]
     pub data: DataArgs,
+    #[command(flatten)]
+    pub device: crate::common::DeviceArgs,
     /// Model name (see `tern models`)
     #[arg(long, default_value = "vgg-small")]
     pub model: String,
@@ -137,6 +139,9 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
         Some(dir) => resume(&a, dir)?,
         None => fresh(&a)?,
     };
+    let (backend, info) = a.device.backend()?;
+    trainer.set_backend(backend);
+    trainer.device_info = info;
     if !a.quiet {
         let rows = trainer.model.summary();
         let t = tern_train::summary::totals(&rows);

@@ -57,3 +57,49 @@ pub fn check_data_fits(
     }
     Ok(())
 }
+
+/// `--precision`: the math of convolutions and matrix multiplies on a GPU.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PrecisionArg {
+    /// Strict FP32 (no tensor cores)
+    Fp32,
+    /// TF32 tensor cores (FP32 storage and accumulation, 10-bit mantissa products)
+    Tf32,
+}
+
+/// Where a command runs.
+#[derive(Args, Clone, Debug)]
+pub struct DeviceArgs {
+    /// Where to run: cpu, cuda (GPU 0) or cuda:N
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Math of convolutions and matrix multiplies on a GPU: fp32 or tf32 [default: tf32 on cuda,
+    /// like PyTorch's convolutions on Hopper]; the CPU always computes in FP32
+    #[arg(long, value_enum)]
+    pub precision: Option<PrecisionArg>,
+}
+
+impl DeviceArgs {
+    /// The backend, and a description of it for metrics and reports.
+    pub fn backend(&self) -> anyhow::Result<(Box<dyn tern_core::Backend>, serde_json::Value)> {
+        let device: tern_core::Device = self.device.parse()?;
+        match device {
+            tern_core::Device::Cpu => {
+                if self.precision == Some(PrecisionArg::Tf32) {
+                    anyhow::bail!("invalid value for --precision: tf32 needs --device cuda (the CPU computes in FP32)");
+                }
+                let info = serde_json::json!({"device": "cpu", "precision": "fp32", "threads": rayon::current_num_threads()});
+                Ok((Box::new(tern_core::CpuBackend), info))
+            }
+            tern_core::Device::Cuda(i) => {
+                let p = match self.precision.unwrap_or(PrecisionArg::Tf32) {
+                    PrecisionArg::Fp32 => tern_cuda::Precision::Fp32,
+                    PrecisionArg::Tf32 => tern_cuda::Precision::Tf32,
+                };
+                let be = tern_cuda::CudaBackend::new(i, p)?;
+                let info = serde_json::json!({"device": device.to_string(), "gpu": be.gpu_name(), "precision": p.name()});
+                Ok((Box::new(be), info))
+            }
+        }
+    }
+}

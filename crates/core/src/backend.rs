@@ -56,6 +56,10 @@ pub trait Backend: Send + Sync {
     fn fill(&self, t: &mut Tensor, v: f32);
     /// Waits for queued work (a no-op on the CPU); for timing.
     fn synchronize(&self) {}
+    /// Device memory the backend holds, in use or cached for reuse (0 on the CPU).
+    fn held_bytes(&self) -> usize {
+        0
+    }
 
     // ---- mmOps ----
     fn conv2d_forward(&self, x: &Tensor, w: &Tensor, bias: Option<&Tensor>, g: &ConvGeometry, y: &mut Tensor);

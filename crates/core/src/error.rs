@@ -23,6 +23,9 @@ pub enum Error {
     /// A checkpoint does not fit the model it is loaded into.
     #[error("checkpoint {path}: {what}")]
     Checkpoint { path: PathBuf, what: String },
+    /// A device (GPU) is missing, its libraries could not be loaded, or a call on it failed.
+    #[error("{device}: {what}")]
+    Device { device: String, what: String },
     /// Training produced a NaN or an infinity.
     #[error("non-finite values at step {step}: {what}")]
     NonFinite { step: u64, what: String },
@@ -34,6 +37,9 @@ impl Error {
     }
     pub fn format(path: impl Into<PathBuf>, what: impl Into<String>) -> Self {
         Error::Format { path: path.into(), what: what.into() }
+    }
+    pub fn device(device: impl Into<String>, what: impl Into<String>) -> Self {
+        Error::Device { device: device.into(), what: what.into() }
     }
     pub fn invalid(field: impl Into<String>, what: impl Into<String>) -> Self {
         Error::Invalid { field: field.into(), what: what.into() }

@@ -185,6 +185,9 @@ pub struct Trainer {
     pub data_name: String,
     /// Extra metadata the caller wants in every checkpoint (e.g. where the data came from).
     pub extra_meta: serde_json::Value,
+    /// Where the run trains (device, GPU, precision), for metrics.json; not part of the
+    /// configuration: a run may resume on another device.
+    pub device_info: serde_json::Value,
     train: Arc<Dataset>,
     test: Arc<Dataset>,
     out_dir: PathBuf,
@@ -227,6 +230,7 @@ impl Trainer {
             step: 0,
             data_name: data.name.clone(),
             extra_meta: serde_json::json!({}),
+            device_info: serde_json::json!({"device": "cpu", "precision": "fp32"}),
             train: limit(&data.train, cfg.train_limit),
             test: limit(&data.test, cfg.test_limit),
             cfg,
@@ -456,6 +460,7 @@ impl Trainer {
             "layers": rows,
             "steps": self.step,
             "lr_lowered_at_epochs": self.schedule.lowered_at,
+            "device": self.device_info,
         })
     }
 

@@ -1,0 +1,591 @@
+//! `CudaBackend`: tern-core's `Backend` on one CUDA device and one stream.
+
+use crate::conv::{Convs, Operands, Pass};
+use crate::kernels::{grid_for, Kernels};
+use crate::memory::{CudaBuffer, Shared};
+use crate::{args, Precision};
+use cudarc::cublas::{result as blas, sys as blas_sys};
+use cudarc::driver::{result as drv, CudaContext};
+use std::sync::{Arc, Mutex};
+use tern_core::kernels::norm::ChannelSums;
+use tern_core::quant::{Scale, TernaryConfig, Threshold};
+use tern_core::{loss_stats, Backend, BnSaved, ConvGeometry, Device, Error, FusedRelu, PoolGeometry, Result, Tensor};
+
+/// Scratch the first call of each convolution geometry times its algorithms in.
+const FIND_WORKSPACE_BYTES: usize = 512 << 20;
+
+struct Blas(blas_sys::cublasHandle_t);
+// SAFETY: the handle is used behind a mutex, one thread at a time, as cuBLAS allows.
+unsafe impl Send for Blas {}
+
+pub struct CudaBackend {
+    shared: Arc<Shared>,
+    kernels: Kernels,
+    blas: Mutex<Blas>,
+    convs: Mutex<Convs>,
+    /// The convolutions' workspace (grown to the largest chosen algorithm's need).
+    workspace: Mutex<Option<CudaBuffer>>,
+    precision: Precision,
+    gpu_name: String,
+}
+
+impl std::fmt::Debug for CudaBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "CudaBackend({}, {}, {})", self.shared.device(), self.gpu_name, self.precision.name())
+    }
+}
+
+impl Drop for CudaBackend {
+    fn drop(&mut self) {
+        let _ = self.shared.stream.synchronize();
+        let h = self.blas.get_mut().unwrap_or_else(|e| e.into_inner()).0;
+        // SAFETY: created in `new`, destroyed once.
+        let _ = unsafe { blas::destroy_handle(h) };
+    }
+}
+
+/// The device buffer of a tensor this backend owns; panics on a host tensor (a layer that
+/// forgot to move something to the device).
+fn buf(t: &Tensor) -> &CudaBuffer {
+    let b = t.device_buffer().unwrap_or_else(|| panic!("a host tensor {:?} was passed to the CUDA backend", t.shape()));
+    b.as_any().downcast_ref::<CudaBuffer>().expect("a CUDA buffer")
+}
+
+fn ptr(t: &Tensor) -> u64 {
+    buf(t).ptr
+}
+
+/// The output's pointer (copy-on-write: a shared buffer is duplicated first).
+fn out(t: &mut Tensor) -> u64 {
+    let shape = t.shape().to_vec();
+    let b = t.device_buffer_mut().unwrap_or_else(|| panic!("a host tensor {shape:?} was passed to the CUDA backend"));
+    b.as_any().downcast_ref::<CudaBuffer>().expect("a CUDA buffer").ptr
+}
+
+/// (n, c, hw) of `[n, c, ...]`.
+fn nchw(x: &Tensor) -> (usize, usize, usize) {
+    let s = x.shape();
+    (s[0], s[1], s[2..].iter().product())
+}
+
+/// Splits of the per-channel reductions: enough blocks to fill a large GPU, fixed by the
+/// shape alone so that the sums do not depend on the device.
+fn splits(n: usize, c: usize) -> usize {
+    (512 / c.max(1)).clamp(1, n.max(1))
+}
+
+impl CudaBackend {
+    /// The backend on CUDA device `ordinal`. Fails with a clear message when the driver,
+    /// cuBLAS, cuDNN or NVRTC cannot be loaded or the device does not exist.
+    pub fn new(ordinal: usize, precision: Precision) -> Result<CudaBackend> {
+        let dev = format!("cuda:{ordinal}");
+        let e = |what: String| Error::device(&dev, what);
+        // SAFETY: these only try to open the libraries.
+        let libs = unsafe {
+            [
+                ("libcuda (the NVIDIA driver)", cudarc::driver::sys::is_culib_present()),
+                ("libnvrtc (CUDA's run-time compiler)", cudarc::nvrtc::sys::is_culib_present()),
+                ("libcublas", cudarc::cublas::sys::is_culib_present()),
+                ("libcudnn (cuDNN 9)", cudarc::cudnn::sys::is_culib_present()),
+            ]
+        };
+        if let Some((name, _)) = libs.iter().find(|(_, ok)| !ok) {
+            return Err(e(format!("{name} could not be loaded: is this a machine with an NVIDIA GPU and CUDA 13? (--device cpu trains on the CPU)")));
+        }
+        let count = CudaContext::device_count().map_err(|err| e(format!("the CUDA driver did not start: {err}")))?;
+        if ordinal >= count.max(0) as usize {
+            return Err(e(format!("no such device: this machine has {count} CUDA device(s)")));
+        }
+        let ctx = CudaContext::new(ordinal).map_err(|err| e(format!("creating a context: {err}")))?;
+        // SAFETY: one stream does all the work, so cudarc's cross-stream events are not needed.
+        unsafe { ctx.disable_event_tracking() };
+        let stream = ctx.new_stream().map_err(|err| e(format!("creating a stream: {err}")))?;
+        let gpu_name = ctx.name().unwrap_or_else(|_| "unknown GPU".into());
+        let kernels = Kernels::load(&ctx, &dev)?;
+        let handle = blas::create_handle().map_err(|err| e(format!("cuBLAS: {err:?}")))?;
+        let math = match precision {
+            Precision::Fp32 => blas_sys::cublasMath_t::CUBLAS_DEFAULT_MATH,
+            Precision::Tf32 => blas_sys::cublasMath_t::CUBLAS_TF32_TENSOR_OP_MATH,
+        };
+        // SAFETY: a fresh handle and the live stream.
+        unsafe {
+            blas::set_stream(handle, stream.cu_stream() as _).map_err(|err| e(format!("cuBLAS stream: {err:?}")))?;
+            blas_sys::cublasSetMathMode(handle, math);
+        }
+        let convs = Convs::new(stream.cu_stream(), precision)?;
+        let shared = Arc::new(Shared::new(ordinal, ctx, stream));
+        Ok(CudaBackend {
+            shared,
+            kernels,
+            blas: Mutex::new(Blas(handle)),
+            convs: Mutex::new(convs),
+            workspace: Mutex::new(None),
+            precision,
+            gpu_name,
+        })
+    }
+
+    pub fn gpu_name(&self) -> &str {
+        &self.gpu_name
+    }
+
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    fn stream(&self) -> cudarc::driver::sys::CUstream {
+        self.shared.stream.cu_stream()
+    }
+
+    fn bind(&self) {
+        self.shared.ctx.bind_to_thread().unwrap_or_else(|e| panic!("{}: binding the context: {e}", self.shared.device()));
+    }
+
+    fn buffer(&self, len: usize) -> CudaBuffer {
+        self.shared.alloc(len).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Launches a kernel; a failure here is a device fault or a programmer error.
+    ///
+    /// # Safety
+    /// As for [`Kernels::launch`].
+    unsafe fn launch(&self, name: &str, grid: (u32, u32, u32), block: u32, args: &mut [*mut std::ffi::c_void]) {
+        self.bind();
+        // SAFETY: forwarded from the caller.
+        unsafe { self.kernels.launch(name, self.stream(), grid, block, args) }.unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    fn conv(&self, g: &ConvGeometry, pass: Pass, o: Operands) {
+        self.bind();
+        let mut convs = self.convs.lock().unwrap_or_else(|e| e.into_inner());
+        let mut ws_slot = self.workspace.lock().unwrap_or_else(|e| e.into_inner());
+        let mut find_buf: Option<CudaBuffer> = None;
+        let mut workspace = |bytes: usize| -> Result<u64> {
+            if ws_slot.as_ref().is_none_or(|b| b.len * 4 < bytes) {
+                *ws_slot = None; // back to the pool before the larger one is taken
+                *ws_slot = Some(self.shared.alloc(bytes.div_ceil(4))?);
+            }
+            Ok(ws_slot.as_ref().expect("workspace").ptr)
+        };
+        let needs_find = !convs.has_choice(g, pass);
+        let find_ws = if needs_find {
+            let b = self.buffer(FIND_WORKSPACE_BYTES / 4);
+            let p = (b.ptr, FIND_WORKSPACE_BYTES);
+            find_buf = Some(b);
+            p
+        } else {
+            (0, 0)
+        };
+        // SAFETY: the operands hold tensors of `g`'s shapes on this device (the Backend
+        // contract), and `workspace` returns buffers of the requested size.
+        unsafe { convs.run(g, pass, &o, find_ws, &mut workspace) }.unwrap_or_else(|e| panic!("{e}"));
+        drop(find_buf);
+    }
+
+    /// Column sums over images and positions: db[ch] = Σ_{n, hw} dy (a bias gradient).
+    fn channel_sums_into(&self, dy: &Tensor, n: usize, c: usize, hw: usize, db: &mut Tensor) {
+        let s = splits(n, c);
+        let partial = self.buffer(c * s * 4);
+        let (ni, ci, hwi, si) = (n as i32, c as i32, hw as i32, s as i32);
+        let (x, p, o) = (ptr(dy), partial.ptr, out(db));
+        // SAFETY: dy is [n, c, hw]; partial holds c·s pairs of doubles; db is [c].
+        unsafe {
+            self.launch("channel_partial_sums", (s as u32, c as u32, 1), 256, args!(&x, &p, &ni, &ci, &hwi, &si));
+            self.launch("channel_sum_finalize", (c.div_ceil(128) as u32, 1, 1), 128, args!(&p, &si, &o, &ci));
+        }
+    }
+
+    fn add_bias(&self, y: &mut Tensor, bias: &Tensor, inner: usize) {
+        let (n, c) = (y.len() as i64, bias.len() as i64);
+        let (yp, bp, inner) = (out(y), ptr(bias), inner as i64);
+        // SAFETY: y holds n values whose channel index is (i / inner) % c < bias.len().
+        unsafe { self.launch("add_bias", grid_for(n as usize), 256, args!(&yp, &bp, &inner, &c, &n)) };
+    }
+
+    /// C = op(A)·op(B) in column-major terms (see the linear layers for the mapping).
+    #[allow(clippy::too_many_arguments)]
+    fn sgemm(&self, ta: bool, tb: bool, m: usize, n: usize, k: usize, a: u64, lda: usize, b: u64, ldb: usize, c: u64, ldc: usize) {
+        self.bind();
+        let blas_h = self.blas.lock().unwrap_or_else(|e| e.into_inner());
+        let op = |t: bool| if t { blas_sys::cublasOperation_t::CUBLAS_OP_T } else { blas_sys::cublasOperation_t::CUBLAS_OP_N };
+        let (alpha, beta) = (1.0f32, 0.0f32);
+        let i = |v: usize| i32::try_from(v).expect("GEMM size fits i32");
+        // SAFETY: the callers pass device pointers to matrices of these sizes and strides.
+        unsafe {
+            blas::sgemm(
+                blas_h.0,
+                op(ta),
+                op(tb),
+                i(m),
+                i(n),
+                i(k),
+                &alpha,
+                a as *const f32,
+                i(lda),
+                b as *const f32,
+                i(ldb),
+                &beta,
+                c as *mut f32,
+                i(ldc),
+            )
+        }
+        .unwrap_or_else(|e| panic!("{}: cuBLAS sgemm: {e:?}", self.shared.device()));
+    }
+
+    fn pool_dims(g: &PoolGeometry) -> (i32, i32, i32, i32, i32, i32, i32) {
+        (g.h as i32, g.w as i32, g.h_out() as i32, g.w_out() as i32, g.k as i32, g.stride as i32, g.pad as i32)
+    }
+}
+
+impl Backend for CudaBackend {
+    fn name(&self) -> &'static str {
+        "cuda"
+    }
+    fn device(&self) -> Device {
+        self.shared.device()
+    }
+    fn alloc(&self, shape: &[usize]) -> Tensor {
+        Tensor::from_device(shape, Box::new(self.buffer(shape.iter().product())))
+    }
+    fn zeros(&self, shape: &[usize]) -> Tensor {
+        let mut t = self.alloc(shape);
+        self.fill(&mut t, 0.0);
+        t
+    }
+    fn upload(&self, t: &Tensor) -> Tensor {
+        if t.device() == self.device() {
+            return t.clone();
+        }
+        let host = t.host_values();
+        let b = self.buffer(host.len());
+        self.bind();
+        // SAFETY: b holds host.len() floats; the copy is ordered on the stream and cuda
+        // copies pageable memory out before the call returns.
+        unsafe { drv::memcpy_htod_async(b.ptr, &host, self.stream()) }
+            .unwrap_or_else(|e| panic!("{}: upload: {e}", self.shared.device()));
+        Tensor::from_device(t.shape(), Box::new(b))
+    }
+    fn fill(&self, t: &mut Tensor, v: f32) {
+        let (p, n) = (out(t), t.len() as i64);
+        // SAFETY: t holds n floats.
+        unsafe { self.launch("fill", grid_for(n as usize), 256, args!(&p, &v, &n)) };
+    }
+    fn synchronize(&self) {
+        self.shared.stream.synchronize().unwrap_or_else(|e| panic!("{}: {e}", self.shared.device()));
+    }
+    fn held_bytes(&self) -> usize {
+        self.shared.held_bytes()
+    }
+
+    fn conv2d_forward(&self, x: &Tensor, w: &Tensor, bias: Option<&Tensor>, g: &ConvGeometry, y: &mut Tensor) {
+        self.conv(g, Pass::Forward, Operands { x: ptr(x), w: ptr(w), y: out(y) });
+        if let Some(b) = bias {
+            self.add_bias(y, b, g.pq());
+        }
+    }
+    fn conv2d_backward_input(&self, dy: &Tensor, w: &Tensor, g: &ConvGeometry, dx: &mut Tensor) {
+        self.conv(g, Pass::BackwardData, Operands { x: out(dx), w: ptr(w), y: ptr(dy) });
+    }
+    fn conv2d_backward_weight(
+        &self,
+        x: &Tensor,
+        dy: &Tensor,
+        g: &ConvGeometry,
+        dw: &mut Tensor,
+        db: Option<&mut Tensor>,
+    ) {
+        self.conv(g, Pass::BackwardFilter, Operands { x: ptr(x), w: out(dw), y: ptr(dy) });
+        if let Some(db) = db {
+            self.channel_sums_into(dy, g.n, g.c_out, g.pq(), db);
+        }
+    }
+    // Row-major [r, c] is column-major [c, r]: y = x·wᵀ is yᵀ = w·xᵀ, i.e. column-major
+    // C[d_out × n] = op_T(W'[d_in × d_out])·X'[d_in × n].
+    fn linear_forward(&self, x: &Tensor, w: &Tensor, bias: Option<&Tensor>, y: &mut Tensor) {
+        let (n, d_in, d_out) = (x.dim(0), x.dim(1), w.dim(0));
+        self.sgemm(true, false, d_out, n, d_in, ptr(w), d_in, ptr(x), d_in, out(y), d_out);
+        if let Some(b) = bias {
+            self.add_bias(y, b, 1);
+        }
+    }
+    // dx = dy·w: column-major dxᵀ[d_in × n] = W'[d_in × d_out]·DY'[d_out × n].
+    fn linear_backward_input(&self, dy: &Tensor, w: &Tensor, dx: &mut Tensor) {
+        let (n, d_out, d_in) = (dy.dim(0), w.dim(0), w.dim(1));
+        self.sgemm(false, false, d_in, n, d_out, ptr(w), d_in, ptr(dy), d_out, out(dx), d_in);
+    }
+    // dw = dyᵀ·x: column-major dwᵀ[d_in × d_out] = X'[d_in × n]·op_T(DY'[d_out × n]).
+    fn linear_backward_weight(&self, x: &Tensor, dy: &Tensor, dw: &mut Tensor, db: Option<&mut Tensor>) {
+        let (n, d_in, d_out) = (x.dim(0), x.dim(1), dy.dim(1));
+        self.sgemm(false, true, d_in, d_out, n, ptr(x), d_in, ptr(dy), d_out, out(dw), d_in);
+        if let Some(db) = db {
+            self.channel_sums_into(dy, n, d_out, 1, db);
+        }
+    }
+
+    fn batch_norm_train(
+        &self,
+        x: &Tensor,
+        _sums: Option<ChannelSums>,
+        gamma: &Tensor,
+        beta: &Tensor,
+        running_mean: &mut Tensor,
+        running_var: &mut Tensor,
+        eps: f32,
+        momentum: f32,
+        relu: Option<f32>,
+        y: &mut Tensor,
+    ) -> BnSaved {
+        let (n, c, hw) = nchw(x);
+        let s = splits(n, c);
+        let partial = self.buffer(c * s * 4);
+        let (mut mean, mut inv_std) = (self.alloc(&[c]), self.alloc(&[c]));
+        let (ni, ci, hwi, si) = (n as i32, c as i32, hw as i32, s as i32);
+        let count = (n * hw) as f64;
+        let (xp, pp, rm, rv, mp, ip) = (ptr(x), partial.ptr, out(running_mean), out(running_var), out(&mut mean), out(&mut inv_std));
+        let (gp, bp, yp) = (ptr(gamma), ptr(beta), out(y));
+        let (flag, t) = (relu.is_some() as i32, relu.unwrap_or(0.0));
+        let (hw64, total) = (hw as i64, x.len() as i64);
+        // SAFETY: x, y: [n, c, hw]; per-channel tensors: [c]; partial: c·s pairs of doubles.
+        unsafe {
+            self.launch("channel_partial_sums", (s as u32, c as u32, 1), 256, args!(&xp, &pp, &ni, &ci, &hwi, &si));
+            self.launch(
+                "bn_finalize",
+                (c.div_ceil(128) as u32, 1, 1),
+                128,
+                args!(&pp, &si, &count, &eps, &momentum, &rm, &rv, &mp, &ip, &ci),
+            );
+            self.launch(
+                "bn_apply",
+                grid_for(total as usize),
+                256,
+                args!(&xp, &yp, &gp, &bp, &mp, &ip, &flag, &t, &hw64, &ci, &total),
+            );
+        }
+        BnSaved { mean, inv_std }
+    }
+    fn batch_norm_eval(
+        &self,
+        x: &Tensor,
+        gamma: &Tensor,
+        beta: &Tensor,
+        running_mean: &Tensor,
+        running_var: &Tensor,
+        eps: f32,
+        relu: Option<f32>,
+        y: &mut Tensor,
+    ) -> BnSaved {
+        let (_, c, hw) = nchw(x);
+        let (mut mean, mut inv_std) = (self.alloc(&[c]), self.alloc(&[c]));
+        let (xp, yp, gp, bp, rm, rv) = (ptr(x), out(y), ptr(gamma), ptr(beta), ptr(running_mean), ptr(running_var));
+        let (mp, ip, ci) = (out(&mut mean), out(&mut inv_std), c as i32);
+        let (flag, t) = (relu.is_some() as i32, relu.unwrap_or(0.0));
+        let (hw64, total) = (hw as i64, x.len() as i64);
+        // SAFETY: x, y: [n, c, hw]; per-channel tensors: [c].
+        unsafe {
+            self.launch("bn_eval_stats", (c.div_ceil(128) as u32, 1, 1), 128, args!(&rm, &rv, &eps, &mp, &ip, &ci));
+            self.launch(
+                "bn_apply_eval",
+                grid_for(total as usize),
+                256,
+                args!(&xp, &yp, &gp, &bp, &rm, &rv, &eps, &flag, &t, &hw64, &ci, &total),
+            );
+        }
+        BnSaved { mean, inv_std }
+    }
+    fn batch_norm_backward_sums(
+        &self,
+        x: &Tensor,
+        dy: &Tensor,
+        gamma: &Tensor,
+        beta: &Tensor,
+        saved: &BnSaved,
+        relu: Option<FusedRelu>,
+        dgamma: &mut Tensor,
+        dbeta: &mut Tensor,
+    ) {
+        let (n, c, hw) = nchw(x);
+        let s = splits(n, c);
+        let partial = self.buffer(c * s * 4);
+        let (ni, ci, hwi, si) = (n as i32, c as i32, hw as i32, s as i32);
+        let (flag, t, extra) = (relu.is_some() as i32, relu.map_or(0.0, |r| r.threshold), relu.map_or(0.0, |r| r.extra));
+        let (xp, dp, gp, bp, mp, ip, pp) =
+            (ptr(x), ptr(dy), ptr(gamma), ptr(beta), ptr(&saved.mean), ptr(&saved.inv_std), partial.ptr);
+        let (dgp, dbp) = (out(dgamma), out(dbeta));
+        // SAFETY: x, dy: [n, c, hw]; per-channel tensors: [c]; partial: c·s pairs of doubles.
+        unsafe {
+            self.launch(
+                "bn_bwd_partial",
+                (s as u32, c as u32, 1),
+                256,
+                args!(&xp, &dp, &gp, &bp, &mp, &ip, &flag, &t, &extra, &pp, &ni, &ci, &hwi, &si),
+            );
+            self.launch("bn_bwd_finalize", (c.div_ceil(128) as u32, 1, 1), 128, args!(&pp, &si, &ip, &dgp, &dbp, &ci));
+        }
+    }
+    fn batch_norm_backward_input(
+        &self,
+        x: &Tensor,
+        dy: &Tensor,
+        gamma: &Tensor,
+        beta: &Tensor,
+        saved: &BnSaved,
+        relu: Option<FusedRelu>,
+        dgamma: &Tensor,
+        dbeta: &Tensor,
+        dx: &mut Tensor,
+    ) {
+        let (n, c, hw) = nchw(x);
+        let (flag, t, extra) = (relu.is_some() as i32, relu.map_or(0.0, |r| r.threshold), relu.map_or(0.0, |r| r.extra));
+        let m = (n * hw) as f32;
+        let (xp, dp, gp, bp, mp, ip) = (ptr(x), ptr(dy), ptr(gamma), ptr(beta), ptr(&saved.mean), ptr(&saved.inv_std));
+        let (dgp, dbp, dxp) = (ptr(dgamma), ptr(dbeta), out(dx));
+        let (hw64, ci, total) = (hw as i64, c as i32, x.len() as i64);
+        // SAFETY: x, dy, dx: [n, c, hw]; per-channel tensors: [c].
+        unsafe {
+            self.launch(
+                "bn_bwd_input",
+                grid_for(total as usize),
+                256,
+                args!(&xp, &dp, &gp, &bp, &mp, &ip, &flag, &t, &extra, &dgp, &dbp, &m, &dxp, &hw64, &ci, &total),
+            );
+        }
+    }
+    fn batch_norm_frozen_backward_input(&self, dy: &Tensor, gamma: &Tensor, running_var: &Tensor, eps: f32, dx: &mut Tensor) {
+        let (_, c, hw) = nchw(dy);
+        let (dp, gp, rv, dxp) = (ptr(dy), ptr(gamma), ptr(running_var), out(dx));
+        let (hw64, ci, total) = (hw as i64, c as i32, dy.len() as i64);
+        // SAFETY: dy, dx: [n, c, hw]; gamma, running_var: [c].
+        unsafe {
+            self.launch("bn_frozen_bwd", grid_for(total as usize), 256, args!(&dp, &gp, &rv, &eps, &dxp, &hw64, &ci, &total))
+        };
+    }
+
+    fn relu_forward(&self, x: &Tensor, threshold: f32, y: &mut Tensor) {
+        let (xp, yp, n) = (ptr(x), out(y), x.len() as i64);
+        // SAFETY: x and y hold n floats.
+        unsafe { self.launch("relu_fwd", grid_for(n as usize), 256, args!(&xp, &yp, &threshold, &n)) };
+    }
+    fn relu_backward(&self, x: &Tensor, dy: &Tensor, threshold: f32, extra: f32, dx: &mut Tensor) {
+        let (xp, dp, dxp, n) = (ptr(x), ptr(dy), out(dx), x.len() as i64);
+        // SAFETY: x, dy and dx hold n floats.
+        unsafe { self.launch("relu_bwd", grid_for(n as usize), 256, args!(&xp, &dp, &dxp, &threshold, &extra, &n)) };
+    }
+    fn add(&self, a: &Tensor, b: &Tensor, y: &mut Tensor) {
+        let (ap, bp, yp, n) = (ptr(a), ptr(b), out(y), a.len() as i64);
+        // SAFETY: a, b and y hold n floats.
+        unsafe { self.launch("add", grid_for(n as usize), 256, args!(&ap, &bp, &yp, &n)) };
+    }
+    fn add_relu(&self, a: &Tensor, b: &Tensor, threshold: f32, y: &mut Tensor) {
+        let (ap, bp, yp, n) = (ptr(a), ptr(b), out(y), a.len() as i64);
+        // SAFETY: a, b and y hold n floats.
+        unsafe { self.launch("add_relu", grid_for(n as usize), 256, args!(&ap, &bp, &yp, &threshold, &n)) };
+    }
+
+    fn max_pool_forward(&self, x: &Tensor, g: &PoolGeometry, y: &mut Tensor, argmax: &mut Tensor) {
+        let (h, w, ho, wo, k, s, p) = Self::pool_dims(g);
+        let (xp, yp, ap, total) = (ptr(x), out(y), out(argmax), y.len() as i64);
+        // SAFETY: x: [n·c, h, w]; y and argmax: [n·c, ho, wo].
+        unsafe {
+            self.launch("max_pool_fwd", grid_for(total as usize), 256, args!(&xp, &yp, &ap, &h, &w, &ho, &wo, &k, &s, &p, &total))
+        };
+    }
+    fn max_pool_backward(&self, dy: &Tensor, argmax: &Tensor, g: &PoolGeometry, dx: &mut Tensor) {
+        let (h, w, ho, wo, k, s, p) = Self::pool_dims(g);
+        let (dp, ap, dxp, total) = (ptr(dy), ptr(argmax), out(dx), dx.len() as i64);
+        // SAFETY: dy and argmax: [n·c, ho, wo]; dx: [n·c, h, w].
+        unsafe {
+            self.launch("max_pool_bwd", grid_for(total as usize), 256, args!(&dp, &ap, &dxp, &h, &w, &ho, &wo, &k, &s, &p, &total))
+        };
+    }
+    fn avg_pool_forward(&self, x: &Tensor, g: &PoolGeometry, y: &mut Tensor) {
+        let (h, w, ho, wo, k, s, p) = Self::pool_dims(g);
+        let (xp, yp, total) = (ptr(x), out(y), y.len() as i64);
+        // SAFETY: x: [n·c, h, w]; y: [n·c, ho, wo].
+        unsafe { self.launch("avg_pool_fwd", grid_for(total as usize), 256, args!(&xp, &yp, &h, &w, &ho, &wo, &k, &s, &p, &total)) };
+    }
+    fn avg_pool_backward(&self, dy: &Tensor, g: &PoolGeometry, dx: &mut Tensor) {
+        let (h, w, ho, wo, k, s, p) = Self::pool_dims(g);
+        let (dp, dxp, total) = (ptr(dy), out(dx), dx.len() as i64);
+        // SAFETY: dy: [n·c, ho, wo]; dx: [n·c, h, w].
+        unsafe { self.launch("avg_pool_bwd", grid_for(total as usize), 256, args!(&dp, &dxp, &h, &w, &ho, &wo, &k, &s, &p, &total)) };
+    }
+    fn global_avg_pool_forward(&self, x: &Tensor, y: &mut Tensor) {
+        let (n, c, hw) = nchw(x);
+        let (xp, yp, hwi, planes) = (ptr(x), out(y), hw as i32, (n * c) as i64);
+        let blocks = (n * c).div_ceil(8) as u32; // 8 warps per block, one plane each
+        // SAFETY: x: [n·c, hw]; y: [n·c].
+        unsafe { self.launch("global_avg_pool_fwd", (blocks, 1, 1), 256, args!(&xp, &yp, &hwi, &planes)) };
+    }
+    fn global_avg_pool_backward(&self, dy: &Tensor, dx: &mut Tensor) {
+        let (_, _, hw) = nchw(dx);
+        let (dp, dxp, hwi, total) = (ptr(dy), out(dx), hw as i32, dx.len() as i64);
+        // SAFETY: dy: [n·c]; dx: [n·c, hw].
+        unsafe { self.launch("global_avg_pool_bwd", grid_for(total as usize), 256, args!(&dp, &dxp, &hwi, &total)) };
+    }
+
+    fn softmax_cross_entropy(
+        &self,
+        logits: &Tensor,
+        labels: &Tensor,
+        top_k: usize,
+        skip_correct: bool,
+        dlogits: Option<&mut Tensor>,
+        stats: &mut Tensor,
+    ) {
+        assert!(stats.len() >= loss_stats::LEN);
+        let (n, classes) = (logits.dim(0) as i32, logits.dim(1) as i32);
+        let k = top_k.min(classes as usize) as i32;
+        let (lp, yp, sp) = (ptr(logits), ptr(labels), out(stats));
+        let dp = dlogits.map_or(0u64, out);
+        let skip = skip_correct as i32;
+        // SAFETY: logits and dlogits: [n, classes]; labels: [n] indices < classes (checked
+        // where data sets are read); stats: [3]. A null dlogits is skipped by the kernel.
+        unsafe { self.launch("softmax_xent", (1, 1, 1), 1024, args!(&lp, &yp, &dp, &sp, &n, &classes, &k, &skip)) };
+    }
+
+    fn ternarize(&self, w: &Tensor, rows: usize, cfg: &TernaryConfig, q: &mut Tensor, zero_fraction: &mut Tensor) {
+        let (rule, f) = match cfg.threshold {
+            Threshold::MeanAbs(f) => (0i32, f),
+            Threshold::Fixed(d) => (1, d),
+            Threshold::MaxFraction(f) => (2, f),
+            Threshold::ZeroFraction(f) => (3, f),
+        };
+        let scale = match cfg.scale {
+            Scale::None => 0i32,
+            Scale::Layer => 1,
+            Scale::Channel => 2,
+        };
+        let n = w.len() as i64;
+        let cols = (w.len() / rows.max(1)) as i64;
+        let (scratch, row_zeros) = (self.buffer(2), self.buffer(rows.max(1)));
+        let (wp, qp, zp, sp, rp, rows64) = (ptr(w), out(q), out(zero_fraction), scratch.ptr, row_zeros.ptr, rows as i64);
+        // SAFETY: w and q hold rows·cols floats; scratch 2, row_zeros `rows`, zero_fraction 1.
+        unsafe {
+            self.launch("tern_threshold", (1, 1, 1), 1024, args!(&wp, &n, &rule, &f, &scale, &sp));
+            self.launch("tern_apply", (rows.max(1) as u32, 1, 1), 256, args!(&wp, &qp, &cols, &scale, &sp, &rp));
+            self.launch("tern_zero_fraction", (1, 1, 1), 256, args!(&rp, &rows64, &n, &zp));
+        }
+    }
+    fn straight_through(&self, w: &Tensor, grad: &mut Tensor, clip: f32) {
+        let (wp, gp, n) = (ptr(w), out(grad), w.len() as i64);
+        // SAFETY: w and grad hold n floats.
+        unsafe { self.launch("straight_through", grid_for(n as usize), 256, args!(&wp, &gp, &clip, &n)) };
+    }
+    fn sgd_step(
+        &self,
+        w: &mut Tensor,
+        g: &Tensor,
+        v: &mut Tensor,
+        lr: &Tensor,
+        momentum: f32,
+        nesterov: bool,
+        weight_decay: f32,
+    ) {
+        let (wp, gp, vp, lp, n) = (out(w), ptr(g), out(v), ptr(lr), g.len() as i64);
+        let nest = nesterov as i32;
+        // SAFETY: w, g, v hold n floats; lr one.
+        unsafe {
+            self.launch("sgd", grid_for(n as usize), 256, args!(&wp, &gp, &vp, &lp, &momentum, &nest, &weight_decay, &n))
+        };
+    }
+}

@@ -1,0 +1,489 @@
+// tern's CUDA kernels, compiled at start-up by NVRTC (see kernels.rs). Every reduction has a
+// fixed split and a fixed order (no float atomics), so a step gives the same bits every time.
+// Index tensors (labels, argmax) hold u32 values in float slots.
+
+typedef unsigned int u32;
+typedef unsigned long long u64;
+
+#define BLOCK 256
+#define GRID_STRIDE(i, n) for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (long long)blockDim.x * gridDim.x)
+
+// Sum of a double over the block (blockDim.x a multiple of 32, at most 1024); the result is
+// valid in thread 0. The tree order is fixed, so the sum is deterministic.
+__device__ double block_sum(double v) {
+    __shared__ double part[32];
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffff, v, o);
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    __syncthreads();
+    if (lane == 0) part[warp] = v;
+    __syncthreads();
+    v = 0.0;
+    if (warp == 0) {
+        int nw = blockDim.x >> 5;
+        v = lane < nw ? part[lane] : 0.0;
+        for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffff, v, o);
+    }
+    return v;
+}
+
+__device__ float block_max(float v) {
+    __shared__ float part[32];
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_down_sync(0xffffffff, v, o));
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    __syncthreads();
+    if (lane == 0) part[warp] = v;
+    __syncthreads();
+    v = 0.0f;
+    if (warp == 0) {
+        int nw = blockDim.x >> 5;
+        v = lane < nw ? part[lane] : 0.0f;
+        for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_down_sync(0xffffffff, v, o));
+    }
+    return v;
+}
+
+// ---------------------------------------------------------------- point-wise
+
+extern "C" __global__ void fill(float* x, float v, long long n) {
+    GRID_STRIDE(i, n) x[i] = v;
+}
+
+extern "C" __global__ void relu_fwd(const float* x, float* y, float t, long long n) {
+    GRID_STRIDE(i, n) { float v = x[i]; y[i] = v > t ? v : 0.0f; }
+}
+
+extern "C" __global__ void relu_bwd(const float* x, const float* dy, float* dx, float t, float extra, long long n) {
+    GRID_STRIDE(i, n) dx[i] = x[i] > t ? dy[i] + extra : 0.0f;
+}
+
+extern "C" __global__ void add(const float* a, const float* b, float* y, long long n) {
+    GRID_STRIDE(i, n) y[i] = a[i] + b[i];
+}
+
+extern "C" __global__ void add_relu(const float* a, const float* b, float* y, float t, long long n) {
+    GRID_STRIDE(i, n) { float v = a[i] + b[i]; y[i] = v > t ? v : 0.0f; }
+}
+
+// y[i] += bias[(i / inner) % c]: a conv's channel bias (inner = h·w) or a linear layer's (inner = 1)
+extern "C" __global__ void add_bias(float* y, const float* bias, long long inner, long long c, long long n) {
+    GRID_STRIDE(i, n) y[i] += bias[(i / inner) % c];
+}
+
+// ---------------------------------------------------------------- per-channel sums
+// x: [n, c, hw]. Block (s, ch) sums images s·per .. (s+1)·per of channel ch; the partial
+// results are added in split order by the finalising kernels.
+
+// partial[(ch·splits + s)·2 + {0,1}] = (Σ x, Σ x²)
+extern "C" __global__ void channel_partial_sums(const float* x, double* partial, int n, int c, int hw, int splits) {
+    int s = blockIdx.x, ch = blockIdx.y;
+    int per = (n + splits - 1) / splits;
+    int i0 = s * per, i1 = min(n, i0 + per);
+    double a = 0.0, b = 0.0;
+    long long len = (long long)max(0, i1 - i0) * hw;
+    for (long long k = threadIdx.x; k < len; k += blockDim.x) {
+        long long img = i0 + k / hw, j = k % hw;
+        float v = x[(img * c + ch) * hw + j];
+        a += v;
+        b += (double)v * v;
+    }
+    a = block_sum(a);
+    b = block_sum(b);
+    if (threadIdx.x == 0) {
+        partial[(ch * splits + s) * 2] = a;
+        partial[(ch * splits + s) * 2 + 1] = b;
+    }
+}
+
+// Column sums of dy [n, c, hw] over images and positions: a conv's (or linear's) bias gradient.
+extern "C" __global__ void channel_sum_finalize(const double* partial, int splits, float* out, int c) {
+    int ch = blockIdx.x * blockDim.x + threadIdx.x;
+    if (ch >= c) return;
+    double a = 0.0;
+    for (int s = 0; s < splits; s++) a += partial[(ch * splits + s) * 2];
+    out[ch] = (float)a;
+}
+
+// Batch statistics from the partial sums; running statistics as PyTorch updates them
+// (momentum, unbiased variance); saved mean and 1/σ for the backward.
+extern "C" __global__ void bn_finalize(const double* partial, int splits, double count, float eps, float momentum,
+                                       float* running_mean, float* running_var, float* mean_out, float* inv_std_out, int c) {
+    int ch = blockIdx.x * blockDim.x + threadIdx.x;
+    if (ch >= c) return;
+    double a = 0.0, b = 0.0;
+    for (int s = 0; s < splits; s++) {
+        a += partial[(ch * splits + s) * 2];
+        b += partial[(ch * splits + s) * 2 + 1];
+    }
+    double mean = a / count;
+    double var = fmax(b / count - mean * mean, 0.0);
+    double unbias = count > 1.0 ? count / (count - 1.0) : 1.0;
+    mean_out[ch] = (float)mean;
+    inv_std_out[ch] = 1.0f / sqrtf((float)var + eps);
+    running_mean[ch] = (1.0f - momentum) * running_mean[ch] + momentum * (float)mean;
+    running_var[ch] = (1.0f - momentum) * running_var[ch] + momentum * (float)(var * unbias);
+}
+
+// Saved statistics from the running ones (eval mode, frozen statistics).
+extern "C" __global__ void bn_eval_stats(const float* running_mean, const float* running_var, float eps,
+                                         float* mean_out, float* inv_std_out, int c) {
+    int ch = blockIdx.x * blockDim.x + threadIdx.x;
+    if (ch >= c) return;
+    mean_out[ch] = running_mean[ch];
+    inv_std_out[ch] = 1.0f / sqrtf(running_var[ch] + eps);
+}
+
+// y = γ·(x − mean)·inv_std + β, then relu with threshold t if relu != 0.
+// scale = γ·inv_std and shift = β − mean·scale, as the CPU computes them.
+extern "C" __global__ void bn_apply(const float* x, float* y, const float* gamma, const float* beta, const float* mean,
+                                    const float* inv_std, int relu, float t, long long hw, int c, long long n) {
+    GRID_STRIDE(i, n) {
+        int ch = (int)((i / hw) % c);
+        float sc = gamma[ch] * inv_std[ch];
+        float sh = beta[ch] - mean[ch] * sc;
+        float v = x[i] * sc + sh;
+        y[i] = relu ? (v > t ? v : 0.0f) : v;
+    }
+}
+
+// Eval-mode map from the running statistics: scale = γ/√(var+ε), as the CPU computes it.
+extern "C" __global__ void bn_apply_eval(const float* x, float* y, const float* gamma, const float* beta,
+                                         const float* running_mean, const float* running_var, float eps, int relu,
+                                         float t, long long hw, int c, long long n) {
+    GRID_STRIDE(i, n) {
+        int ch = (int)((i / hw) % c);
+        float sc = gamma[ch] / sqrtf(running_var[ch] + eps);
+        float sh = beta[ch] - running_mean[ch] * sc;
+        float v = x[i] * sc + sh;
+        y[i] = relu ? (v > t ? v : 0.0f) : v;
+    }
+}
+
+// dz = dy through the fused ReLU's mask (recomputed from x), or dy.
+__device__ __forceinline__ float bn_dz(float xv, float d, float sc, float sh, int relu, float t, float extra) {
+    if (!relu) return d;
+    return xv * sc + sh > t ? d + extra : 0.0f;
+}
+
+// partial (Σ dz, Σ dz·(x − mean)) per channel and split.
+extern "C" __global__ void bn_bwd_partial(const float* x, const float* dy, const float* gamma, const float* beta,
+                                          const float* mean, const float* inv_std, int relu, float t, float extra,
+                                          double* partial, int n, int c, int hw, int splits) {
+    int s = blockIdx.x, ch = blockIdx.y;
+    int per = (n + splits - 1) / splits;
+    int i0 = s * per, i1 = min(n, i0 + per);
+    float sc = gamma[ch] * inv_std[ch], sh = beta[ch] - mean[ch] * sc, m = mean[ch];
+    double a = 0.0, b = 0.0;
+    long long len = (long long)max(0, i1 - i0) * hw;
+    for (long long k = threadIdx.x; k < len; k += blockDim.x) {
+        long long idx = ((i0 + k / hw) * c + ch) * hw + k % hw;
+        float xv = x[idx];
+        float dz = bn_dz(xv, dy[idx], sc, sh, relu, t, extra);
+        a += dz;
+        b += (double)dz * (xv - m);
+    }
+    a = block_sum(a);
+    b = block_sum(b);
+    if (threadIdx.x == 0) {
+        partial[(ch * splits + s) * 2] = a;
+        partial[(ch * splits + s) * 2 + 1] = b;
+    }
+}
+
+extern "C" __global__ void bn_bwd_finalize(const double* partial, int splits, const float* inv_std, float* dgamma,
+                                           float* dbeta, int c) {
+    int ch = blockIdx.x * blockDim.x + threadIdx.x;
+    if (ch >= c) return;
+    double a = 0.0, b = 0.0;
+    for (int s = 0; s < splits; s++) {
+        a += partial[(ch * splits + s) * 2];
+        b += partial[(ch * splits + s) * 2 + 1];
+    }
+    dbeta[ch] = (float)a;
+    dgamma[ch] = (float)(b * (double)inv_std[ch]);
+}
+
+// dx = γ·inv_std/M · (M·dz − dβ − x̂·dγ)
+extern "C" __global__ void bn_bwd_input(const float* x, const float* dy, const float* gamma, const float* beta,
+                                        const float* mean, const float* inv_std, int relu, float t, float extra,
+                                        const float* dgamma, const float* dbeta, float m, float* dx, long long hw,
+                                        int c, long long n) {
+    GRID_STRIDE(i, n) {
+        int ch = (int)((i / hw) % c);
+        float inv = inv_std[ch], sc = gamma[ch] * inv, sh = beta[ch] - mean[ch] * sc;
+        float xv = x[i];
+        float dz = bn_dz(xv, dy[i], sc, sh, relu, t, extra);
+        float xhat = (xv - mean[ch]) * inv;
+        dx[i] = gamma[ch] * inv / m * (m * dz - dbeta[ch] - xhat * dgamma[ch]);
+    }
+}
+
+// Frozen statistics: dx = dy·γ/√(var+ε).
+extern "C" __global__ void bn_frozen_bwd(const float* dy, const float* gamma, const float* running_var, float eps,
+                                         float* dx, long long hw, int c, long long n) {
+    GRID_STRIDE(i, n) {
+        int ch = (int)((i / hw) % c);
+        dx[i] = dy[i] * (gamma[ch] / sqrtf(running_var[ch] + eps));
+    }
+}
+
+// ---------------------------------------------------------------- pooling (planes of [n·c])
+
+extern "C" __global__ void max_pool_fwd(const float* x, float* y, u32* argmax, int h, int w, int ho, int wo, int k,
+                                        int stride, int pad, long long total) {
+    GRID_STRIDE(i, total) {
+        long long plane = i / ((long long)ho * wo);
+        int p = (int)(i % ((long long)ho * wo)) / wo, q = (int)(i % wo);
+        const float* xp = x + plane * h * w;
+        float best = -INFINITY;
+        u32 arg = 0;
+        for (int r = 0; r < k; r++) {
+            int ih = p * stride + r - pad;
+            if (ih < 0 || ih >= h) continue;
+            for (int s = 0; s < k; s++) {
+                int iw = q * stride + s - pad;
+                if (iw < 0 || iw >= w) continue;
+                float v = xp[ih * w + iw];
+                if (v > best) { best = v; arg = ih * w + iw; }
+            }
+        }
+        y[i] = best;
+        argmax[i] = arg;
+    }
+}
+
+// Gather form (one thread per input position, its covering windows in a fixed order): no atomics.
+extern "C" __global__ void max_pool_bwd(const float* dy, const u32* argmax, float* dx, int h, int w, int ho, int wo,
+                                        int k, int stride, int pad, long long total) {
+    GRID_STRIDE(i, total) {
+        long long plane = i / ((long long)h * w);
+        int pos = (int)(i % ((long long)h * w));
+        int ih = pos / w, iw = pos % w;
+        int p0 = max(0, (ih + pad - k + stride) / stride), p1 = min(ho - 1, (ih + pad) / stride);
+        int q0 = max(0, (iw + pad - k + stride) / stride), q1 = min(wo - 1, (iw + pad) / stride);
+        float s = 0.0f;
+        for (int p = p0; p <= p1; p++)
+            for (int q = q0; q <= q1; q++) {
+                long long o = plane * ho * wo + p * wo + q;
+                if (argmax[o] == (u32)pos) s += dy[o];
+            }
+        dx[i] = s;
+    }
+}
+
+extern "C" __global__ void avg_pool_fwd(const float* x, float* y, int h, int w, int ho, int wo, int k, int stride,
+                                        int pad, long long total) {
+    GRID_STRIDE(i, total) {
+        long long plane = i / ((long long)ho * wo);
+        int p = (int)(i % ((long long)ho * wo)) / wo, q = (int)(i % wo);
+        const float* xp = x + plane * h * w;
+        float s = 0.0f;
+        for (int r = 0; r < k; r++) {
+            int ih = p * stride + r - pad;
+            if (ih < 0 || ih >= h) continue;
+            for (int t = 0; t < k; t++) {
+                int iw = q * stride + t - pad;
+                if (iw >= 0 && iw < w) s += xp[ih * w + iw];
+            }
+        }
+        y[i] = s * (1.0f / (float)(k * k));
+    }
+}
+
+extern "C" __global__ void avg_pool_bwd(const float* dy, float* dx, int h, int w, int ho, int wo, int k, int stride,
+                                        int pad, long long total) {
+    GRID_STRIDE(i, total) {
+        long long plane = i / ((long long)h * w);
+        int pos = (int)(i % ((long long)h * w));
+        int ih = pos / w, iw = pos % w;
+        int p0 = max(0, (ih + pad - k + stride) / stride), p1 = min(ho - 1, (ih + pad) / stride);
+        int q0 = max(0, (iw + pad - k + stride) / stride), q1 = min(wo - 1, (iw + pad) / stride);
+        float inv = 1.0f / (float)(k * k);
+        float s = 0.0f;
+        for (int p = p0; p <= p1; p++)
+            for (int q = q0; q <= q1; q++) s += dy[plane * ho * wo + p * wo + q] * inv;
+        dx[i] = s;
+    }
+}
+
+// One warp per plane.
+extern "C" __global__ void global_avg_pool_fwd(const float* x, float* y, int hw, long long planes) {
+    long long plane = ((long long)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
+    int lane = threadIdx.x & 31;
+    if (plane >= planes) return;
+    float s = 0.0f;
+    for (int j = lane; j < hw; j += 32) s += x[plane * hw + j];
+    for (int o = 16; o > 0; o >>= 1) s += __shfl_down_sync(0xffffffff, s, o);
+    if (lane == 0) y[plane] = s / (float)hw;
+}
+
+extern "C" __global__ void global_avg_pool_bwd(const float* dy, float* dx, int hw, long long total) {
+    GRID_STRIDE(i, total) dx[i] = dy[i / hw] / (float)hw;
+}
+
+// ---------------------------------------------------------------- loss
+// One block; warp w takes rows w, w + warps, ...; per-row results are summed in a fixed
+// order. stats = (mean loss, top-1 correct, top-k correct). dlogits may be null.
+extern "C" __global__ void softmax_xent(const float* logits, const u32* labels, float* dlogits, float* stats, int n,
+                                        int classes, int k, int skip_correct) {
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, warps = blockDim.x >> 5;
+    double loss = 0.0, top1 = 0.0, topk = 0.0;
+    for (int row = warp; row < n; row += warps) {
+        const float* l = logits + (long long)row * classes;
+        int y = (int)labels[row];
+        float v = l[y];
+        float mx = -INFINITY;
+        int better = 0, finite = 1;
+        for (int j = lane; j < classes; j += 32) {
+            float o = l[j];
+            mx = fmaxf(mx, o);
+            better += (o > v || (o == v && j < y));
+            finite &= isfinite(o);
+        }
+        for (int o = 16; o > 0; o >>= 1) {
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, o));
+            better += __shfl_xor_sync(0xffffffff, better, o);
+            finite &= __shfl_xor_sync(0xffffffff, finite, o);
+        }
+        float sum = 0.0f;
+        for (int j = lane; j < classes; j += 32) sum += expf(l[j] - mx);
+        for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffff, sum, o);
+        float log_sum = logf(sum) + mx;
+        int c1 = finite && better < 1, ck = finite && better < k;
+        if (lane == 0) {
+            loss += (double)(log_sum - v);
+            top1 += c1;
+            topk += ck;
+        }
+        if (dlogits) {
+            float wgt = (skip_correct && c1) ? 0.0f : 1.0f;
+            for (int j = lane; j < classes; j += 32) {
+                float p = expf(l[j] - log_sum);
+                dlogits[(long long)row * classes + j] = wgt * (p - (j == y ? 1.0f : 0.0f)) / (float)n;
+            }
+        }
+    }
+    loss = block_sum(loss);
+    top1 = block_sum(top1);
+    topk = block_sum(topk);
+    if (threadIdx.x == 0) {
+        stats[0] = (float)(loss / n);
+        stats[1] = (float)top1;
+        stats[2] = (float)topk;
+    }
+}
+
+// ---------------------------------------------------------------- ternary weights (Eq. 1)
+// rule: 0 mean|W|·f, 1 fixed f, 2 max|W|·f, 3 the |W| at rank round(f·n) (zero fraction f).
+// scale: 0 none, 1 layer, 2 channel. One block: Δ and the layer scale into scratch[0..2].
+extern "C" __global__ void tern_threshold(const float* w, long long n, int rule, float f, int scale, float* scratch) {
+    __shared__ float delta_s;
+    if (rule == 0 || rule == 1) {
+        double s = 0.0;
+        if (rule == 0)
+            for (long long i = threadIdx.x; i < n; i += blockDim.x) s += fabsf(w[i]);
+        s = block_sum(s);
+        // the CPU sums |w| in f32 in order; f64 here: the two agree to rounding
+        if (threadIdx.x == 0) delta_s = rule == 0 ? f * (float)(s / (double)(n > 0 ? n : 1)) : f;
+    } else if (rule == 2) {
+        float m = 0.0f;
+        for (long long i = threadIdx.x; i < n; i += blockDim.x) m = fmaxf(m, fabsf(w[i]));
+        m = block_max(m);
+        if (threadIdx.x == 0) delta_s = f * m;
+    } else {
+        long long kth = llroundf(f * (float)n);  // half away from zero, as Rust's round()
+        if (kth == 0) {
+            if (threadIdx.x == 0) delta_s = -1.0f;
+        } else {
+            // the kth smallest |w|: non-negative floats order as their bit patterns
+            __shared__ u32 lo_s, hi_s;
+            if (threadIdx.x == 0) { lo_s = 0; hi_s = 0x7f800000u; }
+            __syncthreads();
+            while (true) {
+                u32 lo = lo_s, hi = hi_s;
+                if (lo >= hi) break;
+                u32 mid = lo + (hi - lo) / 2;
+                double cnt = 0.0;
+                for (long long i = threadIdx.x; i < n; i += blockDim.x) cnt += (__float_as_uint(fabsf(w[i])) <= mid);
+                cnt = block_sum(cnt);
+                __syncthreads();
+                if (threadIdx.x == 0) {
+                    if ((long long)cnt >= kth) hi_s = mid; else lo_s = mid + 1;
+                }
+                __syncthreads();
+            }
+            if (threadIdx.x == 0) delta_s = __uint_as_float(lo_s);
+        }
+    }
+    __syncthreads();
+    float delta = delta_s;
+    if (scale == 1) {
+        double s = 0.0, cnt = 0.0;
+        for (long long i = threadIdx.x; i < n; i += blockDim.x) {
+            float a = fabsf(w[i]);
+            if (a > delta) { s += a; cnt += 1.0; }
+        }
+        s = block_sum(s);
+        cnt = block_sum(cnt);
+        if (threadIdx.x == 0) scratch[1] = cnt > 0.0 ? (float)(s / cnt) : 0.0f;
+    } else if (threadIdx.x == 0) {
+        scratch[1] = 1.0f;
+    }
+    if (threadIdx.x == 0) scratch[0] = delta;
+}
+
+// One block per row: q = ±α or 0; row_zeros[row] = zeros in the row.
+extern "C" __global__ void tern_apply(const float* w, float* q, long long cols, int scale, const float* scratch,
+                                      float* row_zeros) {
+    long long row = blockIdx.x;
+    const float* wr = w + row * cols;
+    float* qr = q + row * cols;
+    float delta = scratch[0];
+    __shared__ float alpha_s;
+    if (scale == 2) {
+        double s = 0.0, cnt = 0.0;
+        for (long long i = threadIdx.x; i < cols; i += blockDim.x) {
+            float a = fabsf(wr[i]);
+            if (a > delta) { s += a; cnt += 1.0; }
+        }
+        s = block_sum(s);
+        cnt = block_sum(cnt);
+        if (threadIdx.x == 0) alpha_s = cnt > 0.0 ? (float)(s / cnt) : 0.0f;
+    } else if (threadIdx.x == 0) {
+        alpha_s = scratch[1];
+    }
+    __syncthreads();
+    float alpha = alpha_s;
+    double zeros = 0.0;
+    for (long long i = threadIdx.x; i < cols; i += blockDim.x) {
+        float v = wr[i];
+        float o = v > delta ? alpha : (v < -delta ? -alpha : 0.0f);
+        zeros += (v > delta || v < -delta) ? 0.0 : 1.0;
+        qr[i] = o;
+    }
+    zeros = block_sum(zeros);
+    if (threadIdx.x == 0) row_zeros[row] = (float)zeros;
+}
+
+extern "C" __global__ void tern_zero_fraction(const float* row_zeros, long long rows, long long n, float* out) {
+    double z = 0.0;
+    for (long long i = threadIdx.x; i < rows; i += blockDim.x) z += row_zeros[i];
+    z = block_sum(z);
+    if (threadIdx.x == 0) out[0] = (float)(z / (double)(n > 0 ? n : 1));
+}
+
+extern "C" __global__ void straight_through(const float* w, float* g, float clip, long long n) {
+    GRID_STRIDE(i, n) if (fabsf(w[i]) > clip) g[i] = 0.0f;
+}
+
+// ---------------------------------------------------------------- optimizer
+
+extern "C" __global__ void sgd(float* w, const float* g, float* v, const float* lr, float mu, int nesterov, float wd,
+                               long long n) {
+    float rate = lr[0];
+    GRID_STRIDE(i, n) {
+        float grad = g[i] + wd * w[i];
+        float vi = mu * v[i] + grad;
+        v[i] = vi;
+        w[i] -= rate * (nesterov ? grad + mu * vi : vi);
+    }
+}

@@ -1,0 +1,107 @@
+//! The NVRTC-compiled kernels of `kernels.cu` (compiled once per process, for the device's
+//! own architecture) and the launch helper.
+
+use cudarc::driver::{result, sys, CudaContext, CudaFunction, CudaModule};
+use cudarc::nvrtc::{compile_ptx_with_opts, CompileOptions};
+use std::collections::HashMap;
+use std::ffi::c_void;
+use std::sync::Arc;
+use tern_core::{Error, Result};
+
+pub const SOURCE: &str = include_str!("kernels.cu");
+
+/// Every `extern "C"` kernel in `kernels.cu`.
+const NAMES: &[&str] = &[
+    "fill",
+    "relu_fwd",
+    "relu_bwd",
+    "add",
+    "add_relu",
+    "add_bias",
+    "channel_partial_sums",
+    "channel_sum_finalize",
+    "bn_finalize",
+    "bn_eval_stats",
+    "bn_apply",
+    "bn_apply_eval",
+    "bn_bwd_partial",
+    "bn_bwd_finalize",
+    "bn_bwd_input",
+    "bn_frozen_bwd",
+    "max_pool_fwd",
+    "max_pool_bwd",
+    "avg_pool_fwd",
+    "avg_pool_bwd",
+    "global_avg_pool_fwd",
+    "global_avg_pool_bwd",
+    "softmax_xent",
+    "tern_threshold",
+    "tern_apply",
+    "tern_zero_fraction",
+    "straight_through",
+    "sgd",
+];
+
+pub struct Kernels {
+    _module: Arc<CudaModule>,
+    functions: HashMap<&'static str, CudaFunction>,
+}
+
+impl std::fmt::Debug for Kernels {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Kernels({} functions)", self.functions.len())
+    }
+}
+
+impl Kernels {
+    /// Compiles the source for the context's device and loads every kernel.
+    pub fn load(ctx: &Arc<CudaContext>, device: &str) -> Result<Self> {
+        let err = |what: String| Error::device(device, what);
+        let (major, minor) = ctx.compute_capability().map_err(|e| err(format!("compute capability: {e}")))?;
+        // NVRTC wants a 'static string; one per process and architecture.
+        let arch: &'static str = Box::leak(format!("compute_{major}{minor}").into_boxed_str());
+        let opts = CompileOptions { arch: Some(arch), fmad: Some(true), ..Default::default() };
+        let ptx = compile_ptx_with_opts(SOURCE, opts).map_err(|e| err(format!("NVRTC could not compile the kernels: {e}")))?;
+        let module = ctx.load_module(ptx).map_err(|e| err(format!("loading the kernels: {e}")))?;
+        let mut functions = HashMap::new();
+        for &name in NAMES {
+            let f = module.load_function(name).map_err(|e| err(format!("kernel {name}: {e}")))?;
+            functions.insert(name, f);
+        }
+        Ok(Kernels { _module: module, functions })
+    }
+
+    /// Launches `name` on `stream` with `args`: pointers to each argument's value, in the
+    /// kernel's parameter order.
+    ///
+    /// # Safety
+    /// `args` must match the kernel's parameters in number, order and type, and every device
+    /// pointer among them must be valid for the accesses the kernel makes with these sizes.
+    pub unsafe fn launch(
+        &self,
+        name: &str,
+        stream: sys::CUstream,
+        grid: (u32, u32, u32),
+        block: u32,
+        args: &mut [*mut c_void],
+    ) -> Result<()> {
+        let f = self.functions.get(name).unwrap_or_else(|| panic!("no kernel named {name}"));
+        // SAFETY: the caller guarantees the arguments (see above).
+        unsafe { result::launch_kernel(f.cu_function(), grid, (block, 1, 1), 0, stream, args) }
+            .map_err(|e| Error::device("cuda", format!("launching {name}: {e}")))
+    }
+}
+
+/// Blocks of 256 threads covering `n` elements with a grid-stride loop (capped: each thread
+/// then takes several elements).
+pub fn grid_for(n: usize) -> (u32, u32, u32) {
+    ((n.div_ceil(256)).clamp(1, 132 * 32) as u32, 1, 1)
+}
+
+/// `args!(a, b, ...)`: the argument array for [`Kernels::launch`] from references to values.
+#[macro_export]
+macro_rules! args {
+    ($($a:expr),* $(,)?) => {
+        &mut [$(($a) as *const _ as *mut ::std::ffi::c_void),*]
+    };
+}

@@ -1,0 +1,34 @@
+//! tern-cuda: the CUDA backend. Tensors live in device memory (`CudaBuffer`, pooled);
+//! convolutions run through cuDNN (algorithm chosen by measurement per geometry), linear
+//! layers through cuBLAS, everything else through NVRTC-compiled kernels (`kernels.cu`):
+//! BN with its fused ReLU, pooling, the loss, ternarisation, SGD. Everything runs on one
+//! stream. The libraries are loaded at run time (cudarc, dynamic loading), so the
+//! workspace builds and tests on machines without CUDA; `CudaBackend::new` says what is
+//! missing there.
+
+mod backend;
+mod conv;
+mod kernels;
+mod memory;
+
+pub use backend::CudaBackend;
+pub use memory::CudaBuffer;
+
+/// The math of convolutions and matrix multiplies (point-wise kernels are always FP32).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Precision {
+    /// Strict FP32: cuDNN FMA kernels only, cuBLAS without tensor cores.
+    Fp32,
+    /// TF32 tensor cores for convolutions and GEMMs (10-bit mantissa products, FP32
+    /// accumulation): what PyTorch uses for convolutions on Hopper by default.
+    Tf32,
+}
+
+impl Precision {
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::Fp32 => "fp32",
+            Precision::Tf32 => "tf32",
+        }
+    }
+}
