@@ -5,7 +5,10 @@
 typedef unsigned int u32;
 typedef unsigned long long u64;
 
-#define BLOCK 256
+// NVRTC has no <math.h>: the constants and classification macros are spelled out here.
+#define NEG_INF __int_as_float(0xff800000)
+// finite: x − x is 0 for finite x, NaN for NaN and ±inf
+#define IS_FINITE(x) ((x) - (x) == 0.0f)
 #define GRID_STRIDE(i, n) for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (long long)blockDim.x * gridDim.x)
 
 // Sum of a double over the block (blockDim.x a multiple of 32, at most 1024); the result is
@@ -234,7 +237,7 @@ extern "C" __global__ void max_pool_fwd(const float* x, float* y, u32* argmax, i
         long long plane = i / ((long long)ho * wo);
         int p = (int)(i % ((long long)ho * wo)) / wo, q = (int)(i % wo);
         const float* xp = x + plane * h * w;
-        float best = -INFINITY;
+        float best = NEG_INF;
         u32 arg = 0;
         for (int r = 0; r < k; r++) {
             int ih = p * stride + r - pad;
@@ -331,13 +334,13 @@ extern "C" __global__ void softmax_xent(const float* logits, const u32* labels, 
         const float* l = logits + (long long)row * classes;
         int y = (int)labels[row];
         float v = l[y];
-        float mx = -INFINITY;
+        float mx = NEG_INF;
         int better = 0, finite = 1;
         for (int j = lane; j < classes; j += 32) {
             float o = l[j];
             mx = fmaxf(mx, o);
             better += (o > v || (o == v && j < y));
-            finite &= isfinite(o);
+            finite &= IS_FINITE(o);
         }
         for (int o = 16; o > 0; o >>= 1) {
             mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, o));

@@ -58,10 +58,7 @@ impl Kernels {
     pub fn load(ctx: &Arc<CudaContext>, device: &str) -> Result<Self> {
         let err = |what: String| Error::device(device, what);
         let (major, minor) = ctx.compute_capability().map_err(|e| err(format!("compute capability: {e}")))?;
-        // NVRTC wants a 'static string; one per process and architecture.
-        let arch: &'static str = Box::leak(format!("compute_{major}{minor}").into_boxed_str());
-        let opts = CompileOptions { arch: Some(arch), fmad: Some(true), ..Default::default() };
-        let ptx = compile_ptx_with_opts(SOURCE, opts).map_err(|e| err(format!("NVRTC could not compile the kernels: {e}")))?;
+        let ptx = compile(major, minor).map_err(err)?;
         let module = ctx.load_module(ptx).map_err(|e| err(format!("loading the kernels: {e}")))?;
         let mut functions = HashMap::new();
         for &name in NAMES {
@@ -92,6 +89,14 @@ impl Kernels {
     }
 }
 
+/// PTX of `kernels.cu` for compute capability `major.minor` (NVRTC only, no device needed).
+pub fn compile(major: i32, minor: i32) -> std::result::Result<cudarc::nvrtc::Ptx, String> {
+    // NVRTC wants a 'static string; one per process and architecture.
+    let arch: &'static str = Box::leak(format!("compute_{major}{minor}").into_boxed_str());
+    let opts = CompileOptions { arch: Some(arch), fmad: Some(true), ..Default::default() };
+    compile_ptx_with_opts(SOURCE, opts).map_err(|e| format!("NVRTC could not compile the kernels: {e}"))
+}
+
 /// Blocks of 256 threads covering `n` elements with a grid-stride loop (capped: each thread
 /// then takes several elements).
 pub fn grid_for(n: usize) -> (u32, u32, u32) {
@@ -104,4 +109,21 @@ macro_rules! args {
     ($($a:expr),* $(,)?) => {
         &mut [$(($a) as *const _ as *mut ::std::ffi::c_void),*]
     };
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_kernels_compile_where_nvrtc_is_present() {
+        // SAFETY: only tries to open the library.
+        if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+            eprintln!("skipped: libnvrtc is not on this machine");
+            return;
+        }
+        let ptx = super::compile(9, 0).unwrap_or_else(|e| panic!("{e}"));
+        let text = ptx.to_src();
+        for name in super::NAMES {
+            assert!(text.contains(&format!(".entry {name}(")), "kernel {name} missing from the PTX");
+        }
+    }
 }
