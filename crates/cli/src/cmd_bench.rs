@@ -5,7 +5,6 @@ use clap::{Args, Subcommand};
 use std::time::Instant;
 use tern_core::kernels::conv;
 use tern_core::{ConvGeometry, Rng, Tensor};
-use tern_train::layer::Ctx;
 use tern_train::models::build;
 use tern_train::{ModelConfig, Sgd, SgdConfig};
 
@@ -64,6 +63,9 @@ pub enum BenchKind {
         fp_first_layer: bool,
         #[command(flatten)]
         device: crate::common::DeviceArgs,
+        /// On a GPU, launch every kernel of every step instead of replaying a recorded step
+        #[arg(long)]
+        no_graph: bool,
         /// Untimed warm-up steps
         #[arg(long, default_value_t = 2)]
         warmup: usize,
@@ -127,6 +129,7 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
             ternary,
             fp_first_layer,
             device,
+            no_graph,
             warmup,
             steps,
             probe,
@@ -144,20 +147,13 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
             // the data already on the device, as a loader that uploads ahead would leave it
             let x = be.upload(&Tensor::randn(&[batch, channels, size, size], 1.0, &mut rng));
             let labels: Vec<u32> = (0..batch).map(|i| (i % classes) as u32).collect();
-            let labels = be.upload(&Tensor::from_u32(&[batch], &labels));
-            let lr = be.upload(&Tensor::from_vec(&[1], vec![0.01]));
-            let mut stats = be.zeros(&[tern_core::loss_stats::LEN]);
             let prof = std::cell::RefCell::new(tern_train::profile::Profiler::default());
+            // the trainer's step: recorded and replayed where the device can (--no-graph: not)
+            let mut stepper = tern_train::Stepper::new(!no_graph);
+            let mut last = None;
             let mut step = || {
-                let mut ctx = Ctx::new(be, true);
-                if probe {
-                    ctx.profiler = Some(&prof);
-                }
-                let logits = m.forward(&ctx, &x);
-                let mut d = be.alloc(logits.shape());
-                be.softmax_cross_entropy(&logits, &labels, 1, false, Some(&mut d), &mut stats);
-                m.backward(&ctx, &d);
-                sgd.step(be, &mut m, &lr);
+                let p = probe.then_some(&prof);
+                last = Some(stepper.step(be, &mut m, &mut sgd, &x, &labels, 0.01, false, p));
             };
             for _ in 0..warmup {
                 step();
@@ -169,7 +165,7 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
             }
             be.synchronize();
             let secs = t.elapsed().as_secs_f64() / steps.max(1) as f64;
-            let loss = stats.to_host().data()[tern_core::loss_stats::LOSS];
+            let loss = last.map_or(f32::NAN, |o| o.loss);
             if !loss.is_finite() {
                 anyhow::bail!("the benchmark's loss is {loss}: the steps diverged, the timing would be meaningless");
             }
@@ -177,7 +173,7 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
                 "{}",
                 serde_json::json!({
                     "model": cfg, "batch": batch, "threads": rayon::current_num_threads(), "probe": probe, "gemm": a.gemm,
-                    "ternary": ternary, "fp_first_layer": fp_first_layer, "device": info,
+                    "ternary": ternary, "fp_first_layer": fp_first_layer, "device": info, "graph": !no_graph,
                     "device_memory_bytes": be.held_bytes(),
                     "step_ms": secs * 1e3, "images_per_s": batch as f64 / secs, "loss": loss,
                 })

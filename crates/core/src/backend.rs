@@ -56,6 +56,21 @@ pub trait Backend: Send + Sync {
     fn fill(&self, t: &mut Tensor, v: f32);
     /// Waits for queued work (a no-op on the CPU); for timing.
     fn synchronize(&self) {}
+    /// Copies `src` (any device) into the existing tensor `dst` of the same length. On a
+    /// device the storage itself is written, also when other handles share it (a recorded
+    /// step reads its inputs from fixed buffers, which the layers' caches share); on the
+    /// host, shared storage is copied first, as `data_mut` does.
+    fn write(&self, dst: &mut Tensor, src: &Tensor) {
+        dst.data_mut().copy_from_slice(&src.host_values());
+    }
+    /// Runs `step` (its device work) once, and returns it recorded for replay where the
+    /// device can replay work without the host (CUDA graphs), else `None`. A recorded step
+    /// reads and writes exactly the buffers it touched while recording: replays must keep
+    /// feeding it through those (see [`Backend::write`]).
+    fn capture(&self, step: &mut dyn FnMut()) -> Option<Box<dyn StepGraph>> {
+        step();
+        None
+    }
     /// Device memory the backend holds, in use or cached for reuse (0 on the CPU).
     fn held_bytes(&self) -> usize {
         0
@@ -193,7 +208,9 @@ pub trait Backend: Send + Sync {
     /// Straight-through gradient: zeroes `grad` where |w| > clip.
     fn straight_through(&self, w: &Tensor, grad: &mut Tensor, clip: f32);
     /// SGD with momentum (PyTorch semantics): v = μ·v + (g + λ·w); w -= lr·(Nesterov ?
-    /// g + λ·w + μ·v : v), with the rate read from `lr: [1]`.
+    /// g + λ·w + μ·v : v), with the rate read from `lr: [1]`. With a `guard` whose first
+    /// value is not finite (the step's loss), nothing changes: a diverged step leaves the
+    /// weights as they were, without the host looking.
     #[allow(clippy::too_many_arguments)]
     fn sgd_step(
         &self,
@@ -201,10 +218,17 @@ pub trait Backend: Send + Sync {
         g: &Tensor,
         v: &mut Tensor,
         lr: &Tensor,
+        guard: Option<&Tensor>,
         momentum: f32,
         nesterov: bool,
         weight_decay: f32,
     );
+}
+
+/// A recorded training step (see [`Backend::capture`]).
+pub trait StepGraph: Send {
+    /// Queues the recorded work again.
+    fn replay(&self);
 }
 
 /// The CPU backend: rayon-parallel kernels from [`kernels`] on host tensors.
@@ -440,10 +464,14 @@ impl Backend for CpuBackend {
         g: &Tensor,
         v: &mut Tensor,
         lr: &Tensor,
+        guard: Option<&Tensor>,
         momentum: f32,
         nesterov: bool,
         weight_decay: f32,
     ) {
+        if guard.is_some_and(|g| !g.data()[0].is_finite()) {
+            return;
+        }
         let lr = lr.data()[0];
         let (w, g, v) = (w.data_mut(), g.data(), v.data_mut());
         for j in 0..w.len() {

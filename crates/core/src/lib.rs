@@ -11,7 +11,7 @@ pub mod quant;
 pub mod rng;
 pub mod tensor;
 
-pub use backend::{loss_stats, Backend, BnSaved, CpuBackend, FusedRelu};
+pub use backend::{loss_stats, Backend, BnSaved, CpuBackend, FusedRelu, StepGraph};
 pub use error::{Error, Result};
 pub use geometry::{ConvGeometry, PoolGeometry};
 pub use rng::Rng;

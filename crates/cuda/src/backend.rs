@@ -11,10 +11,15 @@ use tern_core::kernels::norm::ChannelSums;
 use tern_core::quant::{Scale, TernaryConfig, Threshold};
 use tern_core::{loss_stats, Backend, BnSaved, ConvGeometry, Device, Error, FusedRelu, PoolGeometry, Result, Tensor};
 
+/// cuBLAS's own workspace.
+const CUBLAS_WORKSPACE_BYTES: usize = 32 << 20;
+
 /// Scratch the first call of each convolution geometry times its algorithms in.
 const FIND_WORKSPACE_BYTES: usize = 512 << 20;
 
-struct Blas(blas_sys::cublasHandle_t);
+/// The cuBLAS handle and the workspace it is given, so that it never allocates while a step
+/// is being recorded.
+struct Blas(blas_sys::cublasHandle_t, #[allow(dead_code)] CudaBuffer);
 // SAFETY: the handle is used behind a mutex, one thread at a time, as cuBLAS allows.
 unsafe impl Send for Blas {}
 
@@ -51,16 +56,45 @@ fn buf(t: &Tensor) -> &CudaBuffer {
     b.as_any().downcast_ref::<CudaBuffer>().expect("a CUDA buffer")
 }
 
+/// An input's device pointer (noted if a graph is being recorded).
 fn ptr(t: &Tensor) -> u64 {
-    buf(t).ptr
+    let b = buf(t);
+    b.note_use();
+    b.ptr
 }
 
 /// The output's pointer (copy-on-write: a shared buffer is duplicated first).
 fn out(t: &mut Tensor) -> u64 {
     let shape = t.shape().to_vec();
     let b = t.device_buffer_mut().unwrap_or_else(|| panic!("a host tensor {shape:?} was passed to the CUDA backend"));
-    b.as_any().downcast_ref::<CudaBuffer>().expect("a CUDA buffer").ptr
+    let b = b.as_any().downcast_ref::<CudaBuffer>().expect("a CUDA buffer");
+    b.note_use();
+    b.ptr
 }
+
+/// A recorded step: a CUDA graph, and the buffers reserved for it until it is dropped.
+struct Graph {
+    graph: cudarc::driver::CudaGraph,
+    touched: Vec<u64>,
+    shared: Arc<Shared>,
+}
+
+impl tern_core::StepGraph for Graph {
+    fn replay(&self) {
+        self.graph.launch().unwrap_or_else(|e| panic!("{}: replaying a recorded step: {e}", self.shared.device()));
+    }
+}
+
+impl Drop for Graph {
+    fn drop(&mut self) {
+        // the replays queued so far must finish before the buffers go back to eager use
+        let _ = self.shared.stream.synchronize();
+        self.shared.release_graph(&self.touched);
+    }
+}
+
+// SAFETY: the graph is only launched and dropped by its owner, one thread at a time.
+unsafe impl Send for Graph {}
 
 /// (n, c, hw) of `[n, c, ...]`.
 fn nchw(x: &Tensor) -> (usize, usize, usize) {
@@ -114,10 +148,16 @@ impl CudaBackend {
         }
         let convs = Convs::new(stream.cu_stream(), precision)?;
         let shared = Arc::new(Shared::new(ordinal, ctx, stream));
+        let blas_ws = shared.alloc(CUBLAS_WORKSPACE_BYTES / 4)?;
+        // SAFETY: the handle is live and the workspace outlives it (both in `Blas`).
+        let st = unsafe { blas_sys::cublasSetWorkspace_v2(handle, blas_ws.ptr as *mut _, CUBLAS_WORKSPACE_BYTES) };
+        if st != blas_sys::cublasStatus_t::CUBLAS_STATUS_SUCCESS {
+            return Err(e(format!("cuBLAS workspace: {st:?}")));
+        }
         Ok(CudaBackend {
             shared,
             kernels,
-            blas: Mutex::new(Blas(handle)),
+            blas: Mutex::new(Blas(handle, blas_ws)),
             convs: Mutex::new(convs),
             workspace: Mutex::new(None),
             precision,
@@ -272,6 +312,49 @@ impl Backend for CudaBackend {
     }
     fn synchronize(&self) {
         self.shared.stream.synchronize().unwrap_or_else(|e| panic!("{}: {e}", self.shared.device()));
+    }
+    fn write(&self, dst: &mut Tensor, src: &Tensor) {
+        assert_eq!(dst.len(), src.len(), "write: lengths differ");
+        // in place, also when other handles share the storage (see the trait)
+        let d = ptr(dst);
+        self.bind();
+        if src.device() == self.device() {
+            let s = ptr(src);
+            // SAFETY: both hold src.len() floats on this device, ordered on the stream.
+            unsafe { drv::memcpy_dtod_async(d, s, src.len() * 4, self.stream()) }
+                .unwrap_or_else(|e| panic!("{}: write: {e}", self.shared.device()));
+            return;
+        }
+        let host = src.host_values();
+        // SAFETY: dst holds host.len() floats; the copy is ordered on the stream, and
+        // pageable memory is copied out before the call returns.
+        unsafe { drv::memcpy_htod_async(d, &host, self.stream()) }
+            .unwrap_or_else(|e| panic!("{}: write: {e}", self.shared.device()));
+    }
+    fn capture(&self, step: &mut dyn FnMut()) -> Option<Box<dyn tern_core::StepGraph>> {
+        use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
+        self.bind();
+        let stream = &self.shared.stream;
+        if stream.begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_RELAXED).is_err() {
+            step();
+            return None;
+        }
+        self.shared.begin_recording();
+        step();
+        let touched = self.shared.end_recording();
+        match stream.end_capture(CUgraphInstantiate_flags(0)) {
+            Ok(Some(graph)) => {
+                let g = Graph { graph, touched, shared: self.shared.clone() };
+                tern_core::StepGraph::replay(&g);
+                Some(Box::new(g))
+            }
+            _ => {
+                // nothing ran: run the step for real, and keep stepping eagerly
+                self.shared.release_graph(&touched);
+                step();
+                None
+            }
+        }
     }
     fn held_bytes(&self) -> usize {
         self.shared.held_bytes()
@@ -577,15 +660,22 @@ impl Backend for CudaBackend {
         g: &Tensor,
         v: &mut Tensor,
         lr: &Tensor,
+        guard: Option<&Tensor>,
         momentum: f32,
         nesterov: bool,
         weight_decay: f32,
     ) {
         let (wp, gp, vp, lp, n) = (out(w), ptr(g), out(v), ptr(lr), g.len() as i64);
+        let gd = guard.map_or(0u64, ptr);
         let nest = nesterov as i32;
-        // SAFETY: w, g, v hold n floats; lr one.
+        // SAFETY: w, g, v hold n floats; lr one; guard (if not null) one.
         unsafe {
-            self.launch("sgd", grid_for(n as usize), 256, args!(&wp, &gp, &vp, &lp, &momentum, &nest, &weight_decay, &n))
+            self.launch(
+                "sgd",
+                grid_for(n as usize),
+                256,
+                args!(&wp, &gp, &vp, &lp, &gd, &momentum, &nest, &weight_decay, &n),
+            )
         };
     }
 }

@@ -339,13 +339,18 @@ unsafe fn find(
             sys::cudnnMathType_t::CUDNN_TENSOR_OP_MATH | sys::cudnnMathType_t::CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION
         )
     };
-    let pick = rows.iter().find(|r| {
-        r.1 == sys::cudnnStatus_t::CUDNN_STATUS_SUCCESS
-            && r.3 == sys::cudnnDeterminism_t::CUDNN_DETERMINISTIC
-            && (precision == Precision::Tf32 || !tensor_math(r.4))
-    });
+    let usable = |r: &&(u32, sys::cudnnStatus_t, usize, sys::cudnnDeterminism_t, sys::cudnnMathType_t)| {
+        r.1 == sys::cudnnStatus_t::CUDNN_STATUS_SUCCESS && (precision == Precision::Tf32 || !tensor_math(r.4))
+    };
+    // the fastest deterministic algorithm; where cuDNN has none for this shape (it happens
+    // for some large layers), the fastest of any kind
+    let pick = rows
+        .iter()
+        .filter(usable)
+        .find(|r| r.3 == sys::cudnnDeterminism_t::CUDNN_DETERMINISTIC)
+        .or_else(|| rows.iter().find(usable));
     let Some(&(algo, _, memory, _, math)) = pick else {
-        return Err(Error::device("cudnn", format!("no deterministic {pass:?} algorithm succeeded ({rows:?})")));
+        return Err(Error::device("cudnn", format!("no {pass:?} algorithm succeeded ({rows:?})")));
     };
     // SAFETY: the pass's own descriptor, owned by `plan`.
     unsafe { result::set_convolution_math_type(plan.conv[i], math) }

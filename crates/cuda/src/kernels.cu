@@ -480,8 +480,10 @@ extern "C" __global__ void straight_through(const float* w, float* g, float clip
 
 // ---------------------------------------------------------------- optimizer
 
-extern "C" __global__ void sgd(float* w, const float* g, float* v, const float* lr, float mu, int nesterov, float wd,
-                               long long n) {
+// guard (may be null): the step's loss; a non-finite one leaves w and v untouched.
+extern "C" __global__ void sgd(float* w, const float* g, float* v, const float* lr, const float* guard, float mu,
+                               int nesterov, float wd, long long n) {
+    if (guard && !IS_FINITE(guard[0])) return;
     float rate = lr[0];
     GRID_STRIDE(i, n) {
         float grad = g[i] + wd * w[i];

@@ -3,11 +3,31 @@
 //! the same length takes it: a training step allocates the same shapes every time, so after
 //! the first step no allocation reaches the driver. All work runs on one stream, so a buffer
 //! reused by a later kernel is ordered after every kernel that used it before.
+//!
+//! Recorded steps (CUDA graphs) bake buffer addresses in. While a graph lives, every buffer
+//! it touched is reserved for it: dropped, it goes to a separate free list that only later
+//! recordings draw from, never eager work, so a replay cannot overwrite a buffer that
+//! someone else has been handed since.
 
 use cudarc::driver::{result, sys};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use tern_core::{Device, DeviceBuffer, Error, Result};
+
+#[derive(Debug, Default)]
+struct Pool {
+    /// Free buffers by length in f32 elements.
+    free: HashMap<usize, Vec<sys::CUdeviceptr>>,
+    /// Free buffers that a live graph uses: for recordings only.
+    graph_free: HashMap<usize, Vec<sys::CUdeviceptr>>,
+    /// Buffers live graphs use, with the number of graphs using each.
+    graph_owned: HashMap<sys::CUdeviceptr, usize>,
+    /// Buffers the recording in progress touched.
+    recording: HashSet<sys::CUdeviceptr>,
+    /// Bytes held from the driver (in use or free).
+    held: usize,
+}
 
 /// What every buffer of one backend shares: the stream its copies run on and the pool.
 #[derive(Debug)]
@@ -15,15 +35,17 @@ pub struct Shared {
     pub ordinal: usize,
     pub ctx: Arc<cudarc::driver::CudaContext>,
     pub stream: Arc<cudarc::driver::CudaStream>,
-    /// Free buffers by length in f32 elements.
-    free: Mutex<HashMap<usize, Vec<sys::CUdeviceptr>>>,
-    /// Bytes held from the driver (in use or free).
-    held: Mutex<usize>,
+    pool: Mutex<Pool>,
+    recording: AtomicBool,
+}
+
+fn bytes_of(len: usize) -> usize {
+    (len.max(1) * 4).next_multiple_of(256)
 }
 
 impl Shared {
     pub fn new(ordinal: usize, ctx: Arc<cudarc::driver::CudaContext>, stream: Arc<cudarc::driver::CudaStream>) -> Self {
-        Shared { ordinal, ctx, stream, free: Mutex::new(HashMap::new()), held: Mutex::new(0) }
+        Shared { ordinal, ctx, stream, pool: Mutex::new(Pool::default()), recording: AtomicBool::new(false) }
     }
 
     pub fn device(&self) -> Device {
@@ -34,18 +56,29 @@ impl Shared {
         Error::device(self.device().to_string(), what.to_string())
     }
 
+    fn pool(&self) -> std::sync::MutexGuard<'_, Pool> {
+        self.pool.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// A buffer of `len` f32 elements with unspecified values.
     pub fn alloc(self: &Arc<Self>, len: usize) -> Result<CudaBuffer> {
-        let reused = self.free.lock().unwrap_or_else(|e| e.into_inner()).get_mut(&len).and_then(Vec::pop);
+        let recording = self.recording.load(Ordering::Relaxed);
+        let reused = {
+            let mut p = self.pool();
+            let from_graph = if recording { p.graph_free.get_mut(&len).and_then(Vec::pop) } else { None };
+            from_graph.or_else(|| p.free.get_mut(&len).and_then(Vec::pop))
+        };
         let ptr = match reused {
             Some(p) => p,
             None => self.fresh(len)?,
         };
-        Ok(CudaBuffer { ptr, len, shared: self.clone() })
+        let b = CudaBuffer { ptr, len, shared: self.clone() };
+        b.note_use();
+        Ok(b)
     }
 
     fn fresh(&self, len: usize) -> Result<sys::CUdeviceptr> {
-        let bytes = (len.max(1) * 4).next_multiple_of(256);
+        let bytes = bytes_of(len);
         self.ctx.bind_to_thread().map_err(|e| self.error(e))?;
         // SAFETY: a plain allocation in the bound context; freed only by `release_free`.
         let first = unsafe { result::malloc_sync(bytes) };
@@ -60,20 +93,21 @@ impl Shared {
                 })?
             }
         };
-        *self.held.lock().unwrap_or_else(|e| e.into_inner()) += bytes;
+        self.pool().held += bytes;
         Ok(ptr)
     }
 
-    /// Returns every free cached buffer to the driver (after the stream has finished with them).
+    /// Returns every free cached buffer to the driver (after the stream has finished with
+    /// them); buffers reserved for graphs stay.
     pub fn release_free(&self) {
         let _ = self.stream.synchronize();
-        let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
-        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
-        for (len, ptrs) in free.drain() {
-            for p in ptrs {
-                // SAFETY: `p` came from malloc_sync and no buffer refers to it any more.
-                if unsafe { result::free_sync(p) }.is_ok() {
-                    *held -= (len.max(1) * 4).next_multiple_of(256);
+        let mut p = self.pool();
+        let free = std::mem::take(&mut p.free);
+        for (len, ptrs) in free {
+            for ptr in ptrs {
+                // SAFETY: `ptr` came from malloc_sync and no buffer refers to it any more.
+                if unsafe { result::free_sync(ptr) }.is_ok() {
+                    p.held -= bytes_of(len);
                 }
             }
         }
@@ -81,7 +115,66 @@ impl Shared {
 
     /// Bytes held from the driver, in use or cached.
     pub fn held_bytes(&self) -> usize {
-        *self.held.lock().unwrap_or_else(|e| e.into_inner())
+        self.pool().held
+    }
+
+    /// Starts noting every buffer that device work touches (a graph recording).
+    pub fn begin_recording(&self) {
+        self.pool().recording.clear();
+        self.recording.store(true, Ordering::Relaxed);
+    }
+
+    /// Ends the recording; the buffers it touched are reserved until `release_graph`.
+    pub fn end_recording(&self) -> Vec<sys::CUdeviceptr> {
+        self.recording.store(false, Ordering::Relaxed);
+        let mut p = self.pool();
+        let touched: Vec<_> = p.recording.drain().collect();
+        for &ptr in &touched {
+            *p.graph_owned.entry(ptr).or_insert(0) += 1;
+        }
+        // buffers freed during the recording went to the general list: reserve them too
+        let mut moved = Vec::new();
+        for (len, ptrs) in p.free.iter_mut() {
+            ptrs.retain(|ptr| {
+                let owned = touched.contains(ptr);
+                if owned {
+                    moved.push((*len, *ptr));
+                }
+                !owned
+            });
+        }
+        for (len, ptr) in moved {
+            p.graph_free.entry(len).or_default().push(ptr);
+        }
+        touched
+    }
+
+    /// A graph died: its buffers are free for everyone again (once no other graph uses them).
+    pub fn release_graph(&self, touched: &[sys::CUdeviceptr]) {
+        let mut p = self.pool();
+        let mut unowned = HashSet::new();
+        for ptr in touched {
+            if let Some(n) = p.graph_owned.get_mut(ptr) {
+                *n -= 1;
+                if *n == 0 {
+                    p.graph_owned.remove(ptr);
+                    unowned.insert(*ptr);
+                }
+            }
+        }
+        let mut moved = Vec::new();
+        for (len, ptrs) in p.graph_free.iter_mut() {
+            ptrs.retain(|ptr| {
+                let back = unowned.contains(ptr);
+                if back {
+                    moved.push((*len, *ptr));
+                }
+                !back
+            });
+        }
+        for (len, ptr) in moved {
+            p.free.entry(len).or_default().push(ptr);
+        }
     }
 }
 
@@ -93,10 +186,21 @@ pub struct CudaBuffer {
     pub shared: Arc<Shared>,
 }
 
+impl CudaBuffer {
+    /// Records that device work uses this buffer (only while a graph is being recorded).
+    pub fn note_use(&self) {
+        if self.shared.recording.load(Ordering::Relaxed) {
+            self.shared.pool().recording.insert(self.ptr);
+        }
+    }
+}
+
 impl Drop for CudaBuffer {
     fn drop(&mut self) {
-        let mut free = self.shared.free.lock().unwrap_or_else(|e| e.into_inner());
-        free.entry(self.len).or_default().push(self.ptr);
+        let mut p = self.shared.pool();
+        let reserved = p.graph_owned.contains_key(&self.ptr) || p.recording.contains(&self.ptr);
+        let list = if reserved && !p.recording.contains(&self.ptr) { &mut p.graph_free } else { &mut p.free };
+        list.entry(self.len).or_default().push(self.ptr);
     }
 }
 
@@ -122,6 +226,7 @@ impl DeviceBuffer for CudaBuffer {
     fn duplicate(&self) -> Box<dyn DeviceBuffer> {
         let s = &self.shared;
         let copy = s.alloc(self.len).unwrap_or_else(|e| panic!("{e}"));
+        self.note_use();
         // SAFETY: both buffers hold `len` f32 values on this stream's device.
         unsafe { result::memcpy_dtod_async(copy.ptr, self.ptr, self.len * 4, s.stream.cu_stream()) }
             .unwrap_or_else(|e| panic!("{}: device copy failed: {e}", s.device()));

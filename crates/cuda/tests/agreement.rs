@@ -268,10 +268,17 @@ fn ternarisation_and_sgd_agree() {
         let (mut w1, mut v1) = (w.clone(), randn(w.shape(), &mut rng));
         let (mut w2, mut v2) = (be.upload(&w1), be.upload(&v1));
         let lr = Tensor::from_vec(&[1], vec![0.05]);
-        cpu.sgd_step(&mut w1, &g, &mut v1, &lr, 0.9, nesterov, 5e-4);
-        be.sgd_step(&mut w2, &be.upload(&g), &mut v2, &be.upload(&lr), 0.9, nesterov, 5e-4);
+        let finite = Tensor::from_vec(&[1], vec![1.5]);
+        cpu.sgd_step(&mut w1, &g, &mut v1, &lr, Some(&finite), 0.9, nesterov, 5e-4);
+        be.sgd_step(&mut w2, &be.upload(&g), &mut v2, &be.upload(&lr), Some(&be.upload(&finite)), 0.9, nesterov, 5e-4);
         close("sgd weights", &w2, &w1, 1e-6);
         close("sgd velocity", &v2, &v1, 1e-6);
+        // a non-finite guard (the step's loss) leaves everything as it was
+        let (before_w, before_v) = (w2.to_host(), v2.to_host());
+        let nan = be.upload(&Tensor::from_vec(&[1], vec![f32::NAN]));
+        be.sgd_step(&mut w2, &be.upload(&g), &mut v2, &be.upload(&lr), Some(&nan), 0.9, nesterov, 5e-4);
+        close("guarded sgd weights", &w2, &before_w, 0.0);
+        close("guarded sgd velocity", &v2, &before_v, 0.0);
     }
 }
 
@@ -304,7 +311,7 @@ fn training_steps_of_whole_models_agree() {
                 bk.softmax_cross_entropy(&logits, &bk.upload(&labels), 1, false, Some(&mut d), &mut st);
                 per_step.push(st.to_host().data()[0]);
                 m.backward(&ctx, &d);
-                s.step(bk, m, &bk.upload(&lr));
+                s.step(bk, m, &bk.upload(&lr), None);
             }
             losses.push(per_step);
         }
@@ -316,5 +323,40 @@ fn training_steps_of_whole_models_agree() {
         for ((n, ta), (_, tb)) in wa.iter().zip(&wb) {
             close(&format!("{name} {n} after 3 steps"), tb, ta, 1e-3);
         }
+    }
+}
+
+#[test]
+fn recorded_steps_equal_launched_steps_bit_for_bit() {
+    use tern_train::{models, Ctx, ModelConfig, Sgd, SgdConfig, Stepper};
+    let Some(be) = gpu() else { return };
+    let cfg = ModelConfig { name: "resnet20".into(), in_shape: [1, 16, 16], classes: 10, width: 4, small_input: false };
+    let mut rng = Rng::new(6);
+    let batches: Vec<Tensor> = (0..6).map(|_| randn(&[8, 1, 16, 16], &mut rng)).collect();
+    let labels: Vec<u32> = (0..8).map(|i| (i * 3 % 10) as u32).collect();
+    let run = |record: bool| {
+        let mut m = models::build(&cfg, &mut Rng::new(7)).unwrap();
+        m.set_ternary(Some(TernaryConfig::default()), true, false);
+        m.to_backend(&be);
+        let mut sgd = Sgd::new(SgdConfig { momentum: 0.9, nesterov: true, weight_decay: 5e-4 });
+        let mut st = Stepper::new(record);
+        let mut losses = Vec::new();
+        for (i, x) in batches.iter().enumerate() {
+            losses.push(st.step(&be, &mut m, &mut sgd, x, &labels, 0.02 + i as f32 * 0.01, false, None).loss);
+            if i == 3 {
+                // eager work between replays (an evaluation) must not disturb the recording
+                let ctx = Ctx::new(&be, false);
+                let _ = m.forward(&ctx, &be.upload(&batches[0]));
+                let _ = m.forward(&ctx, &be.upload(&randn(&[3, 1, 16, 16], &mut Rng::new(9))));
+            }
+        }
+        assert_eq!(st.is_recorded(), record);
+        (losses, tern_train::checkpoint::named_tensors(&mut m))
+    };
+    let (la, wa) = run(false);
+    let (lb, wb) = run(true);
+    assert_eq!(la, lb, "losses of launched vs recorded steps");
+    for ((n, a), (_, b)) in wa.iter().zip(&wb) {
+        assert_eq!(a.data(), b.data(), "{n} differs between launched and recorded steps");
     }
 }

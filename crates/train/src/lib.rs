@@ -10,6 +10,7 @@ pub mod optim;
 pub mod profile;
 pub mod recipe;
 pub mod schedule;
+pub mod step;
 pub mod summary;
 pub mod trainer;
 
@@ -18,4 +19,5 @@ pub use model::{Model, ModelConfig};
 pub use optim::{Sgd, SgdConfig};
 pub use recipe::Recipe;
 pub use schedule::{Schedule, ScheduleKind};
+pub use step::{StepOutcome, Stepper};
 pub use trainer::{evaluate, EpochMetrics, EvalResult, Observer, Silent, TrainConfig, Trainer};

@@ -23,8 +23,8 @@ impl Sgd {
     }
 
     /// v = μ·v + (g + λ·w); w -= lr·(Nesterov ? g + λ·w + μ·v : v), on `backend`'s device;
-    /// `lr: [1]` on that device.
-    pub fn step(&mut self, backend: &dyn Backend, model: &mut Model, lr: &Tensor) {
+    /// `lr: [1]` on that device; no change where `guard[0]` (the step's loss) is not finite.
+    pub fn step(&mut self, backend: &dyn Backend, model: &mut Model, lr: &Tensor, guard: Option<&Tensor>) {
         let SgdConfig { momentum: mu, nesterov, weight_decay: wd } = self.config;
         let mut i = 0;
         let vel = &mut self.velocity;
@@ -33,7 +33,7 @@ impl Sgd {
                 vel.push(backend.zeros(p.value.shape()));
             }
             let decay = if p.decay { wd } else { 0.0 };
-            backend.sgd_step(&mut p.value, &p.grad, &mut vel[i], lr, mu, nesterov, decay);
+            backend.sgd_step(&mut p.value, &p.grad, &mut vel[i], lr, guard, mu, nesterov, decay);
             i += 1;
         });
     }

@@ -192,6 +192,7 @@ pub struct Trainer {
     test: Arc<Dataset>,
     out_dir: PathBuf,
     backend: Box<dyn Backend>,
+    stepper: crate::step::Stepper,
 }
 
 fn limit(ds: &Dataset, n: Option<usize>) -> Arc<Dataset> {
@@ -236,6 +237,7 @@ impl Trainer {
             cfg,
             out_dir: out_dir.to_path_buf(),
             backend: Box::new(CpuBackend),
+            stepper: crate::step::Stepper::new(true),
         })
     }
 
@@ -332,39 +334,23 @@ impl Trainer {
         obs.epoch_start(epoch, self.cfg.epochs, batches);
         let (mut loss_sum, mut correct, mut seen) = (0.0f64, 0usize, 0usize);
         let mut lr = self.schedule.lr(epoch, 0.0);
-        let be = self.backend.as_ref();
-        let mut stats = be.zeros(&[loss_stats::LEN]);
+        // the recipe may have changed the model: record the step afresh
+        self.stepper.invalidate();
         for (bi, b) in iter.enumerate() {
             let b = b?;
             lr = self.schedule.lr(epoch, bi as f64 / batches as f64);
-            let mut ctx = Ctx::new(be, true);
-            if profile_now && bi == 0 {
-                ctx.profiler = Some(&profiler);
-            }
-            let (x, labels) = upload_batch(be, &b);
-            let logits = self.model.forward(&ctx, &x);
-            // GradUpdate (skip_correct): correctly classified samples contribute zero error;
-            // the reported loss stays the plain cross-entropy.
-            let mut dlogits = be.alloc(logits.shape());
-            be.softmax_cross_entropy(&logits, &labels, 1, skip_correct, Some(&mut dlogits), &mut stats);
-            // the one read of the step: loss and correct count
-            let s = stats.host_values();
-            let (loss, ok) = (s[loss_stats::LOSS], s[loss_stats::TOP1] as usize);
+            let prof = (profile_now && bi == 0).then_some(&profiler);
+            let be = self.backend.as_ref();
+            let out = self.stepper.step(be, &mut self.model, &mut self.sgd, &b.x, &b.labels, lr, skip_correct, prof);
+            let (loss, ok) = (out.loss, out.correct);
             if !loss.is_finite() {
-                return Err(self.non_finite(&x, loss));
+                // the guarded update left the weights as the step found them
+                return Err(self.non_finite(&b.x, loss));
             }
             if skip_correct {
                 skipped_samples += ok;
             }
-            if skip_correct && ok == b.labels.len() {
-                // The whole batch is right: no backward pass; the step applies momentum and
-                // weight decay only.
-                skipped_batches += 1;
-                self.model.visit_params(&mut |p| be.fill(&mut p.grad, 0.0));
-            } else {
-                self.model.backward(&ctx, &dlogits);
-            }
-            self.sgd.step(be, &mut self.model, &be.upload(&Tensor::from_vec(&[1], vec![lr])));
+            skipped_batches += out.skipped_backward as usize;
             self.step += 1;
             loss_sum += loss as f64 * b.labels.len() as f64;
             correct += ok;
@@ -414,7 +400,7 @@ impl Trainer {
     fn non_finite(&mut self, x: &Tensor, loss: f32) -> Error {
         let mut ctx = Ctx::new(self.backend.as_ref(), true);
         ctx.check_finite = true;
-        self.model.forward(&ctx, x);
+        self.model.forward(&ctx, &self.backend.upload(x));
         self.model.clear_cache();
         let layer = ctx.first_non_finite.borrow().clone();
         let param = self.model.first_non_finite_param();
