@@ -30,6 +30,8 @@ pub struct ExperimentArgs {
     pub name: Experiment,
     #[command(flatten)]
     pub data: DataArgs,
+    #[command(flatten)]
+    pub device: crate::common::DeviceArgs,
     /// The net under study
     #[arg(long, default_value = "vgg-small")]
     pub model: String,
@@ -220,6 +222,9 @@ fn run_one(a: &ExperimentArgs, data: &DataSplit, v: &Variant, seed: u64, dir: &P
     if t.next_epoch < a.epochs && !a.quiet {
         eprintln!("== {} (seed {seed}) -> {}", v.label, dir.display());
     }
+    let (backend, info) = a.device.backend()?;
+    t.set_backend(backend);
+    t.device_info = info;
     t.run(&mut Bars::new(a.quiet))?;
     crate::cmd_train::write_curves(dir, &t.history)?;
     let totals = tern_train::summary::totals(&t.model.summary());

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use tern_core::checkpoint::write_atomic;
 use tern_core::masks::{MaskRecord, Operand};
 use tern_core::quant::TernaryConfig;
-use tern_core::{Backend, CpuBackend, Rng, Tensor};
+use tern_core::{Backend, Rng, Tensor};
 use tern_data::{Augment, BatchIter, LoaderConfig, Normalize};
 use tern_train::layer::Ctx;
 use tern_train::profile::{LayerProfile, Profiler, PASSES};
@@ -25,6 +25,8 @@ pub struct ProfileArgs {
     pub checkpoint: Option<PathBuf>,
     #[command(flatten)]
     pub data: DataArgs,
+    #[command(flatten)]
+    pub device: crate::common::DeviceArgs,
     /// Profile a freshly initialised model on random images instead (shapes only: the
     /// activation and gradient zeros of random data are not those of a trained network)
     #[arg(long)]
@@ -63,13 +65,15 @@ pub fn run(a: ProfileArgs) -> anyhow::Result<()> {
     if a.batches == 0 || a.batch == 0 {
         anyhow::bail!("invalid value for --batches/--batch: must be at least 1");
     }
-    let be = CpuBackend;
+    let (backend, _) = a.device.backend()?;
+    let be = backend.as_ref();
     let prof = RefCell::new(Profiler { capture: a.masks, ..Default::default() });
     let source;
     let mut model;
     if let Some(path) = &a.checkpoint {
         let (m, c) = tern_train::checkpoint::load_model(path)?;
         model = m;
+        model.to_backend(be);
         let normalize: Normalize = serde_json::from_value(c.meta["normalize"].clone())
             .with_context(|| format!("{}: no `normalize` metadata", path.display()))?;
         let data = a.data.load()?;
@@ -85,7 +89,7 @@ pub fn run(a: ProfileArgs) -> anyhow::Result<()> {
         };
         for b in BatchIter::new(Arc::new(data.train.clone()), cfg, 0, false).take(a.batches) {
             let b = b?;
-            step(&mut model, &be, &prof, &b.x, &b.labels);
+            step(&mut model, be, &prof, &b.x, &b.labels);
         }
         source = format!("{} on {} training images ({} batches of {})", path.display(), data.name, a.batches, a.batch);
     } else {
@@ -103,10 +107,11 @@ pub fn run(a: ProfileArgs) -> anyhow::Result<()> {
             model.set_ternary(Some(TernaryConfig::default()), true, false);
         }
         model.set_relu(a.relu_threshold, 0.0);
+        model.to_backend(be);
         for _ in 0..a.batches {
             let x = Tensor::randn(&[a.batch, a.channels, a.input_size, a.input_size], 1.0, &mut rng);
             let labels: Vec<u32> = (0..a.batch).map(|_| rng.below(a.classes) as u32).collect();
-            step(&mut model, &be, &prof, &x, &labels);
+            step(&mut model, be, &prof, &x, &labels);
         }
         source = format!(
             "freshly initialised {}{} on random N(0,1) images {:?} ({} batches of {}): shapes are real, zeros are not those of a trained network",

@@ -41,6 +41,8 @@ pub struct RunArgs {
     pub test_limit: Option<usize>,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    #[command(flatten)]
+    pub device: crate::common::DeviceArgs,
     /// No progress bars
     #[arg(long)]
     pub quiet: bool,
@@ -112,6 +114,23 @@ impl Plan {
     }
 }
 
+/// `--device`/`--precision` as given (none on the CPU): where the stages run is not part of
+/// the plan, so a run may resume on another device.
+fn device_flags(d: &crate::common::DeviceArgs) -> Vec<String> {
+    let mut v = Vec::new();
+    if d.device != "cpu" {
+        v.extend(["--device".to_string(), d.device.clone()]);
+    }
+    if let Some(p) = d.precision {
+        let name = match p {
+            crate::common::PrecisionArg::Fp32 => "fp32",
+            crate::common::PrecisionArg::Tf32 => "tf32",
+        };
+        v.extend(["--precision".to_string(), name.to_string()]);
+    }
+    v
+}
+
 /// A `tern` command line, as run and as printed in the report.
 struct Stage {
     title: String,
@@ -176,6 +195,8 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
         ]
         .map(String::from),
     );
+    fp_train.extend(device_flags(&a.device));
+    tern_train.extend(device_flags(&a.device));
     if a.quiet {
         fp_train.push("--quiet".into());
         tern_train.push("--quiet".into());
@@ -196,6 +217,7 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
             "--masks".into(),
         ]);
         v.extend(["--out".into(), out.join(format!("profile-{name}")).display().to_string()]);
+        v.extend(device_flags(&a.device));
         stages.push(Stage::new(format!("profile {name} (forward, backward, weight gradient)"), v));
     }
     for name in ["fp", "ternary"] {
@@ -243,10 +265,11 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
                     continue;
                 }
                 Some(_) => {
-                    let resume: Vec<String> =
+                    let mut resume: Vec<String> =
                         ["train", "--resume", &dir.display().to_string(), "--epochs", &want.to_string()]
                             .map(String::from)
                             .to_vec();
+                    resume.extend(device_flags(&a.device));
                     crate::execute(&resume).with_context(|| format!("stage {}: {}", i + 1, st.title))?
                 }
                 None => crate::execute(&st.argv).with_context(|| format!("stage {}: {}", i + 1, st.title))?,
