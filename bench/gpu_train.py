@@ -96,8 +96,9 @@ def torch_rate(name, batch, channels, side, classes, ternary, compiled, bf16, wa
     }
 
 
-def tern_rate(binary, name, batch, channels, side, classes, ternary, precision, warmup, steps):
-    cmd = [binary, "bench", "train", "--device", "cuda", "--precision", precision, "--model", name,
+def tern_rate(binary, name, batch, channels, side, classes, ternary, precision, warmup, steps, algorithms):
+    cmd = [binary, "bench", "train", "--device", "cuda", "--precision", precision, "--algorithms", algorithms,
+           "--model", name,
            "--batch", str(batch), "--channels", str(channels), "--size", str(side), "--classes", str(classes),
            "--warmup", str(warmup), "--steps", str(steps)]
     if ternary:
@@ -123,6 +124,8 @@ def main():
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--no-compile", action="store_true")
+    ap.add_argument("--algorithms", default="deterministic", choices=["deterministic", "fastest"],
+                    help="tern's cuDNN algorithm choice (PyTorch's cudnn.benchmark picks the fastest)")
     a = ap.parse_args()
     torch.backends.cudnn.benchmark = True
     torch.backends.cudnn.allow_tf32 = True
@@ -131,7 +134,8 @@ def main():
     rows = []
     for name, batch, ch, side, classes in configs:
         r = {"model": name, "batch": batch, "side": side, "ternary": True}
-        r["tern"] = tern_rate(a.tern, name, batch, ch, side, classes, True, "tf32", a.warmup, a.steps)
+        r["tern"] = tern_rate(a.tern, name, batch, ch, side, classes, True, "tf32", a.warmup, a.steps, a.algorithms)
+        r["algorithms"] = a.algorithms
         r["torch_eager"] = torch_rate(name, batch, ch, side, classes, True, False, False, a.warmup, a.steps)
         if not a.no_compile:
             try:

@@ -128,6 +128,9 @@ fn device_flags(d: &crate::common::DeviceArgs) -> Vec<String> {
         };
         v.extend(["--precision".to_string(), name.to_string()]);
     }
+    if d.algorithms == crate::common::AlgorithmsArg::Fastest {
+        v.extend(["--algorithms".to_string(), "fastest".to_string()]);
+    }
     v
 }
 

@@ -77,6 +77,17 @@ pub struct DeviceArgs {
     /// like PyTorch's convolutions on Hopper]; the CPU always computes in FP32
     #[arg(long, value_enum)]
     pub precision: Option<PrecisionArg>,
+    /// GPU convolution algorithms: deterministic (same bits every run, so resumes are exact) or
+    /// fastest (as PyTorch's cudnn.benchmark: some add partial sums in varying order)
+    #[arg(long, value_enum, default_value = "deterministic")]
+    pub algorithms: AlgorithmsArg,
+}
+
+/// `--algorithms`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AlgorithmsArg {
+    Deterministic,
+    Fastest,
 }
 
 impl DeviceArgs {
@@ -88,6 +99,9 @@ impl DeviceArgs {
                 if self.precision == Some(PrecisionArg::Tf32) {
                     anyhow::bail!("invalid value for --precision: tf32 needs --device cuda (the CPU computes in FP32)");
                 }
+                if self.algorithms != AlgorithmsArg::Deterministic {
+                    anyhow::bail!("invalid value for --algorithms: fastest needs --device cuda (the CPU is always deterministic)");
+                }
                 let info = serde_json::json!({"device": "cpu", "precision": "fp32", "threads": rayon::current_num_threads()});
                 Ok((Box::new(tern_core::CpuBackend), info))
             }
@@ -96,8 +110,15 @@ impl DeviceArgs {
                     PrecisionArg::Fp32 => tern_cuda::Precision::Fp32,
                     PrecisionArg::Tf32 => tern_cuda::Precision::Tf32,
                 };
-                let be = tern_cuda::CudaBackend::new(i, p)?;
-                let info = serde_json::json!({"device": device.to_string(), "gpu": be.gpu_name(), "precision": p.name()});
+                let alg = match self.algorithms {
+                    AlgorithmsArg::Deterministic => tern_cuda::Algorithms::Deterministic,
+                    AlgorithmsArg::Fastest => tern_cuda::Algorithms::Fastest,
+                };
+                let be = tern_cuda::CudaBackend::new(i, p, alg)?;
+                let info = serde_json::json!({
+                    "device": device.to_string(), "gpu": be.gpu_name(), "precision": p.name(),
+                    "algorithms": format!("{alg:?}").to_lowercase(),
+                });
                 Ok((Box::new(be), info))
             }
         }

@@ -3,7 +3,7 @@
 use crate::conv::{Convs, Operands, Pass};
 use crate::kernels::{grid_for, Kernels};
 use crate::memory::{CudaBuffer, Shared};
-use crate::{args, Precision};
+use crate::{args, Algorithms, Precision};
 use cudarc::cublas::{result as blas, sys as blas_sys};
 use cudarc::driver::{result as drv, CudaContext};
 use std::sync::{Arc, Mutex};
@@ -111,7 +111,7 @@ fn splits(n: usize, c: usize) -> usize {
 impl CudaBackend {
     /// The backend on CUDA device `ordinal`. Fails with a clear message when the driver,
     /// cuBLAS, cuDNN or NVRTC cannot be loaded or the device does not exist.
-    pub fn new(ordinal: usize, precision: Precision) -> Result<CudaBackend> {
+    pub fn new(ordinal: usize, precision: Precision, algorithms: Algorithms) -> Result<CudaBackend> {
         let dev = format!("cuda:{ordinal}");
         let e = |what: String| Error::device(&dev, what);
         // SAFETY: these only try to open the libraries.
@@ -146,7 +146,7 @@ impl CudaBackend {
             blas::set_stream(handle, stream.cu_stream() as _).map_err(|err| e(format!("cuBLAS stream: {err:?}")))?;
             blas_sys::cublasSetMathMode(handle, math);
         }
-        let convs = Convs::new(stream.cu_stream(), precision)?;
+        let convs = Convs::new(stream.cu_stream(), precision, algorithms)?;
         let shared = Arc::new(Shared::new(ordinal, ctx, stream));
         let blas_ws = shared.alloc(CUBLAS_WORKSPACE_BYTES / 4)?;
         // SAFETY: the handle is live and the workspace outlives it (both in `Blas`).
@@ -219,7 +219,10 @@ impl CudaBackend {
         // SAFETY: the operands hold tensors of `g`'s shapes on this device (the Backend
         // contract), and `workspace` returns buffers of the requested size.
         unsafe { convs.run(g, pass, &o, find_ws, &mut workspace) }.unwrap_or_else(|e| panic!("{e}"));
-        drop(find_buf);
+        if let Some(b) = find_buf {
+            // half a GiB used once per geometry: not worth keeping in the pool
+            b.release_to_driver();
+        }
     }
 
     /// Column sums over images and positions: db[ch] = Σ_{n, hw} dy (a bias gradient).

@@ -3,7 +3,7 @@
 //! The heuristic pick (`cudnnGet*_v7`) chose kernels 4–6x slower in a probe. Only
 //! deterministic algorithms are taken, so a step gives the same bits every time.
 
-use crate::Precision;
+use crate::{Algorithms, Precision};
 use cudarc::cudnn::{result, sys};
 use std::collections::HashMap;
 use std::ffi::c_void;
@@ -107,6 +107,7 @@ impl Plan {
 pub struct Convs {
     handle: sys::cudnnHandle_t,
     precision: Precision,
+    algorithms: Algorithms,
     plans: HashMap<Key, Plan>,
 }
 
@@ -130,12 +131,12 @@ pub struct Operands {
 }
 
 impl Convs {
-    pub fn new(stream: cudarc::driver::sys::CUstream, precision: Precision) -> Result<Self> {
+    pub fn new(stream: cudarc::driver::sys::CUstream, precision: Precision, algorithms: Algorithms) -> Result<Self> {
         let handle = result::create_handle().map_err(|e| Error::device("cudnn", format!("creating a handle: {e:?}")))?;
         // SAFETY: a valid handle and the backend's live stream.
         unsafe { result::set_stream(handle, stream as _) }
             .map_err(|e| Error::device("cudnn", format!("binding the stream: {e:?}")))?;
-        Ok(Convs { handle, precision, plans: HashMap::new() })
+        Ok(Convs { handle, precision, algorithms, plans: HashMap::new() })
     }
 
     /// Whether `pass` of `g` already has its algorithm (no search needed).
@@ -159,7 +160,7 @@ impl Convs {
         find_ws: (u64, usize),
         workspace: &mut dyn FnMut(usize) -> Result<u64>,
     ) -> Result<()> {
-        let precision = self.precision;
+        let (precision, algorithms) = (self.precision, self.algorithms);
         let plan = match self.plans.entry(key(g)) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
             std::collections::hash_map::Entry::Vacant(v) => v.insert(Plan::new(g, precision)?),
@@ -169,7 +170,7 @@ impl Convs {
             Some(c) => c,
             None => {
                 // SAFETY: forwarded from the caller.
-                let c = unsafe { find(self.handle, plan, pass, o, find_ws, precision)? };
+                let c = unsafe { find(self.handle, plan, pass, o, find_ws, precision, algorithms)? };
                 plan.chosen[i] = Some(c);
                 c
             }
@@ -248,6 +249,7 @@ unsafe fn find(
     o: &Operands,
     find_ws: (u64, usize),
     precision: Precision,
+    algorithms: Algorithms,
 ) -> Result<Choice> {
     const N: usize = 16;
     let mut returned = 0i32;
@@ -347,7 +349,7 @@ unsafe fn find(
     let pick = rows
         .iter()
         .filter(usable)
-        .find(|r| r.3 == sys::cudnnDeterminism_t::CUDNN_DETERMINISTIC)
+        .find(|r| algorithms == Algorithms::Fastest || r.3 == sys::cudnnDeterminism_t::CUDNN_DETERMINISTIC)
         .or_else(|| rows.iter().find(usable));
     let Some(&(algo, _, memory, _, math)) = pick else {
         return Err(Error::device("cudnn", format!("no {pass:?} algorithm succeeded ({rows:?})")));

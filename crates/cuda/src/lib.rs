@@ -24,6 +24,17 @@ pub enum Precision {
     Tf32,
 }
 
+/// Which convolution algorithms cuDNN may use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Algorithms {
+    /// Only algorithms that give the same bits every run (a resumed run then ends with the
+    /// same weights as an uninterrupted one); where a shape has none, the fastest.
+    Deterministic,
+    /// The fastest measured, as PyTorch's `cudnn.benchmark` picks them (some add partial
+    /// results with atomics, in varying order).
+    Fastest,
+}
+
 impl Precision {
     pub fn name(self) -> &'static str {
         match self {

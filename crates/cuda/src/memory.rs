@@ -187,6 +187,18 @@ pub struct CudaBuffer {
 }
 
 impl CudaBuffer {
+    /// Gives the memory back to the driver instead of the pool (a large one-off scratch).
+    pub fn release_to_driver(self) {
+        let s = self.shared.clone();
+        let (ptr, len) = (self.ptr, self.len);
+        std::mem::forget(self);
+        let _ = s.stream.synchronize();
+        // SAFETY: `ptr` came from malloc_sync, and this buffer was its only owner.
+        if unsafe { result::free_sync(ptr) }.is_ok() {
+            s.pool().held -= bytes_of(len);
+        }
+    }
+
     /// Records that device work uses this buffer (only while a graph is being recorded).
     pub fn note_use(&self) {
         if self.shared.recording.load(Ordering::Relaxed) {

@@ -6,14 +6,14 @@
 
 use tern_core::quant::{Scale, TernaryConfig, Threshold};
 use tern_core::{loss_stats, Backend, BnSaved, ConvGeometry, CpuBackend, FusedRelu, PoolGeometry, Rng, Tensor};
-use tern_cuda::{CudaBackend, Precision};
+use tern_cuda::{Algorithms, CudaBackend, Precision};
 
 fn gpu() -> Option<CudaBackend> {
     if std::env::var("TERN_CUDA_TESTS").as_deref() != Ok("1") {
         eprintln!("skipped: set TERN_CUDA_TESTS=1 on a machine with an NVIDIA GPU");
         return None;
     }
-    Some(CudaBackend::new(0, Precision::Fp32).expect("a CUDA device"))
+    Some(CudaBackend::new(0, Precision::Fp32, Algorithms::Deterministic).expect("a CUDA device"))
 }
 
 /// ‖a − b‖ / ‖b‖ over all elements (and no NaN where b has none).
