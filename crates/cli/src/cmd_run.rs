@@ -253,6 +253,8 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
         .to_vec(),
     ));
     let mut seconds = Vec::new();
+    // how each stage came about: the report must not claim a kept stage ran now
+    let mut how = Vec::new();
     for (i, st) in stages.iter().enumerate() {
         eprintln!("\n── stage {}/{}: {} ──\n$ {}", i + 1, stages.len(), st.title, st.shell());
         let t0 = Instant::now();
@@ -265,6 +267,7 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
                     eprintln!("already trained ({n} epochs in {}): kept", dir.display());
                     // its time is the one the training took, from its metrics
                     seconds.push(training_seconds(&dir));
+                    how.push("kept from an earlier run");
                     continue;
                 }
                 Some(_) => {
@@ -273,7 +276,11 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
                             .map(String::from)
                             .to_vec();
                     resume.extend(device_flags(&a.device));
-                    crate::execute(&resume).with_context(|| format!("stage {}: {}", i + 1, st.title))?
+                    crate::execute(&resume).with_context(|| format!("stage {}: {}", i + 1, st.title))?;
+                    // all its epochs, the ones before the interruption included
+                    seconds.push(training_seconds(&dir));
+                    how.push("resumed (`tern train --resume`)");
+                    continue;
                 }
                 None => crate::execute(&st.argv).with_context(|| format!("stage {}: {}", i + 1, st.title))?,
             }
@@ -281,9 +288,10 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
             crate::execute(&st.argv).with_context(|| format!("stage {}: {}", i + 1, st.title))?;
         }
         seconds.push(t0.elapsed().as_secs_f64());
+        how.push("ran");
     }
     let total: f64 = seconds.iter().sum();
-    let doc = build_report(&plan, &out, &stages, &seconds, total)?;
+    let doc = build_report(&plan, &out, &stages, &seconds, &how, total)?;
     for f in doc.figures() {
         anyhow::ensure!(out.join(f).is_file(), "report figure {} was not written", out.join(f).display());
     }
@@ -363,7 +371,14 @@ fn pct(v: f64) -> String {
     format!("{:.2}", 100.0 * v)
 }
 
-fn build_report(plan: &Plan, out: &Path, stages: &[Stage], seconds: &[f64], total: f64) -> anyhow::Result<Doc> {
+fn build_report(
+    plan: &Plan,
+    out: &Path,
+    stages: &[Stage],
+    seconds: &[f64],
+    how: &[&str],
+    total: f64,
+) -> anyhow::Result<Doc> {
     let fp = read_json(&out.join("fp/metrics.json"))?;
     let tn = read_json(&out.join("ternary/metrics.json"))?;
     let prof =
@@ -391,17 +406,33 @@ fn build_report(plan: &Plan, out: &Path, stages: &[Stage], seconds: &[f64], tota
         )
     } else {
         format!(
-            "default run: {} FP + {} ternary epochs on {} training images (a shortened schedule that fits in 30 minutes on 2 cores)",
+            "default run: {} FP + {} ternary epochs on {} training images (a shortened schedule; the full-length one is under Reproduce)",
             plan.fp_epochs,
             plan.ternary_epochs,
             plan.train_limit.map_or("all".into(), |n| n.to_string())
         )
     };
+    // where the training ran, as its metrics recorded it
+    let dev = &fp["device"];
+    let ran_on = match dev["device"].as_str() {
+        Some(d) if d.starts_with("cuda") => format!(
+            "{d} ({}, {} convolutions, {} algorithms)",
+            dev["gpu"].as_str().unwrap_or("GPU"),
+            dev["precision"].as_str().unwrap_or("?"),
+            dev["algorithms"].as_str().unwrap_or("?")
+        ),
+        Some(d) => format!("{d} ({} threads)", dev["threads"].as_u64().map_or("?".into(), |t| t.to_string())),
+        None => "not recorded".into(),
+    };
     let mut d = Doc {
         title: format!("tern run: {} on {}", plan.model, fp["data"].as_str().unwrap_or(&plan.data)),
         ..Default::default()
     };
-    d.p(format!("{mode}. Wall time {:.1} min. Written by `tern run` ({}).", total / 60.0, env!("CARGO_PKG_VERSION")));
+    d.p(format!(
+        "{mode}. Trained on {ran_on}. Wall time {:.1} min. Written by `tern run` ({}).",
+        total / 60.0,
+        env!("CARGO_PKG_VERSION")
+    ));
 
     d.h(1, "Summary");
     let tern_sim = &sims[2].2;
@@ -627,13 +658,18 @@ fn build_report(plan: &Plan, out: &Path, stages: &[Stage], seconds: &[f64], tota
     d.figure("sim-fp-train/flops_per_cycle.svg", "For comparison: the full-precision model on dlac-fp32-train.");
 
     d.h(1, "Reproduce");
-    d.p("Every stage above, exactly as it ran (each writes into its own folder under the run's folder):");
+    d.p("The command of every stage (each writes into its own folder under the run's folder); the table says which ran now and which an earlier, interrupted run had finished (a training stage's seconds are those of all its epochs):");
     d.code(stages.iter().map(|s| s.shell()).collect::<Vec<_>>().join("\n"));
     d.table(
-        &["stage", "seconds"],
-        stages.iter().zip(seconds).map(|(s, t)| vec![s.title.clone(), format!("{t:.1}")]).collect(),
+        &["stage", "how", "seconds"],
+        stages
+            .iter()
+            .zip(seconds)
+            .zip(how)
+            .map(|((s, t), h)| vec![s.title.clone(), h.to_string(), format!("{t:.1}")])
+            .collect(),
     );
-    d.p("The full-length run that meets the accuracy targets (FP vgg-small ≥ 93.0% on Fashion-MNIST; ternary within 0.5 points of it; measured 93.23% and 93.29%, EXPERIMENTS.md); 15 + 5 epochs take about 1.5 hours on a 2-core machine:");
+    d.p("The full-length schedule behind the accuracy targets (FP vgg-small ≥ 93.0% on Fashion-MNIST, the ternary twin close to it; results and times in EXPERIMENTS.md); add the same --device flags to run it on a GPU:");
     d.code(
         "tern train --model vgg-small --epochs 15 --crop-pad 2 --hflip --seed 0 --out runs/vgg-small-fp\n\
          tern train --model vgg-small --init-from runs/vgg-small-fp/model.safetensors --ternary --fp-first-layer \\\n  --epochs 5 --lr 0.01 --schedule cosine --crop-pad 2 --hflip --seed 0 --out runs/vgg-small-ternary",
