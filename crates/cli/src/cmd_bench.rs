@@ -21,18 +21,25 @@ pub struct BenchArgs {
 pub enum BenchKind {
     /// One conv2d layer: forward, backward_input, backward_weight
     Conv {
+        /// Images per batch
         #[arg(long, default_value_t = 64)]
         batch: usize,
+        /// Input channels
         #[arg(long, default_value_t = 64)]
         c_in: usize,
+        /// Output channels
         #[arg(long, default_value_t = 64)]
         c_out: usize,
+        /// Image side length
         #[arg(long, default_value_t = 32)]
         size: usize,
+        /// Kernel side length
         #[arg(long, default_value_t = 3)]
         k: usize,
+        /// Stride
         #[arg(long, default_value_t = 1)]
         stride: usize,
+        /// Zero padding
         #[arg(long, default_value_t = 1)]
         pad: usize,
         /// Timed repetitions (the best is reported)
@@ -41,18 +48,25 @@ pub enum BenchKind {
     },
     /// Whole-model SGD steps (forward, loss, backward, update) on random images
     Train {
+        /// Model name (see `tern models`)
         #[arg(long, default_value = "vgg-small")]
         model: String,
+        /// Images per batch
         #[arg(long, default_value_t = 128)]
         batch: usize,
+        /// Input channels
         #[arg(long, default_value_t = 3)]
         channels: usize,
+        /// Image side length
         #[arg(long, default_value_t = 32)]
         size: usize,
+        /// Classes
         #[arg(long, default_value_t = 10)]
         classes: usize,
+        /// Base channel width (0: the model's default)
         #[arg(long, default_value_t = 0)]
         width: usize,
+        /// ImageNet-style ResNets: 3x3 stride-1 stem without max pooling
         #[arg(long)]
         small_input: bool,
         /// Ternary weights (Eq. 1, TWN threshold) in every conv and linear layer

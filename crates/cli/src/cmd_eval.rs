@@ -17,6 +17,7 @@ pub struct EvalArgs {
     pub data: DataArgs,
     #[command(flatten)]
     pub device: crate::common::DeviceArgs,
+    /// Images per batch
     #[arg(long, default_value_t = 256)]
     pub batch: usize,
     /// Evaluate on the first N test samples only

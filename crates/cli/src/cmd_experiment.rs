@@ -47,21 +47,28 @@ pub struct ExperimentArgs {
     /// Base channel width of --model (0: its default)
     #[arg(long, default_value_t = 16)]
     pub width: usize,
+    /// Epochs per run
     #[arg(long, default_value_t = 4)]
     pub epochs: usize,
+    /// Images per SGD step
     #[arg(long, default_value_t = 128)]
     pub batch: usize,
+    /// Peak learning rate
     #[arg(long, default_value_t = 0.05)]
     pub lr: f32,
     /// Seeds per configuration (0, 1, ...)
     #[arg(long, default_value_t = 3)]
     pub seeds: u64,
+    /// Train on the first N training samples
     #[arg(long, default_value_t = 10000)]
     pub train_limit: usize,
+    /// Evaluate on the first N test samples
     #[arg(long, default_value_t = 10000)]
     pub test_limit: usize,
+    /// Augmentation: random crop after padding by this many pixels (0: off)
     #[arg(long, default_value_t = 2)]
     pub crop_pad: usize,
+    /// Augmentation: random horizontal flips
     #[arg(long)]
     pub hflip: bool,
     /// Reg: λ of the L1 activation penalty
@@ -70,8 +77,10 @@ pub struct ExperimentArgs {
     /// ReluT: the raised threshold, applied over the last third of the epochs
     #[arg(long, default_value_t = 0.01)]
     pub relu_threshold: f32,
+    /// Output folder (one sub-folder per configuration and seed; finished runs are reused)
     #[arg(long, default_value = "runs/experiment")]
     pub out: PathBuf,
+    /// No progress bars
     #[arg(long)]
     pub quiet: bool,
 }

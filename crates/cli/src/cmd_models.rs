@@ -17,11 +17,13 @@ pub struct ModelsArgs {
     /// Input side length [default: 224 for ImageNet-style ResNets, else 32]
     #[arg(long)]
     pub input_size: Option<usize>,
+    /// Classes (the classifier's outputs)
     #[arg(long, default_value_t = 10)]
     pub classes: usize,
     /// Base channel width (0: the model's default)
     #[arg(long, default_value_t = 0)]
     pub width: usize,
+    /// ImageNet-style ResNets: 3x3 stride-1 stem without max pooling, for small images
     #[arg(long)]
     pub small_input: bool,
     /// Print the summary as JSON

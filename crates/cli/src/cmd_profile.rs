@@ -21,7 +21,7 @@ use tern_train::{Model, ModelConfig};
 #[derive(Args, Debug)]
 pub struct ProfileArgs {
     /// A checkpoint written by `tern train` (its recipe decides which layers are ternary)
-    #[arg(long, conflicts_with = "model")]
+    #[arg(long, conflicts_with_all = ["model", "input_size", "channels", "classes", "ternary", "relu_threshold"])]
     pub checkpoint: Option<PathBuf>,
     #[command(flatten)]
     pub data: DataArgs,
@@ -49,10 +49,13 @@ pub struct ProfileArgs {
     /// Batches to profile (counts accumulate over them)
     #[arg(long, default_value_t = 4)]
     pub batches: usize,
+    /// Images per profiled batch
     #[arg(long, default_value_t = 64)]
     pub batch: usize,
+    /// Seed of the sample order (or of the random model and images)
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Output folder (sparsity.csv/.json, table.txt, workload.json, figures)
     #[arg(long, default_value = "runs/profile")]
     pub out: PathBuf,
     /// Also write the zero masks of every mmOp's operands in the last batch to DIR/masks.bin

@@ -39,6 +39,7 @@ pub struct RunArgs {
     /// Evaluate on the first N test images [default: all; --quick: 2000]
     #[arg(long)]
     pub test_limit: Option<usize>,
+    /// Seed of both trainings (weights, sample order, augmentation)
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     #[command(flatten)]

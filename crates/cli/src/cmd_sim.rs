@@ -31,12 +31,13 @@ pub struct SimArgs {
     /// Tiles per op simulated cycle by cycle (the rest count as their mean; 0: all)
     #[arg(long, default_value_t = 64)]
     pub max_tiles: usize,
+    /// Output folder (layers.csv, summary.json, plots)
     #[arg(long, default_value = "runs/sim")]
     pub out: PathBuf,
     /// Design-space sweep: AXIS=V1,V2,... (repeatable; axes rows, cols, units, out_buffers,
     /// window, scan_rate, read_words_per_cycle, precision); every combination of the values,
     /// starting from --config
-    #[arg(long, value_name = "AXIS=VALUES")]
+    #[arg(long, value_name = "AXIS=VALUES", conflicts_with = "masks")]
     pub sweep: Vec<String>,
 }
 

@@ -39,8 +39,8 @@ pub struct TrainArgs {
     /// Peak learning rate
     #[arg(long, default_value_t = 0.05)]
     pub lr: f32,
-    /// constant, step, cosine, onecycle or plateau
-    #[arg(long, default_value = "cosine")]
+    /// Learning-rate schedule
+    #[arg(long, default_value = "cosine", value_parser = ["constant", "step", "cosine", "onecycle", "plateau"])]
     pub schedule: String,
     /// step schedule: epochs between drops
     #[arg(long, default_value_t = 30)]
@@ -81,8 +81,17 @@ pub struct TrainArgs {
     /// Output folder
     #[arg(long, default_value = "runs/train")]
     pub out: PathBuf,
-    /// Continue the run saved in DIR (its flags are reused; --epochs may extend it)
-    #[arg(long, value_name = "DIR")]
+    /// Continue the run saved in DIR with the flags it was started with; only --epochs (to
+    /// extend it), --data-path (where the same data lives here), --device, --precision,
+    /// --algorithms and --quiet may be given
+    #[arg(long, value_name = "DIR", conflicts_with_all = [
+        "data", "image_size", "model", "width", "small_input", "input_size", "batch", "lr", "schedule",
+        "step_every", "step_gamma", "plateau_patience", "plateau_factor", "momentum", "nesterov",
+        "weight_decay", "crop_pad", "hflip", "seed", "train_limit", "test_limit", "out", "profile_every",
+        "ternary", "ternary_threshold", "ternary_scale", "ternary_clip", "fp_first_layer", "fp_last_layer",
+        "fp_warmup_epochs", "lr_plateau", "act_l1", "relu_threshold", "relu_threshold_from_epoch",
+        "skip_correct", "init_from",
+    ])]
     pub resume: Option<PathBuf>,
     /// No progress bars
     #[arg(long)]
@@ -98,7 +107,7 @@ pub struct TrainArgs {
     #[arg(long, default_value = "twn", help_heading = "Ternary recipe")]
     pub ternary_threshold: String,
     /// Scale of the ternary values: none (pure -1/0/+1, as in the paper), layer (TWN's α) or channel
-    #[arg(long, default_value = "layer", help_heading = "Ternary recipe")]
+    #[arg(long, default_value = "layer", help_heading = "Ternary recipe", value_parser = ["none", "layer", "channel"])]
     pub ternary_scale: String,
     /// Straight-through gradient only where |w| <= this value
     #[arg(long, help_heading = "Ternary recipe")]
@@ -113,7 +122,7 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 0, help_heading = "Ternary recipe")]
     pub fp_warmup_epochs: usize,
     /// Aggressive LR lowering: the plateau schedule on the train error (= --schedule plateau)
-    #[arg(long, help_heading = "Ternary recipe")]
+    #[arg(long, help_heading = "Ternary recipe", conflicts_with = "schedule")]
     pub lr_plateau: bool,
     /// Reg: λ of an L1 penalty on every ReLU output (λ·Σ|a| / batch)
     #[arg(long, default_value_t = 0.0, help_heading = "Ternary recipe")]
@@ -241,7 +250,8 @@ fn resume(a: &TrainArgs, dir: &Path) -> anyhow::Result<(Trainer, PathBuf)> {
     let extra = &c.meta["extra"];
     let data = crate::common::DataArgs {
         data: extra["data"].as_str().unwrap_or(&a.data.data).to_string(),
-        data_path: extra["data_path"].as_str().map(PathBuf::from).or(a.data.data_path.clone()),
+        // --data-path says where the same data lives on this machine
+        data_path: a.data.data_path.clone().or(extra["data_path"].as_str().map(PathBuf::from)),
         image_size: extra["image_size"].as_u64().map_or(a.data.image_size, |v| v as usize),
     };
     let split = data.load()?;

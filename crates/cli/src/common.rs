@@ -6,8 +6,8 @@ use tern_data::{load_named, DataKind, DataSplit};
 
 #[derive(Args, Clone, Debug)]
 pub struct DataArgs {
-    /// Data set: fashion-mnist, mnist, cifar10 or folder
-    #[arg(long, default_value = "fashion-mnist")]
+    /// Data set (folder: an ImageNet-style folder of class sub-folders)
+    #[arg(long, default_value = "fashion-mnist", value_parser = ["fashion-mnist", "mnist", "cifar10", "folder"])]
     pub data: String,
     /// Where the data set lives (fashion-mnist defaults to /usr/share/datasets/fashion-mnist)
     #[arg(long)]

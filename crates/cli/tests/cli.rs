@@ -423,3 +423,32 @@ fn run_quick_works_on_cifar_binaries_and_image_folders() {
         assert!(md.contains(&format!("on {data}")) && md.contains("## DLAC simulation"), "{data}:\n{md}");
     }
 }
+
+#[test]
+fn flags_that_would_be_ignored_are_refused() {
+    for (args, culprit) in [
+        (&["train", "--resume", "runs/x", "--lr", "0.1"][..], "--lr"),
+        (&["train", "--resume", "runs/x", "--ternary"][..], "--ternary"),
+        (&["train", "--lr-plateau", "--schedule", "step"][..], "--schedule"),
+        (&["train", "--schedule", "bogus"][..], "possible values"),
+        (&["profile", "--checkpoint", "c.safetensors", "--input-size", "32"][..], "--input-size"),
+        (&["sim", "--workload", "w.json", "--sweep", "rows=16", "--masks", "m.bin"][..], "--masks"),
+        (&["train", "--precision", "tf32"][..], "tf32 needs --device cuda"),
+        (&["train", "--device", "gpu"][..], "--device"),
+    ] {
+        let o = tern(args);
+        assert!(!o.status.success(), "{args:?} was accepted");
+        assert!(stderr(&o).contains(culprit), "{args:?}: {}", stderr(&o));
+    }
+}
+
+#[test]
+fn a_missing_gpu_is_a_clear_error() {
+    // CI machines have no NVIDIA driver; where one exists this test has nothing to check
+    let o = tern(&["bench", "train", "--device", "cuda", "--steps", "1"]);
+    if o.status.success() {
+        return;
+    }
+    let e = stderr(&o);
+    assert!(e.contains("cuda:0") && !e.contains("panicked"), "{e}");
+}

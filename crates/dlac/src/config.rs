@@ -96,7 +96,11 @@ impl DlacConfig {
                     ));
                 }
                 let text = std::fs::read_to_string(p).map_err(|e| Error::io(p, e))?;
-                toml::from_str(&text).map_err(|e| Error::format(p, format!("not a DLAC config: {e}")))?
+                let cfg: Self =
+                    toml::from_str(&text).map_err(|e| Error::format(p, format!("not a DLAC config: {e}")))?;
+                // a bad value in a file names the file as well as the field
+                cfg.validate().map_err(|e| Error::format(p, e.to_string()))?;
+                cfg
             }
         };
         cfg.validate()?;
