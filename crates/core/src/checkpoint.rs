@@ -58,10 +58,15 @@ pub fn save(path: &Path, tensors: &[(String, &Tensor)], meta: &serde_json::Value
 /// Loads every tensor and the metadata; a truncated or foreign file is a clear error.
 pub fn load(path: &Path) -> Result<Checkpoint> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    parse(&bytes, path)
+}
+
+/// Parses the bytes of a checkpoint file (named `path` in errors).
+pub fn parse(bytes: &[u8], path: &Path) -> Result<Checkpoint> {
     let bad = |what: String| Error::Checkpoint { path: path.into(), what };
-    let (_, header) = SafeTensors::read_metadata(&bytes)
+    let (_, header) = SafeTensors::read_metadata(bytes)
         .map_err(|e| bad(format!("not a valid safetensors file (truncated or corrupt?): {e:?}")))?;
-    let st = SafeTensors::deserialize(&bytes)
+    let st = SafeTensors::deserialize(bytes)
         .map_err(|e| bad(format!("not a valid safetensors file (truncated or corrupt?): {e:?}")))?;
     let meta_text = header
         .metadata()
@@ -77,6 +82,10 @@ pub fn load(path: &Path) -> Result<Checkpoint> {
         let view = st.tensor(&name).map_err(|e| bad(format!("tensor {name}: {e:?}")))?;
         if view.dtype() != Dtype::F32 {
             return Err(bad(format!("tensor {name} has dtype {:?}, expected F32", view.dtype())));
+        }
+        let elements = view.shape().iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+        if elements != Some(view.data().len() / 4) || view.data().len() % 4 != 0 {
+            return Err(bad(format!("tensor {name}: shape {:?} does not match its {} bytes", view.shape(), view.data().len())));
         }
         let data: Vec<f32> =
             view.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();

@@ -4,6 +4,7 @@
 pub mod backend;
 pub mod checkpoint;
 pub mod error;
+pub mod fuzz;
 pub mod geometry;
 pub mod kernels;
 pub mod masks;

@@ -98,6 +98,11 @@ pub fn write(path: &Path, records: &[MaskRecord]) -> Result<()> {
 
 pub fn read(path: &Path) -> Result<Vec<MaskRecord>> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    parse(&bytes, path)
+}
+
+/// Parses the bytes of a masks.bin file (named `path` in errors).
+pub fn parse(bytes: &[u8], path: &Path) -> Result<Vec<MaskRecord>> {
     let bad = |what: String| Error::format(path, what);
     let mut at = 0usize;
     let mut take = |n: usize| -> Result<&[u8]> {

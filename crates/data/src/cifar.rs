@@ -17,24 +17,27 @@ pub fn read_cifar10(files: &[&Path]) -> Result<Dataset> {
     let mut ds = Dataset { images: Vec::new(), labels: Vec::new(), shape: [3, 32, 32], classes: 10 };
     for &path in files {
         let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-        if bytes.is_empty() || bytes.len() % RECORD != 0 {
-            return Err(Error::format(
-                path,
-                format!("{} bytes is not a whole number of {RECORD}-byte CIFAR-10 records (truncated?)", bytes.len()),
-            ));
-        }
-        for (i, rec) in bytes.chunks_exact(RECORD).enumerate() {
-            if rec[0] >= 10 {
-                return Err(Error::format(
-                    path,
-                    format!("label {} of record {i} is out of range: expected 0..10", rec[0]),
-                ));
-            }
-            ds.labels.push(rec[0] as u32);
-            ds.images.extend_from_slice(&rec[1..]);
-        }
+        parse_records(&bytes, path, &mut ds)?;
     }
     Ok(ds)
+}
+
+/// Appends the records in `bytes` (one CIFAR-10 binary file, named `path` in errors) to `ds`.
+pub fn parse_records(bytes: &[u8], path: &Path, ds: &mut Dataset) -> Result<()> {
+    if bytes.is_empty() || bytes.len() % RECORD != 0 {
+        return Err(Error::format(
+            path,
+            format!("{} bytes is not a whole number of {RECORD}-byte CIFAR-10 records (truncated?)", bytes.len()),
+        ));
+    }
+    for (i, rec) in bytes.chunks_exact(RECORD).enumerate() {
+        if rec[0] >= 10 {
+            return Err(Error::format(path, format!("label {} of record {i} is out of range: expected 0..10", rec[0])));
+        }
+        ds.labels.push(rec[0] as u32);
+        ds.images.extend_from_slice(&rec[1..]);
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -23,9 +23,33 @@ pub fn class_dirs(root: &Path) -> Result<Vec<(String, PathBuf)>> {
     Ok(dirs)
 }
 
+/// Images larger than this on a side are refused (a corrupt header must not allocate gigabytes).
+pub const MAX_SIDE: u32 = 16384;
+/// The most a decoder may allocate for one image.
+pub const MAX_DECODE_BYTES: u64 = 256 << 20;
+
 /// Decodes one image file into `[3, size, size]` bytes.
 pub fn load_image(path: &Path, size: usize) -> Result<Vec<u8>> {
-    let img = image::open(path).map_err(|e| Error::format(path, format!("unreadable image: {e}")))?.to_rgb8();
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    decode_image(&bytes, path, size)
+}
+
+/// Decodes the bytes of a JPEG or PNG file (named `path` in errors) into `[3, size, size]`
+/// bytes, within [`MAX_SIDE`] and [`MAX_DECODE_BYTES`].
+pub fn decode_image(bytes: &[u8], path: &Path, size: usize) -> Result<Vec<u8>> {
+    let bad = |e: image::ImageError| Error::format(path, format!("unreadable image: {e}"));
+    let mut reader = image::ImageReader::new(std::io::Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| Error::format(path, format!("unreadable image: {e}")))?;
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(MAX_SIDE);
+    limits.max_image_height = Some(MAX_SIDE);
+    limits.max_alloc = Some(MAX_DECODE_BYTES);
+    reader.limits(limits);
+    let img = reader.decode().map_err(bad)?.to_rgb8();
+    if size == 0 || img.width() == 0 || img.height() == 0 {
+        return Err(Error::format(path, "an image with no pixels"));
+    }
     let (w, h) = img.dimensions();
     let scale = size as f64 / w.min(h) as f64;
     let (nw, nh) =

@@ -7,14 +7,27 @@ use std::io::Read;
 use std::path::Path;
 use tern_core::{Error, Result};
 
+/// The largest IDX payload tern inflates from a gzip stream (4 GiB, more than any image
+/// data set's file): a corrupt or hostile stream cannot make it allocate more.
+pub const MAX_INFLATED_BYTES: u64 = 1 << 32;
+
 /// Reads an IDX file of unsigned bytes; returns its dimensions and data.
 pub fn read_idx(path: &Path) -> Result<(Vec<usize>, Vec<u8>)> {
     let raw = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    parse_idx(raw, path)
+}
+
+/// Parses the bytes of an IDX file (raw or gzip); `path` names it in errors.
+pub fn parse_idx(raw: Vec<u8>, path: &Path) -> Result<(Vec<usize>, Vec<u8>)> {
     let bytes = if raw.starts_with(&[0x1f, 0x8b]) {
         let mut out = Vec::new();
         GzDecoder::new(&raw[..])
+            .take(MAX_INFLATED_BYTES + 1)
             .read_to_end(&mut out)
             .map_err(|e| Error::format(path, format!("corrupt or truncated gzip stream: {e}")))?;
+        if out.len() as u64 > MAX_INFLATED_BYTES {
+            return Err(Error::format(path, format!("inflates to more than {MAX_INFLATED_BYTES} bytes")));
+        }
         out
     } else {
         raw
@@ -37,8 +50,12 @@ pub fn read_idx(path: &Path) -> Result<(Vec<usize>, Vec<u8>)> {
     }
     let dims: Vec<usize> =
         (0..ndim).map(|i| u32::from_be_bytes(bytes[4 + 4 * i..8 + 4 * i].try_into().unwrap()) as usize).collect();
-    let expected: usize = dims.iter().product();
     let data = &bytes[4 + 4 * ndim..];
+    // checked: a corrupt header can declare dimensions whose product overflows
+    let expected = dims.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+    let Some(expected) = expected else {
+        return Err(Error::format(path, format!("dimensions {dims:?} overflow")));
+    };
     if data.len() != expected {
         return Err(Error::format(
             path,

@@ -96,14 +96,18 @@ impl DlacConfig {
                     ));
                 }
                 let text = std::fs::read_to_string(p).map_err(|e| Error::io(p, e))?;
-                let cfg: Self =
-                    toml::from_str(&text).map_err(|e| Error::format(p, format!("not a DLAC config: {e}")))?;
-                // a bad value in a file names the file as well as the field
-                cfg.validate().map_err(|e| Error::format(p, e.to_string()))?;
-                cfg
+                Self::from_toml(&text, p)?
             }
         };
         cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Parses and validates a TOML config (named `path` in errors).
+    pub fn from_toml(text: &str, path: &Path) -> Result<Self> {
+        let cfg: Self = toml::from_str(text).map_err(|e| Error::format(path, format!("not a DLAC config: {e}")))?;
+        // a bad value in a file names the file as well as the field
+        cfg.validate().map_err(|e| Error::format(path, e.to_string()))?;
         Ok(cfg)
     }
 

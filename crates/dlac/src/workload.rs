@@ -64,6 +64,24 @@ pub struct Workload {
     pub source: String,
 }
 
+/// The largest K, CRS or PQ a workload may give (16.7 M), and the largest K·CRS·PQ (1.8e13
+/// multiply-adds): sizes from files are checked before the simulator allocates or loops on them.
+pub const MAX_DIM: usize = 1 << 24;
+pub const MAX_MACS: u64 = 1 << 44;
+
+/// Rejects an mmOp shape with a zero or an oversized dimension.
+fn check_shape(path: &Path, what: &str, k: usize, crs: usize, pq: usize) -> Result<()> {
+    for (n, v) in [("k", k), ("crs", crs), ("pq", pq)] {
+        if v == 0 || v > MAX_DIM {
+            return Err(Error::format(path, format!("{what}.{n} = {v}: expected 1..={MAX_DIM}")));
+        }
+    }
+    if (k as u64) * (crs as u64) * (pq as u64) > MAX_MACS {
+        return Err(Error::format(path, format!("{what}: K·CRS·PQ = {k}·{crs}·{pq} exceeds {MAX_MACS}")));
+    }
+    Ok(())
+}
+
 fn frac(path: &Path, what: &str, v: f64) -> Result<f64> {
     if !(0.0..=1.0).contains(&v) {
         return Err(Error::format(path, format!("{what} = {v}: expected a fraction in [0, 1]")));
@@ -83,7 +101,8 @@ impl Workload {
         }
     }
 
-    fn from_json(path: &Path, text: &str) -> Result<Self> {
+    /// Parses the profiler's workload JSON (named `path` in errors).
+    pub fn from_json(path: &Path, text: &str) -> Result<Self> {
         let v: serde_json::Value =
             serde_json::from_str(text).map_err(|e| Error::format(path, format!("not JSON: {e}")))?;
         let ops =
@@ -133,10 +152,14 @@ impl Workload {
                 elements: elements as usize,
             });
         }
+        for (i, o) in out.iter().enumerate() {
+            check_shape(path, &format!("mm_ops[{i}]"), o.k, o.crs, o.pq)?;
+        }
         Ok(Workload { ops: out, pt_layers, source: path.display().to_string() })
     }
 
-    fn from_csv(path: &Path, text: &str) -> Result<Self> {
+    /// Parses a Fig. 5-style CSV (named `path` in errors).
+    pub fn from_csv(path: &Path, text: &str) -> Result<Self> {
         let mut lines = text.lines().filter(|l| !l.trim().is_empty());
         let header: Vec<String> = lines
             .next()
@@ -184,6 +207,9 @@ impl Workload {
                     None => None,
                 },
             });
+        }
+        for (i, o) in ops.iter().enumerate() {
+            check_shape(path, &format!("row {}", i + 2), o.k, o.crs, o.pq)?;
         }
         Ok(Workload { ops, pt_layers: Vec::new(), source: path.display().to_string() })
     }
