@@ -245,6 +245,16 @@ impl Trainer {
     /// except `epochs`, which may grow.
     pub fn resume(model_cfg: &ModelConfig, data: &DataSplit, cfg: TrainConfig, out_dir: &Path) -> Result<Self> {
         let path = out_dir.join(CHECKPOINT_FILE);
+        // temporary files of writes a kill interrupted (the files they would have replaced are intact)
+        if let Ok(entries) = std::fs::read_dir(out_dir) {
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let ours = [CHECKPOINT_FILE, METRICS_FILE].iter().any(|f| name.starts_with(&format!(".{f}.tmp-")));
+                if ours {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
         let c = tern_core::checkpoint::load(&path)?;
         let mut t = Trainer::new(model_cfg, data, cfg.clone(), out_dir)?;
         let velocity = checkpoint::load_into(&path, &c, &mut t.model)?;
