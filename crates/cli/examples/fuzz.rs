@@ -40,7 +40,10 @@ fn main() {
     let seed: u64 = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(7);
     std::panic::set_hook(Box::new(|_| {}));
     let peak = || PEAK.swap(0, Ordering::Relaxed);
-    println!("{:<40} {:>9} {:>9} {:>9} {:>6} {:>8} {:>12} {:>8}", "parser", "inputs", "accepted", "rejected", "panics", "unnamed", "peak alloc B", "seconds");
+    println!(
+        "{:<40} {:>9} {:>9} {:>9} {:>6} {:>8} {:>12} {:>8}",
+        "parser", "inputs", "accepted", "rejected", "panics", "unnamed", "peak alloc B", "seconds"
+    );
     let mut failed = false;
     for (i, t) in fuzz_targets::targets().iter().enumerate() {
         let start = std::time::Instant::now();

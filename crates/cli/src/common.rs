@@ -100,9 +100,12 @@ impl DeviceArgs {
                     anyhow::bail!("invalid value for --precision: tf32 needs --device cuda (the CPU computes in FP32)");
                 }
                 if self.algorithms != AlgorithmsArg::Deterministic {
-                    anyhow::bail!("invalid value for --algorithms: fastest needs --device cuda (the CPU is always deterministic)");
+                    anyhow::bail!(
+                        "invalid value for --algorithms: fastest needs --device cuda (the CPU is always deterministic)"
+                    );
                 }
-                let info = serde_json::json!({"device": "cpu", "precision": "fp32", "threads": rayon::current_num_threads()});
+                let info =
+                    serde_json::json!({"device": "cpu", "precision": "fp32", "threads": rayon::current_num_threads()});
                 Ok((Box::new(tern_core::CpuBackend), info))
             }
             tern_core::Device::Cuda(i) => {

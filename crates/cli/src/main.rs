@@ -32,7 +32,11 @@ fn keep_freed_memory() {
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "tern", version, about = "Ternary-weight CNNs with zero-skipping: train (CPU or GPU), profile, simulate")]
+#[command(
+    name = "tern",
+    version,
+    about = "Ternary-weight CNNs with zero-skipping: train (CPU or GPU), profile, simulate"
+)]
 struct Cli {
     /// Worker threads for the kernels (default: all cores)
     #[arg(long, global = true)]

@@ -23,8 +23,25 @@ const EPOCHS: &str = "12";
 
 fn train_args(data: &Path, out: &Path) -> Vec<String> {
     [
-        "train", "--data", "mnist", "--data-path", data.to_str().unwrap(), "--model", "lenet5", "--epochs", EPOCHS,
-        "--batch", "32", "--crop-pad", "2", "--hflip", "--seed", "3", "--quiet", "--out", out.to_str().unwrap(),
+        "train",
+        "--data",
+        "mnist",
+        "--data-path",
+        data.to_str().unwrap(),
+        "--model",
+        "lenet5",
+        "--epochs",
+        EPOCHS,
+        "--batch",
+        "32",
+        "--crop-pad",
+        "2",
+        "--hflip",
+        "--seed",
+        "3",
+        "--quiet",
+        "--out",
+        out.to_str().unwrap(),
     ]
     .map(String::from)
     .to_vec()

@@ -165,7 +165,14 @@ pub trait Backend: Send + Sync {
         dx: &mut Tensor,
     );
     /// dx = dy·γ/σ (statistics held constant: frozen-statistics fine-tuning).
-    fn batch_norm_frozen_backward_input(&self, dy: &Tensor, gamma: &Tensor, running_var: &Tensor, eps: f32, dx: &mut Tensor);
+    fn batch_norm_frozen_backward_input(
+        &self,
+        dy: &Tensor,
+        gamma: &Tensor,
+        running_var: &Tensor,
+        eps: f32,
+        dx: &mut Tensor,
+    );
 
     // ---- point-wise ----
     fn relu_forward(&self, x: &Tensor, threshold: f32, y: &mut Tensor);
@@ -383,7 +390,14 @@ impl Backend for CpuBackend {
         let (g, dg, db) = (gamma.data(), dgamma.data(), dbeta.data());
         norm::batch_norm_backward_input(x.data(), dy.data(), g, &s, mask.as_ref(), dg, db, n, hw, dx.data_mut())
     }
-    fn batch_norm_frozen_backward_input(&self, dy: &Tensor, gamma: &Tensor, running_var: &Tensor, eps: f32, dx: &mut Tensor) {
+    fn batch_norm_frozen_backward_input(
+        &self,
+        dy: &Tensor,
+        gamma: &Tensor,
+        running_var: &Tensor,
+        eps: f32,
+        dx: &mut Tensor,
+    ) {
         // dy·γ/σ is the eval-mode forward applied to dy with zero mean and zero shift
         let (_, c, hw) = nchw(dy);
         let zeros = vec![0.0; c];

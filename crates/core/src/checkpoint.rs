@@ -98,7 +98,11 @@ pub fn parse(bytes: &[u8], path: &Path) -> Result<Checkpoint> {
         }
         let elements = view.shape().iter().try_fold(1usize, |a, &d| a.checked_mul(d));
         if elements != Some(view.data().len() / 4) || view.data().len() % 4 != 0 {
-            return Err(bad(format!("tensor {name}: shape {:?} does not match its {} bytes", view.shape(), view.data().len())));
+            return Err(bad(format!(
+                "tensor {name}: shape {:?} does not match its {} bytes",
+                view.shape(),
+                view.data().len()
+            )));
         }
         let data: Vec<f32> =
             view.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();

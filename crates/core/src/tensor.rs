@@ -242,7 +242,9 @@ impl Tensor {
     pub fn data(&self) -> &[f32] {
         match &*self.data {
             Storage::Host(v) => v,
-            Storage::Device(b) => panic!("a {:?} tensor on {} was read as host memory (missing to_host)", self.shape, b.device()),
+            Storage::Device(b) => {
+                panic!("a {:?} tensor on {} was read as host memory (missing to_host)", self.shape, b.device())
+            }
         }
     }
     /// Mutable host values; copies the data first if another handle shares it. Panics on a

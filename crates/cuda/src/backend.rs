@@ -178,7 +178,10 @@ impl CudaBackend {
     }
 
     fn bind(&self) {
-        self.shared.ctx.bind_to_thread().unwrap_or_else(|e| panic!("{}: binding the context: {e}", self.shared.device()));
+        self.shared
+            .ctx
+            .bind_to_thread()
+            .unwrap_or_else(|e| panic!("{}: binding the context: {e}", self.shared.device()));
     }
 
     fn buffer(&self, len: usize) -> CudaBuffer {
@@ -247,10 +250,29 @@ impl CudaBackend {
 
     /// C = op(A)·op(B) in column-major terms (see the linear layers for the mapping).
     #[allow(clippy::too_many_arguments)]
-    fn sgemm(&self, ta: bool, tb: bool, m: usize, n: usize, k: usize, a: u64, lda: usize, b: u64, ldb: usize, c: u64, ldc: usize) {
+    fn sgemm(
+        &self,
+        ta: bool,
+        tb: bool,
+        m: usize,
+        n: usize,
+        k: usize,
+        a: u64,
+        lda: usize,
+        b: u64,
+        ldb: usize,
+        c: u64,
+        ldc: usize,
+    ) {
         self.bind();
         let blas_h = self.blas.lock().unwrap_or_else(|e| e.into_inner());
-        let op = |t: bool| if t { blas_sys::cublasOperation_t::CUBLAS_OP_T } else { blas_sys::cublasOperation_t::CUBLAS_OP_N };
+        let op = |t: bool| {
+            if t {
+                blas_sys::cublasOperation_t::CUBLAS_OP_T
+            } else {
+                blas_sys::cublasOperation_t::CUBLAS_OP_N
+            }
+        };
         let (alpha, beta) = (1.0f32, 0.0f32);
         let i = |v: usize| i32::try_from(v).expect("GEMM size fits i32");
         // SAFETY: the callers pass device pointers to matrices of these sizes and strides.
@@ -427,7 +449,8 @@ impl Backend for CudaBackend {
         let (mut mean, mut inv_std) = (self.alloc(&[c]), self.alloc(&[c]));
         let (ni, ci, hwi, si) = (n as i32, c as i32, hw as i32, s as i32);
         let count = (n * hw) as f64;
-        let (xp, pp, rm, rv, mp, ip) = (ptr(x), partial.ptr, out(running_mean), out(running_var), out(&mut mean), out(&mut inv_std));
+        let (xp, pp, rm, rv, mp, ip) =
+            (ptr(x), partial.ptr, out(running_mean), out(running_var), out(&mut mean), out(&mut inv_std));
         let (gp, bp, yp) = (ptr(gamma), ptr(beta), out(y));
         let (flag, t) = (relu.is_some() as i32, relu.unwrap_or(0.0));
         let (hw64, total) = (hw as i64, x.len() as i64);
@@ -493,7 +516,8 @@ impl Backend for CudaBackend {
         let s = splits(n, c);
         let partial = self.buffer(c * s * 4);
         let (ni, ci, hwi, si) = (n as i32, c as i32, hw as i32, s as i32);
-        let (flag, t, extra) = (relu.is_some() as i32, relu.map_or(0.0, |r| r.threshold), relu.map_or(0.0, |r| r.extra));
+        let (flag, t, extra) =
+            (relu.is_some() as i32, relu.map_or(0.0, |r| r.threshold), relu.map_or(0.0, |r| r.extra));
         let (xp, dp, gp, bp, mp, ip, pp) =
             (ptr(x), ptr(dy), ptr(gamma), ptr(beta), ptr(&saved.mean), ptr(&saved.inv_std), partial.ptr);
         let (dgp, dbp) = (out(dgamma), out(dbeta));
@@ -521,7 +545,8 @@ impl Backend for CudaBackend {
         dx: &mut Tensor,
     ) {
         let (n, c, hw) = nchw(x);
-        let (flag, t, extra) = (relu.is_some() as i32, relu.map_or(0.0, |r| r.threshold), relu.map_or(0.0, |r| r.extra));
+        let (flag, t, extra) =
+            (relu.is_some() as i32, relu.map_or(0.0, |r| r.threshold), relu.map_or(0.0, |r| r.extra));
         let m = (n * hw) as f32;
         let (xp, dp, gp, bp, mp, ip) = (ptr(x), ptr(dy), ptr(gamma), ptr(beta), ptr(&saved.mean), ptr(&saved.inv_std));
         let (dgp, dbp, dxp) = (ptr(dgamma), ptr(dbeta), out(dx));
@@ -536,13 +561,25 @@ impl Backend for CudaBackend {
             );
         }
     }
-    fn batch_norm_frozen_backward_input(&self, dy: &Tensor, gamma: &Tensor, running_var: &Tensor, eps: f32, dx: &mut Tensor) {
+    fn batch_norm_frozen_backward_input(
+        &self,
+        dy: &Tensor,
+        gamma: &Tensor,
+        running_var: &Tensor,
+        eps: f32,
+        dx: &mut Tensor,
+    ) {
         let (_, c, hw) = nchw(dy);
         let (dp, gp, rv, dxp) = (ptr(dy), ptr(gamma), ptr(running_var), out(dx));
         let (hw64, ci, total) = (hw as i64, c as i32, dy.len() as i64);
         // SAFETY: dy, dx: [n, c, hw]; gamma, running_var: [c].
         unsafe {
-            self.launch("bn_frozen_bwd", grid_for(total as usize), 256, args!(&dp, &gp, &rv, &eps, &dxp, &hw64, &ci, &total))
+            self.launch(
+                "bn_frozen_bwd",
+                grid_for(total as usize),
+                256,
+                args!(&dp, &gp, &rv, &eps, &dxp, &hw64, &ci, &total),
+            )
         };
     }
 
@@ -572,7 +609,12 @@ impl Backend for CudaBackend {
         let (xp, yp, ap, total) = (ptr(x), out(y), out(argmax), y.len() as i64);
         // SAFETY: x: [n·c, h, w]; y and argmax: [n·c, ho, wo].
         unsafe {
-            self.launch("max_pool_fwd", grid_for(total as usize), 256, args!(&xp, &yp, &ap, &h, &w, &ho, &wo, &k, &s, &p, &total))
+            self.launch(
+                "max_pool_fwd",
+                grid_for(total as usize),
+                256,
+                args!(&xp, &yp, &ap, &h, &w, &ho, &wo, &k, &s, &p, &total),
+            )
         };
     }
     fn max_pool_backward(&self, dy: &Tensor, argmax: &Tensor, g: &PoolGeometry, dx: &mut Tensor) {
@@ -580,26 +622,45 @@ impl Backend for CudaBackend {
         let (dp, ap, dxp, total) = (ptr(dy), ptr(argmax), out(dx), dx.len() as i64);
         // SAFETY: dy and argmax: [n·c, ho, wo]; dx: [n·c, h, w].
         unsafe {
-            self.launch("max_pool_bwd", grid_for(total as usize), 256, args!(&dp, &ap, &dxp, &h, &w, &ho, &wo, &k, &s, &p, &total))
+            self.launch(
+                "max_pool_bwd",
+                grid_for(total as usize),
+                256,
+                args!(&dp, &ap, &dxp, &h, &w, &ho, &wo, &k, &s, &p, &total),
+            )
         };
     }
     fn avg_pool_forward(&self, x: &Tensor, g: &PoolGeometry, y: &mut Tensor) {
         let (h, w, ho, wo, k, s, p) = Self::pool_dims(g);
         let (xp, yp, total) = (ptr(x), out(y), y.len() as i64);
         // SAFETY: x: [n·c, h, w]; y: [n·c, ho, wo].
-        unsafe { self.launch("avg_pool_fwd", grid_for(total as usize), 256, args!(&xp, &yp, &h, &w, &ho, &wo, &k, &s, &p, &total)) };
+        unsafe {
+            self.launch(
+                "avg_pool_fwd",
+                grid_for(total as usize),
+                256,
+                args!(&xp, &yp, &h, &w, &ho, &wo, &k, &s, &p, &total),
+            )
+        };
     }
     fn avg_pool_backward(&self, dy: &Tensor, g: &PoolGeometry, dx: &mut Tensor) {
         let (h, w, ho, wo, k, s, p) = Self::pool_dims(g);
         let (dp, dxp, total) = (ptr(dy), out(dx), dx.len() as i64);
         // SAFETY: dy: [n·c, ho, wo]; dx: [n·c, h, w].
-        unsafe { self.launch("avg_pool_bwd", grid_for(total as usize), 256, args!(&dp, &dxp, &h, &w, &ho, &wo, &k, &s, &p, &total)) };
+        unsafe {
+            self.launch(
+                "avg_pool_bwd",
+                grid_for(total as usize),
+                256,
+                args!(&dp, &dxp, &h, &w, &ho, &wo, &k, &s, &p, &total),
+            )
+        };
     }
     fn global_avg_pool_forward(&self, x: &Tensor, y: &mut Tensor) {
         let (n, c, hw) = nchw(x);
         let (xp, yp, hwi, planes) = (ptr(x), out(y), hw as i32, (n * c) as i64);
         let blocks = (n * c).div_ceil(8) as u32; // 8 warps per block, one plane each
-        // SAFETY: x: [n·c, hw]; y: [n·c].
+                                                 // SAFETY: x: [n·c, hw]; y: [n·c].
         unsafe { self.launch("global_avg_pool_fwd", (blocks, 1, 1), 256, args!(&xp, &yp, &hwi, &planes)) };
     }
     fn global_avg_pool_backward(&self, dy: &Tensor, dx: &mut Tensor) {
@@ -644,7 +705,8 @@ impl Backend for CudaBackend {
         let n = w.len() as i64;
         let cols = (w.len() / rows.max(1)) as i64;
         let (scratch, row_zeros) = (self.buffer(2), self.buffer(rows.max(1)));
-        let (wp, qp, zp, sp, rp, rows64) = (ptr(w), out(q), out(zero_fraction), scratch.ptr, row_zeros.ptr, rows as i64);
+        let (wp, qp, zp, sp, rp, rows64) =
+            (ptr(w), out(q), out(zero_fraction), scratch.ptr, row_zeros.ptr, rows as i64);
         // SAFETY: w and q hold rows·cols floats; scratch 2, row_zeros `rows`, zero_fraction 1.
         unsafe {
             self.launch("tern_threshold", (1, 1, 1), 1024, args!(&wp, &n, &rule, &f, &scale, &sp));

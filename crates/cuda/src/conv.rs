@@ -132,7 +132,8 @@ pub struct Operands {
 
 impl Convs {
     pub fn new(stream: cudarc::driver::sys::CUstream, precision: Precision, algorithms: Algorithms) -> Result<Self> {
-        let handle = result::create_handle().map_err(|e| Error::device("cudnn", format!("creating a handle: {e:?}")))?;
+        let handle =
+            result::create_handle().map_err(|e| Error::device("cudnn", format!("creating a handle: {e:?}")))?;
         // SAFETY: a valid handle and the backend's live stream.
         unsafe { result::set_stream(handle, stream as _) }
             .map_err(|e| Error::device("cudnn", format!("binding the stream: {e:?}")))?;

@@ -89,7 +89,9 @@ impl Shared {
                 self.release_free();
                 // SAFETY: as above.
                 unsafe { result::malloc_sync(bytes) }.map_err(|e| {
-                    self.error(format!("allocating {bytes} bytes: {e} (device memory exhausted? try a smaller --batch)"))
+                    self.error(format!(
+                        "allocating {bytes} bytes: {e} (device memory exhausted? try a smaller --batch)"
+                    ))
                 })?
             }
         };

@@ -243,7 +243,8 @@ fn ternarisation_and_sgd_agree() {
     let mut rng = Rng::new(4);
     let w = Tensor::randn(&[12, 5, 3, 3], 0.1, &mut rng);
     let wd = be.upload(&w);
-    for threshold in [Threshold::MeanAbs(0.7), Threshold::Fixed(0.05), Threshold::MaxFraction(0.3), Threshold::ZeroFraction(0.6)]
+    for threshold in
+        [Threshold::MeanAbs(0.7), Threshold::Fixed(0.05), Threshold::MaxFraction(0.3), Threshold::ZeroFraction(0.6)]
     {
         for scale in [Scale::None, Scale::Layer, Scale::Channel] {
             let cfg = TernaryConfig { threshold, scale, clip: None };
@@ -253,7 +254,8 @@ fn ternarisation_and_sgd_agree() {
             be.ternarize(&wd, 12, &cfg, &mut qd, &mut zd);
             // a weight exactly at the threshold may round either way: allow one flip
             let (a, b) = (qd.to_host(), q.clone());
-            let differ = a.data().iter().zip(b.data()).filter(|(x, y)| (*x - *y).abs() > 1e-6 * (1.0 + y.abs())).count();
+            let differ =
+                a.data().iter().zip(b.data()).filter(|(x, y)| (*x - *y).abs() > 1e-6 * (1.0 + y.abs())).count();
             assert!(differ <= 1, "{threshold:?} {scale:?}: {differ} ternary values differ");
             assert!((zd.to_host().data()[0] - z.data()[0]).abs() <= 1.0 / w.len() as f32 + 1e-6, "{threshold:?} zeros");
         }
@@ -297,7 +299,10 @@ fn training_steps_of_whole_models_agree() {
             b.set_ternary(Some(TernaryConfig::default()), true, false);
         }
         b.to_backend(&be);
-        let (mut sa, mut sb) = (Sgd::new(SgdConfig { momentum: 0.9, nesterov: false, weight_decay: 5e-4 }), Sgd::new(SgdConfig { momentum: 0.9, nesterov: false, weight_decay: 5e-4 }));
+        let (mut sa, mut sb) = (
+            Sgd::new(SgdConfig { momentum: 0.9, nesterov: false, weight_decay: 5e-4 }),
+            Sgd::new(SgdConfig { momentum: 0.9, nesterov: false, weight_decay: 5e-4 }),
+        );
         let x = randn(&[8, 1, 16, 16], &mut rng);
         let labels = Tensor::from_u32(&[8], &(0..8).map(|i| i % 10).collect::<Vec<u32>>());
         let lr = Tensor::from_vec(&[1], vec![0.01]);

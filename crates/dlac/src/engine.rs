@@ -152,6 +152,10 @@ fn tile_cycles<S: OperandBits>(cfg: &DlacConfig, op: &MmOp, mt: usize, nt: usize
 
 /// The same body compiled with the POPCNT instruction (the baseline x86-64 target lacks it,
 /// and the software popcount was two thirds of the simulation time).
+///
+/// # Safety
+/// The CPU must support POPCNT (checked by the caller with `is_x86_feature_detected!`); the
+/// arguments are those of the safe twin, whose bounds it keeps.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "popcnt")]
 unsafe fn tile_cycles_popcnt<S: OperandBits>(

@@ -466,7 +466,10 @@ impl Trainer {
         if let Some(param) = self.model.first_non_finite_param() {
             return Err(Error::NonFinite {
                 step: self.step,
-                what: format!("parameter {param} is not finite; not saved; {}", self.kept_checkpoint(self.history.len().saturating_sub(1))),
+                what: format!(
+                    "parameter {param} is not finite; not saved; {}",
+                    self.kept_checkpoint(self.history.len().saturating_sub(1))
+                ),
             });
         }
         let meta = serde_json::json!({

@@ -210,7 +210,8 @@ pub fn run(t: &Target, n: usize, seed: u64, peak: &dyn Fn() -> usize) -> Outcome
                 }
             }
             Err(p) => {
-                let msg = p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()));
+                let msg =
+                    p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()));
                 if o.panics.len() < 5 {
                     o.panics.push(format!("{msg:?} on input {:?}", &input[..input.len().min(64)]));
                 }

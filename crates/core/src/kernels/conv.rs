@@ -169,6 +169,9 @@ fn forward(
     assert_eq!(x.len(), g.in_len());
     assert_eq!(w.len(), g.weight_len());
     assert_eq!(y.len(), g.out_len());
+    // the fast paths read c_out bias values: a short slice is a programmer error, not a read
+    // past its end
+    assert!(bias.is_none_or(|b| b.len() == g.c_out), "bias: expected {} values", g.c_out);
     if winograd::fits(g) {
         return forward_winograd(x, &winograd::transform_weights(w, g.c_out, g.c_in), bias, g, y, sums);
     }
@@ -376,6 +379,16 @@ mod tests {
     use crate::kernels::reference;
     use crate::kernels::testutil::*;
     use crate::rng::Rng;
+
+    #[test]
+    #[should_panic(expected = "bias: expected 16 values")]
+    fn a_short_bias_is_refused_not_read_past() {
+        // 16 output channels take the AVX-512 paths where the CPU has them
+        let g = ConvGeometry::new(1, 16, 6, 6, 16, 3, 1, 1).unwrap();
+        let (x, w) = (vec![0.5; g.in_len()], vec![0.1; g.weight_len()]);
+        let mut y = vec![0.0; g.out_len()];
+        conv2d_forward(&x, &w, Some(&[1.0; 3]), &g, &mut y);
+    }
 
     #[test]
     fn forward_and_backward_agree_with_reference() {

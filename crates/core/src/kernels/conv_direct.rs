@@ -75,6 +75,9 @@ fn copy_row(src: &[f32], dst: &mut [f32]) {
     dst.copy_from_slice(src);
 }
 
+/// # Safety
+/// The CPU must support AVX-512F (`sgemm512::available()`); `src.len() <= 64` and
+/// `dst.len() >= src.len()` (the masked loads and stores stay inside both).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn copy_row_avx512(src: &[f32], dst: &mut [f32]) {
@@ -125,6 +128,7 @@ pub fn pack_weights_transposed_flipped(w: &[f32], g: &ConvGeometry) -> Vec<f32> 
 /// `w16` the packed weights, `y: [c_out, h_out, w_out]` (overwritten; bias added if given).
 pub fn forward_image(xp: &[f32], w16: &[f32], bias: Option<&[f32]>, g: &ConvGeometry, y: &mut [f32]) {
     assert!(fits(g.c_out, g.k_w));
+    assert!(bias.is_none_or(|b| b.len() == g.c_out), "bias: expected {} values", g.c_out);
     let (hp, wp) = (g.h + 2 * g.pad, g.w + 2 * g.pad);
     assert!(xp.len() >= g.c_in * hp * wp && w16.len() >= g.weight_len() && y.len() >= g.c_out * g.pq());
     // SAFETY: AVX-512 is present (fits); the asserts bound every index the kernel reaches.
@@ -134,6 +138,9 @@ pub fn forward_image(xp: &[f32], w16: &[f32], bias: Option<&[f32]>, g: &ConvGeom
     }
 }
 
+/// # Safety
+/// The CPU must support AVX-512F (`sgemm512::available()`); the slices have the sizes `forward_image`
+/// asserts (padded input, packed weights, output of `g`'s shape).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn forward_avx512(xp: &[f32], w16: &[f32], bias: Option<&[f32]>, g: &ConvGeometry, y: &mut [f32]) {
@@ -163,6 +170,8 @@ macro_rules! by_width {
     };
 }
 
+/// # Safety
+/// The CPU must support AVX-512F (`sgemm512::available()`); as [`forward_avx512`], with `KW == g.k_w`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn forward_kw<const KW: usize>(xp: &[f32], w16: &[f32], bias: Option<&[f32]>, g: &ConvGeometry, y: &mut [f32]) {
@@ -178,7 +187,8 @@ unsafe fn forward_kw<const KW: usize>(xp: &[f32], w16: &[f32], bias: Option<&[f3
     let paired = !narrow && g.c_out.is_multiple_of(32);
     let kstep = if paired { 2 } else { 1 };
     let passes = (0..g.c_out / 16).step_by(kstep).flat_map(|kb| (0..g.c_in).step_by(chunk).map(move |c0| (kb, c0)));
-    // SAFETY (whole body): see `Block::run`.
+    // SAFETY: AVX-512 is present (the caller's contract) and every block (kb, oh, ow0) lies inside the
+    // asserted slices, which is what `Block::run` and `run_rows` require.
     unsafe {
         for (kb, c0) in passes {
             let (c1, first) = ((c0 + chunk).min(g.c_in), c0 == 0);
@@ -234,6 +244,10 @@ const L1_WEIGHT_FLOATS: usize = 6144;
 impl Block<'_> {
     /// The starting accumulators of channel slice `kb` for the B positions at `out` (channel
     /// 16·kb, stride pq between channels): the bias, or the partial sums an earlier pass left.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512F (`sgemm512::available()`); `out` points at channel 16·kb of the output
+    /// with B readable positions in each of the 16 channel rows `pq` apart.
     #[target_feature(enable = "avx512f")]
     unsafe fn start<const B: usize>(&self, kb: usize, out: *const f32, pq: usize) -> [__m512; B] {
         // SAFETY: the caller's block lies inside y (16 channels x B positions at stride pq).
@@ -250,6 +264,10 @@ impl Block<'_> {
 
     /// Positions `ow0..ow0 + B` of row `oh`, S channel slices from kb (S ≤ 2 keeps the
     /// accumulators in registers).
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512F (`sgemm512::available()`); `self` was built over slices of the sizes
+    /// `forward_image` asserts and the positions `ow0..ow0 + B` of row `oh` lie in the output.
     #[target_feature(enable = "avx512f")]
     unsafe fn run<const B: usize, const KW: usize, const S: usize>(&self, y: &mut [f32]) {
         let g = self.g;
@@ -294,6 +312,10 @@ impl Block<'_> {
 
     /// 16 output positions that are `16 / W` whole rows of width `W` (from row `oh`), one
     /// channel slice.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512F (`sgemm512::available()`); as `run`, with 16 / W whole rows from `oh`
+    /// inside the output.
     #[target_feature(enable = "avx512f")]
     unsafe fn run_rows<const W: usize, const KW: usize>(&self, y: &mut [f32]) {
         let g = self.g;
@@ -330,6 +352,10 @@ impl Block<'_> {
 
 /// 16 rows of `n ≤ 16` values at `src + l·stride` (l = 0..16), transposed: vector i holds
 /// value i of every row (lanes past `n` read as zero).
+///
+/// # Safety
+/// The CPU must support AVX-512F (`sgemm512::available()`); `src + l·stride .. + n` is readable for every
+/// l in 0..16, and n ≤ 16.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn load_transposed(src: *const f32, stride: usize, n: usize) -> [__m512; 16] {
@@ -344,6 +370,10 @@ unsafe fn load_transposed(src: *const f32, stride: usize, n: usize) -> [__m512; 
 /// Stores B positions x 16 channels (`acc[i]` = position i) as 16 channel rows of B values
 /// at `out + l·pq`: a register transpose, then one (masked) contiguous store per channel;
 /// 16 scatters of 16 lanes cost more than a 16-channel block's arithmetic.
+///
+/// # Safety
+/// The CPU must support AVX-512F (`sgemm512::available()`); `out + l·pq .. + B` is writable for every
+/// l in 0..16, and B ≤ 16.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn store_block<const B: usize>(acc: &[__m512; B], out: *mut f32, pq: usize) {
@@ -405,16 +435,23 @@ pub fn weight_grad_image(xp: &[f32], dy: &[f32], g: &ConvGeometry, dw16: &mut [f
     }
 }
 
+/// # Safety
+/// The CPU must support AVX-512F (`sgemm512::available()`); the slices have the sizes `weight_grad_image`
+/// asserts.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn weight_grad_avx512(xp: &[f32], dy: &[f32], g: &ConvGeometry, dw16: &mut [f32], dyt: &mut [f32]) {
     // output channels in 32s: two 16-channel slices share every input broadcast
     let slices = if g.c_out.is_multiple_of(32) { 2 } else { 1 };
-    // SAFETY (whole body): see `WgradBlock::run`.
+    // SAFETY: AVX-512 is present (the caller's contract) and every block lies inside the asserted
+    // slices, which is what `WgradBlock::run` requires.
     unsafe { by_width!(slices, [1, 2], S => weight_grad_slices::<S>(xp, dy, g, dw16, dyt)) }
 }
 
 /// The weight gradient, S channel slices at a time.
+///
+/// # Safety
+/// The CPU must support AVX-512F (`sgemm512::available()`); as [`weight_grad_avx512`].
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn weight_grad_slices<const S: usize>(
@@ -427,7 +464,7 @@ unsafe fn weight_grad_slices<const S: usize>(
     let pq = g.pq();
     // accumulators: S slices x CBN input channels x k_w taps ≤ 24 registers
     let cb_max = (24 / (S * g.k_w)).min(CB);
-    // SAFETY (whole body): dyt holds S·pq vectors; dy reads stay inside slices kb..kb + S.
+    // SAFETY: dyt holds S·pq vectors; dy reads stay inside slices kb..kb + S.
     unsafe {
         for kb in (0..g.c_out / 16).step_by(S) {
             // dy of the S slices, position-major: per position S vectors
@@ -464,6 +501,9 @@ struct WgradBlock<'a> {
 
 #[cfg(target_arch = "x86_64")]
 impl WgradBlock<'_> {
+    /// # Safety
+    /// The CPU must support AVX-512F (`sgemm512::available()`); `self` was built over slices of the sizes
+    /// `weight_grad_image` asserts, and `dw16` holds the packed weight gradient.
     #[target_feature(enable = "avx512f")]
     unsafe fn run<const CBN: usize, const KW: usize, const S: usize>(&self, dw16: &mut [f32]) {
         let g = self.g;
@@ -578,6 +618,7 @@ mod tests {
     #[test]
     fn direct_kernels_agree_with_reference() {
         if !super::super::sgemm512::available() {
+            eprintln!("skipped: this CPU has no AVX-512 (the im2col + GEMM path is tested by conv.rs)");
             return;
         }
         let mut rng = Rng::new(21);

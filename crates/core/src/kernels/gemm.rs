@@ -15,9 +15,18 @@ pub enum GemmImpl {
 
 static IMPL: AtomicU8 = AtomicU8::new(GemmImpl::Auto as u8);
 
-/// Chooses the implementation process-wide (set by `tern bench --gemm` to time the baseline).
+/// Chooses the implementation process-wide (set once by `tern bench --gemm` to time the
+/// baseline, before any work; tests pass their choice to [`sgemm_with`] instead).
 pub fn set_impl(i: GemmImpl) {
     IMPL.store(i as u8, Ordering::Relaxed);
+}
+
+fn current_impl() -> GemmImpl {
+    if IMPL.load(Ordering::Relaxed) == GemmImpl::GemmCrate as u8 {
+        GemmImpl::GemmCrate
+    } else {
+        GemmImpl::Auto
+    }
 }
 
 /// C[m x n] (+)= op(A) · op(B), all row-major and contiguous.
@@ -25,6 +34,23 @@ pub fn set_impl(i: GemmImpl) {
 /// `accumulate` adds into C instead of overwriting it; `parallel` lets gemm use the rayon pool
 /// (callers that already run one gemm per thread pass false).
 pub fn sgemm(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &[f32],
+    trans_a: bool,
+    b: &[f32],
+    trans_b: bool,
+    c: &mut [f32],
+    accumulate: bool,
+    parallel: bool,
+) {
+    sgemm_with(current_impl(), m, n, k, a, trans_a, b, trans_b, c, accumulate, parallel)
+}
+
+/// [`sgemm`] with the implementation chosen by the caller.
+pub fn sgemm_with(
+    imp: GemmImpl,
     m: usize,
     n: usize,
     k: usize,
@@ -46,7 +72,7 @@ pub fn sgemm(
         }
         return;
     }
-    if IMPL.load(Ordering::Relaxed) == GemmImpl::Auto as u8 && super::sgemm512::available() {
+    if imp == GemmImpl::Auto && super::sgemm512::available() {
         use super::sgemm512::{sgemm as sgemm512, BSource, MatRef};
         let am = if trans_a { MatRef { data: a, rs: 1, cs: m } } else { MatRef { data: a, rs: k, cs: 1 } };
         let bm = if trans_b { MatRef { data: b, rs: 1, cs: k } } else { MatRef { data: b, rs: n, cs: 1 } };
@@ -155,10 +181,8 @@ mod tests {
             let b = rand_vec(k * n, &mut rng);
             let mut fast = vec![0.5; m * n];
             let mut base = vec![0.5; m * n];
-            sgemm(m, n, k, &a, ta, &b, tb, &mut fast, true, true);
-            set_impl(GemmImpl::GemmCrate);
-            sgemm(m, n, k, &a, ta, &b, tb, &mut base, true, false);
-            set_impl(GemmImpl::Auto);
+            sgemm_with(GemmImpl::Auto, m, n, k, &a, ta, &b, tb, &mut fast, true, true);
+            sgemm_with(GemmImpl::GemmCrate, m, n, k, &a, ta, &b, tb, &mut base, true, false);
             assert_close(&fast, &base, 1e-3, "blocked sgemm");
         }
     }

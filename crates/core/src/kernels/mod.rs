@@ -15,6 +15,10 @@ macro_rules! multiversion {
             fn body($($arg: $ty),*) $(-> $ret)? $body
             #[cfg(target_arch = "x86_64")]
             {
+                /// The safe body compiled for AVX-512.
+                ///
+                /// # Safety
+                /// The CPU must support AVX-512F.
                 #[target_feature(enable = "avx512f")]
                 #[allow(clippy::too_many_arguments)]
                 unsafe fn wide($($arg: $ty),*) $(-> $ret)? {

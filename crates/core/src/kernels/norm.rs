@@ -401,6 +401,9 @@ mod x86 {
     use crate::kernels::simd::lanes;
     use std::arch::x86_64::*;
 
+    /// # Safety
+    /// The CPU must support AVX-512F (`sgemm512::available()`); `x` holds `sum.len()` planes of `hw`
+    /// values and `sumsq.len() == sum.len()`.
     #[target_feature(enable = "avx512f")]
     pub unsafe fn add_image_sums(x: &[f32], hw: usize, sum: &mut [f64], sumsq: &mut [f64]) {
         for (ch, p) in x.chunks_exact(hw).enumerate() {
@@ -426,6 +429,9 @@ mod x86 {
     }
 
     /// [`super::grad_sums`] of one plane.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512F (`sgemm512::available()`); `d.len() >= x.len()`.
     #[target_feature(enable = "avx512f")]
     pub unsafe fn grad_sums(x: &[f32], d: &[f32], mean: f32, mask: Option<(f32, f32, f32, f32)>) -> (f32, f32) {
         let n = x.len().min(d.len());

@@ -111,13 +111,17 @@ mod x86 {
     use std::arch::x86_64::*;
 
     /// One plane `x: [h, w]` into `y, arg: [ho, wo]` (arg: flat index of the maximum).
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512F (`sgemm512::available()`); `x` holds at least `2·ho` rows of width
+    /// `w ≥ 2·wo`, and `y`, `arg` hold `ho·wo` values.
     #[target_feature(enable = "avx512f")]
     pub unsafe fn max_2x2_forward(x: &[f32], w: usize, ho: usize, wo: usize, y: &mut [f32], arg: &mut [u32]) {
         // the even indices are also the first input column of each of 16 windows
         let ((even, odd), iota2) = (even_odd(), even_odd().0);
         assert!(ho == 0 || x.len() >= (2 * ho - 1) * w + 2 * wo);
         assert!(2 * wo <= w && y.len() >= ho * wo && arg.len() >= ho * wo);
-        // SAFETY (whole body): reads of rows 2p, 2p + 1 masked to 2·wo ≤ w columns; writes
+        // SAFETY: reads of rows 2p, 2p + 1 masked to 2·wo ≤ w columns; writes
         // masked to the wo outputs of row p.
         unsafe {
             for p in 0..ho {
@@ -153,11 +157,15 @@ mod x86 {
 
     /// The gradient of one plane whose 2x2/2 windows tile it exactly (h, w even): every
     /// input position written, `dy` where it was its window's maximum, else 0.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512F (`sgemm512::available()`); `dy`, `arg` hold `ho·wo` values with
+    /// `arg` indices inside the plane, and `dx` holds `2·ho` rows of width `w = 2·wo`.
     #[target_feature(enable = "avx512f")]
     pub unsafe fn max_2x2_backward(dy: &[f32], arg: &[u32], w: usize, ho: usize, wo: usize, dx: &mut [f32]) {
         let ((il_lo, il_hi), iota2) = (interleave(), even_odd().0);
         assert!(dx.len() >= 2 * ho * w && 2 * wo == w && dy.len() >= ho * wo && arg.len() >= ho * wo);
-        // SAFETY (whole body): reads masked to the wo outputs of row p; writes masked to the
+        // SAFETY: reads masked to the wo outputs of row p; writes masked to the
         // 2·wo = w columns of rows 2p, 2p + 1.
         unsafe {
             for p in 0..ho {

@@ -181,6 +181,10 @@ fn pack_b_mat(b: MatRef, p0: usize, kc: usize, j0: usize, nc: usize, out: &mut V
 
 /// acc(MR x NR) = Σ_p a[p*MR + i] · b[p*NR + j]; then C[i, j] (+)= acc for the valid
 /// `rows x cols` corner. C is row-major with leading dimension `ldc`.
+///
+/// # Safety
+/// The CPU must support AVX-512F (`sgemm512::available()`); `a` holds `kc·MR` and `b` `kc·NR` packed
+/// values; `c` is writable for `rows ≤ MR` rows of `cols ≤ NR` values, `ldc` apart.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn micro_kernel(
@@ -193,7 +197,7 @@ unsafe fn micro_kernel(
     cols: usize,
     add: bool,
 ) {
-    // SAFETY (whole body): the packed panels hold kc*MR and kc*NR floats; C is valid for
+    // SAFETY: the packed panels hold kc*MR and kc*NR floats; C is valid for
     // rows x cols at stride ldc (the caller guarantees both).
     unsafe {
         let mut acc = [[_mm512_setzero_ps(); 3]; MR];

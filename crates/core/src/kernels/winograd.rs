@@ -139,6 +139,7 @@ pub fn forward_images(x: &[f32], u: &[f32], bias: Option<&[f32]>, g: &ConvGeomet
     let (chw, khw) = (g.c_in * g.h * g.w, g.c_out * g.h * g.w);
     let n = x.len() / chw;
     assert!(x.len() == n * chw && y.len() == n * khw && u.len() == 16 * g.c_in * g.c_out);
+    assert!(bias.is_none_or(|b| b.len() == g.c_out), "bias: expected {} values", g.c_out);
     for_each_band(g, n, |imgs, band, v, m| {
         let ys = &mut y[imgs.start * khw..imgs.end * khw];
         // SAFETY: fits() checked AVX-512; the group's slices have the sizes asserted above.
@@ -168,6 +169,10 @@ fn for_each_band(
 }
 
 /// One band of tile rows of a group of images through the three steps.
+///
+/// # Safety
+/// The CPU must support AVX-512F (`sgemm512::available()`); the slices have the sizes `forward_images`
+/// asserts and `band` lies inside the image's tile rows.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::too_many_arguments)]
@@ -189,7 +194,7 @@ unsafe fn group(
     let xs = xi_stride(c, ts);
     let v = aligned(v, 16 * xs);
     let m = aligned(m, 16 * k * NV * 16);
-    // SAFETY (whole body): every index below stays inside x, y, u, v or m by the sizes set
+    // SAFETY: every index below stays inside x, y, u, v or m by the sizes set
     // or asserted above; masked accesses cover the partial vectors.
     unsafe {
         for (i, xi) in x.chunks(c * h * w).enumerate() {
@@ -243,6 +248,9 @@ fn aligned(buf: &mut Vec<f32>, len: usize) -> &mut [f32] {
 }
 
 /// 32 floats from `p` (`avail` of them readable; the rest read as zero).
+///
+/// # Safety
+/// The CPU must support AVX-512F (`sgemm512::available()`); `p .. p + min(avail, 32)` is readable.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn load32(p: *const f32, avail: usize) -> (__m512, __m512) {
@@ -261,6 +269,10 @@ unsafe fn load32(p: *const f32, avail: usize) -> (__m512, __m512) {
 /// `[h, w]`: vector ξ = 4i + j holds element (i, j) of each tile's transform. The pad-1 border
 /// is implicit: rows outside the plane are zero vectors and columns outside it are masked
 /// off in the loads (no padded copy of the image).
+///
+/// # Safety
+/// The CPU must support AVX-512F (`sgemm512::available()`); `plane` points at `h·w` readable values and
+/// tile row `th`, tiles `tw0..tw0 + 16`, are tiles of that plane (partial ones masked).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn patch_transform(plane: *const f32, h: usize, w: usize, th: usize, tw0: usize) -> [__m512; 16] {
@@ -311,13 +323,17 @@ unsafe fn patch_transform(plane: *const f32, h: usize, w: usize, th: usize, tw0:
 }
 
 /// Transforms the band's tile rows of one image `x: [c, h, w]` into `V[ξ][ch][t0 + tile]`.
+///
+/// # Safety
+/// The CPU must support AVX-512F (`sgemm512::available()`); `x` holds `c·h·w` values, `band` lies in the
+/// image, and `v` has room for 16 ξ planes of `c` rows of `ts` tiles from `t0`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::too_many_arguments)]
 unsafe fn input_transform(x: &[f32], c: usize, h: usize, w: usize, band: Band, v: &mut [f32], ts: usize, t0: usize) {
     let tw_n = band.tw_n;
     let xs = xi_stride(c, ts);
-    // SAFETY (whole body): the plane lies inside x; stores to n lanes at
+    // SAFETY: the plane lies inside x; stores to n lanes at
     // t < t0 + tiles of this image ≤ ts.
     unsafe {
         for ch in 0..c {
@@ -337,6 +353,10 @@ unsafe fn input_transform(x: &[f32], c: usize, h: usize, w: usize, band: Band, v
 }
 
 /// `M[ξ][k][tile]` of one ξ for output channels k0..k0+8 and tiles t0..t0+16·N, into `m`.
+///
+/// # Safety
+/// The CPU must support AVX-512F (`sgemm512::available()`); `u` and `v` hold the transformed weights and
+/// tiles for channels k0..k0+8 and tiles t0..t0+16·N, and `m` has room for their products.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::too_many_arguments)]
@@ -351,7 +371,7 @@ unsafe fn products<const N: usize>(
     t0: usize,
     m: &mut [f32],
 ) {
-    // SAFETY (whole body): V reads at t0 + 16·N ≤ ts; U reads at k0 + 8 ≤ k; m holds
+    // SAFETY: V reads at t0 + 16·N ≤ ts; U reads at k0 + 8 ≤ k; m holds
     // 16·k·NV·16 floats.
     unsafe {
         let vp = v.as_ptr().add(xi * xi_stride(c, ts) + t0);
@@ -381,6 +401,10 @@ unsafe fn products<const N: usize>(
 /// 2x2 outputs of tiles t0..t0+16·nv (those < t_total) of the band for every channel from
 /// `m`, plus bias, into `y: [n_g, k, h, w]` (a partial last tile writes only its row or
 /// column inside the image).
+///
+/// # Safety
+/// The CPU must support AVX-512F (`sgemm512::available()`); `m` holds the band's products and `y` the
+/// group's `[n_g, k, h, w]` outputs (partial tiles write only inside the image).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::too_many_arguments)]
@@ -397,7 +421,7 @@ unsafe fn output_transform(
     let (k, h, w) = (g.c_out, g.h, g.w);
     let (tw_n, tpi) = (band.tw_n, band.tiles_per_image());
     let (il_lo, il_hi) = interleave();
-    // SAFETY (whole body): m reads inside its 16·k·NV·16 floats; y writes at rows < h of
+    // SAFETY: m reads inside its 16·k·NV·16 floats; y writes at rows < h of
     // tiles < t_total of this group, cols ≤ w - 2·tw floats each.
     unsafe {
         for kk in 0..k {
@@ -487,6 +511,10 @@ pub fn weight_grad_images(x: &[f32], dy: &[f32], g: &ConvGeometry, du: &mut [f32
 }
 
 /// One band of tile rows of a group of images of [`weight_grad_images`].
+///
+/// # Safety
+/// The CPU must support AVX-512F (`sgemm512::available()`); the slices have the sizes
+/// `weight_grad_images` asserts and `band` lies inside the image's tile rows.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::too_many_arguments)]
@@ -508,7 +536,7 @@ unsafe fn weight_grad_group(
     let (vx, zx) = (t_total * c + 16, k * t_total + 16);
     let v = aligned(v, 16 * vx);
     let z = aligned(z, 16 * zx + 16);
-    // SAFETY (whole body): indices stay inside x, dy, v, z and du by the sizes above; masked
+    // SAFETY: indices stay inside x, dy, v, z and du by the sizes above; masked
     // accesses cover partial vectors.
     unsafe {
         let mut block = [[_mm512_setzero_ps(); 16]; 16];
@@ -590,6 +618,10 @@ unsafe fn weight_grad_group(
 }
 
 /// `dU[ξ][k0..k0+8][c0..c0+16·N] += Σ_t Z[ξ][k][t]·V[ξ][t][c]`.
+///
+/// # Safety
+/// The CPU must support AVX-512F (`sgemm512::available()`); `z`, `v` hold tiles t of the band for channels
+/// k0..k0+8 and c0..c0+16·N, and `du` has room for those rows of every ξ.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::too_many_arguments)]
@@ -606,7 +638,7 @@ unsafe fn du_block<const N: usize>(
     k0: usize,
     c0: usize,
 ) {
-    // SAFETY (whole body): z rows k0..k0+8 and v rows t < t_total at channels < c0 + 16·N ≤ c
+    // SAFETY: z rows k0..k0+8 and v rows t < t_total at channels < c0 + 16·N ≤ c
     // of plane ξ; du at (ξ, k < k, c < c).
     unsafe {
         let zp = z.as_ptr().add(xi * zx + k0 * t_total);
@@ -666,6 +698,7 @@ mod tests {
     #[test]
     fn winograd_agrees_with_reference() {
         if !crate::kernels::sgemm512::available() {
+            eprintln!("skipped: this CPU has no AVX-512 (the im2col + GEMM path is tested by conv.rs)");
             return;
         }
         let mut rng = Rng::new(31);

@@ -60,8 +60,7 @@ impl BatchNorm {
         let (g, b) = (&self.gamma.value, &self.beta.value);
         if ctx.train && !self.frozen_stats {
             let (rm, rv) = (&mut self.running_mean, &mut self.running_var);
-            let saved =
-                ctx.backend.batch_norm_train(x, sums, g, b, rm, rv, self.eps, self.momentum, threshold, &mut y);
+            let saved = ctx.backend.batch_norm_train(x, sums, g, b, rm, rv, self.eps, self.momentum, threshold, &mut y);
             self.saved = Some(saved);
             self.cache_x = Some(x.clone());
         } else {
