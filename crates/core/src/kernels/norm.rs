@@ -17,11 +17,24 @@ pub struct BnSaved {
     pub inv_std: Vec<f32>,
 }
 
-/// Per-channel Σx and Σx² over a batch, in f64.
+/// Per-channel statistics of a batch in f64: Σx, and m2 = Σ(x − mean)², the squared
+/// deviations about the mean of what was summed (not Σx²: E[x²] − E[x]² cancels
+/// catastrophically when the mean is large next to the spread). Each plane is summed in two
+/// passes while it is in cache (its sum, then its deviations about its own mean), and planes
+/// combine with Chan's update, in a fixed order.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ChannelSums {
     pub sum: Vec<f64>,
-    pub sumsq: Vec<f64>,
+    pub m2: Vec<f64>,
+    /// Values per channel behind `sum` and `m2`.
+    pub count: f64,
+}
+
+/// Per-channel pairs of plain sums (the backward's Σ dz and Σ dz·(x − mean)).
+#[derive(Clone, Debug, PartialEq)]
+struct PairSums {
+    a: Vec<f64>,
+    b: Vec<f64>,
 }
 
 /// A ReLU fused after the normalisation: `y = bn(x)` passes where `scale·x + shift > threshold`
@@ -37,23 +50,34 @@ pub struct ReluMask {
 
 const LANES: usize = 16;
 
-/// (Σ v, Σ v²) of a plane in 16 independent partial sums: one f32 accumulator is a serial
-/// chain the compiler must keep in order (one add per 4 cycles); 16 lanes vectorise.
+/// (Σ v, Σ (v − mean)²) of a plane, mean = Σ v / len, in two passes of 16 independent
+/// partial sums: one f32 accumulator is a serial chain the compiler must keep in order (one
+/// add per 4 cycles); 16 lanes vectorise.
 #[inline(always)]
-fn sum_and_squares(p: &[f32]) -> (f32, f32) {
-    let (mut a, mut b) = ([0.0f32; LANES], [0.0f32; LANES]);
+fn sum_and_deviations(p: &[f32]) -> (f32, f32) {
+    let mut a = [0.0f32; LANES];
     let chunks = p.chunks_exact(LANES);
     let rest = chunks.remainder();
     for ch in chunks {
         for i in 0..LANES {
             a[i] += ch[i];
-            b[i] += ch[i] * ch[i];
         }
     }
-    let (mut sa, mut sb) = (lane_sum(&a), lane_sum(&b));
+    let mut sa = lane_sum(&a);
     for &v in rest {
         sa += v;
-        sb += v * v;
+    }
+    let mean = sa / p.len().max(1) as f32;
+    let mut b = [0.0f32; LANES];
+    for ch in p.chunks_exact(LANES) {
+        for i in 0..LANES {
+            let d = ch[i] - mean;
+            b[i] += d * d;
+        }
+    }
+    let mut sb = lane_sum(&b);
+    for &v in rest {
+        sb += (v - mean) * (v - mean);
     }
     (sa, sb)
 }
@@ -118,38 +142,56 @@ fn grad_sums(x: &[f32], d: &[f32], mean: f32, mask: Option<(f32, f32, f32, f32)>
     (sa, sb)
 }
 
-/// Adds image `x: [c, hw]`'s per-channel (Σ, Σ²) to `sum`, `sumsq`.
-fn add_image_sums(x: &[f32], hw: usize, sum: &mut [f64], sumsq: &mut [f64]) {
+/// Writes image `x: [c, hw]`'s per-channel (Σ, Σ(x − plane mean)²) into `sum`, `m2`.
+fn image_sums(x: &[f32], hw: usize, sum: &mut [f64], m2: &mut [f64]) {
     #[cfg(target_arch = "x86_64")]
     if super::sgemm512::available() {
-        // SAFETY: the CPU has AVX-512F.
-        return unsafe { x86::add_image_sums(x, hw, sum, sumsq) };
+        // SAFETY: the CPU has AVX-512F; x holds sum.len() planes of hw values.
+        return unsafe { x86::image_sums(x, hw, sum, m2) };
     }
     for (ch, p) in x.chunks_exact(hw).enumerate() {
-        let (a, b) = sum_and_squares(p);
-        sum[ch] += a as f64;
-        sumsq[ch] += b as f64;
+        let (a, b) = sum_and_deviations(p);
+        sum[ch] = a as f64;
+        m2[ch] = b as f64;
     }
 }
 
 impl ChannelSums {
     pub fn zeros(c: usize) -> Self {
-        ChannelSums { sum: vec![0.0; c], sumsq: vec![0.0; c] }
+        ChannelSums { sum: vec![0.0; c], m2: vec![0.0; c], count: 0.0 }
     }
 
-    /// The sums of one image `x: [c, hw]`.
+    /// The statistics of one image `x: [c, hw]`.
     pub fn of_image(x: &[f32], c: usize, hw: usize) -> Self {
         let mut s = ChannelSums::zeros(c);
-        add_image_sums(&x[..c * hw], hw, &mut s.sum, &mut s.sumsq);
+        image_sums(&x[..c * hw], hw, &mut s.sum, &mut s.m2);
+        s.count = hw as f64;
         s
     }
 
-    /// The sum of per-image sums, added in the order given.
+    /// Adds `other`'s values (Chan et al.'s pairwise update of the squared deviations).
+    pub fn merge(&mut self, other: &ChannelSums) {
+        let (na, nb) = (self.count, other.count);
+        if nb == 0.0 {
+            return;
+        }
+        for ch in 0..self.sum.len() {
+            if na > 0.0 {
+                let delta = other.sum[ch] / nb - self.sum[ch] / na;
+                self.m2[ch] += other.m2[ch] + delta * delta * na * nb / (na + nb);
+            } else {
+                self.m2[ch] = other.m2[ch];
+            }
+            self.sum[ch] += other.sum[ch];
+        }
+        self.count = na + nb;
+    }
+
+    /// The statistics of per-image parts, merged in the order given.
     pub fn total<'a>(parts: impl IntoIterator<Item = &'a ChannelSums>, c: usize) -> Self {
         let mut t = ChannelSums::zeros(c);
         for p in parts {
-            t.sum.iter_mut().zip(&p.sum).for_each(|(a, b)| *a += b);
-            t.sumsq.iter_mut().zip(&p.sumsq).for_each(|(a, b)| *a += b);
+            t.merge(p);
         }
         t
     }
@@ -174,12 +216,13 @@ impl BnSaved {
         running_var: &mut [f32],
     ) -> Self {
         let m = count as f64;
+        assert_eq!(sums.count, m, "statistics of {} values per channel, expected {m}", sums.count);
         let unbias = if m > 1.0 { m / (m - 1.0) } else { 1.0 };
         let c = sums.sum.len();
         let mut saved = BnSaved { mean: Vec::with_capacity(c), inv_std: Vec::with_capacity(c) };
         for ch in 0..c {
             let mean = sums.sum[ch] / m;
-            let var = (sums.sumsq[ch] / m - mean * mean).max(0.0);
+            let var = (sums.m2[ch] / m).max(0.0);
             saved.mean.push(mean as f32);
             saved.inv_std.push(1.0 / (var as f32 + eps).sqrt());
             running_mean[ch] = (1.0 - momentum) * running_mean[ch] + momentum * mean as f32;
@@ -326,21 +369,25 @@ pub fn batch_norm_backward_sums(
     dbeta: &mut [f32],
 ) {
     let chw = c * hw;
-    // per-image pairs of per-channel sums, added in image order like the forward's; here
-    // `sum` holds Σ dz and `sumsq` Σ dz·(x − mean)
-    let parts: Vec<ChannelSums> = x[..n * chw]
+    // per-image pairs of per-channel sums, added in image order: `a` holds Σ dz and `b`
+    // Σ dz·(x − mean)
+    let parts: Vec<PairSums> = x[..n * chw]
         .par_chunks(chw)
         .zip(dy[..n * chw].par_chunks(chw))
         .map(|(xn, dn)| {
-            let mut s = ChannelSums::zeros(c);
-            add_image_grad_sums(xn, dn, hw, saved, mask, &mut s.sum, &mut s.sumsq);
+            let mut s = PairSums { a: vec![0.0; c], b: vec![0.0; c] };
+            add_image_grad_sums(xn, dn, hw, saved, mask, &mut s.a, &mut s.b);
             s
         })
         .collect();
-    let t = ChannelSums::total(&parts, c);
+    let (mut ta, mut tb) = (vec![0.0f64; c], vec![0.0f64; c]);
+    for p in &parts {
+        ta.iter_mut().zip(&p.a).for_each(|(t, v)| *t += v);
+        tb.iter_mut().zip(&p.b).for_each(|(t, v)| *t += v);
+    }
     for ch in 0..c {
-        dbeta[ch] = t.sum[ch] as f32;
-        dgamma[ch] = (t.sumsq[ch] * saved.inv_std[ch] as f64) as f32;
+        dbeta[ch] = ta[ch] as f32;
+        dgamma[ch] = (tb[ch] * saved.inv_std[ch] as f64) as f32;
     }
 }
 
@@ -405,26 +452,38 @@ mod x86 {
     /// The CPU must support AVX-512F (`sgemm512::available()`); `x` holds `sum.len()` planes of `hw`
     /// values and `sumsq.len() == sum.len()`.
     #[target_feature(enable = "avx512f")]
-    pub unsafe fn add_image_sums(x: &[f32], hw: usize, sum: &mut [f64], sumsq: &mut [f64]) {
+    pub unsafe fn image_sums(x: &[f32], hw: usize, sum: &mut [f64], m2: &mut [f64]) {
         for (ch, p) in x.chunks_exact(hw).enumerate() {
+            let full = p.len() / 16 * 16;
             // SAFETY: loads stay inside p (the last one masked to its length).
-            let (a, b) = unsafe {
-                let (mut a, mut b) = (_mm512_setzero_ps(), _mm512_setzero_ps());
-                let full = p.len() / 16 * 16;
+            let a = unsafe {
+                let mut a = _mm512_setzero_ps();
                 for i in (0..full).step_by(16) {
-                    let v = _mm512_loadu_ps(p.as_ptr().add(i));
-                    a = _mm512_add_ps(a, v);
-                    b = _mm512_fmadd_ps(v, v, b);
+                    a = _mm512_add_ps(a, _mm512_loadu_ps(p.as_ptr().add(i)));
                 }
                 if full < p.len() {
-                    let v = _mm512_maskz_loadu_ps(lanes(p.len() - full), p.as_ptr().add(full));
-                    a = _mm512_add_ps(a, v);
-                    b = _mm512_fmadd_ps(v, v, b);
+                    a = _mm512_add_ps(a, _mm512_maskz_loadu_ps(lanes(p.len() - full), p.as_ptr().add(full)));
                 }
-                (_mm512_reduce_add_ps(a), _mm512_reduce_add_ps(b))
+                _mm512_reduce_add_ps(a)
             };
-            sum[ch] += a as f64;
-            sumsq[ch] += b as f64;
+            let mean = a / p.len().max(1) as f32;
+            // SAFETY: as above; masked-off lanes load 0 and subtract to −mean, so they are
+            // masked out of the sum as well.
+            let b = unsafe {
+                let (mut b, m) = (_mm512_setzero_ps(), _mm512_set1_ps(mean));
+                for i in (0..full).step_by(16) {
+                    let d = _mm512_sub_ps(_mm512_loadu_ps(p.as_ptr().add(i)), m);
+                    b = _mm512_fmadd_ps(d, d, b);
+                }
+                if full < p.len() {
+                    let k = lanes(p.len() - full);
+                    let d = _mm512_maskz_sub_ps(k, _mm512_maskz_loadu_ps(k, p.as_ptr().add(full)), m);
+                    b = _mm512_fmadd_ps(d, d, b);
+                }
+                _mm512_reduce_add_ps(b)
+            };
+            sum[ch] = a as f64;
+            m2[ch] = b as f64;
         }
     }
 
@@ -559,8 +618,8 @@ mod tests {
                 let d = rand_vec(len, &mut rng);
                 let (mut s, mut q) = ([0.0f64], [0.0f64]);
                 // SAFETY: the CPU has AVX-512F.
-                unsafe { x86::add_image_sums(&x, len, &mut s, &mut q) };
-                let (a, b) = sum_and_squares(&x);
+                unsafe { x86::image_sums(&x, len, &mut s, &mut q) };
+                let (a, b) = sum_and_deviations(&x);
                 assert!((s[0] - a as f64).abs() < 1e-4 && (q[0] - b as f64).abs() < 1e-4, "{len}");
                 for mask in [None, Some((0.7, 0.4, 0.1, 0.3))] {
                     // SAFETY: the CPU has AVX-512F.
@@ -583,8 +642,26 @@ mod tests {
         for ch in 0..c {
             let v: Vec<f64> =
                 (0..n).flat_map(|i| x[(i * c + ch) * hw..(i * c + ch + 1) * hw].iter().map(|&v| v as f64)).collect();
+            let mean = v.iter().sum::<f64>() / v.len() as f64;
             assert!((s.sum[ch] - v.iter().sum::<f64>()).abs() < 1e-4);
-            assert!((s.sumsq[ch] - v.iter().map(|a| a * a).sum::<f64>()).abs() < 1e-3);
+            assert!((s.m2[ch] - v.iter().map(|a| (a - mean) * (a - mean)).sum::<f64>()).abs() < 1e-3);
+        }
+    }
+
+    #[test]
+    fn variance_survives_a_large_mean() {
+        // mean 1000, std 0.01: E[x²] − E[x]² in f32 partial sums loses every digit of it
+        let mut rng = Rng::new(13);
+        let (n, c, hw) = (4, 2, 1000);
+        let x: Vec<f32> = (0..n * c * hw).map(|_| 1000.0 + 0.01 * rng.normal()).collect();
+        let s = channel_sums(&x, n, c, hw);
+        for ch in 0..c {
+            let v: Vec<f64> =
+                (0..n).flat_map(|i| x[(i * c + ch) * hw..(i * c + ch + 1) * hw].iter().map(|&v| v as f64)).collect();
+            let mean = v.iter().sum::<f64>() / v.len() as f64;
+            let var = v.iter().map(|a| (a - mean) * (a - mean)).sum::<f64>() / v.len() as f64;
+            let got = s.m2[ch] / s.count;
+            assert!((got - var).abs() < 0.02 * var, "channel {ch}: variance {got} vs {var}");
         }
     }
 }
