@@ -61,14 +61,15 @@ def build(name, channels, side, classes):
     return getattr(torchvision.models, name)(num_classes=classes)
 
 
-def torch_rate(name, batch, channels, side, classes, ternary, compiled, bf16, warmup, steps):
+def torch_rate(name, batch, channels, side, classes, ternary, compiled, bf16, warmup, steps, nchw=False):
     torch.manual_seed(0)
     model = build(name, channels, side, classes)
     if ternary:
         model = ternarize(model)
-    model = model.cuda().to(memory_format=torch.channels_last)
+    fmt = torch.contiguous_format if nchw else torch.channels_last
+    model = model.cuda().to(memory_format=fmt)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
-    x = torch.randn(batch, channels, side, side, device="cuda").to(memory_format=torch.channels_last)
+    x = torch.randn(batch, channels, side, side, device="cuda").to(memory_format=fmt)
     y = torch.arange(batch, device="cuda") % classes
     fwd = torch.compile(model) if compiled else model
 
@@ -124,6 +125,9 @@ def main():
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--no-compile", action="store_true")
+    ap.add_argument("--models", default="", help="comma-separated subset of the configs' models")
+    ap.add_argument("--torch-nchw", action="store_true",
+                    help="also time PyTorch eager in NCHW (tern's layout) beside channels_last")
     ap.add_argument("--algorithms", default="deterministic", choices=["deterministic", "fastest"],
                     help="tern's cuDNN algorithm choice (PyTorch's cudnn.benchmark picks the fastest)")
     a = ap.parse_args()
@@ -131,6 +135,8 @@ def main():
     torch.backends.cudnn.allow_tf32 = True
     torch.backends.cuda.matmul.allow_tf32 = True
     configs = CONFIGS["small"] + CONFIGS["imagenet"] if a.configs == "all" else CONFIGS[a.configs]
+    if a.models:
+        configs = [c for c in configs if c[0] in a.models.split(",")]
     rows = []
     for name, batch, ch, side, classes in configs:
         r = {"model": name, "batch": batch, "side": side, "ternary": True}
@@ -144,6 +150,9 @@ def main():
                 r["torch_compile"] = {"error": str(e)[-300:]}
         if side >= 224:
             r["torch_bf16"] = torch_rate(name, batch, ch, side, classes, True, False, True, a.warmup, a.steps)
+        if a.torch_nchw:
+            r["torch_eager_nchw"] = torch_rate(name, batch, ch, side, classes, True, False, False, a.warmup, a.steps,
+                                               nchw=True)
         print(json.dumps(r), flush=True)
         rows.append(r)
     print(f"\n{'model':<10} {'batch':>5} {'tern img/s':>11} {'eager':>9} {'compile':>9} {'x eager':>8} {'x compile':>9} {'tern MiB':>9} {'torch MiB':>9}")

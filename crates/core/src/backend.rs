@@ -208,6 +208,44 @@ pub trait Backend: Send + Sync {
         stats: &mut Tensor,
     );
 
+    // ---- data ----
+    /// Renders a batch from a data set held on this device: `images` its pixels
+    /// ([`Tensor::from_bytes`], images of `src_shape` back to back), `plan: [n, 4]` an index
+    /// tensor of (image, oy, ox as i32 bits, flip) per sample, `norm: [2, c]` the per-channel
+    /// mean and 1/std; `out: [n, c, h, w]` gets (v/255 − mean)·(1/std) at each placement,
+    /// zero elsewhere (tern-data's `render_placed`, the same arithmetic).
+    fn render_batch(&self, images: &Tensor, src_shape: [usize; 3], plan: &Tensor, norm: &Tensor, out: &mut Tensor) {
+        let (n, [c, dh, dw]) = (out.dim(0), [out.dim(1), out.dim(2), out.dim(3)]);
+        let [_, sh, sw] = src_shape;
+        let (bytes, p, nv) = (images.as_bytes(), plan.as_u32(), norm.data());
+        let per = c * dh * dw;
+        let o = out.data_mut();
+        for s in 0..n {
+            let [idx, oy, ox, flip] = [p[4 * s], p[4 * s + 1], p[4 * s + 2], p[4 * s + 3]];
+            let (oy, ox) = (oy as i32 as isize, ox as i32 as isize);
+            let img = &bytes[idx as usize * c * sh * sw..(idx as usize + 1) * c * sh * sw];
+            let dst = &mut o[s * per..(s + 1) * per];
+            dst.fill(0.0);
+            for ch in 0..c {
+                let (m, inv) = (nv[ch], nv[c + ch]);
+                for y in 0..dh {
+                    let sy = y as isize - oy;
+                    if sy < 0 || sy >= sh as isize {
+                        continue;
+                    }
+                    for x in 0..dw {
+                        let xx = if flip != 0 { dw - 1 - x } else { x };
+                        let sx = xx as isize - ox;
+                        if sx >= 0 && sx < sw as isize {
+                            let v = img[(ch * sh + sy as usize) * sw + sx as usize];
+                            dst[(ch * dh + y) * dw + x] = (v as f32 / 255.0 - m) * inv;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     // ---- ternary weights and the optimizer ----
     /// Writes the ternary weights of `w: [rows, ...]` (Eq. 1) into `q` and their zero
     /// fraction into `zero_fraction: [1]`.

@@ -152,6 +152,22 @@ impl Tensor {
         Tensor::from_vec(shape, v.iter().map(|&i| f32::from_bits(i)).collect())
     }
 
+    /// Bytes packed four to an f32 slot (a data set's pixels kept on a device); the last slot
+    /// is padded with zeros.
+    pub fn from_bytes(bytes: &[u8]) -> Self {
+        let v: Vec<u32> =
+            bytes.chunks(4).map(|c| c.iter().enumerate().fold(0u32, |a, (i, &b)| a | (b as u32) << (8 * i))).collect();
+        Tensor::from_u32(&[v.len()], &v)
+    }
+
+    /// The bytes of a [`Tensor::from_bytes`] tensor (with its padding); host only.
+    pub fn as_bytes(&self) -> &[u8] {
+        let d = self.data();
+        // SAFETY: any f32 bit pattern is four valid bytes; the slice borrows `self` as `d` does,
+        // and u8 has alignment 1.
+        unsafe { std::slice::from_raw_parts(d.as_ptr().cast::<u8>(), d.len() * 4) }
+    }
+
     /// An index tensor's values (see [`Tensor::from_u32`]); host only.
     pub fn as_u32(&self) -> &[u32] {
         let d = self.data();

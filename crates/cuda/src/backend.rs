@@ -690,6 +690,23 @@ impl Backend for CudaBackend {
         unsafe { self.launch("softmax_xent", (1, 1, 1), 1024, args!(&lp, &yp, &dp, &sp, &n, &classes, &k, &skip)) };
     }
 
+    fn render_batch(&self, images: &Tensor, src_shape: [usize; 3], plan: &Tensor, norm: &Tensor, dst: &mut Tensor) {
+        let [c, sh, sw] = src_shape.map(|v| v as i32);
+        let (dh, dw) = (dst.dim(2) as i32, dst.dim(3) as i32);
+        assert_eq!(dst.dim(1) as i32, c, "render_batch: channels differ");
+        let total = dst.len() as i64;
+        let (ip, pp, np, op) = (ptr(images), ptr(plan), ptr(norm), out(dst));
+        // SAFETY: images holds the data set's bytes (every plan index is an image of it, as the
+        // loader drew them), plan [n, 4], norm [2c], out [n, c, dh, dw].
+        unsafe {
+            self.launch(
+                "render_batch",
+                grid_for(total as usize),
+                256,
+                args!(&ip, &pp, &np, &op, &c, &sh, &sw, &dh, &dw, &total),
+            )
+        };
+    }
     fn ternarize(&self, w: &Tensor, rows: usize, cfg: &TernaryConfig, q: &mut Tensor, zero_fraction: &mut Tensor) {
         let (rule, f) = match cfg.threshold {
             Threshold::MeanAbs(f) => (0i32, f),

@@ -478,6 +478,31 @@ extern "C" __global__ void straight_through(const float* w, float* g, float clip
     GRID_STRIDE(i, n) if (fabsf(w[i]) > clip) g[i] = 0.0f;
 }
 
+// ---------------------------------------------------------------- data
+// A batch rendered from a data set held on the device: plan[s] = (image, oy, ox, flip);
+// norm = (mean[c], 1/std[c]). The arithmetic is tern-data's render_placed, operation for
+// operation (rounded operations, no contraction), so the bits are the CPU loader's.
+extern "C" __global__ void render_batch(const unsigned char* images, const u32* plan, const float* norm, float* out,
+                                        int c, int sh, int sw, int dh, int dw, long long total) {
+    GRID_STRIDE(i, total) {
+        int x = (int)(i % dw);
+        long long r = i / dw;
+        int y = (int)(r % dh);
+        r /= dh;
+        int ch = (int)(r % c);
+        long long s = r / c;
+        u32 idx = plan[4 * s];
+        int oy = (int)plan[4 * s + 1], ox = (int)plan[4 * s + 2], flip = (int)plan[4 * s + 3];
+        int sy = y - oy, sx = (flip ? dw - 1 - x : x) - ox;
+        float v = 0.0f;
+        if (sy >= 0 && sy < sh && sx >= 0 && sx < sw) {
+            unsigned char b = images[((long long)idx * c + ch) * sh * sw + (long long)sy * sw + sx];
+            v = __fmul_rn(__fsub_rn(__fdiv_rn((float)b, 255.0f), norm[ch]), norm[c + ch]);
+        }
+        out[i] = v;
+    }
+}
+
 // ---------------------------------------------------------------- optimizer
 
 // guard (may be null): the step's loss; a non-finite one leaves w and v untouched.

@@ -40,6 +40,7 @@ const NAMES: &[&str] = &[
     "tern_zero_fraction",
     "straight_through",
     "sgd",
+    "render_batch",
 ];
 
 pub struct Kernels {

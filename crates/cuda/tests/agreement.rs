@@ -365,3 +365,27 @@ fn recorded_steps_equal_launched_steps_bit_for_bit() {
         assert_eq!(a.data(), b.data(), "{n} differs between launched and recorded steps");
     }
 }
+
+#[test]
+fn batches_rendered_on_the_device_are_the_host_loaders_bit_for_bit() {
+    use tern_data::{epoch_plans, Augment, BatchIter, LoaderConfig, Normalize};
+    let Some(be) = gpu() else { return };
+    let ds = tern_data::synthetic::split(37, 5, [3, 9, 11], 4, 0.5, 8).train;
+    let ds = std::sync::Arc::new(ds);
+    let cfg = LoaderConfig {
+        batch_size: 8,
+        shuffle: true,
+        seed: 4,
+        augment: Augment { crop_pad: 3, hflip: true },
+        normalize: Normalize { mean: vec![0.3, 0.5, 0.45], std: vec![0.2, 0.25, 0.3] },
+        input_shape: [3, 12, 10],
+        prefetch: 2,
+    };
+    let host: Vec<_> = BatchIter::new(ds.clone(), cfg.clone(), 1, true).collect::<tern_core::Result<_>>().unwrap();
+    let dd = tern_train::trainer::DeviceData::upload(&be, &ds, &cfg.normalize).expect("fits");
+    for (plan, b) in epoch_plans(&ds, &cfg, 1, true).iter().zip(&host) {
+        let mut x = poisoned(&be, b.x.shape());
+        dd.render(&be, plan, &mut x);
+        assert_eq!(x.to_host().data(), b.x.data(), "a device-rendered batch differs from the loader's");
+    }
+}

@@ -24,7 +24,7 @@ pub fn read_cifar10(files: &[&Path]) -> Result<Dataset> {
 
 /// Appends the records in `bytes` (one CIFAR-10 binary file, named `path` in errors) to `ds`.
 pub fn parse_records(bytes: &[u8], path: &Path, ds: &mut Dataset) -> Result<()> {
-    if bytes.is_empty() || bytes.len() % RECORD != 0 {
+    if bytes.is_empty() || !bytes.len().is_multiple_of(RECORD) {
         return Err(Error::format(
             path,
             format!("{} bytes is not a whole number of {RECORD}-byte CIFAR-10 records (truncated?)", bytes.len()),

@@ -11,6 +11,6 @@ pub mod synthetic;
 pub mod transform;
 
 pub use dataset::{DataSplit, Dataset};
-pub use loader::{Batch, BatchIter, LoaderConfig};
+pub use loader::{epoch_plans, plan_batch, Batch, BatchIter, LoaderConfig, SamplePlan};
 pub use named::{load_named, DataKind};
-pub use transform::{Augment, Normalize};
+pub use transform::{Augment, Normalize, Placement};

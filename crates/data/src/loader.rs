@@ -2,7 +2,7 @@
 //! next batches while the current one trains. Each sample's augmentation draws from its own
 //! RNG keyed by (seed, epoch, position), so a resumed epoch sees exactly the same batches.
 
-use crate::transform::{render_sample, Augment, Normalize};
+use crate::transform::{placement, render_placed, Augment, Normalize, Placement};
 use crate::Dataset;
 use std::sync::mpsc::{sync_channel, Receiver};
 use std::sync::Arc;
@@ -38,6 +38,37 @@ pub fn epoch_order(len: usize, seed: u64, epoch: usize, shuffle: bool) -> Vec<us
     order
 }
 
+/// One sample of a planned batch: which image, and where it lands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SamplePlan {
+    pub index: usize,
+    pub place: Placement,
+}
+
+/// The plan of the batch of the given positions in `order` (position `start` onwards of the
+/// epoch): each sample's augmentation draws come from its own RNG keyed by (seed, epoch,
+/// position), whoever renders it.
+pub fn plan_batch(order: &[usize], ds_shape: [usize; 3], cfg: &LoaderConfig, epoch: usize, start: usize, augment: bool) -> Vec<SamplePlan> {
+    order
+        .iter()
+        .enumerate()
+        .map(|(i, &index)| {
+            let mut rng = augment.then(|| {
+                Rng::new(cfg.seed ^ ((epoch as u64) << 40) ^ ((start + i) as u64).wrapping_mul(0xD1B5_4A32_D192_ED03))
+            });
+            SamplePlan { index, place: placement(ds_shape, cfg.input_shape, &cfg.augment, rng.as_mut()) }
+        })
+        .collect()
+}
+
+/// Every batch plan of an epoch, in order (for a device that holds the data set and renders
+/// batches itself: the same samples and draws as [`BatchIter`]'s batches).
+pub fn epoch_plans(ds: &Dataset, cfg: &LoaderConfig, epoch: usize, augment: bool) -> Vec<Vec<SamplePlan>> {
+    let order = epoch_order(ds.len(), cfg.seed, epoch, cfg.shuffle);
+    let bs = cfg.batch_size.max(1);
+    order.chunks(bs).enumerate().map(|(b, chunk)| plan_batch(chunk, ds.shape, cfg, epoch, b * bs, augment)).collect()
+}
+
 /// Builds the batch of the given positions in `order`.
 pub fn make_batch(
     ds: &Dataset,
@@ -50,14 +81,11 @@ pub fn make_batch(
     let n = order.len();
     let per = cfg.input_shape.iter().product::<usize>();
     let mut x = vec![0.0f32; n * per];
-    let mut labels = Vec::with_capacity(n);
-    for (i, (&idx, dst)) in order.iter().zip(x.chunks_mut(per)).enumerate() {
-        let mut rng = augment.then(|| {
-            Rng::new(cfg.seed ^ ((epoch as u64) << 40) ^ ((start + i) as u64).wrapping_mul(0xD1B5_4A32_D192_ED03))
-        });
-        render_sample(ds.image(idx), ds.shape, cfg.input_shape, &cfg.normalize, &cfg.augment, rng.as_mut(), dst);
-        labels.push(ds.labels[idx]);
+    let plan = plan_batch(order, ds.shape, cfg, epoch, start, augment);
+    for (s, dst) in plan.iter().zip(x.chunks_mut(per)) {
+        render_placed(ds.image(s.index), ds.shape, cfg.input_shape, &cfg.normalize, s.place, dst);
     }
+    let labels = plan.iter().map(|s| ds.labels[s.index]).collect();
     let [c, h, w] = cfg.input_shape;
     Batch { x: Tensor::from_vec(&[n, c, h, w], x), labels }
 }
@@ -169,6 +197,24 @@ mod tests {
         order.sort();
         assert_eq!(order, (0..10).collect::<Vec<_>>());
         assert_eq!(a[0].x.shape(), &[4, 1, 4, 4]);
+    }
+
+    #[test]
+    fn epoch_plans_rendered_on_the_host_are_the_loaders_batches() {
+        let ds = Arc::new(toy(10));
+        let c = cfg(5);
+        let batches: Vec<Batch> = BatchIter::new(ds.clone(), c.clone(), 2, true).collect::<Result<_>>().unwrap();
+        let plans = epoch_plans(&ds, &c, 2, true);
+        assert_eq!(plans.len(), batches.len());
+        let per = c.input_shape.iter().product::<usize>();
+        for (plan, b) in plans.iter().zip(&batches) {
+            let mut x = vec![0.0f32; plan.len() * per];
+            for (s, dst) in plan.iter().zip(x.chunks_mut(per)) {
+                render_placed(ds.image(s.index), ds.shape, c.input_shape, &c.normalize, s.place, dst);
+            }
+            assert_eq!(x, b.x.data());
+            assert_eq!(plan.iter().map(|s| ds.labels[s.index]).collect::<Vec<_>>(), b.labels);
+        }
     }
 
     #[test]

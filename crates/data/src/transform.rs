@@ -18,20 +18,19 @@ pub struct Augment {
     pub hflip: bool,
 }
 
-/// Writes one normalised sample of shape `src_shape` into `dst: [c, h, w]` of `dst_shape`,
-/// centred (padding with 0, the mean after normalisation, or cropping), then augments it.
-pub fn render_sample(
-    src: &[u8],
-    src_shape: [usize; 3],
-    dst_shape: [usize; 3],
-    norm: &Normalize,
-    aug: &Augment,
-    rng: Option<&mut Rng>,
-    dst: &mut [f32],
-) {
-    let [c, sh, sw] = src_shape;
-    let [_, dh, dw] = dst_shape;
-    // Offsets of the source inside the destination (may be negative = crop).
+/// Where a sample lands in the model's input: the offsets of the source inside the
+/// destination (negative: cropped) and whether it is mirrored. Drawn on the host in any case,
+/// so that a device that renders the batch itself sees exactly the CPU's draws.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Placement {
+    pub oy: i32,
+    pub ox: i32,
+    pub flip: bool,
+}
+
+/// The placement of one sample: centred, then shifted and flipped by `rng`'s draws.
+pub fn placement(src_shape: [usize; 3], dst_shape: [usize; 3], aug: &Augment, rng: Option<&mut Rng>) -> Placement {
+    let ([_, sh, sw], [_, dh, dw]) = (src_shape, dst_shape);
     let mut oy = (dh as isize - sh as isize) / 2;
     let mut ox = (dw as isize - sw as isize) / 2;
     let mut flip = false;
@@ -43,6 +42,37 @@ pub fn render_sample(
         }
         flip = aug.hflip && rng.below(2) == 1;
     }
+    Placement { oy: oy as i32, ox: ox as i32, flip }
+}
+
+/// Writes one normalised sample of shape `src_shape` into `dst: [c, h, w]` of `dst_shape`,
+/// centred (padding with 0, the mean after normalisation, or cropping), then augments it.
+pub fn render_sample(
+    src: &[u8],
+    src_shape: [usize; 3],
+    dst_shape: [usize; 3],
+    norm: &Normalize,
+    aug: &Augment,
+    rng: Option<&mut Rng>,
+    dst: &mut [f32],
+) {
+    let p = placement(src_shape, dst_shape, aug, rng);
+    render_placed(src, src_shape, dst_shape, norm, p, dst)
+}
+
+/// Writes one normalised sample at placement `p`: v ↦ (v / 255 − mean) · (1 / std), zero
+/// outside the source (tern-cuda's `render_batch` kernel does the same arithmetic).
+pub fn render_placed(
+    src: &[u8],
+    src_shape: [usize; 3],
+    dst_shape: [usize; 3],
+    norm: &Normalize,
+    p: Placement,
+    dst: &mut [f32],
+) {
+    let [c, sh, sw] = src_shape;
+    let [_, dh, dw] = dst_shape;
+    let (oy, ox, flip) = (p.oy as isize, p.ox as isize, p.flip);
     dst.fill(0.0);
     for ch in 0..c {
         let (m, inv) = (norm.mean[ch], 1.0 / norm.std[ch]);

@@ -52,6 +52,11 @@ impl Stepper {
         self.graph.is_some()
     }
 
+    /// The input of the last step, on the device (for the finite-value probe).
+    pub fn input(&self) -> Option<&Tensor> {
+        self.x.as_ref()
+    }
+
     /// One step on `x: [n, ...]` (host or device) with `labels`, at rate `lr`. Profiled and
     /// GradUpdate steps run eagerly (the profiler reads operands on the host; GradUpdate
     /// decides on the host whether the backward runs).
@@ -67,11 +72,30 @@ impl Stepper {
         skip_correct: bool,
         profiler: Option<&RefCell<Profiler>>,
     ) -> StepOutcome {
+        let fill = &mut |be: &dyn Backend, xd: &mut Tensor| be.write(xd, x);
+        self.step_with(be, model, sgd, x.shape(), fill, labels, lr, skip_correct, profiler)
+    }
+
+    /// [`Stepper::step`] with the input written into the step's fixed buffer `[x_shape]` by
+    /// `fill` (a device that holds the data set renders the batch there itself).
+    #[allow(clippy::too_many_arguments)]
+    pub fn step_with(
+        &mut self,
+        be: &dyn Backend,
+        model: &mut Model,
+        sgd: &mut Sgd,
+        x_shape: &[usize],
+        fill: &mut dyn FnMut(&dyn Backend, &mut Tensor),
+        labels: &[u32],
+        lr: f32,
+        skip_correct: bool,
+        profiler: Option<&RefCell<Profiler>>,
+    ) -> StepOutcome {
         let n = labels.len();
-        if self.x.as_ref().is_none_or(|t| t.shape() != x.shape() || t.device() != be.device()) {
+        if self.x.as_ref().is_none_or(|t| t.shape() != x_shape || t.device() != be.device()) {
             // new shapes (the last, partial batch) or a new device: new buffers, new recording
             self.invalidate();
-            self.x = Some(be.alloc(x.shape()));
+            self.x = Some(be.alloc(x_shape));
             self.labels = Some(be.alloc(&[n]));
             self.lr = Some(be.alloc(&[1]));
             self.stats = Some(be.zeros(&[loss_stats::LEN]));
@@ -82,7 +106,7 @@ impl Stepper {
             self.lr.as_mut().expect("allocated"),
             self.stats.as_mut().expect("allocated"),
         );
-        be.write(xd, x);
+        fill(be, xd);
         be.write(yd, &Tensor::from_u32(&[n], labels));
         be.write(lrd, &Tensor::from_vec(&[1], vec![lr]));
         let plain = !skip_correct && profiler.is_none();

@@ -135,6 +135,44 @@ fn loader(
     }
 }
 
+/// Data sets up to this size are uploaded once to a device backend and its batches rendered
+/// there (crop, flip, normalise); larger ones stream from the host loader.
+pub const DEVICE_DATA_MAX_BYTES: usize = 8 << 30;
+
+/// A data set held on a device: its pixels as bytes, and the normalisation as (mean, 1/std).
+pub struct DeviceData {
+    images: Tensor,
+    shape: [usize; 3],
+    norm: Tensor,
+}
+
+impl DeviceData {
+    /// The data set on `backend`'s device, if it is a device and the data fit.
+    pub fn upload(backend: &dyn Backend, ds: &Dataset, normalize: &Normalize) -> Option<DeviceData> {
+        if backend.device() == tern_core::Device::Cpu || ds.images.len() > DEVICE_DATA_MAX_BYTES {
+            return None;
+        }
+        // 1/std as render_placed computes it, so the device's bits are the host's
+        let inv: Vec<f32> = normalize.std.iter().map(|s| 1.0 / s).collect();
+        let norm = [normalize.mean.clone(), inv].concat();
+        Some(DeviceData {
+            images: backend.upload(&Tensor::from_bytes(&ds.images)),
+            shape: ds.shape,
+            norm: backend.upload(&Tensor::from_vec(&[norm.len()], norm)),
+        })
+    }
+
+    /// Renders the planned batch into `out: [n, c, h, w]`.
+    pub fn render(&self, backend: &dyn Backend, plan: &[tern_data::SamplePlan], out: &mut Tensor) {
+        let p: Vec<u32> = plan
+            .iter()
+            .flat_map(|s| [s.index as u32, s.place.oy as u32, s.place.ox as u32, s.place.flip as u32])
+            .collect();
+        let plan_t = backend.upload(&Tensor::from_u32(&[plan.len(), 4], &p));
+        backend.render_batch(&self.images, self.shape, &plan_t, &self.norm, out);
+    }
+}
+
 /// A batch's images and labels (an index tensor) on `backend`'s device.
 pub fn upload_batch(backend: &dyn Backend, b: &Batch) -> (Tensor, Tensor) {
     (backend.upload(&b.x), backend.upload(&Tensor::from_u32(&[b.labels.len()], &b.labels)))
@@ -151,10 +189,31 @@ pub fn evaluate(
 ) -> Result<EvalResult> {
     let ctx = Ctx::new(backend, false);
     let cfg = loader(normalize, model.config.in_shape, batch, 0, false, Augment::default());
-    let iter = BatchIter::new(ds, cfg, 0, false);
-    obs.eval_start(iter.len());
     let (mut c1, mut c5, mut loss, mut n) = (0usize, 0usize, 0.0f64, 0usize);
     let mut stats = backend.zeros(&[loss_stats::LEN]);
+    // on a device that holds the test set: batches rendered there from host-drawn plans
+    if let Some(dd) = DeviceData::upload(backend, &ds, normalize) {
+        let plans = tern_data::epoch_plans(&ds, &cfg, 0, false);
+        obs.eval_start(plans.len());
+        let [c, h, w] = model.config.in_shape;
+        for plan in &plans {
+            let mut x = backend.alloc(&[plan.len(), c, h, w]);
+            dd.render(backend, plan, &mut x);
+            let labels: Vec<u32> = plan.iter().map(|s| ds.labels[s.index]).collect();
+            let logits = model.forward(&ctx, &x);
+            backend.softmax_cross_entropy(&logits, &backend.upload(&Tensor::from_u32(&[labels.len()], &labels)), 5, false, None, &mut stats);
+            let s = stats.host_values();
+            loss += s[loss_stats::LOSS] as f64 * labels.len() as f64;
+            c1 += s[loss_stats::TOP1] as usize;
+            c5 += s[loss_stats::TOPK] as usize;
+            n += labels.len();
+            obs.eval_batch();
+        }
+        let n_f = n.max(1) as f64;
+        return Ok(EvalResult { top1: c1 as f64 / n_f, top5: c5 as f64 / n_f, loss: loss / n_f, samples: n });
+    }
+    let iter = BatchIter::new(ds, cfg, 0, false);
+    obs.eval_start(iter.len());
     for b in iter {
         let b = b?;
         let (x, labels) = upload_batch(backend, &b);
@@ -193,6 +252,8 @@ pub struct Trainer {
     out_dir: PathBuf,
     backend: Box<dyn Backend>,
     stepper: crate::step::Stepper,
+    /// The training set on the backend's device, once uploaded.
+    device_train: Option<DeviceData>,
 }
 
 fn limit(ds: &Dataset, n: Option<usize>) -> Arc<Dataset> {
@@ -238,6 +299,7 @@ impl Trainer {
             out_dir: out_dir.to_path_buf(),
             backend: Box::new(CpuBackend),
             stepper: crate::step::Stepper::new(true),
+            device_train: None,
         })
     }
 
@@ -298,6 +360,7 @@ impl Trainer {
         for v in &mut self.sgd.velocity {
             *v = backend.upload(v);
         }
+        self.device_train = None;
         self.backend = backend;
     }
 
@@ -339,34 +402,55 @@ impl Trainer {
             true,
             self.cfg.augment,
         );
-        let iter = BatchIter::new(self.train.clone(), lcfg, epoch, true);
-        let batches = iter.len();
+        // a device that holds the training set renders each batch from a host-drawn plan (the
+        // same samples and draws as the host loader's); otherwise the loader thread renders them
+        let resident = self.device_train.take().or_else(|| DeviceData::upload(self.backend.as_ref(), &self.train, &self.normalize));
+        let plans = resident.as_ref().map(|_| tern_data::epoch_plans(&self.train, &lcfg, epoch, true));
+        let mut iter = plans.is_none().then(|| BatchIter::new(self.train.clone(), lcfg.clone(), epoch, true));
+        let batches = plans.as_ref().map_or_else(|| iter.as_ref().map_or(0, |i| i.len()), |p| p.len());
         obs.epoch_start(epoch, self.cfg.epochs, batches);
         let (mut loss_sum, mut correct, mut seen) = (0.0f64, 0usize, 0usize);
         let mut lr = self.schedule.lr(epoch, 0.0);
         // the recipe may have changed the model: record the step afresh
         self.stepper.invalidate();
-        for (bi, b) in iter.enumerate() {
-            let b = b?;
+        let [c, h, w] = self.model.config.in_shape;
+        for bi in 0..batches {
             lr = self.schedule.lr(epoch, bi as f64 / batches as f64);
             let prof = (profile_now && bi == 0).then_some(&profiler);
             let be = self.backend.as_ref();
-            let out = self.stepper.step(be, &mut self.model, &mut self.sgd, &b.x, &b.labels, lr, skip_correct, prof);
+            let (out, labels) = match (&plans, &resident, iter.as_mut()) {
+                (Some(plans), Some(dd), _) => {
+                    let plan = &plans[bi];
+                    let labels: Vec<u32> = plan.iter().map(|s| self.train.labels[s.index]).collect();
+                    let fill = &mut |be: &dyn Backend, xd: &mut Tensor| dd.render(be, plan, xd);
+                    let shape = [plan.len(), c, h, w];
+                    let m = &mut self.model;
+                    (self.stepper.step_with(be, m, &mut self.sgd, &shape, fill, &labels, lr, skip_correct, prof), labels)
+                }
+                (_, _, Some(it)) => {
+                    let b = it.next().expect("the loader yields `batches` batches")?;
+                    let m = &mut self.model;
+                    (self.stepper.step(be, m, &mut self.sgd, &b.x, &b.labels, lr, skip_correct, prof), b.labels)
+                }
+                _ => unreachable!("plans come with resident data"),
+            };
             let (loss, ok) = (out.loss, out.correct);
             if !loss.is_finite() {
                 // the guarded update left the weights as the step found them
-                return Err(self.non_finite(&b.x, loss));
+                let x = self.stepper.input().expect("a step ran").clone();
+                return Err(self.non_finite(&x, loss));
             }
             if skip_correct {
                 skipped_samples += ok;
             }
             skipped_batches += out.skipped_backward as usize;
             self.step += 1;
-            loss_sum += loss as f64 * b.labels.len() as f64;
+            loss_sum += loss as f64 * labels.len() as f64;
             correct += ok;
-            seen += b.labels.len();
-            obs.batch_end(loss, ok, b.labels.len(), lr);
+            seen += labels.len();
+            obs.batch_end(loss, ok, labels.len(), lr);
         }
+        self.device_train = resident;
         let train_secs = start.elapsed().as_secs_f64();
         self.model.clear_cache();
         // The last update can turn the weights non-finite with a finite loss: never evaluate
