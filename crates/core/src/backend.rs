@@ -213,7 +213,8 @@ pub trait Backend: Send + Sync {
     /// ([`Tensor::from_bytes`], images of `src_shape` back to back), `plan: [n, 4]` an index
     /// tensor of (image, oy, ox as i32 bits, flip) per sample, `norm: [2, c]` the per-channel
     /// mean and 1/std; `out: [n, c, h, w]` gets (v/255 − mean)·(1/std) at each placement,
-    /// zero elsewhere (tern-data's `render_placed`, the same arithmetic).
+    /// zero elsewhere (tern-data's `render_placed`, the same arithmetic). Like
+    /// [`Backend::write`], a device writes `out`'s storage in place, shared or not.
     fn render_batch(&self, images: &Tensor, src_shape: [usize; 3], plan: &Tensor, norm: &Tensor, out: &mut Tensor) {
         let (n, [c, dh, dw]) = (out.dim(0), [out.dim(1), out.dim(2), out.dim(3)]);
         let [_, sh, sw] = src_shape;

@@ -695,7 +695,8 @@ impl Backend for CudaBackend {
         let (dh, dw) = (dst.dim(2) as i32, dst.dim(3) as i32);
         assert_eq!(dst.dim(1) as i32, c, "render_batch: channels differ");
         let total = dst.len() as i64;
-        let (ip, pp, np, op) = (ptr(images), ptr(plan), ptr(norm), out(dst));
+        // in place, also when other handles share the storage, as `write` (see the trait)
+        let (ip, pp, np, op) = (ptr(images), ptr(plan), ptr(norm), ptr(dst));
         // SAFETY: images holds the data set's bytes (every plan index is an image of it, as the
         // loader drew them), plan [n, 4], norm [2c], out [n, c, dh, dw].
         unsafe {

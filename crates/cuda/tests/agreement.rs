@@ -339,7 +339,19 @@ fn recorded_steps_equal_launched_steps_bit_for_bit() {
     let mut rng = Rng::new(6);
     let batches: Vec<Tensor> = (0..6).map(|_| randn(&[8, 1, 16, 16], &mut rng)).collect();
     let labels: Vec<u32> = (0..8).map(|i| (i * 3 % 10) as u32).collect();
-    let run = |record: bool| {
+    // the same six batches as a data set the device holds (rendered there, no augmentation)
+    let ds = tern_data::Dataset {
+        images: batches.iter().flat_map(|b| b.data().iter().map(|v| (v.abs() * 60.0).min(255.0) as u8)).collect(),
+        labels: (0..48).map(|i| labels[i % 8]).collect(),
+        shape: [1, 16, 16],
+        classes: 10,
+    };
+    let norm = tern_data::Normalize { mean: vec![0.4], std: vec![0.3] };
+    let dd = tern_train::trainer::DeviceData::upload(&be, &ds, &norm).expect("fits");
+    let plans: Vec<Vec<tern_data::SamplePlan>> = (0..6)
+        .map(|b| (0..8).map(|i| tern_data::SamplePlan { index: b * 8 + i, place: tern_data::Placement { oy: 0, ox: 0, flip: i % 3 == 0 } }).collect())
+        .collect();
+    let run = |record: bool, rendered: bool| {
         let mut m = models::build(&cfg, &mut Rng::new(7)).unwrap();
         m.set_ternary(Some(TernaryConfig::default()), true, false);
         m.to_backend(&be);
@@ -347,7 +359,14 @@ fn recorded_steps_equal_launched_steps_bit_for_bit() {
         let mut st = Stepper::new(record);
         let mut losses = Vec::new();
         for (i, x) in batches.iter().enumerate() {
-            losses.push(st.step(&be, &mut m, &mut sgd, x, &labels, 0.02 + i as f32 * 0.01, false, None).loss);
+            let lr = 0.02 + i as f32 * 0.01;
+            let out = if rendered {
+                let fill = &mut |be: &dyn Backend, xd: &mut Tensor| dd.render(be, &plans[i], xd);
+                st.step_with(&be, &mut m, &mut sgd, &[8, 1, 16, 16], fill, &labels, lr, false, None)
+            } else {
+                st.step(&be, &mut m, &mut sgd, x, &labels, lr, false, None)
+            };
+            losses.push(out.loss);
             if i == 3 {
                 // eager work between replays (an evaluation) must not disturb the recording
                 let ctx = Ctx::new(&be, false);
@@ -358,11 +377,15 @@ fn recorded_steps_equal_launched_steps_bit_for_bit() {
         assert_eq!(st.is_recorded(), record);
         (losses, tern_train::checkpoint::named_tensors(&mut m))
     };
-    let (la, wa) = run(false);
-    let (lb, wb) = run(true);
-    assert_eq!(la, lb, "losses of launched vs recorded steps");
-    for ((n, a), (_, b)) in wa.iter().zip(&wb) {
-        assert_eq!(a.data(), b.data(), "{n} differs between launched and recorded steps");
+    for rendered in [false, true] {
+        let (la, wa) = run(false, rendered);
+        let (lb, wb) = run(true, rendered);
+        assert_eq!(la, lb, "losses of launched vs recorded steps (rendered on the device: {rendered})");
+        for ((n, a), (_, b)) in wa.iter().zip(&wb) {
+            assert_eq!(a.data(), b.data(), "{n} differs between launched and recorded steps ({rendered})");
+        }
+        // the recorded steps saw every batch: the losses are not one batch's repeated
+        assert!(lb.windows(2).all(|w| w[0] != w[1]), "{lb:?}");
     }
 }
 
