@@ -1,7 +1,7 @@
 //! tern-cuda: the CUDA backend. Tensors live in device memory (`CudaBuffer`, pooled);
 //! convolutions run through cuDNN (algorithm chosen by measurement per geometry), linear
 //! layers through cuBLAS, everything else through NVRTC-compiled kernels (`kernels.cu`):
-//! BN with its fused ReLU, pooling, the loss, ternarisation, SGD. Everything runs on one
+//! BN with its fused ReLU, pooling, the loss, ternarisation, SGD, batch rendering. Everything runs on one
 //! stream. The libraries are loaded at run time (cudarc, dynamic loading), so the
 //! workspace builds and tests on machines without CUDA; `CudaBackend::new` says what is
 //! missing there.
