@@ -7,39 +7,14 @@
 #[path = "../tests/fuzz_targets/mod.rs"]
 mod fuzz_targets;
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicUsize, Ordering};
-
-struct Peak;
-static PEAK: AtomicUsize = AtomicUsize::new(0);
-
-// SAFETY: forwards to the system allocator unchanged; only records sizes.
-unsafe impl GlobalAlloc for Peak {
-    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        PEAK.fetch_max(l.size(), Ordering::Relaxed);
-        // SAFETY: the caller's layout contract is forwarded.
-        unsafe { System.alloc(l) }
-    }
-    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
-        // SAFETY: as above.
-        unsafe { System.dealloc(p, l) }
-    }
-    unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
-        PEAK.fetch_max(n, Ordering::Relaxed);
-        // SAFETY: as above.
-        unsafe { System.realloc(p, l, n) }
-    }
-}
-
 #[global_allocator]
-static A: Peak = Peak;
+static A: fuzz_targets::Peak = fuzz_targets::Peak;
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let n: usize = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(1_000_000);
     let seed: u64 = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(7);
     std::panic::set_hook(Box::new(|_| {}));
-    let peak = || PEAK.swap(0, Ordering::Relaxed);
     println!(
         "{:<40} {:>9} {:>9} {:>9} {:>6} {:>8} {:>12} {:>8}",
         "parser", "inputs", "accepted", "rejected", "panics", "unnamed", "peak alloc B", "seconds"
@@ -47,7 +22,7 @@ fn main() {
     let mut failed = false;
     for (i, t) in fuzz_targets::targets().iter().enumerate() {
         let start = std::time::Instant::now();
-        let o = fuzz_targets::run(t, n, seed.wrapping_mul(1000) + i as u64, &peak);
+        let o = fuzz_targets::run(t, n, seed.wrapping_mul(1000) + i as u64);
         println!(
             "{:<40} {:>9} {:>9} {:>9} {:>6} {:>8} {:>12} {:>8.1}",
             t.name,

@@ -1,8 +1,9 @@
 //! The `tern` binary end to end: the train/eval contract, and clear errors for bad input.
 
-use std::path::Path;
+mod common;
+use common::write_mnist_like;
 use std::process::{Command, Output};
-use tern_data::{idx::write_idx, synthetic};
+use tern_data::idx::write_idx;
 
 fn tern(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_tern")).args(args).output().expect("runs tern")
@@ -12,15 +13,6 @@ fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
-/// A small MNIST-shaped IDX data set (gzip-compressed) in `dir`.
-fn write_mnist_like(dir: &Path, n_train: usize, n_test: usize) {
-    let s = synthetic::split(n_train, n_test, [1, 28, 28], 10, 0.6, 5);
-    for (prefix, ds) in [("train", &s.train), ("t10k", &s.test)] {
-        write_idx(&dir.join(format!("{prefix}-images-idx3-ubyte.gz")), &[ds.len(), 28, 28], &ds.images, true).unwrap();
-        let labels: Vec<u8> = ds.labels.iter().map(|&l| l as u8).collect();
-        write_idx(&dir.join(format!("{prefix}-labels-idx1-ubyte.gz")), &[ds.len()], &labels, true).unwrap();
-    }
-}
 
 #[test]
 fn train_then_eval_follow_the_contract_and_resume_extends() {

@@ -3,21 +3,13 @@
 //! was never interrupted, and no checkpoint on disk is ever unreadable; a checkpoint that
 //! cannot be written is a clear error that leaves the previous one intact.
 
+mod common;
+use common::write_mnist_like;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use tern_core::Rng;
-use tern_data::idx::write_idx;
-use tern_data::synthetic;
 
-fn write_mnist_like(dir: &Path, n_train: usize, n_test: usize) {
-    let s = synthetic::split(n_train, n_test, [1, 28, 28], 10, 0.6, 5);
-    for (prefix, ds) in [("train", &s.train), ("t10k", &s.test)] {
-        write_idx(&dir.join(format!("{prefix}-images-idx3-ubyte.gz")), &[ds.len(), 28, 28], &ds.images, true).unwrap();
-        let labels: Vec<u8> = ds.labels.iter().map(|&l| l as u8).collect();
-        write_idx(&dir.join(format!("{prefix}-labels-idx1-ubyte.gz")), &[ds.len()], &labels, true).unwrap();
-    }
-}
 
 const EPOCHS: &str = "12";
 

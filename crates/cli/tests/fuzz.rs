@@ -4,43 +4,16 @@
 
 mod fuzz_targets;
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicUsize, Ordering};
-
-/// Counts the largest single allocation (this test binary runs one test, so nothing else
-/// allocates concurrently).
-struct Peak;
-static PEAK: AtomicUsize = AtomicUsize::new(0);
-
-// SAFETY: forwards to the system allocator unchanged; only records sizes.
-unsafe impl GlobalAlloc for Peak {
-    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        PEAK.fetch_max(l.size(), Ordering::Relaxed);
-        // SAFETY: the caller's layout contract is forwarded.
-        unsafe { System.alloc(l) }
-    }
-    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
-        // SAFETY: as above.
-        unsafe { System.dealloc(p, l) }
-    }
-    unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
-        PEAK.fetch_max(n, Ordering::Relaxed);
-        // SAFETY: as above.
-        unsafe { System.realloc(p, l, n) }
-    }
-}
-
 #[global_allocator]
-static A: Peak = Peak;
+static A: fuzz_targets::Peak = fuzz_targets::Peak;
 
 #[test]
 fn every_parser_survives_ten_thousand_mutated_inputs() {
     // panics are caught and counted; keep their messages off the test output
     std::panic::set_hook(Box::new(|_| {}));
-    let peak = || PEAK.swap(0, Ordering::Relaxed);
     let mut report = Vec::new();
     for (i, t) in fuzz_targets::targets().iter().enumerate() {
-        let o = fuzz_targets::run(t, 10_000, 1000 + i as u64, &peak);
+        let o = fuzz_targets::run(t, 10_000, 1000 + i as u64);
         report.push(format!(
             "{:<40} {:>6} inputs {:>6} accepted {:>6} rejected, peak allocation {} B (bound {} B)",
             t.name, o.inputs, o.accepted, o.rejected, o.peak.0, o.peak.1

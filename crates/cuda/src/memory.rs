@@ -135,19 +135,8 @@ impl Shared {
             *p.graph_owned.entry(ptr).or_insert(0) += 1;
         }
         // buffers freed during the recording went to the general list: reserve them too
-        let mut moved = Vec::new();
-        for (len, ptrs) in p.free.iter_mut() {
-            ptrs.retain(|ptr| {
-                let owned = touched.contains(ptr);
-                if owned {
-                    moved.push((*len, *ptr));
-                }
-                !owned
-            });
-        }
-        for (len, ptr) in moved {
-            p.graph_free.entry(len).or_default().push(ptr);
-        }
+        let Pool { free, graph_free, .. } = &mut *p;
+        move_free(free, graph_free, |ptr| touched.contains(ptr));
         touched
     }
 
@@ -164,19 +153,19 @@ impl Shared {
                 }
             }
         }
-        let mut moved = Vec::new();
-        for (len, ptrs) in p.graph_free.iter_mut() {
-            ptrs.retain(|ptr| {
-                let back = unowned.contains(ptr);
-                if back {
-                    moved.push((*len, *ptr));
-                }
-                !back
-            });
-        }
-        for (len, ptr) in moved {
-            p.free.entry(len).or_default().push(ptr);
-        }
+        let Pool { free, graph_free, .. } = &mut *p;
+        move_free(graph_free, free, |ptr| unowned.contains(ptr));
+    }
+}
+
+type FreeList = HashMap<usize, Vec<sys::CUdeviceptr>>;
+
+/// Moves the buffers `pick` selects from one free list to the other.
+fn move_free(from: &mut FreeList, to: &mut FreeList, pick: impl Fn(&sys::CUdeviceptr) -> bool) {
+    for (len, ptrs) in from.iter_mut() {
+        let (moved, kept): (Vec<_>, Vec<_>) = ptrs.drain(..).partition(|p| pick(p));
+        *ptrs = kept;
+        to.entry(*len).or_default().extend(moved);
     }
 }
 

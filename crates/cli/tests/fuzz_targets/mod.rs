@@ -2,10 +2,40 @@
 //! allocation bound it promises. Shared by the quick pass in `cargo test` (tests/fuzz.rs)
 //! and the long run (examples/fuzz.rs, bench/fuzz.sh).
 
+use std::alloc::{GlobalAlloc, Layout, System};
 use std::io::Write;
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use tern_core::fuzz::mutate;
 use tern_core::Rng;
+
+/// A global allocator that records the largest single allocation (the fuzz binaries install
+/// it; each runs its targets on one thread, so nothing else allocates concurrently).
+pub struct Peak;
+static PEAK: AtomicUsize = AtomicUsize::new(0);
+
+/// The largest single allocation since the last call.
+pub fn take_peak() -> usize {
+    PEAK.swap(0, Ordering::Relaxed)
+}
+
+// SAFETY: forwards to the system allocator unchanged; only records sizes.
+unsafe impl GlobalAlloc for Peak {
+    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        PEAK.fetch_max(l.size(), Ordering::Relaxed);
+        // SAFETY: the caller's layout contract is forwarded.
+        unsafe { System.alloc(l) }
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        // SAFETY: as above.
+        unsafe { System.dealloc(p, l) }
+    }
+    unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
+        PEAK.fetch_max(n, Ordering::Relaxed);
+        // SAFETY: as above.
+        unsafe { System.realloc(p, l, n) }
+    }
+}
 
 /// The name every error must carry.
 pub const LABEL: &str = "fuzz-input.bin";
@@ -181,9 +211,10 @@ pub struct Outcome {
     pub over_bound: usize,
 }
 
-/// Runs `n` mutated inputs of `t` from `seed`; `peak` reads and resets the largest single
-/// allocation since the last call (the caller's counting allocator).
-pub fn run(t: &Target, n: usize, seed: u64, peak: &dyn Fn() -> usize) -> Outcome {
+/// Runs `n` mutated inputs of `t` from `seed`, measuring allocations with [`Peak`] (which
+/// the calling binary installs as its global allocator).
+pub fn run(t: &Target, n: usize, seed: u64) -> Outcome {
+    let peak = take_peak;
     let mut rng = Rng::new(seed);
     let mut o = Outcome::default();
     // the seed itself must parse
