@@ -71,6 +71,17 @@ pub trait Backend: Send + Sync {
         step();
         None
     }
+    /// What the backend tuned by measurement in this process (cuDNN's algorithm per
+    /// convolution shape and pass), to save with a run so that its resume rounds the same
+    /// way; None where nothing is tuned (the CPU).
+    fn tuning(&self) -> Option<serde_json::Value> {
+        None
+    }
+    /// Reuses a saved [`Backend::tuning`]; returns false (and changes nothing) when it was
+    /// made on another device, precision or algorithm policy, or is malformed.
+    fn load_tuning(&self, _tuning: &serde_json::Value) -> bool {
+        false
+    }
     /// Device memory the backend holds, in use or cached for reuse (0 on the CPU).
     fn held_bytes(&self) -> usize {
         0

@@ -31,6 +31,7 @@ pub struct CudaBackend {
     /// The convolutions' workspace (grown to the largest chosen algorithm's need).
     workspace: Mutex<Option<CudaBuffer>>,
     precision: Precision,
+    algorithms: Algorithms,
     gpu_name: String,
 }
 
@@ -161,6 +162,7 @@ impl CudaBackend {
             convs: Mutex::new(convs),
             workspace: Mutex::new(None),
             precision,
+            algorithms,
             gpu_name,
         })
     }
@@ -383,6 +385,39 @@ impl Backend for CudaBackend {
     }
     fn held_bytes(&self) -> usize {
         self.shared.held_bytes()
+    }
+    fn tuning(&self) -> Option<serde_json::Value> {
+        let convs = self.convs.lock().unwrap_or_else(|e| e.into_inner());
+        let rows: Vec<Vec<usize>> = convs
+            .export()
+            .into_iter()
+            .map(|(k, p, c)| vec![k.0, k.1, k.2, k.3, k.4, k.5, k.6, k.7, k.8, p, c.algo as usize, c.workspace, c.math as usize])
+            .collect();
+        Some(serde_json::json!({
+            "gpu": self.gpu_name, "precision": self.precision.name(), "algorithms": format!("{:?}", self.algorithms),
+            "convolutions": rows,
+        }))
+    }
+    fn load_tuning(&self, t: &serde_json::Value) -> bool {
+        let same = t["gpu"] == self.gpu_name.as_str()
+            && t["precision"] == self.precision.name()
+            && t["algorithms"] == format!("{:?}", self.algorithms).as_str();
+        let Some(rows) = t["convolutions"].as_array().filter(|_| same) else { return false };
+        // algorithm counts of cuDNN 9 per pass: forward, backward data, backward filter
+        const ALGOS: [usize; 3] = [8, 6, 7];
+        let mut choices = Vec::new();
+        for r in rows {
+            let v: Option<Vec<usize>> = r.as_array().map(|a| a.iter().filter_map(|x| x.as_u64().map(|x| x as usize)).collect());
+            let Some(v) = v.filter(|v| v.len() == 13) else { return false };
+            let (pass, algo, math) = (v[9], v[10], v[12]);
+            if pass > 2 || algo >= ALGOS[pass] || math > 3 {
+                return false;
+            }
+            let key = (v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8]);
+            choices.push((key, pass, crate::conv::Choice { algo: algo as u32, workspace: v[11], math: math as u32 }));
+        }
+        self.convs.lock().unwrap_or_else(|e| e.into_inner()).import(choices);
+        true
     }
 
     fn conv2d_forward(&self, x: &Tensor, w: &Tensor, bias: Option<&Tensor>, g: &ConvGeometry, y: &mut Tensor) {

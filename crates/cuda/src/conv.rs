@@ -17,11 +17,12 @@ pub enum Pass {
     BackwardFilter = 2,
 }
 
-/// An algorithm and the workspace it needs.
-#[derive(Clone, Copy, Debug)]
-struct Choice {
-    algo: u32,
-    workspace: usize,
+/// An algorithm, the workspace it needs and the math type it runs with.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Choice {
+    pub algo: u32,
+    pub workspace: usize,
+    pub math: u32,
 }
 
 /// cuDNN descriptors of one geometry; one convolution descriptor per pass, since each pass
@@ -48,7 +49,8 @@ impl Drop for Plan {
     }
 }
 
-type Key = (usize, usize, usize, usize, usize, usize, usize, usize, usize);
+/// A geometry: n, c_in, h, w, c_out, k_h, k_w, stride, pad.
+pub type Key = (usize, usize, usize, usize, usize, usize, usize, usize, usize);
 
 fn key(g: &ConvGeometry) -> Key {
     (g.n, g.c_in, g.h, g.w, g.c_out, g.k_h, g.k_w, g.stride, g.pad)
@@ -109,6 +111,8 @@ pub struct Convs {
     precision: Precision,
     algorithms: Algorithms,
     plans: HashMap<Key, Plan>,
+    /// Choices of an earlier process (a resumed run), used instead of measuring again.
+    preset: HashMap<(Key, usize), Choice>,
 }
 
 // SAFETY: the handle and descriptors are only used behind the backend's mutex, by one thread
@@ -137,12 +141,38 @@ impl Convs {
         // SAFETY: a valid handle and the backend's live stream.
         unsafe { result::set_stream(handle, stream as _) }
             .map_err(|e| Error::device("cudnn", format!("binding the stream: {e:?}")))?;
-        Ok(Convs { handle, precision, algorithms, plans: HashMap::new() })
+        Ok(Convs { handle, precision, algorithms, plans: HashMap::new(), preset: HashMap::new() })
     }
 
     /// Whether `pass` of `g` already has its algorithm (no search needed).
     pub fn has_choice(&self, g: &ConvGeometry, pass: Pass) -> bool {
         self.plans.get(&key(g)).is_some_and(|p| p.chosen[pass as usize].is_some())
+            || self.preset.contains_key(&(key(g), pass as usize))
+    }
+
+    /// Every choice made so far (and those preset), per geometry and pass.
+    pub fn export(&self) -> Vec<(Key, usize, Choice)> {
+        let mut v: Vec<(Key, usize, Choice)> = self.preset.iter().map(|(&(k, p), &c)| (k, p, c)).collect();
+        for (k, plan) in &self.plans {
+            for (p, c) in plan.chosen.iter().enumerate() {
+                if let Some(c) = c {
+                    if !self.preset.contains_key(&(*k, p)) {
+                        v.push((*k, p, *c));
+                    }
+                }
+            }
+        }
+        v.sort_by_key(|e| (e.0, e.1));
+        v
+    }
+
+    /// Takes choices an earlier process made, for geometries not yet planned here.
+    pub fn import(&mut self, choices: impl IntoIterator<Item = (Key, usize, Choice)>) {
+        for (k, p, c) in choices {
+            if p < 3 && !self.plans.get(&k).is_some_and(|plan| plan.chosen[p].is_some()) {
+                self.preset.insert((k, p), c);
+            }
+        }
     }
 
     /// Runs `pass` of geometry `g` (y = conv(x, w); dx = conv_bwd_data(dy, w) with `o.x` = dx
@@ -169,6 +199,15 @@ impl Convs {
         let i = pass as usize;
         let choice = match plan.chosen[i] {
             Some(c) => c,
+            None if self.preset.contains_key(&(key(g), i)) => {
+                let c = self.preset[&(key(g), i)];
+                // SAFETY: the pass's own descriptor, owned by `plan`; the math type is one
+                // cuDNN reported for this algorithm in the process that measured it.
+                unsafe { result::set_convolution_math_type(plan.conv[i], std::mem::transmute::<u32, sys::cudnnMathType_t>(c.math)) }
+                    .map_err(|e| Error::device("cudnn", format!("math type: {e:?}")))?;
+                plan.chosen[i] = Some(c);
+                c
+            }
             None => {
                 // SAFETY: forwarded from the caller.
                 let c = unsafe { find(self.handle, plan, pass, o, find_ws, precision, algorithms)? };
@@ -358,5 +397,5 @@ unsafe fn find(
     // SAFETY: the pass's own descriptor, owned by `plan`.
     unsafe { result::set_convolution_math_type(plan.conv[i], math) }
         .map_err(|e| Error::device("cudnn", format!("math type: {e:?}")))?;
-    Ok(Choice { algo, workspace: memory })
+    Ok(Choice { algo, workspace: memory, math: math as u32 })
 }

@@ -412,3 +412,44 @@ fn batches_rendered_on_the_device_are_the_host_loaders_bit_for_bit() {
         assert_eq!(x.to_host().data(), b.x.data(), "a device-rendered batch differs from the loader's");
     }
 }
+
+#[test]
+fn a_run_resumed_by_another_backend_ends_with_the_same_weights() {
+    use tern_train::trainer::{Silent, Trainer};
+    use tern_train::{ModelConfig, Recipe, ScheduleKind, SgdConfig, TrainConfig};
+    let Some(be) = gpu() else { return };
+    drop(be);
+    let data = tern_data::synthetic::split(160, 32, [1, 16, 16], 10, 0.5, 9);
+    let model = ModelConfig { name: "resnet20".into(), in_shape: [1, 16, 16], classes: 10, width: 8, small_input: false };
+    let cfg = TrainConfig {
+        epochs: 3,
+        batch_size: 32,
+        lr: 0.05,
+        sgd: SgdConfig { momentum: 0.9, nesterov: false, weight_decay: 5e-4 },
+        schedule: ScheduleKind::Cosine,
+        seed: 2,
+        augment: tern_data::Augment { crop_pad: 2, hflip: true },
+        train_limit: None,
+        test_limit: None,
+        recipe: Recipe::default(),
+        init_from: None,
+        profile_every: 0,
+    };
+    let backend = || Box::new(CudaBackend::new(0, Precision::Tf32, Algorithms::Deterministic).unwrap());
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut whole = Trainer::new(&model, &data, cfg.clone(), a.path()).unwrap();
+    whole.set_backend(backend());
+    whole.run(&mut Silent).unwrap();
+    let mut part = Trainer::new(&model, &data, cfg.clone(), b.path()).unwrap();
+    part.set_backend(backend());
+    part.run_until(1, &mut Silent).unwrap();
+    drop(part);
+    // a new backend, as a new process would have: it must reuse the saved algorithm choices
+    let mut resumed = Trainer::resume(&model, &data, cfg, b.path()).unwrap();
+    resumed.set_backend(backend());
+    resumed.run(&mut Silent).unwrap();
+    let (wa, wb) = (tern_train::checkpoint::named_tensors(&mut whole.model), tern_train::checkpoint::named_tensors(&mut resumed.model));
+    for ((n, x), (_, y)) in wa.iter().zip(&wb) {
+        assert_eq!(x.data(), y.data(), "{n} differs after a resume on a new backend");
+    }
+}

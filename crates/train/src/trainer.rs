@@ -254,6 +254,8 @@ pub struct Trainer {
     stepper: crate::step::Stepper,
     /// The training set on the backend's device, once uploaded.
     device_train: Option<DeviceData>,
+    /// The device tuning a resumed checkpoint carried (given to the next backend).
+    saved_tuning: Option<serde_json::Value>,
 }
 
 fn limit(ds: &Dataset, n: Option<usize>) -> Arc<Dataset> {
@@ -300,6 +302,7 @@ impl Trainer {
             backend: Box::new(CpuBackend),
             stepper: crate::step::Stepper::new(true),
             device_train: None,
+            saved_tuning: None,
         })
     }
 
@@ -346,6 +349,7 @@ impl Trainer {
         t.step = parse(&path, &c.meta, "step")?;
         t.next_epoch = t.history.len();
         t.sgd.velocity = velocity.unwrap_or_default();
+        t.saved_tuning = c.meta.get("device_tuning").filter(|v| !v.is_null()).cloned();
         Ok(t)
     }
 
@@ -361,6 +365,10 @@ impl Trainer {
             *v = backend.upload(v);
         }
         self.device_train = None;
+        if let Some(t) = &self.saved_tuning {
+            // ignored by a backend of another kind (another GPU, precision, or the CPU)
+            backend.load_tuning(t);
+        }
         self.backend = backend;
     }
 
@@ -565,6 +573,8 @@ impl Trainer {
             "data": self.data_name,
             "epoch": self.history.len(),
             "extra": self.extra_meta,
+            // the device's measured choices, so that a resume on it rounds the same way
+            "device_tuning": self.backend.tuning().or_else(|| self.saved_tuning.clone()),
         });
         checkpoint::save(&self.out_dir.join(CHECKPOINT_FILE), &mut self.model, &self.sgd.velocity, meta)?;
         let text = serde_json::to_string_pretty(&self.metrics_json()).expect("metrics serialise");
