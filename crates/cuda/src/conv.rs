@@ -169,7 +169,7 @@ impl Convs {
     /// Takes choices an earlier process made, for geometries not yet planned here.
     pub fn import(&mut self, choices: impl IntoIterator<Item = (Key, usize, Choice)>) {
         for (k, p, c) in choices {
-            if p < 3 && !self.plans.get(&k).is_some_and(|plan| plan.chosen[p].is_some()) {
+            if p < 3 && self.plans.get(&k).is_none_or(|plan| plan.chosen[p].is_none()) {
                 self.preset.insert((k, p), c);
             }
         }
