@@ -440,8 +440,17 @@ fn a_run_resumed_by_another_backend_ends_with_the_same_weights() {
     let mut whole = Trainer::new(&model, &data, cfg.clone(), a.path()).unwrap();
     whole.set_backend(backend());
     whole.run(&mut Silent).unwrap();
+    // two processes measure cuDNN's algorithms independently and may pick differently, so
+    // the interrupted run starts from the uninterrupted one's choices (as its resume will
+    // start from its own): the resume must then continue bit for bit
+    let tuned = || {
+        let be = backend();
+        let t = tern_core::checkpoint::load(&a.path().join("model.safetensors")).unwrap().meta["device_tuning"].clone();
+        assert!(tern_core::Backend::load_tuning(be.as_ref(), &t), "the saved tuning was refused");
+        be
+    };
     let mut part = Trainer::new(&model, &data, cfg.clone(), b.path()).unwrap();
-    part.set_backend(backend());
+    part.set_backend(tuned());
     part.run_until(1, &mut Silent).unwrap();
     drop(part);
     // a new backend, as a new process would have: it must reuse the saved algorithm choices
