@@ -5,6 +5,7 @@ mod cmd_bench;
 mod cmd_data;
 mod cmd_eval;
 mod cmd_experiment;
+mod cmd_import;
 mod cmd_models;
 mod cmd_profile;
 mod cmd_run;
@@ -65,6 +66,8 @@ enum Command {
     Experiment(cmd_experiment::ExperimentArgs),
     /// Speed benchmarks on random inputs (JSON output)
     Bench(cmd_bench::BenchArgs),
+    /// Import a model trained elsewhere (torchvision ResNets) as a tern checkpoint
+    Import(cmd_import::ImportArgs),
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
@@ -87,6 +90,7 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Models(a) => cmd_models::run(a),
         Command::Data(a) => cmd_data::run(a),
         Command::Bench(a) => cmd_bench::run(a),
+        Command::Import(a) => cmd_import::run(a),
         Command::Experiment(a) => cmd_experiment::run(a),
         Command::Profile(a) => cmd_profile::run(a),
         Command::Sim(a) => cmd_sim::run(a),

@@ -1,0 +1,49 @@
+//! torchvision-shaped ResNets (state dicts with torchvision's names, seeded weights and BN
+//! statistics; `fixtures/make_torchvision_fixtures.py`) imported into tern reproduce
+//! PyTorch's eval-mode logits; files that do not fit are refused, naming the keys.
+
+use std::path::{Path, PathBuf};
+use tern_core::{CpuBackend, Tensor};
+use tern_train::Ctx;
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+}
+
+#[test]
+fn imported_resnets_reproduce_pytorchs_logits() {
+    for arch in ["resnet18", "resnet50"] {
+        let f: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(fixture(&format!("{arch}_w8.json"))).unwrap()).unwrap();
+        let shape: Vec<usize> = f["input_shape"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as usize).collect();
+        let to_vec = |k: &str| f[k].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect::<Vec<f32>>();
+        let (x, want) = (Tensor::from_vec(&shape, to_vec("input")), to_vec("logits"));
+        let (mut model, report) =
+            tern_onnx::torchvision::import(arch, &fixture(&format!("{arch}_w8.safetensors")), shape[2]).unwrap();
+        assert!(report.skipped.iter().all(|k| k.ends_with("num_batches_tracked")));
+        assert_eq!((model.config.width, model.config.classes), (8, 5));
+        let be = CpuBackend;
+        let got = model.forward(&Ctx::new(&be, false), &x);
+        let (num, den) = got.data().iter().zip(&want).fold((0.0f64, 0.0f64), |(n, d), (a, b)| {
+            (n + ((a - b) as f64).powi(2), d + (*b as f64).powi(2))
+        });
+        let rel = (num / den).sqrt();
+        assert!(rel < 1e-4, "{arch}: logits differ from PyTorch's by {rel:.2e} (relative)");
+    }
+}
+
+#[test]
+fn a_state_dict_that_does_not_fit_is_refused_by_name() {
+    // resnet18's file read as resnet34: the missing blocks are listed
+    let e = tern_onnx::torchvision::import("resnet34", &fixture("resnet18_w8.safetensors"), 32).err().expect("refused").to_string();
+    assert!(e.contains("resnet18_w8.safetensors") && e.contains("layer1.2.1.conv.weight"), "{e}");
+    // a truncated file
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("cut.safetensors");
+    let bytes = std::fs::read(fixture("resnet18_w8.safetensors")).unwrap();
+    std::fs::write(&p, &bytes[..bytes.len() / 3]).unwrap();
+    let e = tern_onnx::torchvision::import("resnet18", &p, 32).err().expect("refused").to_string();
+    assert!(e.contains("cut.safetensors") && e.contains("truncated"), "{e}");
+    let e = tern_onnx::torchvision::import("vgg99", &p, 32).err().expect("refused").to_string();
+    assert!(e.contains("--arch"), "{e}");
+}
