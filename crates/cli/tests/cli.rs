@@ -14,7 +14,6 @@ fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
-
 #[test]
 fn train_then_eval_follow_the_contract_and_resume_extends() {
     let data = tempfile::tempdir().unwrap();
@@ -453,22 +452,43 @@ fn an_imported_torchvision_resnet_is_a_tern_checkpoint() {
     let w = fixtures.join("resnet18_w8.safetensors");
     let dir = out.path().join("imported");
     let o = tern(&[
-        "import", "--format", "torchvision", "--arch", "resnet18", "--weights", w.to_str().unwrap(), "--input-size",
-        "32", "--out", dir.to_str().unwrap(),
+        "import",
+        "--format",
+        "torchvision",
+        "--arch",
+        "resnet18",
+        "--weights",
+        w.to_str().unwrap(),
+        "--input-size",
+        "32",
+        "--out",
+        dir.to_str().unwrap(),
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(String::from_utf8_lossy(&o.stdout).contains("20 skipped"), "{}", String::from_utf8_lossy(&o.stdout));
     // the checkpoint loads as any tern checkpoint and computes PyTorch's logits
     let (mut model, c) = tern_train::checkpoint::load_model(&dir.join("model.safetensors")).unwrap();
     assert_eq!(c.meta["import"]["arch"], "resnet18");
-    let f: serde_json::Value = serde_json::from_slice(&std::fs::read(fixtures.join("resnet18_w8.json")).unwrap()).unwrap();
+    let f: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(fixtures.join("resnet18_w8.json")).unwrap()).unwrap();
     let v = |k: &str| f[k].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect::<Vec<f32>>();
     let be = tern_core::CpuBackend;
-    let got = model.forward(&tern_train::Ctx::new(&be, false), &tern_core::Tensor::from_vec(&[2, 3, 32, 32], v("input")));
+    let got =
+        model.forward(&tern_train::Ctx::new(&be, false), &tern_core::Tensor::from_vec(&[2, 3, 32, 32], v("input")));
     let want = v("logits");
     for (a, b) in got.data().iter().zip(&want) {
         assert!((a - b).abs() <= 1e-4 * (1.0 + b.abs()), "{a} vs {b}");
     }
-    let o = tern(&["import", "--format", "torchvision", "--arch", "resnet34", "--weights", w.to_str().unwrap(), "--out", dir.to_str().unwrap()]);
+    let o = tern(&[
+        "import",
+        "--format",
+        "torchvision",
+        "--arch",
+        "resnet34",
+        "--weights",
+        w.to_str().unwrap(),
+        "--out",
+        dir.to_str().unwrap(),
+    ]);
     assert!(!o.status.success() && stderr(&o).contains("resnet18_w8.safetensors"), "{}", stderr(&o));
 }

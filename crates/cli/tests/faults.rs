@@ -10,7 +10,6 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use tern_core::Rng;
 
-
 const EPOCHS: &str = "12";
 
 fn train_args(data: &Path, out: &Path) -> Vec<String> {

@@ -391,7 +391,9 @@ impl Backend for CudaBackend {
         let rows: Vec<Vec<usize>> = convs
             .export()
             .into_iter()
-            .map(|(k, p, c)| vec![k.0, k.1, k.2, k.3, k.4, k.5, k.6, k.7, k.8, p, c.algo as usize, c.workspace, c.math as usize])
+            .map(|(k, p, c)| {
+                vec![k.0, k.1, k.2, k.3, k.4, k.5, k.6, k.7, k.8, p, c.algo as usize, c.workspace, c.math as usize]
+            })
             .collect();
         Some(serde_json::json!({
             "gpu": self.gpu_name, "precision": self.precision.name(), "algorithms": format!("{:?}", self.algorithms),
@@ -407,7 +409,8 @@ impl Backend for CudaBackend {
         const ALGOS: [usize; 3] = [8, 6, 7];
         let mut choices = Vec::new();
         for r in rows {
-            let v: Option<Vec<usize>> = r.as_array().map(|a| a.iter().filter_map(|x| x.as_u64().map(|x| x as usize)).collect());
+            let v: Option<Vec<usize>> =
+                r.as_array().map(|a| a.iter().filter_map(|x| x.as_u64().map(|x| x as usize)).collect());
             let Some(v) = v.filter(|v| v.len() == 13) else { return false };
             let (pass, algo, math) = (v[9], v[10], v[12]);
             if pass > 2 || algo >= ALGOS[pass] || math > 3 {

@@ -203,8 +203,13 @@ impl Convs {
                 let c = self.preset[&(key(g), i)];
                 // SAFETY: the pass's own descriptor, owned by `plan`; the math type is one
                 // cuDNN reported for this algorithm in the process that measured it.
-                unsafe { result::set_convolution_math_type(plan.conv[i], std::mem::transmute::<u32, sys::cudnnMathType_t>(c.math)) }
-                    .map_err(|e| Error::device("cudnn", format!("math type: {e:?}")))?;
+                unsafe {
+                    result::set_convolution_math_type(
+                        plan.conv[i],
+                        std::mem::transmute::<u32, sys::cudnnMathType_t>(c.math),
+                    )
+                }
+                .map_err(|e| Error::device("cudnn", format!("math type: {e:?}")))?;
                 plan.chosen[i] = Some(c);
                 c
             }

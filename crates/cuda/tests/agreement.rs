@@ -349,7 +349,14 @@ fn recorded_steps_equal_launched_steps_bit_for_bit() {
     let norm = tern_data::Normalize { mean: vec![0.4], std: vec![0.3] };
     let dd = tern_train::trainer::DeviceData::upload(&be, &ds, &norm).expect("fits");
     let plans: Vec<Vec<tern_data::SamplePlan>> = (0..6)
-        .map(|b| (0..8).map(|i| tern_data::SamplePlan { index: b * 8 + i, place: tern_data::Placement { oy: 0, ox: 0, flip: i % 3 == 0 } }).collect())
+        .map(|b| {
+            (0..8)
+                .map(|i| tern_data::SamplePlan {
+                    index: b * 8 + i,
+                    place: tern_data::Placement { oy: 0, ox: 0, flip: i % 3 == 0 },
+                })
+                .collect()
+        })
         .collect();
     let run = |record: bool, rendered: bool| {
         let mut m = models::build(&cfg, &mut Rng::new(7)).unwrap();
@@ -420,7 +427,8 @@ fn a_run_resumed_by_another_backend_ends_with_the_same_weights() {
     let Some(be) = gpu() else { return };
     drop(be);
     let data = tern_data::synthetic::split(160, 32, [1, 16, 16], 10, 0.5, 9);
-    let model = ModelConfig { name: "resnet20".into(), in_shape: [1, 16, 16], classes: 10, width: 8, small_input: false };
+    let model =
+        ModelConfig { name: "resnet20".into(), in_shape: [1, 16, 16], classes: 10, width: 8, small_input: false };
     let cfg = TrainConfig {
         epochs: 3,
         batch_size: 32,
@@ -457,7 +465,10 @@ fn a_run_resumed_by_another_backend_ends_with_the_same_weights() {
     let mut resumed = Trainer::resume(&model, &data, cfg, b.path()).unwrap();
     resumed.set_backend(backend());
     resumed.run(&mut Silent).unwrap();
-    let (wa, wb) = (tern_train::checkpoint::named_tensors(&mut whole.model), tern_train::checkpoint::named_tensors(&mut resumed.model));
+    let (wa, wb) = (
+        tern_train::checkpoint::named_tensors(&mut whole.model),
+        tern_train::checkpoint::named_tensors(&mut resumed.model),
+    );
     for ((n, x), (_, y)) in wa.iter().zip(&wb) {
         assert_eq!(x.data(), y.data(), "{n} differs after a resume on a new backend");
     }

@@ -48,7 +48,14 @@ pub struct SamplePlan {
 /// The plan of the batch of the given positions in `order` (position `start` onwards of the
 /// epoch): each sample's augmentation draws come from its own RNG keyed by (seed, epoch,
 /// position), whoever renders it.
-pub fn plan_batch(order: &[usize], ds_shape: [usize; 3], cfg: &LoaderConfig, epoch: usize, start: usize, augment: bool) -> Vec<SamplePlan> {
+pub fn plan_batch(
+    order: &[usize],
+    ds_shape: [usize; 3],
+    cfg: &LoaderConfig,
+    epoch: usize,
+    start: usize,
+    augment: bool,
+) -> Vec<SamplePlan> {
     order
         .iter()
         .enumerate()

@@ -67,7 +67,12 @@ fn read(path: &Path) -> Result<(BTreeMap<String, Tensor>, Vec<String>)> {
                 skipped.push(name.to_string());
                 continue;
             }
-            d => return Err(Error::format(path, format!("tensor {name} has dtype {d:?}: expected F32 (save the model in float32)"))),
+            d => {
+                return Err(Error::format(
+                    path,
+                    format!("tensor {name} has dtype {d:?}: expected F32 (save the model in float32)"),
+                ))
+            }
         };
         let elements = v.shape().iter().try_fold(1usize, |a, &d| a.checked_mul(d));
         if elements != Some(data.len()) {
@@ -87,7 +92,9 @@ pub fn import(arch: &str, path: &Path, side: usize) -> Result<(Model, Report)> {
         return Err(Error::invalid("--arch", format!("`{arch}`: expected one of {ARCHS:?}")));
     }
     let (file, counters) = read(path)?;
-    let need = |k: &str| file.get(k).ok_or_else(|| Error::format(path, format!("no `{k}`: not a torchvision ResNet state dict")));
+    let need = |k: &str| {
+        file.get(k).ok_or_else(|| Error::format(path, format!("no `{k}`: not a torchvision ResNet state dict")))
+    };
     let conv1 = need("conv1.weight")?;
     let fc = need("fc.weight")?;
     let (width, channels, classes) = (conv1.dim(0), conv1.dim(1), fc.dim(0));

@@ -15,8 +15,10 @@ fn imported_resnets_reproduce_pytorchs_logits() {
     for arch in ["resnet18", "resnet50"] {
         let f: serde_json::Value =
             serde_json::from_slice(&std::fs::read(fixture(&format!("{arch}_w8.json"))).unwrap()).unwrap();
-        let shape: Vec<usize> = f["input_shape"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as usize).collect();
-        let to_vec = |k: &str| f[k].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect::<Vec<f32>>();
+        let shape: Vec<usize> =
+            f["input_shape"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as usize).collect();
+        let to_vec =
+            |k: &str| f[k].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect::<Vec<f32>>();
         let (x, want) = (Tensor::from_vec(&shape, to_vec("input")), to_vec("logits"));
         let (mut model, report) =
             tern_onnx::torchvision::import(arch, &fixture(&format!("{arch}_w8.safetensors")), shape[2]).unwrap();
@@ -24,9 +26,11 @@ fn imported_resnets_reproduce_pytorchs_logits() {
         assert_eq!((model.config.width, model.config.classes), (8, 5));
         let be = CpuBackend;
         let got = model.forward(&Ctx::new(&be, false), &x);
-        let (num, den) = got.data().iter().zip(&want).fold((0.0f64, 0.0f64), |(n, d), (a, b)| {
-            (n + ((a - b) as f64).powi(2), d + (*b as f64).powi(2))
-        });
+        let (num, den) = got
+            .data()
+            .iter()
+            .zip(&want)
+            .fold((0.0f64, 0.0f64), |(n, d), (a, b)| (n + ((a - b) as f64).powi(2), d + (*b as f64).powi(2)));
         let rel = (num / den).sqrt();
         assert!(rel < 1e-4, "{arch}: logits differ from PyTorch's by {rel:.2e} (relative)");
     }
@@ -35,7 +39,10 @@ fn imported_resnets_reproduce_pytorchs_logits() {
 #[test]
 fn a_state_dict_that_does_not_fit_is_refused_by_name() {
     // resnet18's file read as resnet34: the missing blocks are listed
-    let e = tern_onnx::torchvision::import("resnet34", &fixture("resnet18_w8.safetensors"), 32).err().expect("refused").to_string();
+    let e = tern_onnx::torchvision::import("resnet34", &fixture("resnet18_w8.safetensors"), 32)
+        .err()
+        .expect("refused")
+        .to_string();
     assert!(e.contains("resnet18_w8.safetensors") && e.contains("layer1.2.1.conv.weight"), "{e}");
     // a truncated file
     let dir = tempfile::tempdir().unwrap();

@@ -201,7 +201,14 @@ pub fn evaluate(
             dd.render(backend, plan, &mut x);
             let labels: Vec<u32> = plan.iter().map(|s| ds.labels[s.index]).collect();
             let logits = model.forward(&ctx, &x);
-            backend.softmax_cross_entropy(&logits, &backend.upload(&Tensor::from_u32(&[labels.len()], &labels)), 5, false, None, &mut stats);
+            backend.softmax_cross_entropy(
+                &logits,
+                &backend.upload(&Tensor::from_u32(&[labels.len()], &labels)),
+                5,
+                false,
+                None,
+                &mut stats,
+            );
             let s = stats.host_values();
             loss += s[loss_stats::LOSS] as f64 * labels.len() as f64;
             c1 += s[loss_stats::TOP1] as usize;
@@ -412,7 +419,10 @@ impl Trainer {
         );
         // a device that holds the training set renders each batch from a host-drawn plan (the
         // same samples and draws as the host loader's); otherwise the loader thread renders them
-        let resident = self.device_train.take().or_else(|| DeviceData::upload(self.backend.as_ref(), &self.train, &self.normalize));
+        let resident = self
+            .device_train
+            .take()
+            .or_else(|| DeviceData::upload(self.backend.as_ref(), &self.train, &self.normalize));
         let plans = resident.as_ref().map(|_| tern_data::epoch_plans(&self.train, &lcfg, epoch, true));
         let mut iter = plans.is_none().then(|| BatchIter::new(self.train.clone(), lcfg.clone(), epoch, true));
         let batches = plans.as_ref().map_or_else(|| iter.as_ref().map_or(0, |i| i.len()), |p| p.len());
@@ -433,7 +443,10 @@ impl Trainer {
                     let fill = &mut |be: &dyn Backend, xd: &mut Tensor| dd.render(be, plan, xd);
                     let shape = [plan.len(), c, h, w];
                     let m = &mut self.model;
-                    (self.stepper.step_with(be, m, &mut self.sgd, &shape, fill, &labels, lr, skip_correct, prof), labels)
+                    (
+                        self.stepper.step_with(be, m, &mut self.sgd, &shape, fill, &labels, lr, skip_correct, prof),
+                        labels,
+                    )
                 }
                 (_, _, Some(it)) => {
                     let b = it.next().expect("the loader yields `batches` batches")?;
