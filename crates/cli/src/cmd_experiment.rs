@@ -221,6 +221,7 @@ fn run_one(a: &ExperimentArgs, data: &DataSplit, v: &Variant, seed: u64, dir: &P
         test_limit: Some(a.test_limit),
         recipe: v.recipe.clone(),
         init_from: None,
+        init_adapt: false,
         profile_every: 1,
     };
     let mut t = if dir.join(CHECKPOINT_FILE).exists() {

@@ -90,7 +90,7 @@ pub struct TrainArgs {
         "weight_decay", "crop_pad", "hflip", "seed", "train_limit", "test_limit", "out", "profile_every",
         "ternary", "ternary_threshold", "ternary_scale", "ternary_clip", "fp_first_layer", "fp_last_layer",
         "fp_warmup_epochs", "lr_plateau", "act_l1", "relu_threshold", "relu_threshold_from_epoch",
-        "skip_correct", "init_from",
+        "skip_correct", "init_from", "init_adapt",
     ])]
     pub resume: Option<PathBuf>,
     /// No progress bars
@@ -139,6 +139,11 @@ pub struct TrainArgs {
     /// Start from a trained checkpoint's weights (same model) and fine-tune, e.g. ternarise a trained FP network
     #[arg(long, value_name = "CHECKPOINT", help_heading = "Ternary recipe")]
     pub init_from: Option<PathBuf>,
+    /// With --init-from: start from a network of another task (e.g. an imported ImageNet
+    /// ResNet): a classifier for another class count starts fresh, RGB stem kernels are summed
+    /// for grey input; every other tensor must match
+    #[arg(long, requires = "init_from", help_heading = "Ternary recipe")]
+    pub init_adapt: bool,
 }
 
 const DEFAULT_EPOCHS: usize = 10;
@@ -148,6 +153,9 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
         Some(dir) => resume(&a, dir)?,
         None => fresh(&a)?,
     };
+    for note in &trainer.init_notes {
+        eprintln!("--init-adapt: {note}");
+    }
     let (backend, info) = a.device.backend()?;
     trainer.set_backend(backend);
     trainer.device_info = info;
@@ -220,6 +228,7 @@ fn fresh(a: &TrainArgs) -> anyhow::Result<(Trainer, PathBuf)> {
         test_limit: a.test_limit,
         recipe,
         init_from: a.init_from.clone(),
+        init_adapt: a.init_adapt,
         profile_every: a.profile_every,
     };
     if a.out.join(CHECKPOINT_FILE).exists() {

@@ -492,3 +492,67 @@ fn an_imported_torchvision_resnet_is_a_tern_checkpoint() {
     ]);
     assert!(!o.status.success() && stderr(&o).contains("resnet18_w8.safetensors"), "{}", stderr(&o));
 }
+
+#[test]
+fn an_imported_imagenet_resnet_fine_tunes_on_grey_data_with_init_adapt() {
+    let out = tempfile::tempdir().unwrap();
+    let w = Path::new(env!("CARGO_MANIFEST_DIR")).join("../onnx/tests/fixtures/resnet18_w8.safetensors");
+    let imp = out.path().join("imported");
+    let o = tern(&[
+        "import",
+        "--format",
+        "torchvision",
+        "--arch",
+        "resnet18",
+        "--weights",
+        w.to_str().unwrap(),
+        "--input-size",
+        "32",
+        "--out",
+        imp.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let data = tempfile::tempdir().unwrap();
+    write_mnist_like(data.path(), 64, 16);
+    let ckpt = imp.join("model.safetensors");
+    let args = |adapt: bool, dir: &str| {
+        let mut v = vec![
+            "train",
+            "--data",
+            "mnist",
+            "--data-path",
+            data.path().to_str().unwrap(),
+            "--model",
+            "resnet18",
+            "--width",
+            "8",
+            "--input-size",
+            "32",
+            "--epochs",
+            "1",
+            "--batch",
+            "32",
+            "--quiet",
+            "--init-from",
+            ckpt.to_str().unwrap(),
+            "--ternary",
+            "--fp-first-layer",
+        ]
+        .into_iter()
+        .map(String::from)
+        .collect::<Vec<_>>();
+        v.extend(["--out".to_string(), out.path().join(dir).display().to_string()]);
+        if adapt {
+            v.push("--init-adapt".into());
+        }
+        v
+    };
+    let run = |a: Vec<String>| Command::new(env!("CARGO_BIN_EXE_tern")).args(a).output().unwrap();
+    // 3 colours and 5 classes do not fit 1-channel, 10-class data without --init-adapt
+    let o = run(args(false, "plain"));
+    assert!(!o.status.success() && stderr(&o).contains("--init-adapt"), "{}", stderr(&o));
+    let o = run(args(true, "adapted"));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let e = stderr(&o);
+    assert!(e.contains("RGB kernels summed") && e.contains("5 classes in the checkpoint, 10 here"), "{e}");
+}

@@ -441,6 +441,7 @@ fn a_run_resumed_by_another_backend_ends_with_the_same_weights() {
         test_limit: None,
         recipe: Recipe::default(),
         init_from: None,
+        init_adapt: false,
         profile_every: 0,
     };
     let backend = || Box::new(CudaBackend::new(0, Precision::Tf32, Algorithms::Deterministic).unwrap());

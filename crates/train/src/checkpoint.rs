@@ -1,6 +1,7 @@
 //! Model checkpoints: parameters, BN statistics and optimizer buffers in safetensors, and the
 //! model configuration plus training state as JSON metadata.
 
+use crate::layer::Layer;
 use crate::model::{Model, ModelConfig};
 use crate::models;
 use crate::recipe::Recipe;
@@ -80,6 +81,74 @@ pub fn load_into(path: &Path, c: &Checkpoint, model: &mut Model) -> Result<Optio
         }
     });
     Ok((!velocity.is_empty()).then_some(velocity))
+}
+
+/// Copies a checkpoint of another task into `model` (the §4.2 path for a network trained on
+/// other data): every tensor must match, except that a classifier (the last linear layer)
+/// with another number of classes keeps its fresh initialisation, and a first convolution
+/// over 3 input channels feeding a 1-channel model gets its kernels summed over the colours
+/// (what it computed on a grey image repeated in R, G and B). Returns what was adapted.
+pub fn load_into_adapted(path: &Path, c: &Checkpoint, model: &mut Model) -> Result<Vec<String>> {
+    let cfg = model_config(path, c)?;
+    if cfg.name != model.config.name {
+        return Err(Error::Checkpoint {
+            path: path.into(),
+            what: format!("holds a `{}` model, expected `{}`", cfg.name, model.config.name),
+        });
+    }
+    let mut last_linear = None;
+    model.net.visit_leaves(&mut |l| {
+        if l.kind() == "linear" {
+            last_linear = Some(l.name().to_string());
+        }
+    });
+    let mut first_conv = None;
+    model.net.visit_leaves(&mut |l| {
+        if first_conv.is_none() && l.kind() == "conv" {
+            first_conv = Some(l.name().to_string());
+        }
+    });
+    let (mut notes, mut err) = (Vec::new(), None);
+    let mut copy = |name: &str, t: &mut Tensor| {
+        if err.is_some() {
+            return;
+        }
+        let Some(src) = c.get(name) else {
+            err = Some(format!("tensor `{name}` is missing"));
+            return;
+        };
+        let layer = name.rsplit_once('.').map_or(name, |(l, _)| l);
+        if src.shape() == t.shape() {
+            *t = src.clone();
+        } else if Some(layer) == last_linear.as_deref() && src.shape()[1..] == t.shape()[1..] {
+            notes.push(format!(
+                "{name}: {} classes in the checkpoint, {} here: freshly initialised",
+                src.dim(0),
+                t.dim(0)
+            ));
+        } else if Some(layer) == first_conv.as_deref()
+            && src.shape().len() == 4
+            && src.dim(1) == 3
+            && t.dim(1) == 1
+            && src.dim(0) == t.dim(0)
+            && src.shape()[2..] == t.shape()[2..]
+        {
+            let (k, rs) = (src.dim(0), src.dim(2) * src.dim(3));
+            let s = src.data();
+            let summed: Vec<f32> =
+                (0..k * rs).map(|i| (0..3).map(|ch| s[(i / rs * 3 + ch) * rs + i % rs]).sum()).collect();
+            *t = Tensor::from_vec(t.shape(), summed);
+            notes.push(format!("{name}: RGB kernels summed for 1-channel input"));
+        } else {
+            err = Some(format!("tensor `{name}` has shape {:?}, the model expects {:?}", src.shape(), t.shape()));
+        }
+    };
+    model.visit_params(&mut |p| copy(&p.name, &mut p.value));
+    model.visit_buffers(&mut |n, t| copy(n, t));
+    match err {
+        Some(what) => Err(Error::Checkpoint { path: path.into(), what }),
+        None => Ok(notes),
+    }
 }
 
 /// Builds the model a checkpoint describes, loads its weights, and puts it in the state its

@@ -37,6 +37,10 @@ pub struct TrainConfig {
     /// Start from this checkpoint's weights (a trained full-precision network, §4.2).
     #[serde(default)]
     pub init_from: Option<PathBuf>,
+    /// With `init_from`: adapt a checkpoint of another task (a fresh classifier for another
+    /// class count, RGB stem kernels summed for grey input; `checkpoint::load_into_adapted`).
+    #[serde(default)]
+    pub init_adapt: bool,
     /// Every N epochs, count non-zero operands on the epoch's first training step (0: never).
     #[serde(default)]
     pub profile_every: usize,
@@ -263,6 +267,8 @@ pub struct Trainer {
     device_train: Option<DeviceData>,
     /// The device tuning a resumed checkpoint carried (given to the next backend).
     saved_tuning: Option<serde_json::Value>,
+    /// What `--init-adapt` changed while loading the starting weights.
+    pub init_notes: Vec<String>,
 }
 
 fn limit(ds: &Dataset, n: Option<usize>) -> Arc<Dataset> {
@@ -280,9 +286,20 @@ impl Trainer {
         let mut model = models::build(model_cfg, &mut rng)?;
         // A network started from a checkpoint keeps the input normalisation it was trained with.
         let mut inherited: Option<Normalize> = None;
+        let mut init_notes = Vec::new();
         if let Some(path) = &cfg.init_from {
             let c = tern_core::checkpoint::load(path)?;
-            checkpoint::load_into(path, &c, &mut model)?;
+            if cfg.init_adapt {
+                init_notes = checkpoint::load_into_adapted(path, &c, &mut model)?;
+            } else {
+                checkpoint::load_into(path, &c, &mut model).map_err(|e| match e {
+                    Error::Checkpoint { path, what } if what.contains("has shape") => Error::Checkpoint {
+                        path,
+                        what: format!("{what} (--init-adapt starts from a network of another task)"),
+                    },
+                    e => e,
+                })?;
+            }
             inherited = c.meta.get("normalize").and_then(|n| serde_json::from_value(n.clone()).ok());
         }
         cfg.recipe.apply(&mut model, 0);
@@ -310,6 +327,7 @@ impl Trainer {
             stepper: crate::step::Stepper::new(true),
             device_train: None,
             saved_tuning: None,
+            init_notes,
         })
     }
 

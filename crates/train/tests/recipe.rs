@@ -25,6 +25,7 @@ fn config(epochs: usize, recipe: Recipe) -> TrainConfig {
         test_limit: None,
         recipe,
         init_from: None,
+        init_adapt: false,
         profile_every: 0,
     }
 }

@@ -23,6 +23,7 @@ fn config(epochs: usize, lr: f32) -> TrainConfig {
         test_limit: None,
         recipe: Recipe::default(),
         init_from: None,
+        init_adapt: false,
         profile_every: 0,
     }
 }
