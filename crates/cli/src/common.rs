@@ -77,8 +77,9 @@ pub struct DeviceArgs {
     /// like PyTorch's convolutions on Hopper]; the CPU always computes in FP32
     #[arg(long, value_enum)]
     pub precision: Option<PrecisionArg>,
-    /// GPU convolution algorithms: deterministic (same bits every run, so resumes are exact) or
-    /// fastest (as PyTorch's cudnn.benchmark: some add partial sums in varying order)
+    /// GPU convolution algorithms: deterministic (the same bits for the same inputs; a resume
+    /// reuses the run's saved choices) or fastest (as PyTorch's cudnn.benchmark: some add
+    /// partial sums in varying order)
     #[arg(long, value_enum, default_value = "deterministic")]
     pub algorithms: AlgorithmsArg,
 }
