@@ -445,12 +445,11 @@ fn a_missing_gpu_is_a_clear_error() {
     assert!(e.contains("cuda:0") && !e.contains("panicked"), "{e}");
 }
 
-#[test]
-fn an_imported_torchvision_resnet_is_a_tern_checkpoint() {
-    let out = tempfile::tempdir().unwrap();
-    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../onnx/tests/fixtures");
-    let w = fixtures.join("resnet18_w8.safetensors");
-    let dir = out.path().join("imported");
+/// `tern import` of the committed width-8 torchvision ResNet-18 fixture into `dir` (asserted
+/// to succeed).
+fn import_fixture_resnet18(dir: &Path) -> Output {
+    let w = Path::new(env!("CARGO_MANIFEST_DIR")).join("../onnx/tests/fixtures/resnet18_w8.safetensors");
+    let (w, d) = (w.to_str().unwrap(), dir.to_str().unwrap());
     let o = tern(&[
         "import",
         "--format",
@@ -458,13 +457,23 @@ fn an_imported_torchvision_resnet_is_a_tern_checkpoint() {
         "--arch",
         "resnet18",
         "--weights",
-        w.to_str().unwrap(),
+        w,
         "--input-size",
         "32",
         "--out",
-        dir.to_str().unwrap(),
+        d,
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
+    o
+}
+
+#[test]
+fn an_imported_torchvision_resnet_is_a_tern_checkpoint() {
+    let out = tempfile::tempdir().unwrap();
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../onnx/tests/fixtures");
+    let w = fixtures.join("resnet18_w8.safetensors");
+    let dir = out.path().join("imported");
+    let o = import_fixture_resnet18(&dir);
     assert!(String::from_utf8_lossy(&o.stdout).contains("20 skipped"), "{}", String::from_utf8_lossy(&o.stdout));
     // the checkpoint loads as any tern checkpoint and computes PyTorch's logits
     let (mut model, c) = tern_train::checkpoint::load_model(&dir.join("model.safetensors")).unwrap();
@@ -496,22 +505,8 @@ fn an_imported_torchvision_resnet_is_a_tern_checkpoint() {
 #[test]
 fn an_imported_imagenet_resnet_fine_tunes_on_grey_data_with_init_adapt() {
     let out = tempfile::tempdir().unwrap();
-    let w = Path::new(env!("CARGO_MANIFEST_DIR")).join("../onnx/tests/fixtures/resnet18_w8.safetensors");
     let imp = out.path().join("imported");
-    let o = tern(&[
-        "import",
-        "--format",
-        "torchvision",
-        "--arch",
-        "resnet18",
-        "--weights",
-        w.to_str().unwrap(),
-        "--input-size",
-        "32",
-        "--out",
-        imp.to_str().unwrap(),
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    import_fixture_resnet18(&imp);
     let data = tempfile::tempdir().unwrap();
     write_mnist_like(data.path(), 64, 16);
     let ckpt = imp.join("model.safetensors");

@@ -11,39 +11,35 @@ typedef unsigned long long u64;
 #define IS_FINITE(x) ((x) - (x) == 0.0f)
 #define GRID_STRIDE(i, n) for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (long long)blockDim.x * gridDim.x)
 
-// Sum of a double over the block (blockDim.x a multiple of 32, at most 1024); the result is
-// valid in thread 0. The tree order is fixed, so the sum is deterministic.
-__device__ double block_sum(double v) {
-    __shared__ double part[32];
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffff, v, o);
+// Reduction of v over the block with `op` (blockDim.x a multiple of 32, at most 1024; 0 the
+// identity: sums, and maxima of non-negative values); the result is valid in thread 0. The
+// tree order is fixed, so the result is deterministic.
+template <typename T, typename Op>
+__device__ T block_reduce(T v, Op op) {
+    __shared__ T part[32];
+    for (int o = 16; o > 0; o >>= 1) v = op(v, __shfl_down_sync(0xffffffff, v, o));
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     __syncthreads();
     if (lane == 0) part[warp] = v;
     __syncthreads();
-    v = 0.0;
+    v = T(0);
     if (warp == 0) {
         int nw = blockDim.x >> 5;
-        v = lane < nw ? part[lane] : 0.0;
-        for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffff, v, o);
+        v = lane < nw ? part[lane] : T(0);
+        for (int o = 16; o > 0; o >>= 1) v = op(v, __shfl_down_sync(0xffffffff, v, o));
     }
     return v;
 }
 
-__device__ float block_max(float v) {
-    __shared__ float part[32];
-    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_down_sync(0xffffffff, v, o));
-    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    __syncthreads();
-    if (lane == 0) part[warp] = v;
-    __syncthreads();
-    v = 0.0f;
-    if (warp == 0) {
-        int nw = blockDim.x >> 5;
-        v = lane < nw ? part[lane] : 0.0f;
-        for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_down_sync(0xffffffff, v, o));
-    }
-    return v;
-}
+struct Add {
+    __device__ double operator()(double a, double b) const { return a + b; }
+};
+struct Max {
+    __device__ float operator()(float a, float b) const { return fmaxf(a, b); }
+};
+
+__device__ double block_sum(double v) { return block_reduce(v, Add()); }
+__device__ float block_max(float v) { return block_reduce(v, Max()); }
 
 // ---------------------------------------------------------------- point-wise
 
