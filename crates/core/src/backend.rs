@@ -498,7 +498,8 @@ impl Backend for CpuBackend {
         use kernels::loss::{softmax_cross_entropy, top_k_correct};
         let (classes, labels) = (logits.dim(1), labels.as_u32());
         let top1 = top_k_correct(logits.data(), labels, classes, 1);
-        let topk = top_k_correct(logits.data(), labels, classes, top_k.min(classes));
+        let k = top_k.clamp(1, classes);
+        let topk = if k == 1 { top1.clone() } else { top_k_correct(logits.data(), labels, classes, k) };
         let mut scratch;
         let d = match dlogits {
             Some(d) => d.data_mut(),

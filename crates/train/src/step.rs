@@ -72,7 +72,15 @@ impl Stepper {
         skip_correct: bool,
         profiler: Option<&RefCell<Profiler>>,
     ) -> StepOutcome {
-        let fill = &mut |be: &dyn Backend, xd: &mut Tensor| be.write(xd, x);
+        let record = self.record;
+        let fill = &mut |be: &dyn Backend, xd: &mut Tensor| {
+            if !record && x.device() == be.device() {
+                // nothing will be recorded (the CPU): take the batch's handle, no copy
+                *xd = x.clone();
+            } else {
+                be.write(xd, x)
+            }
+        };
         self.step_with(be, model, sgd, x.shape(), fill, labels, lr, skip_correct, profiler)
     }
 

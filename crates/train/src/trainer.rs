@@ -241,6 +241,19 @@ pub fn evaluate(
     Ok(EvalResult { top1: c1 as f64 / n_f, top5: c5 as f64 / n_f, loss: loss / n_f, samples: n })
 }
 
+/// Removes the temporary files of checkpoint and metrics writes that a kill interrupted in
+/// `out_dir` (the files they would have replaced are intact).
+fn remove_interrupted_writes(out_dir: &Path) {
+    if let Ok(entries) = std::fs::read_dir(out_dir) {
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if [CHECKPOINT_FILE, METRICS_FILE].iter().any(|f| name.starts_with(&format!(".{f}.tmp-"))) {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+}
+
 pub struct Trainer {
     pub model: Model,
     pub sgd: Sgd,
@@ -282,6 +295,7 @@ impl Trainer {
     /// A fresh run: builds the model from `seed`, normalises with the training set's statistics.
     pub fn new(model_cfg: &ModelConfig, data: &DataSplit, cfg: TrainConfig, out_dir: &Path) -> Result<Self> {
         cfg.validate()?;
+        remove_interrupted_writes(out_dir);
         let mut rng = Rng::new(cfg.seed);
         let mut model = models::build(model_cfg, &mut rng)?;
         // A network started from a checkpoint keeps the input normalisation it was trained with.
@@ -335,16 +349,6 @@ impl Trainer {
     /// except `epochs`, which may grow.
     pub fn resume(model_cfg: &ModelConfig, data: &DataSplit, cfg: TrainConfig, out_dir: &Path) -> Result<Self> {
         let path = out_dir.join(CHECKPOINT_FILE);
-        // temporary files of writes a kill interrupted (the files they would have replaced are intact)
-        if let Ok(entries) = std::fs::read_dir(out_dir) {
-            for e in entries.flatten() {
-                let name = e.file_name().to_string_lossy().into_owned();
-                let ours = [CHECKPOINT_FILE, METRICS_FILE].iter().any(|f| name.starts_with(&format!(".{f}.tmp-")));
-                if ours {
-                    let _ = std::fs::remove_file(e.path());
-                }
-            }
-        }
         let c = tern_core::checkpoint::load(&path)?;
         let mut t = Trainer::new(model_cfg, data, cfg.clone(), out_dir)?;
         let velocity = checkpoint::load_into(&path, &c, &mut t.model)?;
