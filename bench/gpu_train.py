@@ -97,9 +97,10 @@ def torch_rate(name, batch, channels, side, classes, ternary, compiled, bf16, wa
     }
 
 
-def tern_rate(binary, name, batch, channels, side, classes, ternary, precision, warmup, steps, algorithms):
+def tern_rate(binary, name, batch, channels, side, classes, ternary, precision, warmup, steps, algorithms,
+              layout="nhwc"):
     cmd = [binary, "bench", "train", "--device", "cuda", "--precision", precision, "--algorithms", algorithms,
-           "--model", name,
+           "--layout", layout, "--model", name,
            "--batch", str(batch), "--channels", str(channels), "--size", str(side), "--classes", str(classes),
            "--warmup", str(warmup), "--steps", str(steps)]
     if ternary:
@@ -128,6 +129,8 @@ def main():
     ap.add_argument("--models", default="", help="comma-separated subset of the configs' models")
     ap.add_argument("--torch-nchw", action="store_true",
                     help="also time PyTorch eager in NCHW (tern's layout) beside channels_last")
+    ap.add_argument("--tern-nchw", action="store_true",
+                    help="also time tern with --layout nchw beside its default nhwc")
     ap.add_argument("--algorithms", default="deterministic", choices=["deterministic", "fastest"],
                     help="tern's cuDNN algorithm choice (PyTorch's cudnn.benchmark picks the fastest)")
     a = ap.parse_args()
@@ -142,6 +145,9 @@ def main():
         r = {"model": name, "batch": batch, "side": side, "ternary": True}
         r["tern"] = tern_rate(a.tern, name, batch, ch, side, classes, True, "tf32", a.warmup, a.steps, a.algorithms)
         r["algorithms"] = a.algorithms
+        if a.tern_nchw:
+            r["tern_nchw"] = tern_rate(a.tern, name, batch, ch, side, classes, True, "tf32", a.warmup, a.steps,
+                                       a.algorithms, layout="nchw")
         r["torch_eager"] = torch_rate(name, batch, ch, side, classes, True, False, False, a.warmup, a.steps)
         if not a.no_compile:
             try:
@@ -165,6 +171,9 @@ def main():
         print(f"{r['model']:<10} {r['batch']:>5} {t:>11.0f} {e:>9.0f} {c:>9.0f} {t / e:>8.2f} {t / c:>9.2f} {tm:>9.0f} {pm:>9.0f}")
         if "error" in r["tern"]:
             print("   tern error:", r["tern"]["error"])
+        if "tern_nchw" in r:
+            tn = r["tern_nchw"].get("images_per_s", float("nan"))
+            print(f"   tern --layout nchw: {tn:.0f} img/s ({t / tn:.2f}x from nhwc)")
 
 
 if __name__ == "__main__":

@@ -82,6 +82,18 @@ pub struct DeviceArgs {
     /// partial sums in varying order)
     #[arg(long, value_enum, default_value = "deterministic")]
     pub algorithms: AlgorithmsArg,
+    /// How a GPU stores images and conv filters: nhwc (channels last, what cuDNN's tensor-core
+    /// kernels read natively) or nchw [default: nhwc on cuda]; the CPU always uses NCHW.
+    /// Results and checkpoints do not depend on it
+    #[arg(long, value_enum)]
+    pub layout: Option<LayoutArg>,
+}
+
+/// `--layout`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LayoutArg {
+    Nchw,
+    Nhwc,
 }
 
 /// `--algorithms`.
@@ -105,6 +117,9 @@ impl DeviceArgs {
                         "invalid value for --algorithms: fastest needs --device cuda (the CPU is always deterministic)"
                     );
                 }
+                if self.layout == Some(LayoutArg::Nhwc) {
+                    anyhow::bail!("invalid value for --layout: nhwc needs --device cuda (the CPU stores NCHW)");
+                }
                 let info =
                     serde_json::json!({"device": "cpu", "precision": "fp32", "threads": rayon::current_num_threads()});
                 Ok((Box::new(tern_core::CpuBackend), info))
@@ -118,10 +133,14 @@ impl DeviceArgs {
                     AlgorithmsArg::Deterministic => tern_cuda::Algorithms::Deterministic,
                     AlgorithmsArg::Fastest => tern_cuda::Algorithms::Fastest,
                 };
-                let be = tern_cuda::CudaBackend::new(i, p, alg)?;
+                let layout = match self.layout.unwrap_or(LayoutArg::Nhwc) {
+                    LayoutArg::Nchw => tern_cuda::Layout::Nchw,
+                    LayoutArg::Nhwc => tern_cuda::Layout::Nhwc,
+                };
+                let be = tern_cuda::CudaBackend::new(i, p, alg, layout)?;
                 let info = serde_json::json!({
                     "device": device.to_string(), "gpu": be.gpu_name(), "precision": p.name(),
-                    "algorithms": format!("{alg:?}").to_lowercase(),
+                    "algorithms": format!("{alg:?}").to_lowercase(), "layout": layout.name(),
                 });
                 Ok((Box::new(be), info))
             }

@@ -202,6 +202,16 @@ pub trait Backend: Send + Sync {
     /// x: [n, c, h, w] → y: [n, c].
     fn global_avg_pool_forward(&self, x: &Tensor, y: &mut Tensor);
     fn global_avg_pool_backward(&self, dy: &Tensor, dx: &mut Tensor);
+    /// `[n, c, h, w]` → `[n, c·h·w]` with the features in NCHW order (a device that stores
+    /// images in another layout reorders them, so linear layers see the host's order).
+    fn flatten(&self, x: &Tensor) -> Tensor {
+        let flat = [x.dim(0), x.shape()[1..].iter().product()];
+        x.clone().reshape(&flat)
+    }
+    /// The inverse of [`Backend::flatten`]: `dy: [n, c·h·w]` back to `shape`.
+    fn unflatten(&self, dy: &Tensor, shape: &[usize]) -> Tensor {
+        dy.clone().reshape(shape)
+    }
 
     // ---- loss ----
     /// Softmax cross-entropy of `logits: [n, classes]` against `labels` (an index tensor

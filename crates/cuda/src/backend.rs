@@ -3,7 +3,7 @@
 use crate::conv::{Convs, Operands, Pass};
 use crate::kernels::{grid_for, Kernels};
 use crate::memory::{CudaBuffer, Shared};
-use crate::{args, Algorithms, Precision};
+use crate::{args, Algorithms, Layout, Precision};
 use cudarc::cublas::{result as blas, sys as blas_sys};
 use cudarc::driver::{result as drv, CudaContext};
 use std::sync::{Arc, Mutex};
@@ -32,12 +32,14 @@ pub struct CudaBackend {
     workspace: Mutex<Option<CudaBuffer>>,
     precision: Precision,
     algorithms: Algorithms,
+    layout: Layout,
     gpu_name: String,
 }
 
 impl std::fmt::Debug for CudaBackend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "CudaBackend({}, {}, {})", self.shared.device(), self.gpu_name, self.precision.name())
+        let (d, p, l) = (self.shared.device(), self.precision.name(), self.layout.name());
+        write!(f, "CudaBackend({d}, {}, {p}, {l})", self.gpu_name)
     }
 }
 
@@ -51,10 +53,20 @@ impl Drop for CudaBackend {
 }
 
 /// The device buffer of a tensor this backend owns; panics on a host tensor (a layer that
-/// forgot to move something to the device).
+/// forgot to move something to the device) and on a channels-last buffer whose tensor was
+/// reshaped behind the backend's back (its values would be read in the wrong order).
 fn buf(t: &Tensor) -> &CudaBuffer {
     let b = t.device_buffer().unwrap_or_else(|| panic!("a host tensor {:?} was passed to the CUDA backend", t.shape()));
-    b.as_any().downcast_ref::<CudaBuffer>().expect("a CUDA buffer")
+    let b = b.as_any().downcast_ref::<CudaBuffer>().expect("a CUDA buffer");
+    if let Some(d) = b.nhwc {
+        assert_eq!(t.shape(), d, "a channels-last tensor was reshaped outside the backend (use Backend::flatten)");
+    }
+    b
+}
+
+/// Whether a tensor's device values are channels-last.
+fn is_nhwc(t: &Tensor) -> bool {
+    buf(t).nhwc.is_some()
 }
 
 /// An input's device pointer (noted if a graph is being recorded).
@@ -104,15 +116,70 @@ fn nchw(x: &Tensor) -> (usize, usize, usize) {
 }
 
 /// Splits of the per-channel reductions: enough blocks to fill a large GPU, fixed by the
-/// shape alone so that the sums do not depend on the device.
+/// shape alone so that the sums do not depend on the device. Planes form: `n` images.
 fn splits(n: usize, c: usize) -> usize {
     (512 / c.max(1)).clamp(1, n.max(1))
+}
+
+/// Splits of the rows form (`[rows, c]`, blocks of 32 channels): about a thousand blocks,
+/// each of at least 128 rows.
+fn row_splits(rows: usize, c: usize) -> usize {
+    (1024 / c.div_ceil(32)).clamp(1, rows.div_ceil(128).max(1))
+}
+
+/// Threads of a one-warp-per-channel kernel, in blocks of 256.
+fn warp_per_channel(c: usize) -> (u32, u32, u32) {
+    ((c * 32).div_ceil(256) as u32, 1, 1)
+}
+
+/// How a per-channel reduction reads its input: planes (`[n, c, hw]`, hw > 1) or rows
+/// (`[rows, c]`: channels-last tensors and 2-D ones).
+#[derive(Clone, Copy)]
+enum Form {
+    Planes { n: usize, c: usize, hw: usize, splits: usize },
+    Rows { rows: usize, c: usize, splits: usize },
+}
+
+impl Form {
+    fn of(t: &Tensor) -> Form {
+        let (n, c, hw) = nchw(t);
+        if is_nhwc(t) || hw == 1 {
+            Form::Rows { rows: n * hw, c, splits: row_splits(n * hw, c) }
+        } else {
+            Form::Planes { n, c, hw, splits: splits(n, c) }
+        }
+    }
+    fn c(self) -> usize {
+        match self {
+            Form::Planes { c, .. } | Form::Rows { c, .. } => c,
+        }
+    }
+    fn splits(self) -> usize {
+        match self {
+            Form::Planes { splits, .. } | Form::Rows { splits, .. } => splits,
+        }
+    }
+    /// The launch grid of a partial-sums kernel (blocks of 256 threads).
+    fn grid(self) -> (u32, u32, u32) {
+        match self {
+            Form::Planes { c, splits, .. } => (splits as u32, c as u32, 1),
+            Form::Rows { c, splits, .. } => (splits as u32, c.div_ceil(32) as u32, 1),
+        }
+    }
+    /// Elements that share a channel index in a row of the point-wise kernels' view
+    /// (`channel = (i / inner) % c`).
+    fn inner(self) -> usize {
+        match self {
+            Form::Planes { hw, .. } => hw,
+            Form::Rows { .. } => 1,
+        }
+    }
 }
 
 impl CudaBackend {
     /// The backend on CUDA device `ordinal`. Fails with a clear message when the driver,
     /// cuBLAS, cuDNN or NVRTC cannot be loaded or the device does not exist.
-    pub fn new(ordinal: usize, precision: Precision, algorithms: Algorithms) -> Result<CudaBackend> {
+    pub fn new(ordinal: usize, precision: Precision, algorithms: Algorithms, layout: Layout) -> Result<CudaBackend> {
         let dev = format!("cuda:{ordinal}");
         let e = |what: String| Error::device(&dev, what);
         // SAFETY: these only try to open the libraries.
@@ -147,7 +214,7 @@ impl CudaBackend {
             blas::set_stream(handle, stream.cu_stream() as _).map_err(|err| e(format!("cuBLAS stream: {err:?}")))?;
             blas_sys::cublasSetMathMode(handle, math);
         }
-        let convs = Convs::new(stream.cu_stream(), precision, algorithms)?;
+        let convs = Convs::new(stream.cu_stream(), precision, algorithms, layout)?;
         let shared = Arc::new(Shared::new(ordinal, ctx, stream));
         let blas_ws = shared.alloc(CUBLAS_WORKSPACE_BYTES / 4)?;
         // SAFETY: the handle is live and the workspace outlives it (both in `Blas`).
@@ -163,6 +230,7 @@ impl CudaBackend {
             workspace: Mutex::new(None),
             precision,
             algorithms,
+            layout,
             gpu_name,
         })
     }
@@ -173,6 +241,25 @@ impl CudaBackend {
 
     pub fn precision(&self) -> Precision {
         self.precision
+    }
+
+    pub fn layout(&self) -> Layout {
+        self.layout
+    }
+
+    /// Whether this backend stores a tensor of `shape` channels-last.
+    fn stores_nhwc(&self, shape: &[usize]) -> bool {
+        self.layout == Layout::Nhwc && shape.len() == 4
+    }
+
+    /// dst = src converted between layouts (`to_nhwc`: src NCHW, dst NHWC; else back).
+    fn convert(&self, src: u64, dst: u64, shape: &[usize], to_nhwc: bool) {
+        let (c, hw) = (shape[1] as i32, (shape[2] * shape[3]) as i32);
+        let (total, flag) = (shape.iter().product::<usize>() as i64, to_nhwc as i32);
+        // SAFETY: src and dst both hold the `shape.product()` values of an [n, c, h, w] tensor.
+        unsafe {
+            self.launch("convert_layout", grid_for(total as usize), 256, args!(&src, &dst, &c, &hw, &flag, &total))
+        };
     }
 
     fn stream(&self) -> cudarc::driver::sys::CUstream {
@@ -230,17 +317,33 @@ impl CudaBackend {
         }
     }
 
-    /// Column sums over images and positions: db[ch] = Σ_{n, hw} dy (a bias gradient).
-    fn channel_sums_into(&self, dy: &Tensor, n: usize, c: usize, hw: usize, db: &mut Tensor) {
-        let s = splits(n, c);
-        let partial = self.buffer(c * s * 4);
-        let (ni, ci, hwi, si) = (n as i32, c as i32, hw as i32, s as i32);
-        let (x, p, o) = (ptr(dy), partial.ptr, out(db));
-        // SAFETY: dy is [n, c, hw]; partial holds c·s pairs of doubles; db is [c].
+    /// Per-channel partial (Σ x, Σ x²) of `x` in `partial` (c·splits pairs of doubles).
+    fn partial_sums(&self, x: &Tensor, form: Form, partial: &CudaBuffer) {
+        let (xp, pp) = (ptr(x), partial.ptr);
+        // SAFETY: x holds the tensor `form` describes; partial holds c·splits pairs of doubles.
         unsafe {
-            self.launch("channel_partial_sums", (s as u32, c as u32, 1), 256, args!(&x, &p, &ni, &ci, &hwi, &si));
-            self.launch("channel_sum_finalize", (c.div_ceil(128) as u32, 1, 1), 128, args!(&p, &si, &o, &ci));
+            match form {
+                Form::Planes { n, c, hw, splits } => {
+                    let (ni, ci, hwi, si) = (n as i32, c as i32, hw as i32, splits as i32);
+                    self.launch("channel_partial_sums", form.grid(), 256, args!(&xp, &pp, &ni, &ci, &hwi, &si));
+                }
+                Form::Rows { rows, c, splits } => {
+                    let (ri, ci, si) = (rows as i64, c as i32, splits as i32);
+                    self.launch("rows_partial_sums", form.grid(), 256, args!(&xp, &pp, &ri, &ci, &si));
+                }
+            }
         }
+    }
+
+    /// Column sums over images and positions: db[ch] = Σ_{n, hw} dy (a bias gradient).
+    fn channel_sums_into(&self, dy: &Tensor, db: &mut Tensor) {
+        let form = Form::of(dy);
+        let (c, s) = (form.c(), form.splits());
+        let partial = self.buffer(c * s * 4);
+        self.partial_sums(dy, form, &partial);
+        let (p, o, ci, si) = (partial.ptr, out(db), c as i32, s as i32);
+        // SAFETY: partial holds c·s pairs of doubles; db is [c].
+        unsafe { self.launch("channel_sum_finalize", warp_per_channel(c), 256, args!(&p, &si, &o, &ci)) };
     }
 
     fn add_bias(&self, y: &mut Tensor, bias: &Tensor, inner: usize) {
@@ -299,8 +402,12 @@ impl CudaBackend {
         .unwrap_or_else(|e| panic!("{}: cuBLAS sgemm: {e:?}", self.shared.device()));
     }
 
-    fn pool_dims(g: &PoolGeometry) -> (i32, i32, i32, i32, i32, i32, i32) {
-        (g.h as i32, g.w as i32, g.h_out() as i32, g.w_out() as i32, g.k as i32, g.stride as i32, g.pad as i32)
+    /// (channels, channels-last, h, w, ho, wo, k, stride, pad) of a pooling of `t`'s layout.
+    #[allow(clippy::type_complexity)]
+    fn pool_dims(t: &Tensor, g: &PoolGeometry) -> (i32, i32, i32, i32, i32, i32, i32, i32, i32) {
+        let (c, nhwc) = (t.dim(1) as i32, is_nhwc(t) as i32);
+        let (h, w, ho, wo) = (g.h as i32, g.w as i32, g.h_out() as i32, g.w_out() as i32);
+        (c, nhwc, h, w, ho, wo, g.k as i32, g.stride as i32, g.pad as i32)
     }
 }
 
@@ -312,7 +419,11 @@ impl Backend for CudaBackend {
         self.shared.device()
     }
     fn alloc(&self, shape: &[usize]) -> Tensor {
-        Tensor::from_device(shape, Box::new(self.buffer(shape.iter().product())))
+        let mut b = self.buffer(shape.iter().product());
+        if self.stores_nhwc(shape) {
+            b.nhwc = Some([shape[0], shape[1], shape[2], shape[3]]);
+        }
+        Tensor::from_device(shape, Box::new(b))
     }
     fn zeros(&self, shape: &[usize]) -> Tensor {
         let mut t = self.alloc(shape);
@@ -323,14 +434,9 @@ impl Backend for CudaBackend {
         if t.device() == self.device() {
             return t.clone();
         }
-        let host = t.host_values();
-        let b = self.buffer(host.len());
-        self.bind();
-        // SAFETY: b holds host.len() floats; the copy is ordered on the stream and cuda
-        // copies pageable memory out before the call returns.
-        unsafe { drv::memcpy_htod_async(b.ptr, &host, self.stream()) }
-            .unwrap_or_else(|e| panic!("{}: upload: {e}", self.shared.device()));
-        Tensor::from_device(t.shape(), Box::new(b))
+        let mut dst = self.alloc(t.shape());
+        self.write(&mut dst, t);
+        dst
     }
     fn fill(&self, t: &mut Tensor, v: f32) {
         let (p, n) = (out(t), t.len() as i64);
@@ -346,6 +452,7 @@ impl Backend for CudaBackend {
         let d = ptr(dst);
         self.bind();
         if src.device() == self.device() {
+            assert_eq!(buf(src).nhwc, buf(dst).nhwc, "write: the layouts differ");
             let s = ptr(src);
             // SAFETY: both hold src.len() floats on this device, ordered on the stream.
             unsafe { drv::memcpy_dtod_async(d, s, src.len() * 4, self.stream()) }
@@ -353,10 +460,15 @@ impl Backend for CudaBackend {
             return;
         }
         let host = src.host_values();
-        // SAFETY: dst holds host.len() floats; the copy is ordered on the stream, and
+        // a channels-last destination is filled through an NCHW staging buffer
+        let staging = buf(dst).nhwc.map(|_| self.buffer(host.len()));
+        // SAFETY: the target holds host.len() floats; the copy is ordered on the stream, and
         // pageable memory is copied out before the call returns.
-        unsafe { drv::memcpy_htod_async(d, &host, self.stream()) }
+        unsafe { drv::memcpy_htod_async(staging.as_ref().map_or(d, |b| b.ptr), &host, self.stream()) }
             .unwrap_or_else(|e| panic!("{}: write: {e}", self.shared.device()));
+        if let Some(b) = staging {
+            self.convert(b.ptr, d, dst.shape(), true);
+        }
     }
     fn capture(&self, step: &mut dyn FnMut()) -> Option<Box<dyn tern_core::StepGraph>> {
         use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
@@ -397,13 +509,16 @@ impl Backend for CudaBackend {
             .collect();
         Some(serde_json::json!({
             "gpu": self.gpu_name, "precision": self.precision.name(), "algorithms": format!("{:?}", self.algorithms),
+            "layout": self.layout.name(),
             "convolutions": rows,
         }))
     }
     fn load_tuning(&self, t: &serde_json::Value) -> bool {
         let same = t["gpu"] == self.gpu_name.as_str()
             && t["precision"] == self.precision.name()
-            && t["algorithms"] == format!("{:?}", self.algorithms).as_str();
+            && t["algorithms"] == format!("{:?}", self.algorithms).as_str()
+            // choices of files written before layouts existed were NCHW's
+            && t.get("layout").and_then(|l| l.as_str()).unwrap_or("nchw") == self.layout.name();
         let Some(rows) = t["convolutions"].as_array().filter(|_| same) else { return false };
         // algorithm counts of cuDNN 9 per pass: forward, backward data, backward filter
         const ALGOS: [usize; 3] = [8, 6, 7];
@@ -426,7 +541,8 @@ impl Backend for CudaBackend {
     fn conv2d_forward(&self, x: &Tensor, w: &Tensor, bias: Option<&Tensor>, g: &ConvGeometry, y: &mut Tensor) {
         self.conv(g, Pass::Forward, Operands { x: ptr(x), w: ptr(w), y: out(y) });
         if let Some(b) = bias {
-            self.add_bias(y, b, g.pq());
+            let inner = if is_nhwc(y) { 1 } else { g.pq() };
+            self.add_bias(y, b, inner);
         }
     }
     fn conv2d_backward_input(&self, dy: &Tensor, w: &Tensor, g: &ConvGeometry, dx: &mut Tensor) {
@@ -442,7 +558,7 @@ impl Backend for CudaBackend {
     ) {
         self.conv(g, Pass::BackwardFilter, Operands { x: ptr(x), w: out(dw), y: ptr(dy) });
         if let Some(db) = db {
-            self.channel_sums_into(dy, g.n, g.c_out, g.pq(), db);
+            self.channel_sums_into(dy, db);
         }
     }
     // Row-major [r, c] is column-major [c, r]: y = x·wᵀ is yᵀ = w·xᵀ, i.e. column-major
@@ -464,7 +580,7 @@ impl Backend for CudaBackend {
         let (n, d_in, d_out) = (x.dim(0), x.dim(1), dy.dim(1));
         self.sgemm(false, true, d_in, d_out, n, ptr(x), d_in, ptr(dy), d_out, out(dw), d_in);
         if let Some(db) = db {
-            self.channel_sums_into(dy, n, d_out, 1, db);
+            self.channel_sums_into(dy, db);
         }
     }
 
@@ -482,23 +598,25 @@ impl Backend for CudaBackend {
         y: &mut Tensor,
     ) -> BnSaved {
         let (n, c, hw) = nchw(x);
-        let s = splits(n, c);
+        let form = Form::of(x);
+        let s = form.splits();
         let partial = self.buffer(c * s * 4);
+        self.partial_sums(x, form, &partial);
         let (mut mean, mut inv_std) = (self.alloc(&[c]), self.alloc(&[c]));
-        let (ni, ci, hwi, si) = (n as i32, c as i32, hw as i32, s as i32);
+        let (ci, si) = (c as i32, s as i32);
         let count = (n * hw) as f64;
         let (xp, pp, rm, rv, mp, ip) =
             (ptr(x), partial.ptr, out(running_mean), out(running_var), out(&mut mean), out(&mut inv_std));
         let (gp, bp, yp) = (ptr(gamma), ptr(beta), out(y));
         let (flag, t) = (relu.is_some() as i32, relu.unwrap_or(0.0));
-        let (hw64, total) = (hw as i64, x.len() as i64);
-        // SAFETY: x, y: [n, c, hw]; per-channel tensors: [c]; partial: c·s pairs of doubles.
+        let (hw64, total) = (form.inner() as i64, x.len() as i64);
+        // SAFETY: x, y: the tensor `form` describes; per-channel tensors: [c]; partial: c·s
+        // pairs of doubles.
         unsafe {
-            self.launch("channel_partial_sums", (s as u32, c as u32, 1), 256, args!(&xp, &pp, &ni, &ci, &hwi, &si));
             self.launch(
                 "bn_finalize",
-                (c.div_ceil(128) as u32, 1, 1),
-                128,
+                warp_per_channel(c),
+                256,
                 args!(&pp, &si, &count, &eps, &momentum, &rm, &rv, &mp, &ip, &ci),
             );
             self.launch(
@@ -521,12 +639,12 @@ impl Backend for CudaBackend {
         relu: Option<f32>,
         y: &mut Tensor,
     ) -> BnSaved {
-        let (_, c, hw) = nchw(x);
+        let (_, c, _) = nchw(x);
         let (mut mean, mut inv_std) = (self.alloc(&[c]), self.alloc(&[c]));
         let (xp, yp, gp, bp, rm, rv) = (ptr(x), out(y), ptr(gamma), ptr(beta), ptr(running_mean), ptr(running_var));
         let (mp, ip, ci) = (out(&mut mean), out(&mut inv_std), c as i32);
         let (flag, t) = (relu.is_some() as i32, relu.unwrap_or(0.0));
-        let (hw64, total) = (hw as i64, x.len() as i64);
+        let (hw64, total) = (Form::of(x).inner() as i64, x.len() as i64);
         // SAFETY: x, y: [n, c, hw]; per-channel tensors: [c].
         unsafe {
             self.launch("bn_eval_stats", (c.div_ceil(128) as u32, 1, 1), 128, args!(&rm, &rv, &eps, &mp, &ip, &ci));
@@ -550,24 +668,39 @@ impl Backend for CudaBackend {
         dgamma: &mut Tensor,
         dbeta: &mut Tensor,
     ) {
-        let (n, c, hw) = nchw(x);
-        let s = splits(n, c);
+        let form = Form::of(x);
+        let (c, s) = (form.c(), form.splits());
         let partial = self.buffer(c * s * 4);
-        let (ni, ci, hwi, si) = (n as i32, c as i32, hw as i32, s as i32);
+        let (ci, si) = (c as i32, s as i32);
         let (flag, t, extra) =
             (relu.is_some() as i32, relu.map_or(0.0, |r| r.threshold), relu.map_or(0.0, |r| r.extra));
         let (xp, dp, gp, bp, mp, ip, pp) =
             (ptr(x), ptr(dy), ptr(gamma), ptr(beta), ptr(&saved.mean), ptr(&saved.inv_std), partial.ptr);
         let (dgp, dbp) = (out(dgamma), out(dbeta));
-        // SAFETY: x, dy: [n, c, hw]; per-channel tensors: [c]; partial: c·s pairs of doubles.
+        // SAFETY: x, dy: the tensor `form` describes; per-channel tensors: [c]; partial: c·s
+        // pairs of doubles.
         unsafe {
-            self.launch(
-                "bn_bwd_partial",
-                (s as u32, c as u32, 1),
-                256,
-                args!(&xp, &dp, &gp, &bp, &mp, &ip, &flag, &t, &extra, &pp, &ni, &ci, &hwi, &si),
-            );
-            self.launch("bn_bwd_finalize", (c.div_ceil(128) as u32, 1, 1), 128, args!(&pp, &si, &ip, &dgp, &dbp, &ci));
+            match form {
+                Form::Planes { n, hw, .. } => {
+                    let (ni, hwi) = (n as i32, hw as i32);
+                    self.launch(
+                        "bn_bwd_partial",
+                        form.grid(),
+                        256,
+                        args!(&xp, &dp, &gp, &bp, &mp, &ip, &flag, &t, &extra, &pp, &ni, &ci, &hwi, &si),
+                    );
+                }
+                Form::Rows { rows, .. } => {
+                    let ri = rows as i64;
+                    self.launch(
+                        "bn_bwd_rows_partial",
+                        form.grid(),
+                        256,
+                        args!(&xp, &dp, &gp, &bp, &mp, &ip, &flag, &t, &extra, &pp, &ri, &ci, &si),
+                    );
+                }
+            }
+            self.launch("bn_bwd_finalize", warp_per_channel(c), 256, args!(&pp, &si, &ip, &dgp, &dbp, &ci));
         }
     }
     fn batch_norm_backward_input(
@@ -588,7 +721,7 @@ impl Backend for CudaBackend {
         let m = (n * hw) as f32;
         let (xp, dp, gp, bp, mp, ip) = (ptr(x), ptr(dy), ptr(gamma), ptr(beta), ptr(&saved.mean), ptr(&saved.inv_std));
         let (dgp, dbp, dxp) = (ptr(dgamma), ptr(dbeta), out(dx));
-        let (hw64, ci, total) = (hw as i64, c as i32, x.len() as i64);
+        let (hw64, ci, total) = (Form::of(x).inner() as i64, c as i32, x.len() as i64);
         // SAFETY: x, dy, dx: [n, c, hw]; per-channel tensors: [c].
         unsafe {
             self.launch(
@@ -607,9 +740,9 @@ impl Backend for CudaBackend {
         eps: f32,
         dx: &mut Tensor,
     ) {
-        let (_, c, hw) = nchw(dy);
+        let (_, c, _) = nchw(dy);
         let (dp, gp, rv, dxp) = (ptr(dy), ptr(gamma), ptr(running_var), out(dx));
-        let (hw64, ci, total) = (hw as i64, c as i32, dy.len() as i64);
+        let (hw64, ci, total) = (Form::of(dy).inner() as i64, c as i32, dy.len() as i64);
         // SAFETY: dy, dx: [n, c, hw]; gamma, running_var: [c].
         unsafe {
             self.launch(
@@ -643,69 +776,104 @@ impl Backend for CudaBackend {
     }
 
     fn max_pool_forward(&self, x: &Tensor, g: &PoolGeometry, y: &mut Tensor, argmax: &mut Tensor) {
-        let (h, w, ho, wo, k, s, p) = Self::pool_dims(g);
+        let (c, nhwc, h, w, ho, wo, k, s, p) = Self::pool_dims(x, g);
         let (xp, yp, ap, total) = (ptr(x), out(y), out(argmax), y.len() as i64);
-        // SAFETY: x: [n·c, h, w]; y and argmax: [n·c, ho, wo].
+        // SAFETY: x: [n, c, h, w]; y and argmax: [n, c, ho, wo]; all in the layout `nhwc` says.
         unsafe {
             self.launch(
                 "max_pool_fwd",
                 grid_for(total as usize),
                 256,
-                args!(&xp, &yp, &ap, &h, &w, &ho, &wo, &k, &s, &p, &total),
+                args!(&xp, &yp, &ap, &c, &nhwc, &h, &w, &ho, &wo, &k, &s, &p, &total),
             )
         };
     }
     fn max_pool_backward(&self, dy: &Tensor, argmax: &Tensor, g: &PoolGeometry, dx: &mut Tensor) {
-        let (h, w, ho, wo, k, s, p) = Self::pool_dims(g);
+        let (c, nhwc, h, w, ho, wo, k, s, p) = Self::pool_dims(dy, g);
         let (dp, ap, dxp, total) = (ptr(dy), ptr(argmax), out(dx), dx.len() as i64);
-        // SAFETY: dy and argmax: [n·c, ho, wo]; dx: [n·c, h, w].
+        // SAFETY: dy and argmax: [n, c, ho, wo]; dx: [n, c, h, w]; all in the layout `nhwc` says.
         unsafe {
             self.launch(
                 "max_pool_bwd",
                 grid_for(total as usize),
                 256,
-                args!(&dp, &ap, &dxp, &h, &w, &ho, &wo, &k, &s, &p, &total),
+                args!(&dp, &ap, &dxp, &c, &nhwc, &h, &w, &ho, &wo, &k, &s, &p, &total),
             )
         };
     }
     fn avg_pool_forward(&self, x: &Tensor, g: &PoolGeometry, y: &mut Tensor) {
-        let (h, w, ho, wo, k, s, p) = Self::pool_dims(g);
+        let (c, nhwc, h, w, ho, wo, k, s, p) = Self::pool_dims(x, g);
         let (xp, yp, total) = (ptr(x), out(y), y.len() as i64);
-        // SAFETY: x: [n·c, h, w]; y: [n·c, ho, wo].
+        // SAFETY: x: [n, c, h, w]; y: [n, c, ho, wo]; both in the layout `nhwc` says.
         unsafe {
             self.launch(
                 "avg_pool_fwd",
                 grid_for(total as usize),
                 256,
-                args!(&xp, &yp, &h, &w, &ho, &wo, &k, &s, &p, &total),
+                args!(&xp, &yp, &c, &nhwc, &h, &w, &ho, &wo, &k, &s, &p, &total),
             )
         };
     }
     fn avg_pool_backward(&self, dy: &Tensor, g: &PoolGeometry, dx: &mut Tensor) {
-        let (h, w, ho, wo, k, s, p) = Self::pool_dims(g);
+        let (c, nhwc, h, w, ho, wo, k, s, p) = Self::pool_dims(dy, g);
         let (dp, dxp, total) = (ptr(dy), out(dx), dx.len() as i64);
-        // SAFETY: dy: [n·c, ho, wo]; dx: [n·c, h, w].
+        // SAFETY: dy: [n, c, ho, wo]; dx: [n, c, h, w]; both in the layout `nhwc` says.
         unsafe {
             self.launch(
                 "avg_pool_bwd",
                 grid_for(total as usize),
                 256,
-                args!(&dp, &dxp, &h, &w, &ho, &wo, &k, &s, &p, &total),
+                args!(&dp, &dxp, &c, &nhwc, &h, &w, &ho, &wo, &k, &s, &p, &total),
             )
         };
     }
     fn global_avg_pool_forward(&self, x: &Tensor, y: &mut Tensor) {
         let (n, c, hw) = nchw(x);
-        let (xp, yp, hwi, planes) = (ptr(x), out(y), hw as i32, (n * c) as i64);
-        let blocks = (n * c).div_ceil(8) as u32; // 8 warps per block, one plane each
-                                                 // SAFETY: x: [n·c, hw]; y: [n·c].
-        unsafe { self.launch("global_avg_pool_fwd", (blocks, 1, 1), 256, args!(&xp, &yp, &hwi, &planes)) };
+        let (xp, yp, hwi) = (ptr(x), out(y), hw as i32);
+        if is_nhwc(x) {
+            let (ci, total) = (c as i32, (n * c) as i64);
+            // SAFETY: x: [n, hw, c]; y: [n, c].
+            unsafe {
+                self.launch("global_avg_pool_nhwc_fwd", grid_for(n * c), 256, args!(&xp, &yp, &ci, &hwi, &total))
+            };
+        } else {
+            let planes = (n * c) as i64;
+            let blocks = (n * c).div_ceil(8) as u32; // 8 warps per block, one plane each
+                                                     // SAFETY: x: [n·c, hw]; y: [n·c].
+            unsafe { self.launch("global_avg_pool_fwd", (blocks, 1, 1), 256, args!(&xp, &yp, &hwi, &planes)) };
+        }
     }
     fn global_avg_pool_backward(&self, dy: &Tensor, dx: &mut Tensor) {
-        let (_, _, hw) = nchw(dx);
-        let (dp, dxp, hwi, total) = (ptr(dy), out(dx), hw as i32, dx.len() as i64);
-        // SAFETY: dy: [n·c]; dx: [n·c, hw].
-        unsafe { self.launch("global_avg_pool_bwd", grid_for(total as usize), 256, args!(&dp, &dxp, &hwi, &total)) };
+        let (_, c, hw) = nchw(dx);
+        let nhwc = is_nhwc(dx) as i32;
+        let (dp, dxp, ci, hwi, total) = (ptr(dy), out(dx), c as i32, hw as i32, dx.len() as i64);
+        // SAFETY: dy: [n, c]; dx: [n, c, hw] in the layout `nhwc` says.
+        unsafe {
+            self.launch(
+                "global_avg_pool_bwd",
+                grid_for(total as usize),
+                256,
+                args!(&dp, &dxp, &ci, &hwi, &nhwc, &total),
+            )
+        };
+    }
+    fn flatten(&self, x: &Tensor) -> Tensor {
+        let s = x.shape().to_vec();
+        let flat = [s[0], s[1..].iter().product()];
+        if !is_nhwc(x) {
+            return x.clone().reshape(&flat);
+        }
+        let mut y = self.alloc(&flat);
+        self.convert(ptr(x), out(&mut y), &s, false);
+        y
+    }
+    fn unflatten(&self, dy: &Tensor, shape: &[usize]) -> Tensor {
+        if !self.stores_nhwc(shape) {
+            return dy.clone().reshape(shape);
+        }
+        let mut dx = self.alloc(shape);
+        self.convert(ptr(dy), out(&mut dx), shape, true);
+        dx
     }
 
     fn softmax_cross_entropy(
@@ -732,17 +900,17 @@ impl Backend for CudaBackend {
         let [c, sh, sw] = src_shape.map(|v| v as i32);
         let (dh, dw) = (dst.dim(2) as i32, dst.dim(3) as i32);
         assert_eq!(dst.dim(1) as i32, c, "render_batch: channels differ");
-        let total = dst.len() as i64;
+        let (total, nhwc) = (dst.len() as i64, is_nhwc(dst) as i32);
         // in place, also when other handles share the storage, as `write` (see the trait)
         let (ip, pp, np, op) = (ptr(images), ptr(plan), ptr(norm), ptr(dst));
         // SAFETY: images holds the data set's bytes (every plan index is an image of it, as the
-        // loader drew them), plan [n, 4], norm [2c], out [n, c, dh, dw].
+        // loader drew them), plan [n, 4], norm [2c], out [n, c, dh, dw] in the layout `nhwc` says.
         unsafe {
             self.launch(
                 "render_batch",
                 grid_for(total as usize),
                 256,
-                args!(&ip, &pp, &np, &op, &c, &sh, &sw, &dh, &dw, &total),
+                args!(&ip, &pp, &np, &op, &c, &sh, &sw, &dh, &dw, &nhwc, &total),
             )
         };
     }
@@ -759,14 +927,27 @@ impl Backend for CudaBackend {
             Scale::Channel => 2,
         };
         let n = w.len() as i64;
-        let cols = (w.len() / rows.max(1)) as i64;
-        let (scratch, row_zeros) = (self.buffer(2), self.buffer(rows.max(1)));
-        let (wp, qp, zp, sp, rp, rows64) =
-            (ptr(w), out(q), out(zero_fraction), scratch.ptr, row_zeros.ptr, rows as i64);
-        // SAFETY: w and q hold rows·cols floats; scratch 2, row_zeros `rows`, zero_fraction 1.
+        let rows = rows.max(1);
+        let cols = (w.len() / rows) as i64;
+        // slices of at least 16 Ki weights, at most 256 of them (fixed by the size alone)
+        let parts = w.len().div_ceil(1 << 14).clamp(1, 256);
+        let (scratch, row_zeros) = (self.buffer(1), self.buffer(rows));
+        // pairs of doubles: 4 floats per pair
+        let (partial, row_stats) = (self.buffer(parts * 4), self.buffer(rows * 4));
+        let (wp, qp, zp, sp, rp) = (ptr(w), out(q), out(zero_fraction), scratch.ptr, row_zeros.ptr);
+        let (pp, rsp, rows64, parts32) = (partial.ptr, row_stats.ptr, rows as i64, parts as i32);
+        // SAFETY: w and q hold rows·cols floats; scratch 1, row_zeros `rows`, zero_fraction 1;
+        // partial `parts` and row_stats `rows` pairs of doubles.
         unsafe {
-            self.launch("tern_threshold", (1, 1, 1), 1024, args!(&wp, &n, &rule, &f, &scale, &sp));
-            self.launch("tern_apply", (rows.max(1) as u32, 1, 1), 256, args!(&wp, &qp, &cols, &scale, &sp, &rp));
+            self.launch("tern_abs_partial", (parts as u32, 1, 1), 256, args!(&wp, &n, &parts32, &pp));
+            self.launch("tern_threshold", (1, 1, 1), 1024, args!(&wp, &n, &rule, &f, &pp, &parts32, &sp));
+            self.launch("tern_row_stats", (rows as u32, 1, 1), 256, args!(&wp, &cols, &sp, &rsp));
+            self.launch(
+                "tern_apply",
+                (rows as u32, 1, 1),
+                256,
+                args!(&wp, &qp, &cols, &rows64, &scale, &sp, &rsp, &rp),
+            );
             self.launch("tern_zero_fraction", (1, 1, 1), 256, args!(&rp, &rows64, &n, &zp));
         }
     }

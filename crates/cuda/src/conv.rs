@@ -3,7 +3,7 @@
 //! The heuristic pick (`cudnnGet*_v7`) chose kernels 4–6x slower in a probe. Only
 //! deterministic algorithms are taken, so a step gives the same bits every time.
 
-use crate::{Algorithms, Precision};
+use crate::{Algorithms, Layout, Precision};
 use cudarc::cudnn::{result, sys};
 use std::collections::HashMap;
 use std::ffi::c_void;
@@ -28,6 +28,7 @@ pub struct Choice {
 /// cuDNN descriptors of one geometry; one convolution descriptor per pass, since each pass
 /// runs with the math type of its own chosen algorithm.
 struct Plan {
+    key: Key,
     x: sys::cudnnTensorDescriptor_t,
     y: sys::cudnnTensorDescriptor_t,
     w: sys::cudnnFilterDescriptor_t,
@@ -69,12 +70,16 @@ fn dims(v: [usize; 4]) -> [i32; 4] {
 }
 
 impl Plan {
-    fn new(g: &ConvGeometry, precision: Precision) -> Result<Plan> {
+    fn new(g: &ConvGeometry, precision: Precision, layout: Layout) -> Result<Plan> {
         fn e(what: &'static str) -> impl Fn(result::CudnnError) -> Error {
             move |err| Error::device("cudnn", format!("{what}: {err:?}"))
         }
         let f32_ = sys::cudnnDataType_t::CUDNN_DATA_FLOAT;
-        let nchw = sys::cudnnTensorFormat_t::CUDNN_TENSOR_NCHW;
+        // the filter takes the tensors' format: KCRS with NCHW, KRSC with NHWC
+        let tensor_format = match layout {
+            Layout::Nchw => sys::cudnnTensorFormat_t::CUDNN_TENSOR_NCHW,
+            Layout::Nhwc => sys::cudnnTensorFormat_t::CUDNN_TENSOR_NHWC,
+        };
         let x = result::create_tensor_descriptor().map_err(e("tensor descriptor"))?;
         let y = result::create_tensor_descriptor().map_err(e("tensor descriptor"))?;
         let w = result::create_filter_descriptor().map_err(e("filter descriptor"))?;
@@ -82,7 +87,7 @@ impl Plan {
         for c in &mut conv {
             *c = result::create_convolution_descriptor().map_err(e("convolution descriptor"))?;
         }
-        let plan = Plan { x, y, w, conv, chosen: [None; 3] };
+        let plan = Plan { key: key(g), x, y, w, conv, chosen: [None; 3] };
         let math = match precision {
             Precision::Fp32 => sys::cudnnMathType_t::CUDNN_FMA_MATH,
             Precision::Tf32 => sys::cudnnMathType_t::CUDNN_TENSOR_OP_MATH,
@@ -90,10 +95,11 @@ impl Plan {
         let (p, s) = (g.pad as i32, g.stride as i32);
         // SAFETY: the descriptors were just created and are owned by `plan`.
         unsafe {
-            result::set_tensor4d_descriptor(x, nchw, f32_, dims([g.n, g.c_in, g.h, g.w])).map_err(e("input shape"))?;
-            result::set_tensor4d_descriptor(y, nchw, f32_, dims([g.n, g.c_out, g.h_out(), g.w_out()]))
+            result::set_tensor4d_descriptor(x, tensor_format, f32_, dims([g.n, g.c_in, g.h, g.w]))
+                .map_err(e("input shape"))?;
+            result::set_tensor4d_descriptor(y, tensor_format, f32_, dims([g.n, g.c_out, g.h_out(), g.w_out()]))
                 .map_err(e("output shape"))?;
-            result::set_filter4d_descriptor(w, f32_, nchw, dims([g.c_out, g.c_in, g.k_h, g.k_w]))
+            result::set_filter4d_descriptor(w, f32_, tensor_format, dims([g.c_out, g.c_in, g.k_h, g.k_w]))
                 .map_err(e("filter shape"))?;
             for c in conv {
                 let mode = sys::cudnnConvolutionMode_t::CUDNN_CROSS_CORRELATION;
@@ -110,6 +116,7 @@ pub struct Convs {
     handle: sys::cudnnHandle_t,
     precision: Precision,
     algorithms: Algorithms,
+    layout: Layout,
     plans: HashMap<Key, Plan>,
     /// Choices of an earlier process (a resumed run), used instead of measuring again.
     preset: HashMap<(Key, usize), Choice>,
@@ -135,13 +142,18 @@ pub struct Operands {
 }
 
 impl Convs {
-    pub fn new(stream: cudarc::driver::sys::CUstream, precision: Precision, algorithms: Algorithms) -> Result<Self> {
+    pub fn new(
+        stream: cudarc::driver::sys::CUstream,
+        precision: Precision,
+        algorithms: Algorithms,
+        layout: Layout,
+    ) -> Result<Self> {
         let handle =
             result::create_handle().map_err(|e| Error::device("cudnn", format!("creating a handle: {e:?}")))?;
         // SAFETY: a valid handle and the backend's live stream.
         unsafe { result::set_stream(handle, stream as _) }
             .map_err(|e| Error::device("cudnn", format!("binding the stream: {e:?}")))?;
-        Ok(Convs { handle, precision, algorithms, plans: HashMap::new(), preset: HashMap::new() })
+        Ok(Convs { handle, precision, algorithms, layout, plans: HashMap::new(), preset: HashMap::new() })
     }
 
     /// Whether `pass` of `g` already has its algorithm (no search needed).
@@ -191,10 +203,10 @@ impl Convs {
         find_ws: (u64, usize),
         workspace: &mut dyn FnMut(usize) -> Result<u64>,
     ) -> Result<()> {
-        let (precision, algorithms) = (self.precision, self.algorithms);
+        let (precision, algorithms, layout) = (self.precision, self.algorithms, self.layout);
         let plan = match self.plans.entry(key(g)) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-            std::collections::hash_map::Entry::Vacant(v) => v.insert(Plan::new(g, precision)?),
+            std::collections::hash_map::Entry::Vacant(v) => v.insert(Plan::new(g, precision, layout)?),
         };
         let i = pass as usize;
         let choice = match plan.chosen[i] {
@@ -300,8 +312,8 @@ unsafe fn find(
     let mut returned = 0i32;
     let p = |v: u64| v as *mut c_void;
     let i = pass as usize;
-    // (algo, status, memory, determinism, math type) of each result, fastest first
-    let rows: Vec<(u32, sys::cudnnStatus_t, usize, sys::cudnnDeterminism_t, sys::cudnnMathType_t)> = unsafe {
+    // (algo, status, memory, determinism, math type, ms) of each result, fastest first
+    let rows: Vec<(u32, sys::cudnnStatus_t, usize, sys::cudnnDeterminism_t, sys::cudnnMathType_t, f32)> = unsafe {
         match pass {
             Pass::Forward => {
                 let mut perf: [sys::cudnnConvolutionFwdAlgoPerf_t; N] = std::mem::zeroed();
@@ -325,7 +337,7 @@ unsafe fn find(
                 )?;
                 perf[..returned as usize]
                     .iter()
-                    .map(|r| (r.algo as u32, r.status, r.memory, r.determinism, r.mathType))
+                    .map(|r| (r.algo as u32, r.status, r.memory, r.determinism, r.mathType, r.time))
                     .collect()
             }
             Pass::BackwardData => {
@@ -350,7 +362,7 @@ unsafe fn find(
                 )?;
                 perf[..returned as usize]
                     .iter()
-                    .map(|r| (r.algo as u32, r.status, r.memory, r.determinism, r.mathType))
+                    .map(|r| (r.algo as u32, r.status, r.memory, r.determinism, r.mathType, r.time))
                     .collect()
             }
             Pass::BackwardFilter => {
@@ -375,7 +387,7 @@ unsafe fn find(
                 )?;
                 perf[..returned as usize]
                     .iter()
-                    .map(|r| (r.algo as u32, r.status, r.memory, r.determinism, r.mathType))
+                    .map(|r| (r.algo as u32, r.status, r.memory, r.determinism, r.mathType, r.time))
                     .collect()
             }
         }
@@ -386,7 +398,7 @@ unsafe fn find(
             sys::cudnnMathType_t::CUDNN_TENSOR_OP_MATH | sys::cudnnMathType_t::CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION
         )
     };
-    let usable = |r: &&(u32, sys::cudnnStatus_t, usize, sys::cudnnDeterminism_t, sys::cudnnMathType_t)| {
+    let usable = |r: &&(u32, sys::cudnnStatus_t, usize, sys::cudnnDeterminism_t, sys::cudnnMathType_t, f32)| {
         r.1 == sys::cudnnStatus_t::CUDNN_STATUS_SUCCESS && (precision == Precision::Tf32 || !tensor_math(r.4))
     };
     // the fastest deterministic algorithm; where cuDNN has none for this shape (it happens
@@ -396,9 +408,16 @@ unsafe fn find(
         .filter(usable)
         .find(|r| algorithms == Algorithms::Fastest || r.3 == sys::cudnnDeterminism_t::CUDNN_DETERMINISTIC)
         .or_else(|| rows.iter().find(usable));
-    let Some(&(algo, _, memory, _, math)) = pick else {
+    let Some(&(algo, _, memory, _, math, _)) = pick else {
         return Err(Error::device("cudnn", format!("no {pass:?} algorithm succeeded ({rows:?})")));
     };
+    if std::env::var_os("TERN_CUDNN_LOG").is_some() {
+        // what the search measured, for tuning work: one line per candidate
+        eprintln!("cudnn {:?} {pass:?}: picked algo {algo}", plan.key);
+        for r in &rows {
+            eprintln!("  algo {} {:?} {:.3} ms, {} B, {:?}, {:?}", r.0, r.1, r.5, r.2, r.3, r.4);
+        }
+    }
     // SAFETY: the pass's own descriptor, owned by `plan`.
     unsafe { result::set_convolution_math_type(plan.conv[i], math) }
         .map_err(|e| Error::device("cudnn", format!("math type: {e:?}")))?;

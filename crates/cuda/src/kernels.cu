@@ -11,6 +11,33 @@ typedef unsigned long long u64;
 #define IS_FINITE(x) ((x) - (x) == 0.0f)
 #define GRID_STRIDE(i, n) for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (long long)blockDim.x * gridDim.x)
 
+// The channel (i / inner) % c of element i of a grid-stride loop, kept up to date as i
+// advances by the stride: no division per element (the loops are memory-bound only without).
+struct ChannelOf {
+    long long inner, pos, dpos;
+    int c, ch, dch;
+    __device__ ChannelOf(long long i, long long stride, long long inner_, int c_) {
+        inner = inner_;
+        c = c_;
+        pos = i % inner;
+        ch = (int)((i / inner) % c);
+        dpos = stride % inner;
+        dch = (int)((stride / inner) % c);
+    }
+    __device__ __forceinline__ void advance() {
+        pos += dpos;
+        ch += dch;
+        if (pos >= inner) { pos -= inner; ch += 1; }
+        if (ch >= c) ch -= c;
+    }
+};
+
+// GRID_STRIDE with `chan.ch` the channel of element i, for [.., c, inner] data.
+#define GRID_STRIDE_CH(i, n, inner, c, chan) \
+    ChannelOf chan((long long)blockIdx.x * blockDim.x + threadIdx.x, (long long)blockDim.x * gridDim.x, inner, c); \
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < (n); \
+         i += (long long)blockDim.x * gridDim.x, chan.advance())
+
 // Reduction of v over the block with `op` (blockDim.x a multiple of 32, at most 1024; 0 the
 // identity: sums, and maxima of non-negative values); the result is valid in thread 0. The
 // tree order is fixed, so the result is deterministic.
@@ -41,6 +68,55 @@ struct Max {
 __device__ double block_sum(double v) { return block_reduce(v, Add()); }
 __device__ float block_max(float v) { return block_reduce(v, Max()); }
 
+// Sum of v over each warp in a fixed tree order; valid in lane 0.
+__device__ double warp_sum(double v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffff, v, o);
+    return v;
+}
+
+// Image tensors are [n, c, positions] (NCHW) or [n, positions, c] (NHWC, `nhwc` != 0).
+// Element i's (image, channel, position), and the element at (image, channel, position).
+struct Nc {
+    long long img;
+    int ch, pos;
+};
+__device__ __forceinline__ Nc split_index(long long i, int c, int positions, int nhwc) {
+    Nc r;
+    if (i < 0x7fffffffLL) {
+        // 32-bit division: the 64-bit one costs tens of instructions and made the pooling
+        // kernels compute-bound
+        unsigned u = (unsigned)i, uc = (unsigned)c, up = (unsigned)positions;
+        unsigned first = nhwc ? uc : up, rest = u / first;
+        unsigned second = nhwc ? up : uc;
+        unsigned a = u - rest * first, b = rest % second;
+        r.img = rest / second;
+        r.ch = (int)(nhwc ? a : b);
+        r.pos = (int)(nhwc ? b : a);
+    } else if (nhwc) {
+        r.ch = (int)(i % c);
+        long long rest = i / c;
+        r.pos = (int)(rest % positions);
+        r.img = rest / positions;
+    } else {
+        r.pos = (int)(i % positions);
+        long long rest = i / positions;
+        r.ch = (int)(rest % c);
+        r.img = rest / c;
+    }
+    return r;
+}
+__device__ __forceinline__ long long at(long long img, int ch, int pos, int c, int positions, int nhwc) {
+    return nhwc ? (img * positions + pos) * c + ch : (img * c + ch) * positions + pos;
+}
+
+// dst = src converted between layouts: to_nhwc != 0 reads NCHW and writes NHWC, else back.
+extern "C" __global__ void convert_layout(const float* src, float* dst, int c, int hw, int to_nhwc, long long total) {
+    GRID_STRIDE(i, total) {
+        Nc e = split_index(i, c, hw, to_nhwc);
+        dst[i] = src[at(e.img, e.ch, e.pos, c, hw, !to_nhwc)];
+    }
+}
+
 // ---------------------------------------------------------------- point-wise
 
 extern "C" __global__ void fill(float* x, float v, long long n) {
@@ -65,7 +141,7 @@ extern "C" __global__ void add_relu(const float* a, const float* b, float* y, fl
 
 // y[i] += bias[(i / inner) % c]: a conv's channel bias (inner = h·w) or a linear layer's (inner = 1)
 extern "C" __global__ void add_bias(float* y, const float* bias, long long inner, long long c, long long n) {
-    GRID_STRIDE(i, n) y[i] += bias[(i / inner) % c];
+    GRID_STRIDE_CH(i, n, inner, (int)c, chan) y[i] += bias[chan.ch];
 }
 
 // ---------------------------------------------------------------- per-channel sums
@@ -93,26 +169,74 @@ extern "C" __global__ void channel_partial_sums(const float* x, double* partial,
     }
 }
 
-// Column sums of dy [n, c, hw] over images and positions: a conv's (or linear's) bias gradient.
-extern "C" __global__ void channel_sum_finalize(const double* partial, int splits, float* out, int c) {
-    int ch = blockIdx.x * blockDim.x + threadIdx.x;
-    if (ch >= c) return;
+// The same partial sums of x viewed as [rows, c] (NHWC, or a linear layer's [n, c]): block
+// (s, g) takes channels 32·g .. 32·g + 31 (one per lane, so reads are coalesced) over rows
+// s·per .. (s+1)·per, each of its 8 warps every 8th row; `term` gives the two summands of
+// element (index, channel). The warps' sums are added in warp order.
+template <typename Term>
+__device__ void rows_partial(Term term, double* partial, long long rows, int c, int splits) {
+    __shared__ double sa[8][32], sb[8][32];
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    int s = blockIdx.x, ch = blockIdx.y * 32 + lane;
+    long long per = (rows + splits - 1) / splits;
+    long long r0 = s * per, r1 = min(rows, r0 + per);
+    double a = 0.0, b = 0.0;
+    if (ch < c)
+        for (long long r = r0 + warp; r < r1; r += 8) term(r * c + ch, ch, a, b);
+    sa[warp][lane] = a;
+    sb[warp][lane] = b;
+    __syncthreads();
+    if (warp == 0 && ch < c) {
+        for (int k = 1; k < 8; k++) {
+            a += sa[k][lane];
+            b += sb[k][lane];
+        }
+        partial[((long long)ch * splits + s) * 2] = a;
+        partial[((long long)ch * splits + s) * 2 + 1] = b;
+    }
+}
+
+struct SumTerm {
+    const float* x;
+    __device__ void operator()(long long i, int, double& a, double& b) const {
+        float v = x[i];
+        a += v;
+        b += (double)v * v;
+    }
+};
+
+extern "C" __global__ void rows_partial_sums(const float* x, double* partial, long long rows, int c, int splits) {
+    rows_partial(SumTerm{x}, partial, rows, c, splits);
+}
+
+// Σ over splits of partial[(ch·splits + s)·2 + k], one warp per channel, in a fixed order.
+__device__ double split_sum(const double* partial, int splits, int ch, int k) {
+    int lane = threadIdx.x & 31;
     double a = 0.0;
-    for (int s = 0; s < splits; s++) a += partial[(ch * splits + s) * 2];
-    out[ch] = (float)a;
+    for (int s = lane; s < splits; s += 32) a += partial[((long long)ch * splits + s) * 2 + k];
+    return warp_sum(a);
+}
+
+// One warp per channel: the channel and whether this lane writes its results.
+#define WARP_CHANNEL(ch, c) \
+    int ch = (int)(((long long)blockIdx.x * blockDim.x + threadIdx.x) >> 5); \
+    if (ch >= (c)) return;
+#define LANE0 ((threadIdx.x & 31) == 0)
+
+// Column sums of dy over images and positions: a conv's (or linear's) bias gradient.
+extern "C" __global__ void channel_sum_finalize(const double* partial, int splits, float* out, int c) {
+    WARP_CHANNEL(ch, c)
+    double a = split_sum(partial, splits, ch, 0);
+    if (LANE0) out[ch] = (float)a;
 }
 
 // Batch statistics from the partial sums; running statistics as PyTorch updates them
 // (momentum, unbiased variance); saved mean and 1/σ for the backward.
 extern "C" __global__ void bn_finalize(const double* partial, int splits, double count, float eps, float momentum,
                                        float* running_mean, float* running_var, float* mean_out, float* inv_std_out, int c) {
-    int ch = blockIdx.x * blockDim.x + threadIdx.x;
-    if (ch >= c) return;
-    double a = 0.0, b = 0.0;
-    for (int s = 0; s < splits; s++) {
-        a += partial[(ch * splits + s) * 2];
-        b += partial[(ch * splits + s) * 2 + 1];
-    }
+    WARP_CHANNEL(ch, c)
+    double a = split_sum(partial, splits, ch, 0), b = split_sum(partial, splits, ch, 1);
+    if (!LANE0) return;
     double mean = a / count;
     double var = fmax(b / count - mean * mean, 0.0);
     double unbias = count > 1.0 ? count / (count - 1.0) : 1.0;
@@ -135,8 +259,8 @@ extern "C" __global__ void bn_eval_stats(const float* running_mean, const float*
 // scale = γ·inv_std and shift = β − mean·scale, as the CPU computes them.
 extern "C" __global__ void bn_apply(const float* x, float* y, const float* gamma, const float* beta, const float* mean,
                                     const float* inv_std, int relu, float t, long long hw, int c, long long n) {
-    GRID_STRIDE(i, n) {
-        int ch = (int)((i / hw) % c);
+    GRID_STRIDE_CH(i, n, hw, c, chan) {
+        int ch = chan.ch;
         float sc = gamma[ch] * inv_std[ch];
         float sh = beta[ch] - mean[ch] * sc;
         float v = x[i] * sc + sh;
@@ -148,8 +272,8 @@ extern "C" __global__ void bn_apply(const float* x, float* y, const float* gamma
 extern "C" __global__ void bn_apply_eval(const float* x, float* y, const float* gamma, const float* beta,
                                          const float* running_mean, const float* running_var, float eps, int relu,
                                          float t, long long hw, int c, long long n) {
-    GRID_STRIDE(i, n) {
-        int ch = (int)((i / hw) % c);
+    GRID_STRIDE_CH(i, n, hw, c, chan) {
+        int ch = chan.ch;
         float sc = gamma[ch] / sqrtf(running_var[ch] + eps);
         float sh = beta[ch] - running_mean[ch] * sc;
         float v = x[i] * sc + sh;
@@ -188,15 +312,30 @@ extern "C" __global__ void bn_bwd_partial(const float* x, const float* dy, const
     }
 }
 
+struct BnBwdTerm {
+    const float *x, *dy, *gamma, *beta, *mean, *inv_std;
+    int relu;
+    float t, extra;
+    __device__ void operator()(long long i, int ch, double& a, double& b) const {
+        float sc = gamma[ch] * inv_std[ch], sh = beta[ch] - mean[ch] * sc;
+        float xv = x[i];
+        float dz = bn_dz(xv, dy[i], sc, sh, relu, t, extra);
+        a += dz;
+        b += (double)dz * (xv - mean[ch]);
+    }
+};
+
+extern "C" __global__ void bn_bwd_rows_partial(const float* x, const float* dy, const float* gamma, const float* beta,
+                                               const float* mean, const float* inv_std, int relu, float t, float extra,
+                                               double* partial, long long rows, int c, int splits) {
+    rows_partial(BnBwdTerm{x, dy, gamma, beta, mean, inv_std, relu, t, extra}, partial, rows, c, splits);
+}
+
 extern "C" __global__ void bn_bwd_finalize(const double* partial, int splits, const float* inv_std, float* dgamma,
                                            float* dbeta, int c) {
-    int ch = blockIdx.x * blockDim.x + threadIdx.x;
-    if (ch >= c) return;
-    double a = 0.0, b = 0.0;
-    for (int s = 0; s < splits; s++) {
-        a += partial[(ch * splits + s) * 2];
-        b += partial[(ch * splits + s) * 2 + 1];
-    }
+    WARP_CHANNEL(ch, c)
+    double a = split_sum(partial, splits, ch, 0), b = split_sum(partial, splits, ch, 1);
+    if (!LANE0) return;
     dbeta[ch] = (float)a;
     dgamma[ch] = (float)(b * (double)inv_std[ch]);
 }
@@ -206,8 +345,8 @@ extern "C" __global__ void bn_bwd_input(const float* x, const float* dy, const f
                                         const float* mean, const float* inv_std, int relu, float t, float extra,
                                         const float* dgamma, const float* dbeta, float m, float* dx, long long hw,
                                         int c, long long n) {
-    GRID_STRIDE(i, n) {
-        int ch = (int)((i / hw) % c);
+    GRID_STRIDE_CH(i, n, hw, c, chan) {
+        int ch = chan.ch;
         float inv = inv_std[ch], sc = gamma[ch] * inv, sh = beta[ch] - mean[ch] * sc;
         float xv = x[i];
         float dz = bn_dz(xv, dy[i], sc, sh, relu, t, extra);
@@ -219,20 +358,20 @@ extern "C" __global__ void bn_bwd_input(const float* x, const float* dy, const f
 // Frozen statistics: dx = dy·γ/√(var+ε).
 extern "C" __global__ void bn_frozen_bwd(const float* dy, const float* gamma, const float* running_var, float eps,
                                          float* dx, long long hw, int c, long long n) {
-    GRID_STRIDE(i, n) {
-        int ch = (int)((i / hw) % c);
+    GRID_STRIDE_CH(i, n, hw, c, chan) {
+        int ch = chan.ch;
         dx[i] = dy[i] * (gamma[ch] / sqrtf(running_var[ch] + eps));
     }
 }
 
-// ---------------------------------------------------------------- pooling (planes of [n·c])
+// ---------------------------------------------------------------- pooling
+// x: [n, c, h, w] or [n, h, w, c] (nhwc); argmax holds the input position ih·w + iw.
 
-extern "C" __global__ void max_pool_fwd(const float* x, float* y, u32* argmax, int h, int w, int ho, int wo, int k,
-                                        int stride, int pad, long long total) {
+extern "C" __global__ void max_pool_fwd(const float* x, float* y, u32* argmax, int c, int nhwc, int h, int w, int ho,
+                                        int wo, int k, int stride, int pad, long long total) {
     GRID_STRIDE(i, total) {
-        long long plane = i / ((long long)ho * wo);
-        int p = (int)(i % ((long long)ho * wo)) / wo, q = (int)(i % wo);
-        const float* xp = x + plane * h * w;
+        Nc o = split_index(i, c, ho * wo, nhwc);
+        int p = o.pos / wo, q = o.pos % wo;
         float best = NEG_INF;
         u32 arg = 0;
         for (int r = 0; r < k; r++) {
@@ -241,7 +380,7 @@ extern "C" __global__ void max_pool_fwd(const float* x, float* y, u32* argmax, i
             for (int s = 0; s < k; s++) {
                 int iw = q * stride + s - pad;
                 if (iw < 0 || iw >= w) continue;
-                float v = xp[ih * w + iw];
+                float v = x[at(o.img, o.ch, ih * w + iw, c, h * w, nhwc)];
                 if (v > best) { best = v; arg = ih * w + iw; }
             }
         }
@@ -251,60 +390,57 @@ extern "C" __global__ void max_pool_fwd(const float* x, float* y, u32* argmax, i
 }
 
 // Gather form (one thread per input position, its covering windows in a fixed order): no atomics.
-extern "C" __global__ void max_pool_bwd(const float* dy, const u32* argmax, float* dx, int h, int w, int ho, int wo,
-                                        int k, int stride, int pad, long long total) {
+extern "C" __global__ void max_pool_bwd(const float* dy, const u32* argmax, float* dx, int c, int nhwc, int h, int w,
+                                        int ho, int wo, int k, int stride, int pad, long long total) {
     GRID_STRIDE(i, total) {
-        long long plane = i / ((long long)h * w);
-        int pos = (int)(i % ((long long)h * w));
-        int ih = pos / w, iw = pos % w;
+        Nc e = split_index(i, c, h * w, nhwc);
+        int ih = e.pos / w, iw = e.pos % w;
         int p0 = max(0, (ih + pad - k + stride) / stride), p1 = min(ho - 1, (ih + pad) / stride);
         int q0 = max(0, (iw + pad - k + stride) / stride), q1 = min(wo - 1, (iw + pad) / stride);
         float s = 0.0f;
         for (int p = p0; p <= p1; p++)
             for (int q = q0; q <= q1; q++) {
-                long long o = plane * ho * wo + p * wo + q;
-                if (argmax[o] == (u32)pos) s += dy[o];
+                long long o = at(e.img, e.ch, p * wo + q, c, ho * wo, nhwc);
+                if (argmax[o] == (u32)e.pos) s += dy[o];
             }
         dx[i] = s;
     }
 }
 
-extern "C" __global__ void avg_pool_fwd(const float* x, float* y, int h, int w, int ho, int wo, int k, int stride,
-                                        int pad, long long total) {
+extern "C" __global__ void avg_pool_fwd(const float* x, float* y, int c, int nhwc, int h, int w, int ho, int wo, int k,
+                                        int stride, int pad, long long total) {
     GRID_STRIDE(i, total) {
-        long long plane = i / ((long long)ho * wo);
-        int p = (int)(i % ((long long)ho * wo)) / wo, q = (int)(i % wo);
-        const float* xp = x + plane * h * w;
+        Nc o = split_index(i, c, ho * wo, nhwc);
+        int p = o.pos / wo, q = o.pos % wo;
         float s = 0.0f;
         for (int r = 0; r < k; r++) {
             int ih = p * stride + r - pad;
             if (ih < 0 || ih >= h) continue;
             for (int t = 0; t < k; t++) {
                 int iw = q * stride + t - pad;
-                if (iw >= 0 && iw < w) s += xp[ih * w + iw];
+                if (iw >= 0 && iw < w) s += x[at(o.img, o.ch, ih * w + iw, c, h * w, nhwc)];
             }
         }
         y[i] = s * (1.0f / (float)(k * k));
     }
 }
 
-extern "C" __global__ void avg_pool_bwd(const float* dy, float* dx, int h, int w, int ho, int wo, int k, int stride,
-                                        int pad, long long total) {
+extern "C" __global__ void avg_pool_bwd(const float* dy, float* dx, int c, int nhwc, int h, int w, int ho, int wo,
+                                        int k, int stride, int pad, long long total) {
     GRID_STRIDE(i, total) {
-        long long plane = i / ((long long)h * w);
-        int pos = (int)(i % ((long long)h * w));
-        int ih = pos / w, iw = pos % w;
+        Nc e = split_index(i, c, h * w, nhwc);
+        int ih = e.pos / w, iw = e.pos % w;
         int p0 = max(0, (ih + pad - k + stride) / stride), p1 = min(ho - 1, (ih + pad) / stride);
         int q0 = max(0, (iw + pad - k + stride) / stride), q1 = min(wo - 1, (iw + pad) / stride);
         float inv = 1.0f / (float)(k * k);
         float s = 0.0f;
         for (int p = p0; p <= p1; p++)
-            for (int q = q0; q <= q1; q++) s += dy[plane * ho * wo + p * wo + q] * inv;
+            for (int q = q0; q <= q1; q++) s += dy[at(e.img, e.ch, p * wo + q, c, ho * wo, nhwc)] * inv;
         dx[i] = s;
     }
 }
 
-// One warp per plane.
+// NCHW: one warp per plane.
 extern "C" __global__ void global_avg_pool_fwd(const float* x, float* y, int hw, long long planes) {
     long long plane = ((long long)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
     int lane = threadIdx.x & 31;
@@ -315,8 +451,22 @@ extern "C" __global__ void global_avg_pool_fwd(const float* x, float* y, int hw,
     if (lane == 0) y[plane] = s / (float)hw;
 }
 
-extern "C" __global__ void global_avg_pool_bwd(const float* dy, float* dx, int hw, long long total) {
-    GRID_STRIDE(i, total) dx[i] = dy[i / hw] / (float)hw;
+// NHWC: one thread per (image, channel); neighbouring threads read neighbouring channels.
+extern "C" __global__ void global_avg_pool_nhwc_fwd(const float* x, float* y, int c, int hw, long long total) {
+    GRID_STRIDE(i, total) {
+        long long img = i / c;
+        int ch = (int)(i % c);
+        float s = 0.0f;
+        for (int j = 0; j < hw; j++) s += x[(img * hw + j) * c + ch];
+        y[i] = s / (float)hw;
+    }
+}
+
+extern "C" __global__ void global_avg_pool_bwd(const float* dy, float* dx, int c, int hw, int nhwc, long long total) {
+    GRID_STRIDE(i, total) {
+        Nc e = split_index(i, c, hw, nhwc);
+        dx[i] = dy[e.img * c + e.ch] / (float)hw;
+    }
 }
 
 // ---------------------------------------------------------------- loss
@@ -373,19 +523,43 @@ extern "C" __global__ void softmax_xent(const float* logits, const u32* labels, 
 
 // ---------------------------------------------------------------- ternary weights (Eq. 1)
 // rule: 0 mean|W|·f, 1 fixed f, 2 max|W|·f, 3 the |W| at rank round(f·n) (zero fraction f).
-// scale: 0 none, 1 layer, 2 channel. One block: Δ and the layer scale into scratch[0..2].
-extern "C" __global__ void tern_threshold(const float* w, long long n, int rule, float f, int scale, float* scratch) {
+// scale: 0 none, 1 layer, 2 channel. Every pass over the weights is spread over many blocks
+// (one block reading a ResNet's 2.4 M weights took ~0.3 ms, a fifth of a step); the splits
+// depend on the sizes only, so the result does not depend on the device.
+
+// Block b of `parts`: partial[b] = (Σ|w|, max|w|) over its slice.
+extern "C" __global__ void tern_abs_partial(const float* w, long long n, int parts, double* partial) {
+    long long per = (n + parts - 1) / parts;
+    long long i0 = blockIdx.x * per, i1 = min(n, i0 + per);
+    double s = 0.0;
+    float m = 0.0f;
+    for (long long i = i0 + threadIdx.x; i < i1; i += blockDim.x) {
+        float a = fabsf(w[i]);
+        s += a;
+        m = fmaxf(m, a);
+    }
+    s = block_sum(s);
+    m = block_max(m);
+    if (threadIdx.x == 0) {
+        partial[2 * blockIdx.x] = s;
+        partial[2 * blockIdx.x + 1] = (double)m;
+    }
+}
+
+// One block: Δ into scratch[0], from the partials (rules 0–2) or by a search (rule 3).
+extern "C" __global__ void tern_threshold(const float* w, long long n, int rule, float f, const double* partial,
+                                          int parts, float* scratch) {
     __shared__ float delta_s;
     if (rule == 0 || rule == 1) {
         double s = 0.0;
         if (rule == 0)
-            for (long long i = threadIdx.x; i < n; i += blockDim.x) s += fabsf(w[i]);
+            for (int b = threadIdx.x; b < parts; b += blockDim.x) s += partial[2 * b];
         s = block_sum(s);
         // the CPU sums |w| in f32 in order; f64 here: the two agree to rounding
         if (threadIdx.x == 0) delta_s = rule == 0 ? f * (float)(s / (double)(n > 0 ? n : 1)) : f;
     } else if (rule == 2) {
         float m = 0.0f;
-        for (long long i = threadIdx.x; i < n; i += blockDim.x) m = fmaxf(m, fabsf(w[i]));
+        for (int b = threadIdx.x; b < parts; b += blockDim.x) m = fmaxf(m, (float)partial[2 * b + 1]);
         m = block_max(m);
         if (threadIdx.x == 0) delta_s = f * m;
     } else {
@@ -414,41 +588,48 @@ extern "C" __global__ void tern_threshold(const float* w, long long n, int rule,
         }
     }
     __syncthreads();
-    float delta = delta_s;
-    if (scale == 1) {
-        double s = 0.0, cnt = 0.0;
-        for (long long i = threadIdx.x; i < n; i += blockDim.x) {
-            float a = fabsf(w[i]);
-            if (a > delta) { s += a; cnt += 1.0; }
-        }
-        s = block_sum(s);
-        cnt = block_sum(cnt);
-        if (threadIdx.x == 0) scratch[1] = cnt > 0.0 ? (float)(s / cnt) : 0.0f;
-    } else if (threadIdx.x == 0) {
-        scratch[1] = 1.0f;
-    }
-    if (threadIdx.x == 0) scratch[0] = delta;
+    if (threadIdx.x == 0) scratch[0] = delta_s;
 }
 
-// One block per row: q = ±α or 0; row_zeros[row] = zeros in the row.
-extern "C" __global__ void tern_apply(const float* w, float* q, long long cols, int scale, const float* scratch,
-                                      float* row_zeros) {
+// One block per row: row_stats[row] = (Σ|w| over |w| > Δ, their count).
+extern "C" __global__ void tern_row_stats(const float* w, long long cols, const float* scratch, double* row_stats) {
+    long long row = blockIdx.x;
+    const float* wr = w + row * cols;
+    float delta = scratch[0];
+    double s = 0.0, cnt = 0.0;
+    for (long long i = threadIdx.x; i < cols; i += blockDim.x) {
+        float a = fabsf(wr[i]);
+        if (a > delta) { s += a; cnt += 1.0; }
+    }
+    s = block_sum(s);
+    cnt = block_sum(cnt);
+    if (threadIdx.x == 0) {
+        row_stats[2 * row] = s;
+        row_stats[2 * row + 1] = cnt;
+    }
+}
+
+// One block per row: q = ±α or 0, α the mean kept |w| of the layer (scale 1) or of the row
+// (scale 2), 1 without a scale; row_zeros[row] = zeros in the row.
+extern "C" __global__ void tern_apply(const float* w, float* q, long long cols, long long rows, int scale,
+                                      const float* scratch, const double* row_stats, float* row_zeros) {
     long long row = blockIdx.x;
     const float* wr = w + row * cols;
     float* qr = q + row * cols;
     float delta = scratch[0];
     __shared__ float alpha_s;
-    if (scale == 2) {
+    if (scale == 1) {
         double s = 0.0, cnt = 0.0;
-        for (long long i = threadIdx.x; i < cols; i += blockDim.x) {
-            float a = fabsf(wr[i]);
-            if (a > delta) { s += a; cnt += 1.0; }
+        for (long long r = threadIdx.x; r < rows; r += blockDim.x) {
+            s += row_stats[2 * r];
+            cnt += row_stats[2 * r + 1];
         }
         s = block_sum(s);
         cnt = block_sum(cnt);
         if (threadIdx.x == 0) alpha_s = cnt > 0.0 ? (float)(s / cnt) : 0.0f;
     } else if (threadIdx.x == 0) {
-        alpha_s = scratch[1];
+        double s = row_stats[2 * row], cnt = row_stats[2 * row + 1];
+        alpha_s = scale == 2 ? (cnt > 0.0 ? (float)(s / cnt) : 0.0f) : 1.0f;
     }
     __syncthreads();
     float alpha = alpha_s;
@@ -479,14 +660,11 @@ extern "C" __global__ void straight_through(const float* w, float* g, float clip
 // norm = (mean[c], 1/std[c]). The arithmetic is tern-data's render_placed, operation for
 // operation (rounded operations, no contraction), so the bits are the CPU loader's.
 extern "C" __global__ void render_batch(const unsigned char* images, const u32* plan, const float* norm, float* out,
-                                        int c, int sh, int sw, int dh, int dw, long long total) {
+                                        int c, int sh, int sw, int dh, int dw, int nhwc, long long total) {
     GRID_STRIDE(i, total) {
-        int x = (int)(i % dw);
-        long long r = i / dw;
-        int y = (int)(r % dh);
-        r /= dh;
-        int ch = (int)(r % c);
-        long long s = r / c;
+        Nc e = split_index(i, c, dh * dw, nhwc);
+        int x = e.pos % dw, y = e.pos / dw, ch = e.ch;
+        long long s = e.img;
         u32 idx = plan[4 * s];
         int oy = (int)plan[4 * s + 1], ox = (int)plan[4 * s + 2], flip = (int)plan[4 * s + 3];
         int sy = y - oy, sx = (flip ? dw - 1 - x : x) - ox;

@@ -35,6 +35,26 @@ pub enum Algorithms {
     Fastest,
 }
 
+/// How the CUDA backend stores image tensors `[n, c, h, w]` (and conv filters) in device
+/// memory. The host always sees NCHW: uploads and host copies convert.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Layout {
+    /// Channels first, as the host.
+    Nchw,
+    /// Channels last (`[n, h, w, c]`, filters `[k, r, s, c]`): cuDNN's tensor-core
+    /// convolutions read this layout natively; NCHW operands cost them transposes.
+    Nhwc,
+}
+
+impl Layout {
+    pub fn name(self) -> &'static str {
+        match self {
+            Layout::Nchw => "nchw",
+            Layout::Nhwc => "nhwc",
+        }
+    }
+}
+
 impl Precision {
     pub fn name(self) -> &'static str {
         match self {

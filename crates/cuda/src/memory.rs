@@ -72,7 +72,7 @@ impl Shared {
             Some(p) => p,
             None => self.fresh(len)?,
         };
-        let b = CudaBuffer { ptr, len, shared: self.clone() };
+        let b = CudaBuffer { ptr, len, nhwc: None, shared: self.clone() };
         b.note_use();
         Ok(b)
     }
@@ -158,6 +158,20 @@ impl Shared {
     }
 }
 
+/// `[n, hw, c]` values in `[n, c, hw]` order.
+fn nhwc_to_nchw(v: &[f32], n: usize, c: usize, hw: usize) -> Vec<f32> {
+    let mut out = vec![0.0f32; v.len()];
+    for img in 0..n {
+        let (src, dst) = (&v[img * hw * c..(img + 1) * hw * c], &mut out[img * c * hw..(img + 1) * c * hw]);
+        for pos in 0..hw {
+            for ch in 0..c {
+                dst[ch * hw + pos] = src[pos * c + ch];
+            }
+        }
+    }
+    out
+}
+
 type FreeList = HashMap<usize, Vec<sys::CUdeviceptr>>;
 
 /// Moves the buffers `pick` selects from one free list to the other.
@@ -174,6 +188,10 @@ fn move_free(from: &mut FreeList, to: &mut FreeList, pick: impl Fn(&sys::CUdevic
 pub struct CudaBuffer {
     pub ptr: sys::CUdeviceptr,
     pub len: usize,
+    /// Set when the values of an `[n, c, h, w]` tensor are stored channels-last
+    /// (`[n, h, w, c]`; a conv filter `[k, r, s, c]`): the dimensions, in NCHW order.
+    /// Host copies are converted back, so a host only ever sees NCHW.
+    pub nhwc: Option<[usize; 4]>,
     pub shared: Arc<Shared>,
 }
 
@@ -224,11 +242,15 @@ impl DeviceBuffer for CudaBuffer {
         if let Err(e) = r {
             panic!("{}: copying a tensor to the host failed: {e}", s.device());
         }
-        out
+        match self.nhwc {
+            Some([n, c, h, w]) => nhwc_to_nchw(&out, n, c, h * w),
+            None => out,
+        }
     }
     fn duplicate(&self) -> Box<dyn DeviceBuffer> {
         let s = &self.shared;
-        let copy = s.alloc(self.len).unwrap_or_else(|e| panic!("{e}"));
+        let mut copy = s.alloc(self.len).unwrap_or_else(|e| panic!("{e}"));
+        copy.nhwc = self.nhwc;
         self.note_use();
         // SAFETY: both buffers hold `len` f32 values on this stream's device.
         unsafe { result::memcpy_dtod_async(copy.ptr, self.ptr, self.len * 4, s.stream.cu_stream()) }

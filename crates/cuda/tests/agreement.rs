@@ -6,14 +6,23 @@
 
 use tern_core::quant::{Scale, TernaryConfig, Threshold};
 use tern_core::{loss_stats, Backend, BnSaved, ConvGeometry, CpuBackend, FusedRelu, PoolGeometry, Rng, Tensor};
-use tern_cuda::{Algorithms, CudaBackend, Precision};
+use tern_cuda::{Algorithms, CudaBackend, Layout, Precision};
 
-fn gpu() -> Option<CudaBackend> {
+/// The device layouts every test runs in (none without `TERN_CUDA_TESTS=1`).
+fn layouts() -> Vec<Layout> {
     if std::env::var("TERN_CUDA_TESTS").as_deref() != Ok("1") {
         eprintln!("skipped: set TERN_CUDA_TESTS=1 on a machine with an NVIDIA GPU");
-        return None;
+        return Vec::new();
     }
-    Some(CudaBackend::new(0, Precision::Fp32, Algorithms::Deterministic).expect("a CUDA device"))
+    vec![Layout::Nchw, Layout::Nhwc]
+}
+
+/// A strict-FP32 backend per layout (the failing one is named on stderr).
+fn gpus() -> impl Iterator<Item = CudaBackend> {
+    layouts().into_iter().map(|l| {
+        eprintln!("layout {}", l.name());
+        CudaBackend::new(0, Precision::Fp32, Algorithms::Deterministic, l).expect("a CUDA device")
+    })
 }
 
 /// ‖a − b‖ / ‖b‖ over all elements (and no NaN where b has none).
@@ -51,186 +60,189 @@ const TOL: f64 = 2e-5;
 
 #[test]
 fn convolutions_and_linear_layers_agree() {
-    let Some(be) = gpu() else { return };
-    let cpu = CpuBackend;
-    let mut rng = Rng::new(1);
-    for &(n, c, h, w, k, ks, s, p) in &[
-        (3, 5, 7, 9, 6, 3, 1, 1),
-        (2, 4, 8, 8, 8, 3, 2, 1),
-        (1, 16, 5, 5, 32, 1, 1, 0),
-        (2, 3, 11, 11, 7, 5, 2, 2),
-        (2, 17, 9, 9, 16, 3, 1, 1),
-        (4, 8, 6, 6, 12, 1, 2, 0),
-    ] {
-        let g = ConvGeometry::new(n, c, h, w, k, ks, s, p).unwrap();
-        let (x, wt, b) = (randn(&[n, c, h, w], &mut rng), randn(&[k, c, ks, ks], &mut rng), randn(&[k], &mut rng));
-        let dy = randn(&[n, k, g.h_out(), g.w_out()], &mut rng);
-        let mut y = Tensor::zeros(dy.shape());
-        cpu.conv2d_forward(&x, &wt, Some(&b), &g, &mut y);
-        let mut yd = poisoned(&be, dy.shape());
-        be.conv2d_forward(&be.upload(&x), &be.upload(&wt), Some(&be.upload(&b)), &g, &mut yd);
-        close(&format!("conv forward {g:?}"), &yd, &y, TOL);
+    for be in gpus() {
+        let cpu = CpuBackend;
+        let mut rng = Rng::new(1);
+        for &(n, c, h, w, k, ks, s, p) in &[
+            (3, 5, 7, 9, 6, 3, 1, 1),
+            (2, 4, 8, 8, 8, 3, 2, 1),
+            (1, 16, 5, 5, 32, 1, 1, 0),
+            (2, 3, 11, 11, 7, 5, 2, 2),
+            (2, 17, 9, 9, 16, 3, 1, 1),
+            (4, 8, 6, 6, 12, 1, 2, 0),
+        ] {
+            let g = ConvGeometry::new(n, c, h, w, k, ks, s, p).unwrap();
+            let (x, wt, b) = (randn(&[n, c, h, w], &mut rng), randn(&[k, c, ks, ks], &mut rng), randn(&[k], &mut rng));
+            let dy = randn(&[n, k, g.h_out(), g.w_out()], &mut rng);
+            let mut y = Tensor::zeros(dy.shape());
+            cpu.conv2d_forward(&x, &wt, Some(&b), &g, &mut y);
+            let mut yd = poisoned(&be, dy.shape());
+            be.conv2d_forward(&be.upload(&x), &be.upload(&wt), Some(&be.upload(&b)), &g, &mut yd);
+            close(&format!("conv forward {g:?}"), &yd, &y, TOL);
 
-        let mut dx = Tensor::zeros(x.shape());
-        cpu.conv2d_backward_input(&dy, &wt, &g, &mut dx);
-        let mut dxd = poisoned(&be, x.shape());
-        be.conv2d_backward_input(&be.upload(&dy), &be.upload(&wt), &g, &mut dxd);
-        close(&format!("conv backward data {g:?}"), &dxd, &dx, TOL);
+            let mut dx = Tensor::zeros(x.shape());
+            cpu.conv2d_backward_input(&dy, &wt, &g, &mut dx);
+            let mut dxd = poisoned(&be, x.shape());
+            be.conv2d_backward_input(&be.upload(&dy), &be.upload(&wt), &g, &mut dxd);
+            close(&format!("conv backward data {g:?}"), &dxd, &dx, TOL);
 
-        let (mut dw, mut db) = (Tensor::zeros(wt.shape()), Tensor::zeros(&[k]));
-        cpu.conv2d_backward_weight(&x, &dy, &g, &mut dw, Some(&mut db));
-        let (mut dwd, mut dbd) = (poisoned(&be, wt.shape()), poisoned(&be, &[k]));
-        be.conv2d_backward_weight(&be.upload(&x), &be.upload(&dy), &g, &mut dwd, Some(&mut dbd));
-        close(&format!("conv backward filter {g:?}"), &dwd, &dw, TOL);
-        close(&format!("conv bias gradient {g:?}"), &dbd, &db, TOL);
-    }
-    for &(n, d_in, d_out) in &[(3, 7, 5), (5, 130, 10), (1, 64, 1)] {
-        let (x, w, b) = (randn(&[n, d_in], &mut rng), randn(&[d_out, d_in], &mut rng), randn(&[d_out], &mut rng));
-        let dy = randn(&[n, d_out], &mut rng);
-        let mut y = Tensor::zeros(&[n, d_out]);
-        cpu.linear_forward(&x, &w, Some(&b), &mut y);
-        let mut yd = poisoned(&be, &[n, d_out]);
-        be.linear_forward(&be.upload(&x), &be.upload(&w), Some(&be.upload(&b)), &mut yd);
-        close("linear forward", &yd, &y, TOL);
-        let mut dx = Tensor::zeros(&[n, d_in]);
-        cpu.linear_backward_input(&dy, &w, &mut dx);
-        let mut dxd = poisoned(&be, &[n, d_in]);
-        be.linear_backward_input(&be.upload(&dy), &be.upload(&w), &mut dxd);
-        close("linear backward input", &dxd, &dx, TOL);
-        let (mut dw, mut db) = (Tensor::zeros(w.shape()), Tensor::zeros(&[d_out]));
-        cpu.linear_backward_weight(&x, &dy, &mut dw, Some(&mut db));
-        let (mut dwd, mut dbd) = (poisoned(&be, w.shape()), poisoned(&be, &[d_out]));
-        be.linear_backward_weight(&be.upload(&x), &be.upload(&dy), &mut dwd, Some(&mut dbd));
-        close("linear backward weight", &dwd, &dw, TOL);
-        close("linear bias gradient", &dbd, &db, TOL);
+            let (mut dw, mut db) = (Tensor::zeros(wt.shape()), Tensor::zeros(&[k]));
+            cpu.conv2d_backward_weight(&x, &dy, &g, &mut dw, Some(&mut db));
+            let (mut dwd, mut dbd) = (poisoned(&be, wt.shape()), poisoned(&be, &[k]));
+            be.conv2d_backward_weight(&be.upload(&x), &be.upload(&dy), &g, &mut dwd, Some(&mut dbd));
+            close(&format!("conv backward filter {g:?}"), &dwd, &dw, TOL);
+            close(&format!("conv bias gradient {g:?}"), &dbd, &db, TOL);
+        }
+        for &(n, d_in, d_out) in &[(3, 7, 5), (5, 130, 10), (1, 64, 1)] {
+            let (x, w, b) = (randn(&[n, d_in], &mut rng), randn(&[d_out, d_in], &mut rng), randn(&[d_out], &mut rng));
+            let dy = randn(&[n, d_out], &mut rng);
+            let mut y = Tensor::zeros(&[n, d_out]);
+            cpu.linear_forward(&x, &w, Some(&b), &mut y);
+            let mut yd = poisoned(&be, &[n, d_out]);
+            be.linear_forward(&be.upload(&x), &be.upload(&w), Some(&be.upload(&b)), &mut yd);
+            close("linear forward", &yd, &y, TOL);
+            let mut dx = Tensor::zeros(&[n, d_in]);
+            cpu.linear_backward_input(&dy, &w, &mut dx);
+            let mut dxd = poisoned(&be, &[n, d_in]);
+            be.linear_backward_input(&be.upload(&dy), &be.upload(&w), &mut dxd);
+            close("linear backward input", &dxd, &dx, TOL);
+            let (mut dw, mut db) = (Tensor::zeros(w.shape()), Tensor::zeros(&[d_out]));
+            cpu.linear_backward_weight(&x, &dy, &mut dw, Some(&mut db));
+            let (mut dwd, mut dbd) = (poisoned(&be, w.shape()), poisoned(&be, &[d_out]));
+            be.linear_backward_weight(&be.upload(&x), &be.upload(&dy), &mut dwd, Some(&mut dbd));
+            close("linear backward weight", &dwd, &dw, TOL);
+            close("linear bias gradient", &dbd, &db, TOL);
+        }
     }
 }
 
 #[test]
 fn batch_norm_agrees_in_every_mode() {
-    let Some(be) = gpu() else { return };
-    let cpu = CpuBackend;
-    let mut rng = Rng::new(2);
-    for &(n, c, hw) in &[(3, 5, 7), (2, 16, 1), (9, 3, 33), (1, 700, 4)] {
-        let x = Tensor::randn(&[n, c, hw], 2.0, &mut rng);
-        let dy = randn(&[n, c, hw], &mut rng);
-        let (g, b) = (Tensor::uniform(&[c], 0.5, 1.5, &mut rng), randn(&[c], &mut rng));
-        for relu in [None, Some(0.1f32)] {
-            let (mut rm, mut rv) = (randn(&[c], &mut rng), Tensor::uniform(&[c], 0.5, 2.0, &mut rng));
-            let (mut rmd, mut rvd) = (be.upload(&rm), be.upload(&rv));
-            let mut y = Tensor::zeros(x.shape());
-            let s = cpu.batch_norm_train(&x, None, &g, &b, &mut rm, &mut rv, 1e-5, 0.1, relu, &mut y);
-            let (xd, gd, bd) = (be.upload(&x), be.upload(&g), be.upload(&b));
-            let mut yd = poisoned(&be, x.shape());
-            let sd = be.batch_norm_train(&xd, None, &gd, &bd, &mut rmd, &mut rvd, 1e-5, 0.1, relu, &mut yd);
-            close("bn train forward", &yd, &y, TOL);
-            close("bn running mean", &rmd, &rm, TOL);
-            close("bn running var", &rvd, &rv, TOL);
-            close("bn saved mean", &sd.mean, &s.mean, TOL);
-            close("bn saved inv_std", &sd.inv_std, &s.inv_std, TOL);
+    for be in gpus() {
+        let cpu = CpuBackend;
+        let mut rng = Rng::new(2);
+        for &(n, c, hw) in &[(3, 5, 7), (2, 16, 1), (9, 3, 33), (1, 700, 4)] {
+            let x = Tensor::randn(&[n, c, hw], 2.0, &mut rng);
+            let dy = randn(&[n, c, hw], &mut rng);
+            let (g, b) = (Tensor::uniform(&[c], 0.5, 1.5, &mut rng), randn(&[c], &mut rng));
+            for relu in [None, Some(0.1f32)] {
+                let (mut rm, mut rv) = (randn(&[c], &mut rng), Tensor::uniform(&[c], 0.5, 2.0, &mut rng));
+                let (mut rmd, mut rvd) = (be.upload(&rm), be.upload(&rv));
+                let mut y = Tensor::zeros(x.shape());
+                let s = cpu.batch_norm_train(&x, None, &g, &b, &mut rm, &mut rv, 1e-5, 0.1, relu, &mut y);
+                let (xd, gd, bd) = (be.upload(&x), be.upload(&g), be.upload(&b));
+                let mut yd = poisoned(&be, x.shape());
+                let sd = be.batch_norm_train(&xd, None, &gd, &bd, &mut rmd, &mut rvd, 1e-5, 0.1, relu, &mut yd);
+                close("bn train forward", &yd, &y, TOL);
+                close("bn running mean", &rmd, &rm, TOL);
+                close("bn running var", &rvd, &rv, TOL);
+                close("bn saved mean", &sd.mean, &s.mean, TOL);
+                close("bn saved inv_std", &sd.inv_std, &s.inv_std, TOL);
 
-            let fr = relu.map(|t| FusedRelu { threshold: t, extra: 0.01 });
-            let (mut dg, mut db) = (Tensor::zeros(&[c]), Tensor::zeros(&[c]));
-            cpu.batch_norm_backward_sums(&x, &dy, &g, &b, &s, fr, &mut dg, &mut db);
-            let (mut dgd, mut dbd) = (poisoned(&be, &[c]), poisoned(&be, &[c]));
-            let dyd = be.upload(&dy);
-            be.batch_norm_backward_sums(&xd, &dyd, &gd, &bd, &sd, fr, &mut dgd, &mut dbd);
-            close("bn dgamma", &dgd, &dg, 1e-4);
-            close("bn dbeta", &dbd, &db, 1e-4);
-            let mut dx = Tensor::zeros(x.shape());
-            cpu.batch_norm_backward_input(&x, &dy, &g, &b, &s, fr, &dg, &db, &mut dx);
-            let mut dxd = poisoned(&be, x.shape());
-            be.batch_norm_backward_input(&xd, &dyd, &gd, &bd, &sd, fr, &dgd, &dbd, &mut dxd);
-            close("bn backward input", &dxd, &dx, 1e-4);
+                let fr = relu.map(|t| FusedRelu { threshold: t, extra: 0.01 });
+                let (mut dg, mut db) = (Tensor::zeros(&[c]), Tensor::zeros(&[c]));
+                cpu.batch_norm_backward_sums(&x, &dy, &g, &b, &s, fr, &mut dg, &mut db);
+                let (mut dgd, mut dbd) = (poisoned(&be, &[c]), poisoned(&be, &[c]));
+                let dyd = be.upload(&dy);
+                be.batch_norm_backward_sums(&xd, &dyd, &gd, &bd, &sd, fr, &mut dgd, &mut dbd);
+                close("bn dgamma", &dgd, &dg, 1e-4);
+                close("bn dbeta", &dbd, &db, 1e-4);
+                let mut dx = Tensor::zeros(x.shape());
+                cpu.batch_norm_backward_input(&x, &dy, &g, &b, &s, fr, &dg, &db, &mut dx);
+                let mut dxd = poisoned(&be, x.shape());
+                be.batch_norm_backward_input(&xd, &dyd, &gd, &bd, &sd, fr, &dgd, &dbd, &mut dxd);
+                close("bn backward input", &dxd, &dx, 1e-4);
 
-            let mut ye = Tensor::zeros(x.shape());
-            let se: BnSaved = cpu.batch_norm_eval(&x, &g, &b, &rm, &rv, 1e-5, relu, &mut ye);
-            let mut yed = poisoned(&be, x.shape());
-            let sed = be.batch_norm_eval(&xd, &gd, &bd, &rmd, &rvd, 1e-5, relu, &mut yed);
-            close("bn eval", &yed, &ye, TOL);
-            close("bn eval inv_std", &sed.inv_std, &se.inv_std, TOL);
-            let mut df = Tensor::zeros(x.shape());
-            cpu.batch_norm_frozen_backward_input(&dy, &g, &rv, 1e-5, &mut df);
-            let mut dfd = poisoned(&be, x.shape());
-            be.batch_norm_frozen_backward_input(&dyd, &gd, &rvd, 1e-5, &mut dfd);
-            close("bn frozen backward", &dfd, &df, TOL);
+                let mut ye = Tensor::zeros(x.shape());
+                let se: BnSaved = cpu.batch_norm_eval(&x, &g, &b, &rm, &rv, 1e-5, relu, &mut ye);
+                let mut yed = poisoned(&be, x.shape());
+                let sed = be.batch_norm_eval(&xd, &gd, &bd, &rmd, &rvd, 1e-5, relu, &mut yed);
+                close("bn eval", &yed, &ye, TOL);
+                close("bn eval inv_std", &sed.inv_std, &se.inv_std, TOL);
+                let mut df = Tensor::zeros(x.shape());
+                cpu.batch_norm_frozen_backward_input(&dy, &g, &rv, 1e-5, &mut df);
+                let mut dfd = poisoned(&be, x.shape());
+                be.batch_norm_frozen_backward_input(&dyd, &gd, &rvd, 1e-5, &mut dfd);
+                close("bn frozen backward", &dfd, &df, TOL);
+            }
         }
     }
 }
 
 #[test]
 fn pointwise_pooling_and_loss_agree() {
-    let Some(be) = gpu() else { return };
-    let cpu = CpuBackend;
-    let mut rng = Rng::new(3);
-    let x = randn(&[3, 5, 7, 9], &mut rng);
-    let b = randn(x.shape(), &mut rng);
-    let (xd, bd) = (be.upload(&x), be.upload(&b));
-    let mut y = Tensor::zeros(x.shape());
-    let mut yd = poisoned(&be, x.shape());
-    cpu.relu_forward(&x, 0.2, &mut y);
-    be.relu_forward(&xd, 0.2, &mut yd);
-    close("relu", &yd, &y, 0.0);
-    cpu.relu_backward(&x, &b, 0.2, 0.03, &mut y);
-    be.relu_backward(&xd, &bd, 0.2, 0.03, &mut yd);
-    close("relu backward", &yd, &y, 0.0);
-    cpu.add(&x, &b, &mut y);
-    be.add(&xd, &bd, &mut yd);
-    close("add", &yd, &y, 0.0);
-    cpu.add_relu(&x, &b, 0.1, &mut y);
-    be.add_relu(&xd, &bd, 0.1, &mut yd);
-    close("add relu", &yd, &y, 0.0);
+    for be in gpus() {
+        let cpu = CpuBackend;
+        let mut rng = Rng::new(3);
+        let x = randn(&[3, 5, 7, 9], &mut rng);
+        let b = randn(x.shape(), &mut rng);
+        let (xd, bd) = (be.upload(&x), be.upload(&b));
+        let mut y = Tensor::zeros(x.shape());
+        let mut yd = poisoned(&be, x.shape());
+        cpu.relu_forward(&x, 0.2, &mut y);
+        be.relu_forward(&xd, 0.2, &mut yd);
+        close("relu", &yd, &y, 0.0);
+        cpu.relu_backward(&x, &b, 0.2, 0.03, &mut y);
+        be.relu_backward(&xd, &bd, 0.2, 0.03, &mut yd);
+        close("relu backward", &yd, &y, 0.0);
+        cpu.add(&x, &b, &mut y);
+        be.add(&xd, &bd, &mut yd);
+        close("add", &yd, &y, 0.0);
+        cpu.add_relu(&x, &b, 0.1, &mut y);
+        be.add_relu(&xd, &bd, 0.1, &mut yd);
+        close("add relu", &yd, &y, 0.0);
 
-    for &(k, s, p) in &[(2, 2, 0), (3, 2, 1), (3, 1, 1), (2, 1, 0)] {
-        let g = PoolGeometry::new(3, 5, 7, 9, k, s, p).unwrap();
-        let out = [3, 5, g.h_out(), g.w_out()];
-        let dy = randn(&out, &mut rng);
-        let (mut ym, mut am) = (Tensor::zeros(&out), Tensor::zeros(&out));
-        cpu.max_pool_forward(&x, &g, &mut ym, &mut am);
-        let (mut ymd, mut amd) = (poisoned(&be, &out), be.alloc(&out));
-        be.max_pool_forward(&xd, &g, &mut ymd, &mut amd);
-        close("max pool", &ymd, &ym, 0.0);
-        assert_eq!(amd.to_host().as_u32(), am.as_u32(), "max pool argmax");
-        let mut dx = Tensor::zeros(x.shape());
-        cpu.max_pool_backward(&dy, &am, &g, &mut dx);
-        let mut dxd = poisoned(&be, x.shape());
-        be.max_pool_backward(&be.upload(&dy), &amd, &g, &mut dxd);
-        close("max pool backward", &dxd, &dx, 1e-6);
-        cpu.avg_pool_forward(&x, &g, &mut ym);
-        be.avg_pool_forward(&xd, &g, &mut ymd);
-        close("avg pool", &ymd, &ym, 1e-6);
-        cpu.avg_pool_backward(&dy, &g, &mut dx);
-        be.avg_pool_backward(&be.upload(&dy), &g, &mut dxd);
-        close("avg pool backward", &dxd, &dx, 1e-6);
-    }
-    let mut gp = Tensor::zeros(&[3, 5]);
-    let mut gpd = poisoned(&be, &[3, 5]);
-    cpu.global_avg_pool_forward(&x, &mut gp);
-    be.global_avg_pool_forward(&xd, &mut gpd);
-    close("global avg pool", &gpd, &gp, 1e-6);
-    let dg = randn(&[3, 5], &mut rng);
-    cpu.global_avg_pool_backward(&dg, &mut y);
-    be.global_avg_pool_backward(&be.upload(&dg), &mut yd);
-    close("global avg pool backward", &yd, &y, 1e-6);
-
-    for &(n, classes) in &[(7, 10), (33, 1000), (1, 2)] {
-        let mut logits = Tensor::randn(&[n, classes], 3.0, &mut rng);
-        let labels: Vec<u32> = (0..n).map(|_| rng.below(classes) as u32).collect();
-        let labels = Tensor::from_u32(&[n], &labels);
-        if n > 2 {
-            logits.data_mut()[classes + 1] = f32::NAN; // row 1 diverged: never correct
+        for &(k, s, p) in &[(2, 2, 0), (3, 2, 1), (3, 1, 1), (2, 1, 0)] {
+            let g = PoolGeometry::new(3, 5, 7, 9, k, s, p).unwrap();
+            let out = [3, 5, g.h_out(), g.w_out()];
+            let dy = randn(&out, &mut rng);
+            let (mut ym, mut am) = (Tensor::zeros(&out), Tensor::zeros(&out));
+            cpu.max_pool_forward(&x, &g, &mut ym, &mut am);
+            let (mut ymd, mut amd) = (poisoned(&be, &out), be.alloc(&out));
+            be.max_pool_forward(&xd, &g, &mut ymd, &mut amd);
+            close("max pool", &ymd, &ym, 0.0);
+            assert_eq!(amd.to_host().as_u32(), am.as_u32(), "max pool argmax");
+            let mut dx = Tensor::zeros(x.shape());
+            cpu.max_pool_backward(&dy, &am, &g, &mut dx);
+            let mut dxd = poisoned(&be, x.shape());
+            be.max_pool_backward(&be.upload(&dy), &amd, &g, &mut dxd);
+            close("max pool backward", &dxd, &dx, 1e-6);
+            cpu.avg_pool_forward(&x, &g, &mut ym);
+            be.avg_pool_forward(&xd, &g, &mut ymd);
+            close("avg pool", &ymd, &ym, 1e-6);
+            cpu.avg_pool_backward(&dy, &g, &mut dx);
+            be.avg_pool_backward(&be.upload(&dy), &g, &mut dxd);
+            close("avg pool backward", &dxd, &dx, 1e-6);
         }
-        for skip in [false, true] {
-            let (mut d, mut st) = (Tensor::zeros(&[n, classes]), Tensor::zeros(&[loss_stats::LEN]));
-            cpu.softmax_cross_entropy(&logits, &labels, 5, skip, Some(&mut d), &mut st);
-            let (mut dd, mut std_) = (poisoned(&be, &[n, classes]), be.zeros(&[loss_stats::LEN]));
-            be.softmax_cross_entropy(&be.upload(&logits), &be.upload(&labels), 5, skip, Some(&mut dd), &mut std_);
-            let (a, b) = (std_.to_host(), st);
-            assert_eq!(a.data()[1..], b.data()[1..], "top-1/top-k counts");
-            assert_eq!(a.data()[0].is_nan(), b.data()[0].is_nan());
-            if n <= 2 {
-                close("cross-entropy", &a, &b, 1e-5);
-                close("dlogits", &dd, &d, 1e-5);
+        let mut gp = Tensor::zeros(&[3, 5]);
+        let mut gpd = poisoned(&be, &[3, 5]);
+        cpu.global_avg_pool_forward(&x, &mut gp);
+        be.global_avg_pool_forward(&xd, &mut gpd);
+        close("global avg pool", &gpd, &gp, 1e-6);
+        let dg = randn(&[3, 5], &mut rng);
+        cpu.global_avg_pool_backward(&dg, &mut y);
+        be.global_avg_pool_backward(&be.upload(&dg), &mut yd);
+        close("global avg pool backward", &yd, &y, 1e-6);
+
+        for &(n, classes) in &[(7, 10), (33, 1000), (1, 2)] {
+            let mut logits = Tensor::randn(&[n, classes], 3.0, &mut rng);
+            let labels: Vec<u32> = (0..n).map(|_| rng.below(classes) as u32).collect();
+            let labels = Tensor::from_u32(&[n], &labels);
+            if n > 2 {
+                logits.data_mut()[classes + 1] = f32::NAN; // row 1 diverged: never correct
+            }
+            for skip in [false, true] {
+                let (mut d, mut st) = (Tensor::zeros(&[n, classes]), Tensor::zeros(&[loss_stats::LEN]));
+                cpu.softmax_cross_entropy(&logits, &labels, 5, skip, Some(&mut d), &mut st);
+                let (mut dd, mut std_) = (poisoned(&be, &[n, classes]), be.zeros(&[loss_stats::LEN]));
+                be.softmax_cross_entropy(&be.upload(&logits), &be.upload(&labels), 5, skip, Some(&mut dd), &mut std_);
+                let (a, b) = (std_.to_host(), st);
+                assert_eq!(a.data()[1..], b.data()[1..], "top-1/top-k counts");
+                assert_eq!(a.data()[0].is_nan(), b.data()[0].is_nan());
+                if n <= 2 {
+                    close("cross-entropy", &a, &b, 1e-5);
+                    close("dlogits", &dd, &d, 1e-5);
+                }
             }
         }
     }
@@ -238,95 +250,114 @@ fn pointwise_pooling_and_loss_agree() {
 
 #[test]
 fn ternarisation_and_sgd_agree() {
-    let Some(be) = gpu() else { return };
-    let cpu = CpuBackend;
-    let mut rng = Rng::new(4);
-    let w = Tensor::randn(&[12, 5, 3, 3], 0.1, &mut rng);
-    let wd = be.upload(&w);
-    for threshold in
-        [Threshold::MeanAbs(0.7), Threshold::Fixed(0.05), Threshold::MaxFraction(0.3), Threshold::ZeroFraction(0.6)]
-    {
-        for scale in [Scale::None, Scale::Layer, Scale::Channel] {
-            let cfg = TernaryConfig { threshold, scale, clip: None };
-            let (mut q, mut z) = (Tensor::zeros(w.shape()), Tensor::zeros(&[1]));
-            cpu.ternarize(&w, 12, &cfg, &mut q, &mut z);
-            let (mut qd, mut zd) = (poisoned(&be, w.shape()), be.zeros(&[1]));
-            be.ternarize(&wd, 12, &cfg, &mut qd, &mut zd);
-            // a weight exactly at the threshold may round either way: allow one flip
-            let (a, b) = (qd.to_host(), q.clone());
-            let differ =
-                a.data().iter().zip(b.data()).filter(|(x, y)| (*x - *y).abs() > 1e-6 * (1.0 + y.abs())).count();
-            assert!(differ <= 1, "{threshold:?} {scale:?}: {differ} ternary values differ");
-            assert!((zd.to_host().data()[0] - z.data()[0]).abs() <= 1.0 / w.len() as f32 + 1e-6, "{threshold:?} zeros");
+    for be in gpus() {
+        let cpu = CpuBackend;
+        let mut rng = Rng::new(4);
+        let w = Tensor::randn(&[12, 5, 3, 3], 0.1, &mut rng);
+        let wd = be.upload(&w);
+        for threshold in
+            [Threshold::MeanAbs(0.7), Threshold::Fixed(0.05), Threshold::MaxFraction(0.3), Threshold::ZeroFraction(0.6)]
+        {
+            for scale in [Scale::None, Scale::Layer, Scale::Channel] {
+                let cfg = TernaryConfig { threshold, scale, clip: None };
+                let (mut q, mut z) = (Tensor::zeros(w.shape()), Tensor::zeros(&[1]));
+                cpu.ternarize(&w, 12, &cfg, &mut q, &mut z);
+                let (mut qd, mut zd) = (poisoned(&be, w.shape()), be.zeros(&[1]));
+                be.ternarize(&wd, 12, &cfg, &mut qd, &mut zd);
+                // a weight exactly at the threshold may round either way: allow one flip
+                let (a, b) = (qd.to_host(), q.clone());
+                let differ =
+                    a.data().iter().zip(b.data()).filter(|(x, y)| (*x - *y).abs() > 1e-6 * (1.0 + y.abs())).count();
+                assert!(differ <= 1, "{threshold:?} {scale:?}: {differ} ternary values differ");
+                assert!(
+                    (zd.to_host().data()[0] - z.data()[0]).abs() <= 1.0 / w.len() as f32 + 1e-6,
+                    "{threshold:?} zeros"
+                );
+            }
         }
-    }
-    let mut g = randn(w.shape(), &mut rng);
-    let mut gd = be.upload(&g);
-    cpu.straight_through(&w, &mut g, 0.1);
-    be.straight_through(&wd, &mut gd, 0.1);
-    close("straight-through", &gd, &g, 0.0);
+        let mut g = randn(w.shape(), &mut rng);
+        let mut gd = be.upload(&g);
+        cpu.straight_through(&w, &mut g, 0.1);
+        be.straight_through(&wd, &mut gd, 0.1);
+        close("straight-through", &gd, &g, 0.0);
 
-    for nesterov in [false, true] {
-        let (mut w1, mut v1) = (w.clone(), randn(w.shape(), &mut rng));
-        let (mut w2, mut v2) = (be.upload(&w1), be.upload(&v1));
-        let lr = Tensor::from_vec(&[1], vec![0.05]);
-        let finite = Tensor::from_vec(&[1], vec![1.5]);
-        cpu.sgd_step(&mut w1, &g, &mut v1, &lr, Some(&finite), 0.9, nesterov, 5e-4);
-        be.sgd_step(&mut w2, &be.upload(&g), &mut v2, &be.upload(&lr), Some(&be.upload(&finite)), 0.9, nesterov, 5e-4);
-        close("sgd weights", &w2, &w1, 1e-6);
-        close("sgd velocity", &v2, &v1, 1e-6);
-        // a non-finite guard (the step's loss) leaves everything as it was
-        let (before_w, before_v) = (w2.to_host(), v2.to_host());
-        let nan = be.upload(&Tensor::from_vec(&[1], vec![f32::NAN]));
-        be.sgd_step(&mut w2, &be.upload(&g), &mut v2, &be.upload(&lr), Some(&nan), 0.9, nesterov, 5e-4);
-        close("guarded sgd weights", &w2, &before_w, 0.0);
-        close("guarded sgd velocity", &v2, &before_v, 0.0);
+        for nesterov in [false, true] {
+            let (mut w1, mut v1) = (w.clone(), randn(w.shape(), &mut rng));
+            let (mut w2, mut v2) = (be.upload(&w1), be.upload(&v1));
+            let lr = Tensor::from_vec(&[1], vec![0.05]);
+            let finite = Tensor::from_vec(&[1], vec![1.5]);
+            cpu.sgd_step(&mut w1, &g, &mut v1, &lr, Some(&finite), 0.9, nesterov, 5e-4);
+            be.sgd_step(
+                &mut w2,
+                &be.upload(&g),
+                &mut v2,
+                &be.upload(&lr),
+                Some(&be.upload(&finite)),
+                0.9,
+                nesterov,
+                5e-4,
+            );
+            close("sgd weights", &w2, &w1, 1e-6);
+            close("sgd velocity", &v2, &v1, 1e-6);
+            // a non-finite guard (the step's loss) leaves everything as it was
+            let (before_w, before_v) = (w2.to_host(), v2.to_host());
+            let nan = be.upload(&Tensor::from_vec(&[1], vec![f32::NAN]));
+            be.sgd_step(&mut w2, &be.upload(&g), &mut v2, &be.upload(&lr), Some(&nan), 0.9, nesterov, 5e-4);
+            close("guarded sgd weights", &w2, &before_w, 0.0);
+            close("guarded sgd velocity", &v2, &before_v, 0.0);
+        }
     }
 }
 
 #[test]
 fn training_steps_of_whole_models_agree() {
     use tern_train::{models, Ctx, ModelConfig, Sgd, SgdConfig};
-    let Some(be) = gpu() else { return };
-    let cpu = CpuBackend;
-    for (name, width, ternary) in [("vgg-small", 8, false), ("resnet20", 4, true), ("lenet5", 0, true)] {
-        let cfg = ModelConfig { name: name.into(), in_shape: [1, 16, 16], classes: 10, width, small_input: false };
-        let mut rng = Rng::new(5);
-        let mut a = models::build(&cfg, &mut rng).unwrap();
-        let mut b = models::build(&cfg, &mut Rng::new(5)).unwrap();
-        if ternary {
-            a.set_ternary(Some(TernaryConfig::default()), true, false);
-            b.set_ternary(Some(TernaryConfig::default()), true, false);
-        }
-        b.to_backend(&be);
-        let (mut sa, mut sb) = (
-            Sgd::new(SgdConfig { momentum: 0.9, nesterov: false, weight_decay: 5e-4 }),
-            Sgd::new(SgdConfig { momentum: 0.9, nesterov: false, weight_decay: 5e-4 }),
-        );
-        let x = randn(&[8, 1, 16, 16], &mut rng);
-        let labels = Tensor::from_u32(&[8], &(0..8).map(|i| i % 10).collect::<Vec<u32>>());
-        let lr = Tensor::from_vec(&[1], vec![0.01]);
-        let mut losses = Vec::new();
-        for (m, s, bk) in [(&mut a, &mut sa, &cpu as &dyn Backend), (&mut b, &mut sb, &be as &dyn Backend)] {
-            let mut per_step = Vec::new();
-            for _ in 0..3 {
-                let ctx = Ctx::new(bk, true);
-                let logits = m.forward(&ctx, &bk.upload(&x));
-                let (mut d, mut st) = (bk.alloc(logits.shape()), bk.zeros(&[loss_stats::LEN]));
-                bk.softmax_cross_entropy(&logits, &bk.upload(&labels), 1, false, Some(&mut d), &mut st);
-                per_step.push(st.to_host().data()[0]);
-                m.backward(&ctx, &d);
-                s.step(bk, m, &bk.upload(&lr), None);
+    for be in gpus() {
+        let cpu = CpuBackend;
+        for (name, width, ternary) in [("vgg-small", 8, false), ("resnet20", 4, true), ("lenet5", 0, true)] {
+            let cfg = ModelConfig { name: name.into(), in_shape: [1, 16, 16], classes: 10, width, small_input: false };
+            let mut rng = Rng::new(5);
+            let mut a = models::build(&cfg, &mut rng).unwrap();
+            let mut b = models::build(&cfg, &mut Rng::new(5)).unwrap();
+            if ternary {
+                a.set_ternary(Some(TernaryConfig::default()), true, false);
+                b.set_ternary(Some(TernaryConfig::default()), true, false);
             }
-            losses.push(per_step);
-        }
-        for (la, lb) in losses[0].iter().zip(&losses[1]) {
-            assert!((la - lb).abs() <= 1e-3 * la.abs().max(1.0), "{name}: losses {:?} vs {:?}", losses[0], losses[1]);
-        }
-        let wa = tern_train::checkpoint::named_tensors(&mut a);
-        let wb = tern_train::checkpoint::named_tensors(&mut b);
-        for ((n, ta), (_, tb)) in wa.iter().zip(&wb) {
-            close(&format!("{name} {n} after 3 steps"), tb, ta, 1e-3);
+            b.to_backend(&be);
+            let (mut sa, mut sb) = (
+                Sgd::new(SgdConfig { momentum: 0.9, nesterov: false, weight_decay: 5e-4 }),
+                Sgd::new(SgdConfig { momentum: 0.9, nesterov: false, weight_decay: 5e-4 }),
+            );
+            let x = randn(&[8, 1, 16, 16], &mut rng);
+            let labels = Tensor::from_u32(&[8], &(0..8).map(|i| i % 10).collect::<Vec<u32>>());
+            let lr = Tensor::from_vec(&[1], vec![0.01]);
+            let mut losses = Vec::new();
+            for (m, s, bk) in [(&mut a, &mut sa, &cpu as &dyn Backend), (&mut b, &mut sb, &be as &dyn Backend)] {
+                let mut per_step = Vec::new();
+                for _ in 0..3 {
+                    let ctx = Ctx::new(bk, true);
+                    let logits = m.forward(&ctx, &bk.upload(&x));
+                    let (mut d, mut st) = (bk.alloc(logits.shape()), bk.zeros(&[loss_stats::LEN]));
+                    bk.softmax_cross_entropy(&logits, &bk.upload(&labels), 1, false, Some(&mut d), &mut st);
+                    per_step.push(st.to_host().data()[0]);
+                    m.backward(&ctx, &d);
+                    s.step(bk, m, &bk.upload(&lr), None);
+                }
+                losses.push(per_step);
+            }
+            for (la, lb) in losses[0].iter().zip(&losses[1]) {
+                assert!(
+                    (la - lb).abs() <= 1e-3 * la.abs().max(1.0),
+                    "{name}: losses {:?} vs {:?}",
+                    losses[0],
+                    losses[1]
+                );
+            }
+            let wa = tern_train::checkpoint::named_tensors(&mut a);
+            let wb = tern_train::checkpoint::named_tensors(&mut b);
+            for ((n, ta), (_, tb)) in wa.iter().zip(&wb) {
+                close(&format!("{name} {n} after 3 steps"), tb, ta, 1e-3);
+            }
         }
     }
 }
@@ -334,89 +365,92 @@ fn training_steps_of_whole_models_agree() {
 #[test]
 fn recorded_steps_equal_launched_steps_bit_for_bit() {
     use tern_train::{models, Ctx, ModelConfig, Sgd, SgdConfig, Stepper};
-    let Some(be) = gpu() else { return };
-    let cfg = ModelConfig { name: "resnet20".into(), in_shape: [1, 16, 16], classes: 10, width: 4, small_input: false };
-    let mut rng = Rng::new(6);
-    let batches: Vec<Tensor> = (0..6).map(|_| randn(&[8, 1, 16, 16], &mut rng)).collect();
-    let labels: Vec<u32> = (0..8).map(|i| (i * 3 % 10) as u32).collect();
-    // the same six batches as a data set the device holds (rendered there, no augmentation)
-    let ds = tern_data::Dataset {
-        images: batches.iter().flat_map(|b| b.data().iter().map(|v| (v.abs() * 60.0).min(255.0) as u8)).collect(),
-        labels: (0..48).map(|i| labels[i % 8]).collect(),
-        shape: [1, 16, 16],
-        classes: 10,
-    };
-    let norm = tern_data::Normalize { mean: vec![0.4], std: vec![0.3] };
-    let dd = tern_train::trainer::DeviceData::upload(&be, &ds, &norm).expect("fits");
-    let plans: Vec<Vec<tern_data::SamplePlan>> = (0..6)
-        .map(|b| {
-            (0..8)
-                .map(|i| tern_data::SamplePlan {
-                    index: b * 8 + i,
-                    place: tern_data::Placement { oy: 0, ox: 0, flip: i % 3 == 0 },
-                })
-                .collect()
-        })
-        .collect();
-    let run = |record: bool, rendered: bool| {
-        let mut m = models::build(&cfg, &mut Rng::new(7)).unwrap();
-        m.set_ternary(Some(TernaryConfig::default()), true, false);
-        m.to_backend(&be);
-        let mut sgd = Sgd::new(SgdConfig { momentum: 0.9, nesterov: true, weight_decay: 5e-4 });
-        let mut st = Stepper::new(record);
-        let mut losses = Vec::new();
-        for (i, x) in batches.iter().enumerate() {
-            let lr = 0.02 + i as f32 * 0.01;
-            let out = if rendered {
-                let fill = &mut |be: &dyn Backend, xd: &mut Tensor| dd.render(be, &plans[i], xd);
-                st.step_with(&be, &mut m, &mut sgd, &[8, 1, 16, 16], fill, &labels, lr, false, None)
-            } else {
-                st.step(&be, &mut m, &mut sgd, x, &labels, lr, false, None)
-            };
-            losses.push(out.loss);
-            if i == 3 {
-                // eager work between replays (an evaluation) must not disturb the recording
-                let ctx = Ctx::new(&be, false);
-                let _ = m.forward(&ctx, &be.upload(&batches[0]));
-                let _ = m.forward(&ctx, &be.upload(&randn(&[3, 1, 16, 16], &mut Rng::new(9))));
+    for be in gpus() {
+        let cfg =
+            ModelConfig { name: "resnet20".into(), in_shape: [1, 16, 16], classes: 10, width: 4, small_input: false };
+        let mut rng = Rng::new(6);
+        let batches: Vec<Tensor> = (0..6).map(|_| randn(&[8, 1, 16, 16], &mut rng)).collect();
+        let labels: Vec<u32> = (0..8).map(|i| (i * 3 % 10) as u32).collect();
+        // the same six batches as a data set the device holds (rendered there, no augmentation)
+        let ds = tern_data::Dataset {
+            images: batches.iter().flat_map(|b| b.data().iter().map(|v| (v.abs() * 60.0).min(255.0) as u8)).collect(),
+            labels: (0..48).map(|i| labels[i % 8]).collect(),
+            shape: [1, 16, 16],
+            classes: 10,
+        };
+        let norm = tern_data::Normalize { mean: vec![0.4], std: vec![0.3] };
+        let dd = tern_train::trainer::DeviceData::upload(&be, &ds, &norm).expect("fits");
+        let plans: Vec<Vec<tern_data::SamplePlan>> = (0..6)
+            .map(|b| {
+                (0..8)
+                    .map(|i| tern_data::SamplePlan {
+                        index: b * 8 + i,
+                        place: tern_data::Placement { oy: 0, ox: 0, flip: i % 3 == 0 },
+                    })
+                    .collect()
+            })
+            .collect();
+        let run = |record: bool, rendered: bool| {
+            let mut m = models::build(&cfg, &mut Rng::new(7)).unwrap();
+            m.set_ternary(Some(TernaryConfig::default()), true, false);
+            m.to_backend(&be);
+            let mut sgd = Sgd::new(SgdConfig { momentum: 0.9, nesterov: true, weight_decay: 5e-4 });
+            let mut st = Stepper::new(record);
+            let mut losses = Vec::new();
+            for (i, x) in batches.iter().enumerate() {
+                let lr = 0.02 + i as f32 * 0.01;
+                let out = if rendered {
+                    let fill = &mut |be: &dyn Backend, xd: &mut Tensor| dd.render(be, &plans[i], xd);
+                    st.step_with(&be, &mut m, &mut sgd, &[8, 1, 16, 16], fill, &labels, lr, false, None)
+                } else {
+                    st.step(&be, &mut m, &mut sgd, x, &labels, lr, false, None)
+                };
+                losses.push(out.loss);
+                if i == 3 {
+                    // eager work between replays (an evaluation) must not disturb the recording
+                    let ctx = Ctx::new(&be, false);
+                    let _ = m.forward(&ctx, &be.upload(&batches[0]));
+                    let _ = m.forward(&ctx, &be.upload(&randn(&[3, 1, 16, 16], &mut Rng::new(9))));
+                }
             }
+            assert_eq!(st.is_recorded(), record);
+            (losses, tern_train::checkpoint::named_tensors(&mut m))
+        };
+        for rendered in [false, true] {
+            let (la, wa) = run(false, rendered);
+            let (lb, wb) = run(true, rendered);
+            assert_eq!(la, lb, "losses of launched vs recorded steps (rendered on the device: {rendered})");
+            for ((n, a), (_, b)) in wa.iter().zip(&wb) {
+                assert_eq!(a.data(), b.data(), "{n} differs between launched and recorded steps ({rendered})");
+            }
+            // the recorded steps saw every batch: the losses are not one batch's repeated
+            assert!(lb.windows(2).all(|w| w[0] != w[1]), "{lb:?}");
         }
-        assert_eq!(st.is_recorded(), record);
-        (losses, tern_train::checkpoint::named_tensors(&mut m))
-    };
-    for rendered in [false, true] {
-        let (la, wa) = run(false, rendered);
-        let (lb, wb) = run(true, rendered);
-        assert_eq!(la, lb, "losses of launched vs recorded steps (rendered on the device: {rendered})");
-        for ((n, a), (_, b)) in wa.iter().zip(&wb) {
-            assert_eq!(a.data(), b.data(), "{n} differs between launched and recorded steps ({rendered})");
-        }
-        // the recorded steps saw every batch: the losses are not one batch's repeated
-        assert!(lb.windows(2).all(|w| w[0] != w[1]), "{lb:?}");
     }
 }
 
 #[test]
 fn batches_rendered_on_the_device_are_the_host_loaders_bit_for_bit() {
     use tern_data::{epoch_plans, Augment, BatchIter, LoaderConfig, Normalize};
-    let Some(be) = gpu() else { return };
-    let ds = tern_data::synthetic::split(37, 5, [3, 9, 11], 4, 0.5, 8).train;
-    let ds = std::sync::Arc::new(ds);
-    let cfg = LoaderConfig {
-        batch_size: 8,
-        shuffle: true,
-        seed: 4,
-        augment: Augment { crop_pad: 3, hflip: true },
-        normalize: Normalize { mean: vec![0.3, 0.5, 0.45], std: vec![0.2, 0.25, 0.3] },
-        input_shape: [3, 12, 10],
-        prefetch: 2,
-    };
-    let host: Vec<_> = BatchIter::new(ds.clone(), cfg.clone(), 1, true).collect::<tern_core::Result<_>>().unwrap();
-    let dd = tern_train::trainer::DeviceData::upload(&be, &ds, &cfg.normalize).expect("fits");
-    for (plan, b) in epoch_plans(&ds, &cfg, 1, true).iter().zip(&host) {
-        let mut x = poisoned(&be, b.x.shape());
-        dd.render(&be, plan, &mut x);
-        assert_eq!(x.to_host().data(), b.x.data(), "a device-rendered batch differs from the loader's");
+    for be in gpus() {
+        let ds = tern_data::synthetic::split(37, 5, [3, 9, 11], 4, 0.5, 8).train;
+        let ds = std::sync::Arc::new(ds);
+        let cfg = LoaderConfig {
+            batch_size: 8,
+            shuffle: true,
+            seed: 4,
+            augment: Augment { crop_pad: 3, hflip: true },
+            normalize: Normalize { mean: vec![0.3, 0.5, 0.45], std: vec![0.2, 0.25, 0.3] },
+            input_shape: [3, 12, 10],
+            prefetch: 2,
+        };
+        let host: Vec<_> = BatchIter::new(ds.clone(), cfg.clone(), 1, true).collect::<tern_core::Result<_>>().unwrap();
+        let dd = tern_train::trainer::DeviceData::upload(&be, &ds, &cfg.normalize).expect("fits");
+        for (plan, b) in epoch_plans(&ds, &cfg, 1, true).iter().zip(&host) {
+            let mut x = poisoned(&be, b.x.shape());
+            dd.render(&be, plan, &mut x);
+            assert_eq!(x.to_host().data(), b.x.data(), "a device-rendered batch differs from the loader's");
+        }
     }
 }
 
@@ -424,53 +458,77 @@ fn batches_rendered_on_the_device_are_the_host_loaders_bit_for_bit() {
 fn a_run_resumed_by_another_backend_ends_with_the_same_weights() {
     use tern_train::trainer::{Silent, Trainer};
     use tern_train::{ModelConfig, Recipe, ScheduleKind, SgdConfig, TrainConfig};
-    let Some(be) = gpu() else { return };
-    drop(be);
-    let data = tern_data::synthetic::split(160, 32, [1, 16, 16], 10, 0.5, 9);
-    let model =
-        ModelConfig { name: "resnet20".into(), in_shape: [1, 16, 16], classes: 10, width: 8, small_input: false };
-    let cfg = TrainConfig {
-        epochs: 3,
-        batch_size: 32,
-        lr: 0.05,
-        sgd: SgdConfig { momentum: 0.9, nesterov: false, weight_decay: 5e-4 },
-        schedule: ScheduleKind::Cosine,
-        seed: 2,
-        augment: tern_data::Augment { crop_pad: 2, hflip: true },
-        train_limit: None,
-        test_limit: None,
-        recipe: Recipe::default(),
-        init_from: None,
-        init_adapt: false,
-        profile_every: 0,
-    };
-    let backend = || Box::new(CudaBackend::new(0, Precision::Tf32, Algorithms::Deterministic).unwrap());
-    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let mut whole = Trainer::new(&model, &data, cfg.clone(), a.path()).unwrap();
-    whole.set_backend(backend());
-    whole.run(&mut Silent).unwrap();
-    // two processes measure cuDNN's algorithms independently and may pick differently, so
-    // the interrupted run starts from the uninterrupted one's choices (as its resume will
-    // start from its own): the resume must then continue bit for bit
-    let tuned = || {
-        let be = backend();
-        let t = tern_core::checkpoint::load(&a.path().join("model.safetensors")).unwrap().meta["device_tuning"].clone();
-        assert!(tern_core::Backend::load_tuning(be.as_ref(), &t), "the saved tuning was refused");
-        be
-    };
-    let mut part = Trainer::new(&model, &data, cfg.clone(), b.path()).unwrap();
-    part.set_backend(tuned());
-    part.run_until(1, &mut Silent).unwrap();
-    drop(part);
-    // a new backend, as a new process would have: it must reuse the saved algorithm choices
-    let mut resumed = Trainer::resume(&model, &data, cfg, b.path()).unwrap();
-    resumed.set_backend(backend());
-    resumed.run(&mut Silent).unwrap();
-    let (wa, wb) = (
-        tern_train::checkpoint::named_tensors(&mut whole.model),
-        tern_train::checkpoint::named_tensors(&mut resumed.model),
-    );
-    for ((n, x), (_, y)) in wa.iter().zip(&wb) {
-        assert_eq!(x.data(), y.data(), "{n} differs after a resume on a new backend");
+    for layout in layouts() {
+        let data = tern_data::synthetic::split(160, 32, [1, 16, 16], 10, 0.5, 9);
+        let model =
+            ModelConfig { name: "resnet20".into(), in_shape: [1, 16, 16], classes: 10, width: 8, small_input: false };
+        let cfg = TrainConfig {
+            epochs: 3,
+            batch_size: 32,
+            lr: 0.05,
+            sgd: SgdConfig { momentum: 0.9, nesterov: false, weight_decay: 5e-4 },
+            schedule: ScheduleKind::Cosine,
+            seed: 2,
+            augment: tern_data::Augment { crop_pad: 2, hflip: true },
+            train_limit: None,
+            test_limit: None,
+            recipe: Recipe::default(),
+            init_from: None,
+            init_adapt: false,
+            profile_every: 0,
+        };
+        eprintln!("layout {}", layout.name());
+        let backend = || Box::new(CudaBackend::new(0, Precision::Tf32, Algorithms::Deterministic, layout).unwrap());
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let mut whole = Trainer::new(&model, &data, cfg.clone(), a.path()).unwrap();
+        whole.set_backend(backend());
+        whole.run(&mut Silent).unwrap();
+        // two processes measure cuDNN's algorithms independently and may pick differently, so
+        // the interrupted run starts from the uninterrupted one's choices (as its resume will
+        // start from its own): the resume must then continue bit for bit
+        let tuned = || {
+            let be = backend();
+            let t =
+                tern_core::checkpoint::load(&a.path().join("model.safetensors")).unwrap().meta["device_tuning"].clone();
+            assert!(tern_core::Backend::load_tuning(be.as_ref(), &t), "the saved tuning was refused");
+            be
+        };
+        let mut part = Trainer::new(&model, &data, cfg.clone(), b.path()).unwrap();
+        part.set_backend(tuned());
+        part.run_until(1, &mut Silent).unwrap();
+        drop(part);
+        // a new backend, as a new process would have: it must reuse the saved algorithm choices
+        let mut resumed = Trainer::resume(&model, &data, cfg, b.path()).unwrap();
+        resumed.set_backend(backend());
+        resumed.run(&mut Silent).unwrap();
+        let (wa, wb) = (
+            tern_train::checkpoint::named_tensors(&mut whole.model),
+            tern_train::checkpoint::named_tensors(&mut resumed.model),
+        );
+        for ((n, x), (_, y)) in wa.iter().zip(&wb) {
+            assert_eq!(x.data(), y.data(), "{n} differs after a resume on a new backend");
+        }
+    }
+}
+
+#[test]
+fn every_layout_shows_the_host_nchw() {
+    for be in gpus() {
+        let mut rng = Rng::new(11);
+        let x = randn(&[3, 5, 4, 6], &mut rng);
+        let d = be.upload(&x);
+        assert_eq!(d.to_host().data(), x.data(), "upload then host copy");
+        let mut w = poisoned(&be, &[3, 5, 4, 6]);
+        be.write(&mut w, &x);
+        assert_eq!(w.to_host().data(), x.data(), "write from the host");
+        let flat = be.flatten(&d);
+        assert_eq!(flat.shape(), &[3, 120]);
+        assert_eq!(flat.to_host().data(), x.data(), "flattened features in NCHW order");
+        let back = be.unflatten(&flat, &[3, 5, 4, 6]);
+        assert_eq!(back.to_host().data(), x.data(), "unflatten");
+        let copy = d.clone();
+        let mut y = d;
+        be.fill(&mut y, 1.0); // copy-on-write: `copy` keeps the values and the layout
+        assert_eq!(copy.to_host().data(), x.data(), "a duplicated buffer");
     }
 }

@@ -160,11 +160,19 @@ impl Layer for Flatten {
     fn out_shape(&self, input: &[usize]) -> Vec<usize> {
         vec![input[0], input[1..].iter().product()]
     }
-    fn forward(&mut self, _ctx: &Ctx, x: &Tensor) -> Tensor {
+    fn forward(&mut self, ctx: &Ctx, x: &Tensor) -> Tensor {
         self.in_shape = x.shape().to_vec();
-        x.clone().reshape(&self.out_shape(x.shape()))
+        if x.shape().len() == 4 {
+            ctx.backend.flatten(x)
+        } else {
+            x.clone().reshape(&self.out_shape(x.shape()))
+        }
     }
-    fn backward_input(&mut self, _ctx: &Ctx, dy: &Tensor) -> Tensor {
-        dy.clone().reshape(&self.in_shape)
+    fn backward_input(&mut self, ctx: &Ctx, dy: &Tensor) -> Tensor {
+        if self.in_shape.len() == 4 {
+            ctx.backend.unflatten(dy, &self.in_shape)
+        } else {
+            dy.clone().reshape(&self.in_shape)
+        }
     }
 }
