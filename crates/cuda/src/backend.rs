@@ -14,8 +14,10 @@ use tern_core::{loss_stats, Backend, BnSaved, ConvGeometry, Device, Error, Fused
 /// cuBLAS's own workspace.
 const CUBLAS_WORKSPACE_BYTES: usize = 32 << 20;
 
-/// Scratch the first call of each convolution geometry times its algorithms in.
-const FIND_WORKSPACE_BYTES: usize = 512 << 20;
+/// Scratch the first call of each convolution geometry times its algorithms in (less if the
+/// device cannot spare it). Some of cuDNN's fastest kernels need much: the filter gradient
+/// of a ResNet stem at batch 256 wants ~1 GiB, and with 512 MiB only a kernel 3x slower ran.
+const FIND_WORKSPACE_BYTES: [usize; 3] = [2 << 30, 1 << 30, 512 << 20];
 
 /// The cuBLAS handle and the workspace it is given, so that it never allocates while a step
 /// is being recorded.
@@ -301,8 +303,11 @@ impl CudaBackend {
         };
         let needs_find = !convs.has_choice(g, pass);
         let find_ws = if needs_find {
-            let b = self.buffer(FIND_WORKSPACE_BYTES / 4);
-            let p = (b.ptr, FIND_WORKSPACE_BYTES);
+            let (b, bytes) = FIND_WORKSPACE_BYTES
+                .iter()
+                .find_map(|&bytes| self.shared.alloc(bytes / 4).ok().map(|b| (b, bytes)))
+                .unwrap_or_else(|| panic!("{}: no memory left to search convolution algorithms in", self.device()));
+            let p = (b.ptr, bytes);
             find_buf = Some(b);
             p
         } else {
@@ -312,7 +317,7 @@ impl CudaBackend {
         // contract), and `workspace` returns buffers of the requested size.
         unsafe { convs.run(g, pass, &o, find_ws, &mut workspace) }.unwrap_or_else(|e| panic!("{e}"));
         if let Some(b) = find_buf {
-            // half a GiB used once per geometry: not worth keeping in the pool
+            // a GiB or two used once per geometry: not worth keeping in the pool
             b.release_to_driver();
         }
     }
@@ -483,6 +488,9 @@ impl Backend for CudaBackend {
         let touched = self.shared.end_recording();
         match stream.end_capture(CUgraphInstantiate_flags(0)) {
             Ok(Some(graph)) => {
+                // the eager steps' cached buffers that the recording did not take are not
+                // needed by replays: hand them back rather than hold them
+                self.shared.release_free();
                 let g = Graph { graph, touched, shared: self.shared.clone() };
                 tern_core::StepGraph::replay(&g);
                 Some(Box::new(g))
