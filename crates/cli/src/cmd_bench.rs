@@ -46,6 +46,18 @@ pub enum BenchKind {
         #[arg(long, default_value_t = 10)]
         reps: usize,
     },
+    /// The training loader alone: batches of a data set's training part as `tern train` gets
+    /// them (decoded, cropped and flipped, normalised to f32), images/s after the first batch
+    Load {
+        #[command(flatten)]
+        data: crate::common::DataArgs,
+        /// Images per batch
+        #[arg(long, default_value_t = 256)]
+        batch: usize,
+        /// Timed batches (fewer if the data set has fewer)
+        #[arg(long, default_value_t = 20)]
+        batches: usize,
+    },
     /// Whole-model SGD steps (forward, loss, backward, update) on random images
     Train {
         /// Model name (see `tern models`)
@@ -129,6 +141,42 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
                     "forward_ms": tf * 1e3, "backward_input_ms": ti * 1e3, "backward_weight_ms": tw * 1e3,
                     "forward_backward_ms": total * 1e3,
                     "forward_gflops": flop / tf / 1e9, "forward_backward_gflops": 3.0 * flop / total / 1e9,
+                })
+            );
+        }
+        BenchKind::Load { data, batch, batches } => {
+            let t = Instant::now();
+            let split = data.load()?;
+            let load_s = t.elapsed().as_secs_f64();
+            let ds = std::sync::Arc::new(split.train);
+            let (mean, std) = ds.channel_stats()?;
+            let side = ds.shape[1];
+            let cfg = tern_data::LoaderConfig {
+                batch_size: batch.max(1),
+                shuffle: true,
+                seed: 0,
+                augment: tern_data::Augment { crop_pad: side / 8, hflip: true },
+                normalize: tern_data::Normalize { mean, std },
+                input_shape: ds.shape,
+                prefetch: 2,
+            };
+            let mut it = tern_data::BatchIter::new(ds.clone(), cfg, 0, true);
+            it.next().transpose()?; // the first batch also pays for starting the threads
+            let t = Instant::now();
+            let mut images = 0;
+            for b in it.take(batches.max(1)) {
+                images += b?.labels.len();
+            }
+            let secs = t.elapsed().as_secs_f64();
+            if images == 0 {
+                anyhow::bail!("the data set has one batch or less: nothing was timed (use a smaller --batch)");
+            }
+            println!(
+                "{}",
+                serde_json::json!({
+                    "data": data.data, "image_size": data.image_size, "streamed": ds.bytes().is_none(),
+                    "batch": batch, "images": images, "threads": rayon::current_num_threads(),
+                    "load_s": load_s, "images_per_s": images as f64 / secs,
                 })
             );
         }

@@ -28,17 +28,17 @@ pub fn run(a: DataCmdArgs) -> anyhow::Result<()> {
     }
     t.row(vec!["all".into(), String::new(), s.train.len().to_string(), s.test.len().to_string()]);
     print!("{}", t.render());
-    let (mean, std) = s.train.channel_stats();
+    let (mean, std) = s.train.channel_stats()?;
     println!("per-channel mean {mean:.4?}, std {std:.4?} (of values scaled to [0, 1])");
     if let Some(path) = a.grid {
-        grid(&s.train, a.per_class.max(1)).save(&path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        grid(&s.train, a.per_class.max(1))?.save(&path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
         println!("sample grid ({} per class, one row per class) -> {}", a.per_class, path.display());
     }
     Ok(())
 }
 
 /// One row per class, the first `per_class` images of each, 2-pixel gaps.
-fn grid(ds: &Dataset, per_class: usize) -> image::RgbImage {
+fn grid(ds: &Dataset, per_class: usize) -> tern_core::Result<image::RgbImage> {
     let [c, h, w] = ds.shape;
     let gap = 2;
     let mut img = image::RgbImage::from_pixel(
@@ -53,7 +53,7 @@ fn grid(ds: &Dataset, per_class: usize) -> image::RgbImage {
             continue;
         }
         let (x0, y0) = (gap + filled[class] * (w + gap), gap + class * (h + gap));
-        let px = ds.image(i);
+        let px = ds.image(i)?;
         for y in 0..h {
             for x in 0..w {
                 let ch = |k: usize| px[(k.min(c - 1) * h + y) * w + x];
@@ -62,5 +62,5 @@ fn grid(ds: &Dataset, per_class: usize) -> image::RgbImage {
         }
         filled[class] += 1;
     }
-    img
+    Ok(img)
 }

@@ -262,6 +262,8 @@ fn resume(a: &TrainArgs, dir: &Path) -> anyhow::Result<(Trainer, PathBuf)> {
         // --data-path says where the same data lives on this machine
         data_path: a.data.data_path.clone().or(extra["data_path"].as_str().map(PathBuf::from)),
         image_size: extra["image_size"].as_u64().map_or(a.data.image_size, |v| v as usize),
+        // streaming changes where images are decoded, not which: this machine may choose
+        stream: a.data.stream,
     };
     let split = data.load()?;
     let mut t = Trainer::resume(&model, &split, cfg, dir)?;

@@ -15,6 +15,11 @@ pub struct DataArgs {
     /// Side length image folders are resized and centre-cropped to
     #[arg(long, default_value_t = 64)]
     pub image_size: usize,
+    /// Image folders: decode each batch's files when it is needed (on all cores) instead of
+    /// every image once at start [default: only when the decoded images exceed 4 GiB]; the
+    /// input normalisation is then estimated from 2048 evenly spaced images
+    #[arg(long)]
+    pub stream: bool,
 }
 
 impl DataArgs {
@@ -23,7 +28,11 @@ impl DataArgs {
             anyhow::bail!("invalid value for --image-size: must be at least 1");
         }
         let kind = DataKind::parse(&self.data)?;
-        Ok(load_named(kind, self.data_path.as_deref(), self.image_size)?)
+        if self.stream && kind != DataKind::Folder {
+            anyhow::bail!("invalid value for --stream: only image folders (--data folder) stream from their files");
+        }
+        let in_memory_max = if self.stream { 0 } else { tern_data::folder::IN_MEMORY_MAX_BYTES };
+        Ok(load_named(kind, self.data_path.as_deref(), self.image_size, in_memory_max)?)
     }
 }
 

@@ -373,7 +373,11 @@ fn recorded_steps_equal_launched_steps_bit_for_bit() {
         let labels: Vec<u32> = (0..8).map(|i| (i * 3 % 10) as u32).collect();
         // the same six batches as a data set the device holds (rendered there, no augmentation)
         let ds = tern_data::Dataset {
-            images: batches.iter().flat_map(|b| b.data().iter().map(|v| (v.abs() * 60.0).min(255.0) as u8)).collect(),
+            images: batches
+                .iter()
+                .flat_map(|b| b.data().iter().map(|v| (v.abs() * 60.0).min(255.0) as u8))
+                .collect::<Vec<u8>>()
+                .into(),
             labels: (0..48).map(|i| labels[i % 8]).collect(),
             shape: [1, 16, 16],
             classes: 10,

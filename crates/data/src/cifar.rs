@@ -14,7 +14,7 @@ pub const CLASS_NAMES: [&str; 10] =
 
 /// Reads and concatenates CIFAR-10 binary files.
 pub fn read_cifar10(files: &[&Path]) -> Result<Dataset> {
-    let mut ds = Dataset { images: Vec::new(), labels: Vec::new(), shape: [3, 32, 32], classes: 10 };
+    let mut ds = Dataset { images: Vec::new().into(), labels: Vec::new(), shape: [3, 32, 32], classes: 10 };
     for &path in files {
         let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
         parse_records(&bytes, path, &mut ds)?;
@@ -30,12 +30,15 @@ pub fn parse_records(bytes: &[u8], path: &Path, ds: &mut Dataset) -> Result<()> 
             format!("{} bytes is not a whole number of {RECORD}-byte CIFAR-10 records (truncated?)", bytes.len()),
         ));
     }
+    let crate::Images::Memory(images) = &mut ds.images else {
+        return Err(Error::invalid("CIFAR-10 reader", "records can only be added to a data set held in memory"));
+    };
     for (i, rec) in bytes.chunks_exact(RECORD).enumerate() {
         if rec[0] >= 10 {
             return Err(Error::format(path, format!("label {} of record {i} is out of range: expected 0..10", rec[0])));
         }
         ds.labels.push(rec[0] as u32);
-        ds.images.extend_from_slice(&rec[1..]);
+        images.extend_from_slice(&rec[1..]);
     }
     Ok(())
 }
@@ -57,7 +60,7 @@ mod tests {
         std::fs::write(&b, records(&[0])).unwrap();
         let ds = read_cifar10(&[&a, &b]).unwrap();
         assert_eq!(ds.labels, vec![3, 9, 0]);
-        assert_eq!(ds.image(1)[5], 5 ^ 9);
+        assert_eq!(ds.image(1).unwrap()[5], 5 ^ 9);
 
         std::fs::write(&b, &records(&[1])[..RECORD - 7]).unwrap();
         let e = read_cifar10(&[&a, &b]).unwrap_err().to_string();

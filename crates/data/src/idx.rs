@@ -102,7 +102,8 @@ pub fn read_idx_pair(images: &Path, labels: &Path, classes: usize) -> Result<cra
             format!("{} labels for {} images in {}", ldims[0], idims[0], images.display()),
         ));
     }
-    let ds = crate::Dataset { images: ibytes, labels: lbytes.iter().map(|&b| b as u32).collect(), shape, classes };
+    let ds =
+        crate::Dataset { images: ibytes.into(), labels: lbytes.iter().map(|&b| b as u32).collect(), shape, classes };
     ds.validate_labels(labels)?;
     Ok(ds)
 }

@@ -10,7 +10,7 @@ pub mod named;
 pub mod synthetic;
 pub mod transform;
 
-pub use dataset::{DataSplit, Dataset};
+pub use dataset::{DataSplit, Dataset, ImageFiles, Images};
 pub use loader::{epoch_plans, plan_batch, Batch, BatchIter, LoaderConfig, SamplePlan};
 pub use named::{load_named, DataKind};
 pub use transform::{Augment, Normalize, Placement};

@@ -54,8 +54,9 @@ fn missing(kind: DataKind, path: &Path, hint: &str) -> Error {
 }
 
 /// Loads a named data set; `path` overrides the default location (`--data-path`).
-/// `image_size` is the side length image folders are resized to.
-pub fn load_named(kind: DataKind, path: Option<&Path>, image_size: usize) -> Result<DataSplit> {
+/// `image_size` is the side length image folders are resized to; folders whose decoded
+/// images would take more than `in_memory_max` bytes stream from their files.
+pub fn load_named(kind: DataKind, path: Option<&Path>, image_size: usize, in_memory_max: usize) -> Result<DataSplit> {
     match kind {
         DataKind::FashionMnist | DataKind::Mnist => {
             let dir = match (kind, path) {
@@ -113,8 +114,8 @@ pub fn load_named(kind: DataKind, path: Option<&Path>, image_size: usize) -> Res
                 }
             };
             let classes: Vec<String> = folder::class_dirs(&train_dir)?.into_iter().map(|(n, _)| n).collect();
-            let train = folder::read_folder(&train_dir, &classes, image_size)?;
-            let test = folder::read_folder(&test_dir, &classes, image_size)?;
+            let train = folder::read_folder(&train_dir, &classes, image_size, in_memory_max)?;
+            let test = folder::read_folder(&test_dir, &classes, image_size, in_memory_max)?;
             Ok(DataSplit { name: kind.name().into(), train, test, class_names: classes })
         }
     }
@@ -160,15 +161,16 @@ mod tests {
     fn unknown_and_missing_data_sets_explain_themselves() {
         assert!(DataKind::parse("imagenet").unwrap_err().to_string().contains("--data"));
         let dir = tempfile::tempdir().unwrap();
-        let e = load_named(DataKind::Mnist, Some(dir.path()), 32).unwrap_err().to_string();
+        let e = load_named(DataKind::Mnist, Some(dir.path()), 32, usize::MAX).unwrap_err().to_string();
         assert!(e.contains("train-images-idx3-ubyte"), "{e}");
-        let e = load_named(DataKind::FashionMnist, Some(&dir.path().join("nope")), 32).unwrap_err().to_string();
+        let e =
+            load_named(DataKind::FashionMnist, Some(&dir.path().join("nope")), 32, usize::MAX).unwrap_err().to_string();
         assert!(e.contains("nope"), "{e}");
         let e = load_idx_split(DataKind::FashionMnist, &dir.path().join("absent"), false).unwrap_err().to_string();
         assert!(e.contains("apt-get install -y dataset-fashion-mnist") && e.contains("--data-path"), "{e}");
-        let e = load_named(DataKind::Cifar10, Some(dir.path()), 32).unwrap_err().to_string();
+        let e = load_named(DataKind::Cifar10, Some(dir.path()), 32, usize::MAX).unwrap_err().to_string();
         assert!(e.contains("data_batch_1.bin"), "{e}");
-        let e = load_named(DataKind::Folder, Some(dir.path()), 32).unwrap_err().to_string();
+        let e = load_named(DataKind::Folder, Some(dir.path()), 32, usize::MAX).unwrap_err().to_string();
         assert!(e.contains("train"), "{e}");
     }
 
@@ -178,7 +180,7 @@ mod tests {
             eprintln!("skipping: {FASHION_MNIST_DIR} not installed");
             return;
         }
-        let s = load_named(DataKind::FashionMnist, None, 32).unwrap();
+        let s = load_named(DataKind::FashionMnist, None, 32, usize::MAX).unwrap();
         assert_eq!((s.train.len(), s.test.len(), s.train.shape), (60_000, 10_000, [1, 28, 28]));
         assert!(s.train.counts_per_class().iter().all(|&c| c == 6000));
         assert!(s.test.counts_per_class().iter().all(|&c| c == 1000));

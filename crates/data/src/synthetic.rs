@@ -23,7 +23,7 @@ pub fn dataset(n: usize, shape: [usize; 3], classes: usize, noise: f32, seed: u6
         }
         labels.push(label);
     }
-    Dataset { images, labels, shape, classes }
+    Dataset { images: images.into(), labels, shape, classes }
 }
 
 /// Train and test parts with the same prototypes.

@@ -153,14 +153,15 @@ pub struct DeviceData {
 impl DeviceData {
     /// The data set on `backend`'s device, if it is a device and the data fit.
     pub fn upload(backend: &dyn Backend, ds: &Dataset, normalize: &Normalize) -> Option<DeviceData> {
-        if backend.device() == tern_core::Device::Cpu || ds.images.len() > DEVICE_DATA_MAX_BYTES {
+        let bytes = ds.bytes().filter(|b| b.len() <= DEVICE_DATA_MAX_BYTES)?;
+        if backend.device() == tern_core::Device::Cpu {
             return None;
         }
         // 1/std as render_placed computes it, so the device's bits are the host's
         let inv: Vec<f32> = normalize.std.iter().map(|s| 1.0 / s).collect();
         let norm = [normalize.mean.clone(), inv].concat();
         Some(DeviceData {
-            images: backend.upload(&Tensor::from_bytes(&ds.images)),
+            images: backend.upload(&Tensor::from_bytes(bytes)),
             shape: ds.shape,
             norm: backend.upload(&Tensor::from_vec(&[norm.len()], norm)),
         })
@@ -319,7 +320,7 @@ impl Trainer {
         cfg.recipe.apply(&mut model, 0);
         let (mean, std) = match inherited {
             Some(n) if n.mean.len() == model_cfg.in_shape[0] => (n.mean, n.std),
-            _ => data.train.channel_stats(),
+            _ => data.train.channel_stats()?,
         };
         let schedule = Schedule::new(cfg.schedule.clone(), cfg.lr, cfg.epochs);
         Ok(Trainer {

@@ -140,7 +140,7 @@ pub fn targets() -> Vec<Target> {
             },
             parse: |b| {
                 let mut ds =
-                    tern_data::Dataset { images: Vec::new(), labels: Vec::new(), shape: [3, 32, 32], classes: 10 };
+                    tern_data::Dataset { images: Vec::new().into(), labels: Vec::new(), shape: [3, 32, 32], classes: 10 };
                 tern_data::cifar::parse_records(b, label(), &mut ds).map_err(|e| e.to_string())
             },
             bound: small,
