@@ -455,6 +455,16 @@ fn batches_rendered_on_the_device_are_the_host_loaders_bit_for_bit() {
             dd.render(&be, plan, &mut x);
             assert_eq!(x.to_host().data(), b.x.data(), "a device-rendered batch differs from the loader's");
         }
+        // a data set that streams: each batch's bytes uploaded and rendered with its own plan
+        let raw = tern_data::RawBatchIter::raw(ds.clone(), cfg.clone(), 1, true);
+        for (rb, b) in raw.zip(&host) {
+            let rb = rb.unwrap();
+            let mut x = poisoned(&be, b.x.shape());
+            let one = tern_train::trainer::DeviceData::of_batch(&be, &rb, ds.shape, &cfg.normalize);
+            one.render(&be, &rb.plan, &mut x);
+            assert_eq!(x.to_host().data(), b.x.data(), "a streamed batch rendered on the device differs");
+            assert_eq!(rb.labels, b.labels);
+        }
     }
 }
 

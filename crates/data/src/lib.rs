@@ -11,6 +11,6 @@ pub mod synthetic;
 pub mod transform;
 
 pub use dataset::{DataSplit, Dataset, ImageFiles, Images};
-pub use loader::{epoch_plans, plan_batch, Batch, BatchIter, LoaderConfig, SamplePlan};
+pub use loader::{epoch_plans, plan_batch, Batch, BatchIter, LoaderConfig, RawBatch, RawBatchIter, SamplePlan};
 pub use named::{load_named, DataKind};
 pub use transform::{Augment, Normalize, Placement};

@@ -107,31 +107,68 @@ pub fn make_batch(
     Ok(Batch { x: Tensor::from_vec(&[n, c, h, w], x), labels })
 }
 
-/// Iterator over one epoch's batches, produced on a background thread. A producer that
-/// fails (an unreadable file) or dies (a panic while rendering a sample) ends the iteration
-/// with an error carrying its message, never with a silently short epoch.
-pub struct BatchIter {
-    rx: Receiver<Result<Batch>>,
+/// A batch's images as bytes, for a device that renders batches itself: `images` holds the
+/// `n` sampled images `[c, h, w]` one after another and `plan[s].index` is `s` (position in
+/// `images`); the placements are the host loader's draws for the same positions.
+#[derive(Debug)]
+pub struct RawBatch {
+    pub images: Vec<u8>,
+    pub plan: Vec<SamplePlan>,
+    pub labels: Vec<u32>,
+}
+
+/// Samples the batch of the given positions in `order` without rendering it: the images'
+/// bytes (decoded on all cores if the data set streams from files) and their placements.
+pub fn make_raw_batch(
+    ds: &Dataset,
+    order: &[usize],
+    cfg: &LoaderConfig,
+    epoch: usize,
+    start: usize,
+    augment: bool,
+) -> Result<RawBatch> {
+    let mut plan = plan_batch(order, ds.shape, cfg, epoch, start, augment);
+    let indices: Vec<usize> = plan.iter().map(|s| s.index).collect();
+    let images = ds.images_of(&indices)?.concat();
+    let labels = indices.iter().map(|&i| ds.labels[i]).collect();
+    for (pos, s) in plan.iter_mut().enumerate() {
+        s.index = pos;
+    }
+    Ok(RawBatch { images, plan, labels })
+}
+
+/// Iterator over one epoch's batches (of [`Batch`]es, or [`RawBatch`]es), produced on a
+/// background thread. A producer that fails (an unreadable file) or dies (a panic while
+/// rendering a sample) ends the iteration with an error carrying its message, never with a
+/// silently short epoch.
+pub struct Batches<T> {
+    rx: Receiver<Result<T>>,
     remaining: usize,
     producer: Option<JoinHandle<()>>,
 }
 
-impl BatchIter {
-    /// `augment` is false for evaluation. `skip_batches` starts mid-epoch (unused by epoch-level resume).
-    pub fn new(ds: Arc<Dataset>, cfg: LoaderConfig, epoch: usize, augment: bool) -> Self {
+/// Rendered batches: `x` as the model takes it.
+pub type BatchIter = Batches<Batch>;
+/// Sampled but unrendered batches (a device renders them).
+pub type RawBatchIter = Batches<RawBatch>;
+
+type MakeFn<T> = fn(&Dataset, &[usize], &LoaderConfig, usize, usize, bool) -> Result<T>;
+
+impl<T: Send + 'static> Batches<T> {
+    fn spawn(ds: Arc<Dataset>, cfg: LoaderConfig, epoch: usize, augment: bool, make: MakeFn<T>) -> Self {
         let order = epoch_order(ds.len(), cfg.seed, epoch, cfg.shuffle);
         let batches = ds.len().div_ceil(cfg.batch_size.max(1));
         let (tx, rx) = sync_channel(cfg.prefetch.max(1));
         let producer = std::thread::spawn(move || {
             for (b, chunk) in order.chunks(cfg.batch_size.max(1)).enumerate() {
-                let batch = make_batch(&ds, chunk, &cfg, epoch, b * cfg.batch_size, augment);
+                let batch = make(&ds, chunk, &cfg, epoch, b * cfg.batch_size, augment);
                 let failed = batch.is_err();
                 if tx.send(batch).is_err() || failed {
                     return; // consumer stopped early, or nothing more can come
                 }
             }
         });
-        BatchIter { rx, remaining: batches, producer: Some(producer) }
+        Batches { rx, remaining: batches, producer: Some(producer) }
     }
 
     pub fn len(&self) -> usize {
@@ -142,9 +179,23 @@ impl BatchIter {
     }
 }
 
-impl Iterator for BatchIter {
-    type Item = Result<Batch>;
-    fn next(&mut self) -> Option<Result<Batch>> {
+impl BatchIter {
+    /// `augment` is false for evaluation.
+    pub fn new(ds: Arc<Dataset>, cfg: LoaderConfig, epoch: usize, augment: bool) -> Self {
+        Batches::spawn(ds, cfg, epoch, augment, make_batch)
+    }
+}
+
+impl RawBatchIter {
+    /// The same samples and draws as [`BatchIter::new`]'s, left as bytes.
+    pub fn raw(ds: Arc<Dataset>, cfg: LoaderConfig, epoch: usize, augment: bool) -> Self {
+        Batches::spawn(ds, cfg, epoch, augment, make_raw_batch)
+    }
+}
+
+impl<T> Iterator for Batches<T> {
+    type Item = Result<T>;
+    fn next(&mut self) -> Option<Result<T>> {
         if self.remaining == 0 {
             return None;
         }
@@ -236,6 +287,25 @@ mod tests {
             }
             assert_eq!(x, b.x.data());
             assert_eq!(plan.iter().map(|s| ds.labels[s.index]).collect::<Vec<_>>(), b.labels);
+        }
+    }
+
+    #[test]
+    fn raw_batches_render_to_the_loaders_batches() {
+        let ds = Arc::new(toy(11));
+        let c = cfg(3);
+        let host: Vec<Batch> = BatchIter::new(ds.clone(), c.clone(), 2, true).map(|b| b.unwrap()).collect();
+        let raw: Vec<RawBatch> = RawBatchIter::raw(ds.clone(), c.clone(), 2, true).map(|b| b.unwrap()).collect();
+        assert_eq!(host.len(), raw.len());
+        let per = c.input_shape.iter().product::<usize>();
+        for (h, r) in host.iter().zip(&raw) {
+            assert_eq!(h.labels, r.labels);
+            let mut x = vec![0.0f32; r.plan.len() * per];
+            for (s, dst) in r.plan.iter().zip(x.chunks_mut(per)) {
+                let img = &r.images[s.index * ds.image_len()..(s.index + 1) * ds.image_len()];
+                render_placed(img, ds.shape, c.input_shape, &c.normalize, s.place, dst);
+            }
+            assert_eq!(x, h.x.data());
         }
     }
 

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 use tern_core::{loss_stats, Backend, CpuBackend, Error, Result, Rng, Tensor};
-use tern_data::{Augment, Batch, BatchIter, DataSplit, Dataset, LoaderConfig, Normalize};
+use tern_data::{Augment, Batch, BatchIter, DataSplit, Dataset, LoaderConfig, Normalize, RawBatch, RawBatchIter};
 
 pub const CHECKPOINT_FILE: &str = "model.safetensors";
 pub const METRICS_FILE: &str = "metrics.json";
@@ -167,6 +167,18 @@ impl DeviceData {
         })
     }
 
+    /// A streamed batch's images on `backend`'s device, to render with the batch's own plan
+    /// (a quarter of the bytes of the rendered f32 batch cross the bus).
+    pub fn of_batch(backend: &dyn Backend, raw: &RawBatch, shape: [usize; 3], normalize: &Normalize) -> DeviceData {
+        let inv: Vec<f32> = normalize.std.iter().map(|s| 1.0 / s).collect();
+        let norm = [normalize.mean.clone(), inv].concat();
+        DeviceData {
+            images: backend.upload(&Tensor::from_bytes(&raw.images)),
+            shape,
+            norm: backend.upload(&Tensor::from_vec(&[norm.len()], norm)),
+        }
+    }
+
     /// Renders the planned batch into `out: [n, c, h, w]`.
     pub fn render(&self, backend: &dyn Backend, plan: &[tern_data::SamplePlan], out: &mut Tensor) {
         let p: Vec<u32> = plan
@@ -196,47 +208,48 @@ pub fn evaluate(
     let cfg = loader(normalize, model.config.in_shape, batch, 0, false, Augment::default());
     let (mut c1, mut c5, mut loss, mut n) = (0usize, 0usize, 0.0f64, 0usize);
     let mut stats = backend.zeros(&[loss_stats::LEN]);
-    // on a device that holds the test set: batches rendered there from host-drawn plans
+    let [c, h, w] = model.config.in_shape;
+    let mut eval_batch = |x: &Tensor, labels: &[u32]| {
+        let logits = model.forward(&ctx, x);
+        let y = backend.upload(&Tensor::from_u32(&[labels.len()], labels));
+        backend.softmax_cross_entropy(&logits, &y, 5, false, None, &mut stats);
+        let s = stats.host_values();
+        loss += s[loss_stats::LOSS] as f64 * labels.len() as f64;
+        c1 += s[loss_stats::TOP1] as usize;
+        c5 += s[loss_stats::TOPK] as usize;
+        n += labels.len();
+    };
     if let Some(dd) = DeviceData::upload(backend, &ds, normalize) {
+        // on a device that holds the test set: batches rendered there from host-drawn plans
         let plans = tern_data::epoch_plans(&ds, &cfg, 0, false);
         obs.eval_start(plans.len());
-        let [c, h, w] = model.config.in_shape;
         for plan in &plans {
             let mut x = backend.alloc(&[plan.len(), c, h, w]);
             dd.render(backend, plan, &mut x);
             let labels: Vec<u32> = plan.iter().map(|s| ds.labels[s.index]).collect();
-            let logits = model.forward(&ctx, &x);
-            backend.softmax_cross_entropy(
-                &logits,
-                &backend.upload(&Tensor::from_u32(&[labels.len()], &labels)),
-                5,
-                false,
-                None,
-                &mut stats,
-            );
-            let s = stats.host_values();
-            loss += s[loss_stats::LOSS] as f64 * labels.len() as f64;
-            c1 += s[loss_stats::TOP1] as usize;
-            c5 += s[loss_stats::TOPK] as usize;
-            n += labels.len();
+            eval_batch(&x, &labels);
             obs.eval_batch();
         }
-        let n_f = n.max(1) as f64;
-        return Ok(EvalResult { top1: c1 as f64 / n_f, top5: c5 as f64 / n_f, loss: loss / n_f, samples: n });
-    }
-    let iter = BatchIter::new(ds, cfg, 0, false);
-    obs.eval_start(iter.len());
-    for b in iter {
-        let b = b?;
-        let (x, labels) = upload_batch(backend, &b);
-        let logits = model.forward(&ctx, &x);
-        backend.softmax_cross_entropy(&logits, &labels, 5, false, None, &mut stats);
-        let s = stats.host_values();
-        loss += s[loss_stats::LOSS] as f64 * b.labels.len() as f64;
-        c1 += s[loss_stats::TOP1] as usize;
-        c5 += s[loss_stats::TOPK] as usize;
-        n += b.labels.len();
-        obs.eval_batch();
+    } else if backend.device() != tern_core::Device::Cpu {
+        // a device, and a test set that streams: each batch's bytes go up and render there
+        let shape = ds.shape;
+        let iter = RawBatchIter::raw(ds, cfg, 0, false);
+        obs.eval_start(iter.len());
+        for rb in iter {
+            let rb = rb?;
+            let mut x = backend.alloc(&[rb.plan.len(), c, h, w]);
+            DeviceData::of_batch(backend, &rb, shape, normalize).render(backend, &rb.plan, &mut x);
+            eval_batch(&x, &rb.labels);
+            obs.eval_batch();
+        }
+    } else {
+        let iter = BatchIter::new(ds, cfg, 0, false);
+        obs.eval_start(iter.len());
+        for b in iter {
+            let b = b?;
+            eval_batch(&b.x, &b.labels);
+            obs.eval_batch();
+        }
     }
     let n_f = n.max(1) as f64;
     Ok(EvalResult { top1: c1 as f64 / n_f, top5: c5 as f64 / n_f, loss: loss / n_f, samples: n })
@@ -447,8 +460,18 @@ impl Trainer {
             .take()
             .or_else(|| DeviceData::upload(self.backend.as_ref(), &self.train, &self.normalize));
         let plans = resident.as_ref().map(|_| tern_data::epoch_plans(&self.train, &lcfg, epoch, true));
-        let mut iter = plans.is_none().then(|| BatchIter::new(self.train.clone(), lcfg.clone(), epoch, true));
-        let batches = plans.as_ref().map_or_else(|| iter.as_ref().map_or(0, |i| i.len()), |p| p.len());
+        // a device without the data set gets each batch's bytes and renders them itself
+        let on_device = self.backend.device() != tern_core::Device::Cpu;
+        let mut iter =
+            (plans.is_none() && !on_device).then(|| BatchIter::new(self.train.clone(), lcfg.clone(), epoch, true));
+        let mut raw_iter =
+            (plans.is_none() && on_device).then(|| RawBatchIter::raw(self.train.clone(), lcfg.clone(), epoch, true));
+        let batches = match (&plans, &iter, &raw_iter) {
+            (Some(p), _, _) => p.len(),
+            (_, Some(i), _) => i.len(),
+            (_, _, Some(i)) => i.len(),
+            _ => 0,
+        };
         obs.epoch_start(epoch, self.cfg.epochs, batches);
         let (mut loss_sum, mut correct, mut seen) = (0.0f64, 0usize, 0usize);
         let mut lr = self.schedule.lr(epoch, 0.0);
@@ -459,8 +482,8 @@ impl Trainer {
             lr = self.schedule.lr(epoch, bi as f64 / batches as f64);
             let prof = (profile_now && bi == 0).then_some(&profiler);
             let be = self.backend.as_ref();
-            let (out, labels) = match (&plans, &resident, iter.as_mut()) {
-                (Some(plans), Some(dd), _) => {
+            let (out, labels) = match (&plans, &resident, iter.as_mut(), raw_iter.as_mut()) {
+                (Some(plans), Some(dd), _, _) => {
                     let plan = &plans[bi];
                     let labels: Vec<u32> = plan.iter().map(|s| self.train.labels[s.index]).collect();
                     let fill = &mut |be: &dyn Backend, xd: &mut Tensor| dd.render(be, plan, xd);
@@ -471,10 +494,21 @@ impl Trainer {
                         labels,
                     )
                 }
-                (_, _, Some(it)) => {
+                (_, _, Some(it), _) => {
                     let b = it.next().expect("the loader yields `batches` batches")?;
                     let m = &mut self.model;
                     (self.stepper.step(be, m, &mut self.sgd, &b.x, &b.labels, lr, skip_correct, prof), b.labels)
+                }
+                (_, _, _, Some(it)) => {
+                    let rb = it.next().expect("the loader yields `batches` batches")?;
+                    let dd = DeviceData::of_batch(be, &rb, self.train.shape, &self.normalize);
+                    let fill = &mut |be: &dyn Backend, xd: &mut Tensor| dd.render(be, &rb.plan, xd);
+                    let shape = [rb.plan.len(), c, h, w];
+                    let m = &mut self.model;
+                    (
+                        self.stepper.step_with(be, m, &mut self.sgd, &shape, fill, &rb.labels, lr, skip_correct, prof),
+                        rb.labels,
+                    )
                 }
                 _ => unreachable!("plans come with resident data"),
             };
