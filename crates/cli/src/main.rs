@@ -5,6 +5,7 @@ mod cmd_bench;
 mod cmd_data;
 mod cmd_eval;
 mod cmd_experiment;
+mod cmd_export;
 mod cmd_import;
 mod cmd_models;
 mod cmd_profile;
@@ -68,6 +69,8 @@ enum Command {
     Bench(cmd_bench::BenchArgs),
     /// Import a model trained elsewhere (torchvision ResNets) as a tern checkpoint
     Import(cmd_import::ImportArgs),
+    /// Export a checkpoint for other engines (ONNX)
+    Export(cmd_export::ExportArgs),
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
@@ -91,6 +94,7 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Data(a) => cmd_data::run(a),
         Command::Bench(a) => cmd_bench::run(a),
         Command::Import(a) => cmd_import::run(a),
+        Command::Export(a) => cmd_export::run(a),
         Command::Experiment(a) => cmd_experiment::run(a),
         Command::Profile(a) => cmd_profile::run(a),
         Command::Sim(a) => cmd_sim::run(a),

@@ -551,3 +551,35 @@ fn an_imported_imagenet_resnet_fine_tunes_on_grey_data_with_init_adapt() {
     let e = stderr(&o);
     assert!(e.contains("RGB kernels summed") && e.contains("5 classes in the checkpoint, 10 here"), "{e}");
 }
+
+#[test]
+fn an_exported_onnx_graph_holds_the_checkpoints_layers_and_weights() {
+    use prost::Message;
+    let out = tempfile::tempdir().unwrap();
+    let dir = out.path().join("imported");
+    import_fixture_resnet18(&dir);
+    let ckpt = dir.join("model.safetensors");
+    let onnx = out.path().join("r18.onnx");
+    let o = tern(&["export", "--checkpoint", ckpt.to_str().unwrap(), "--onnx", onnx.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let p = tern_onnx::proto::ModelProto::decode(std::fs::read(&onnx).unwrap().as_slice()).unwrap();
+    let g = p.graph.unwrap();
+    let count = |op: &str| g.node.iter().filter(|n| n.op_type.as_deref() == Some(op)).count();
+    // ResNet-18: 20 convolutions (3 projections), a BN each, 8 residual adds, max pool, FC
+    assert_eq!((count("Conv"), count("BatchNormalization"), count("Add")), (20, 20, 8));
+    assert_eq!((count("MaxPool"), count("Gemm")), (1, 1));
+    assert!(p.metadata_props.iter().any(|e| e.key.as_deref() == Some("tern.normalize")));
+    // the weights are the checkpoint's, bit for bit
+    let (mut model, _) = tern_train::checkpoint::load_model(&ckpt).unwrap();
+    let mut checked = 0;
+    model.visit_params(&mut |prm| {
+        if let Some(t) = g.initializer.iter().find(|t| t.name.as_deref() == Some(prm.name.as_str())) {
+            assert_eq!(tern_onnx::export::tensor_values(t).unwrap(), prm.value.data(), "{}", prm.name);
+            checked += 1;
+        }
+    });
+    assert_eq!(checked, 62, "every parameter is an initializer");
+    // a checkpoint that is not there is named
+    let o = tern(&["export", "--checkpoint", "/nonexistent/model.safetensors", "--onnx", onnx.to_str().unwrap()]);
+    assert!(!o.status.success() && stderr(&o).contains("/nonexistent/model.safetensors"), "{}", stderr(&o));
+}
