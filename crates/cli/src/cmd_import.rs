@@ -1,5 +1,6 @@
-//! `tern import`: a model trained elsewhere into a tern checkpoint (today: torchvision
-//! ResNets saved with `safetensors.torch.save_file(model.state_dict(), path)`).
+//! `tern import`: a model trained elsewhere into a tern checkpoint: torchvision ResNets saved
+//! with `safetensors.torch.save_file(model.state_dict(), path)`, or ONNX graphs of tern's
+//! architectures (tern's own exports among them).
 
 use anyhow::Context;
 use clap::Args;
@@ -10,6 +11,8 @@ use std::path::PathBuf;
 pub enum Format {
     /// A torchvision state dict in safetensors (float32)
     Torchvision,
+    /// An ONNX model (weights inside the file) of one of tern's architectures
+    Onnx,
 }
 
 #[derive(Args, Debug)]
@@ -17,23 +20,31 @@ pub struct ImportArgs {
     /// What the weights file is
     #[arg(long, value_enum)]
     pub format: Format,
-    /// The architecture the state dict belongs to
+    /// torchvision: the architecture the state dict belongs to (ONNX: read off the graph)
     #[arg(long, value_parser = tern_onnx::torchvision::ARCHS)]
-    pub arch: String,
-    /// The weights: `safetensors.torch.save_file(model.state_dict(), "FILE.safetensors")`
+    pub arch: Option<String>,
+    /// The weights: `safetensors.torch.save_file(model.state_dict(), "FILE.safetensors")`, or
+    /// the .onnx file
     #[arg(long)]
     pub weights: PathBuf,
-    /// Input side length the model will see (torchvision's ImageNet models: 224)
-    #[arg(long, default_value_t = 224, value_parser = crate::common::parse_input_size)]
-    pub input_size: usize,
+    /// torchvision: input side length the model will see [default: 224, ImageNet's] (ONNX:
+    /// the graph's input shape)
+    #[arg(long, value_parser = crate::common::parse_input_size)]
+    pub input_size: Option<usize>,
     /// Output folder: DIR/model.safetensors (a tern checkpoint) and DIR/import.json
     #[arg(long)]
     pub out: PathBuf,
 }
 
 pub fn run(a: ImportArgs) -> anyhow::Result<()> {
-    let Format::Torchvision = a.format;
-    let (mut model, report) = tern_onnx::torchvision::import(&a.arch, &a.weights, a.input_size)?;
+    if a.format == Format::Onnx {
+        return run_onnx(&a);
+    }
+    let Some(arch) = &a.arch else {
+        anyhow::bail!("--format torchvision needs --arch (one of {:?})", tern_onnx::torchvision::ARCHS)
+    };
+    let input_size = a.input_size.unwrap_or(224);
+    let (mut model, report) = tern_onnx::torchvision::import(arch, &a.weights, input_size)?;
     let channels = model.config.in_shape[0];
     // torchvision's ImageNet normalisation (its models expect it); other channel counts get 0/1
     let (mean, std) = if channels == 3 {
@@ -43,7 +54,7 @@ pub fn run(a: ImportArgs) -> anyhow::Result<()> {
     };
     let meta = serde_json::json!({
         "normalize": {"mean": mean, "std": std},
-        "import": {"format": "torchvision", "arch": a.arch, "weights": a.weights.display().to_string(), "report": report},
+        "import": {"format": "torchvision", "arch": arch, "weights": a.weights.display().to_string(), "report": report},
     });
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
     let ckpt = a.out.join("model.safetensors");
@@ -52,15 +63,55 @@ pub fn run(a: ImportArgs) -> anyhow::Result<()> {
     tern_core::checkpoint::write_atomic(&a.out.join("import.json"), text.as_bytes())?;
     println!(
         "{} (width {}, {} classes, {}x{}x{} input): {} tensors loaded, {} skipped (BN counters) -> {}",
-        a.arch,
+        arch,
         model.config.width,
         model.config.classes,
         channels,
-        a.input_size,
-        a.input_size,
+        input_size,
+        input_size,
         report.loaded,
         report.skipped.len(),
         ckpt.display()
     );
     Ok(())
+}
+
+/// `tern import --format onnx`: the graph matched onto one of tern's architectures.
+fn run_onnx(a: &ImportArgs) -> anyhow::Result<()> {
+    if a.arch.is_some() || a.input_size.is_some() {
+        anyhow::bail!("--arch and --input-size are read off an ONNX graph: leave them out with --format onnx");
+    }
+    let (mut model, report) = tern_onnx::import::import(&a.weights)?;
+    // the normalisation a tern export recorded; otherwise none (values as the graph takes them)
+    let c = model.config.in_shape[0];
+    let normalize =
+        read_normalize(&a.weights)?.unwrap_or_else(|| serde_json::json!({"mean": vec![0.0; c], "std": vec![1.0; c]}));
+    let meta = serde_json::json!({
+        "normalize": normalize,
+        "import": {"format": "onnx", "file": a.weights.display().to_string(), "report": report},
+    });
+    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+    let ckpt = a.out.join("model.safetensors");
+    tern_train::checkpoint::save(&ckpt, &mut model, &[], meta)?;
+    let text = serde_json::to_string_pretty(&serde_json::json!({"model": model.config, "report": report}))?;
+    tern_core::checkpoint::write_atomic(&a.out.join("import.json"), text.as_bytes())?;
+    println!(
+        "{} (width {}, {} classes, {:?} input): {} nodes, {} tensors loaded -> {}",
+        model.config.name,
+        model.config.width,
+        model.config.classes,
+        model.config.in_shape,
+        report.nodes,
+        report.weights,
+        ckpt.display()
+    );
+    Ok(())
+}
+
+/// The `tern.normalize` metadata of an ONNX file tern exported, if any.
+fn read_normalize(path: &std::path::Path) -> anyhow::Result<Option<serde_json::Value>> {
+    use prost::Message;
+    let m = tern_onnx::proto::ModelProto::decode(std::fs::read(path)?.as_slice())?;
+    let entry = m.metadata_props.iter().find(|e| e.key.as_deref() == Some("tern.normalize"));
+    Ok(entry.and_then(|e| serde_json::from_str(e.value.as_deref()?).ok()))
 }

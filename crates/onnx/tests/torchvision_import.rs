@@ -1,6 +1,7 @@
 //! torchvision-shaped ResNets (state dicts with torchvision's names, seeded weights and BN
-//! statistics; `fixtures/make_torchvision_fixtures.py`) imported into tern reproduce
-//! PyTorch's eval-mode logits; files that do not fit are refused, naming the keys.
+//! statistics; `fixtures/make_torchvision_fixtures.py`), imported into tern from their
+//! safetensors state dicts and from PyTorch's ONNX exports, reproduce PyTorch's eval-mode
+//! logits; files that do not fit are refused, naming the keys.
 
 use std::path::{Path, PathBuf};
 use tern_core::{CpuBackend, Tensor};
@@ -8,6 +9,37 @@ use tern_train::Ctx;
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+}
+
+/// The fixture's input and PyTorch's logits.
+fn reference(arch: &str) -> (Tensor, Vec<f32>) {
+    let f: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(fixture(&format!("{arch}_w8.json"))).unwrap()).unwrap();
+    let shape: Vec<usize> = f["input_shape"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as usize).collect();
+    let to_vec = |k: &str| f[k].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect::<Vec<f32>>();
+    (Tensor::from_vec(&shape, to_vec("input")), to_vec("logits"))
+}
+
+/// ‖got − want‖ / ‖want‖.
+fn relative(got: &[f32], want: &[f32]) -> f64 {
+    let (num, den) = got
+        .iter()
+        .zip(want)
+        .fold((0.0f64, 0.0f64), |(n, d), (a, b)| (n + ((a - b) as f64).powi(2), d + (*b as f64).powi(2)));
+    (num / den).sqrt()
+}
+
+#[test]
+fn pytorchs_onnx_exports_import_with_pytorchs_logits() {
+    for arch in ["resnet18", "resnet50"] {
+        let (x, want) = reference(arch);
+        let (mut model, report) = tern_onnx::import::import(&fixture(&format!("{arch}_w8.onnx"))).unwrap();
+        assert_eq!(report.model.name, arch);
+        assert_eq!((model.config.width, model.config.classes, model.config.in_shape), (8, 5, [3, 32, 32]));
+        let got = model.forward(&Ctx::new(&CpuBackend, false), &x);
+        let rel = relative(got.data(), &want);
+        assert!(rel < 1e-4, "{arch}: logits differ from PyTorch's by {rel:.2e} (relative)");
+    }
 }
 
 #[test]

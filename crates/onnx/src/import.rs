@@ -1,0 +1,350 @@
+//! ONNX graphs into tern models. Every operator is checked against the set tern runs; the
+//! graph is then matched, node for node, against the ONNX form of each of tern's
+//! architectures that could have its input, width and classes (the exporter is the oracle:
+//! same operators in the same order, same attributes, same weight shapes), and the weights
+//! are copied into the match. A graph of supported operators that is no tern architecture
+//! (another topology) is refused with the first node where the closest candidate differs.
+
+use crate::export::{tensor_values, to_onnx};
+use crate::proto;
+use std::collections::HashMap;
+use std::path::Path;
+use tern_core::{Error, Result, Rng, Tensor};
+use tern_train::{models, Model, ModelConfig};
+
+/// Operators tern can import.
+pub const OPERATORS: [&str; 10] = [
+    "Conv",
+    "BatchNormalization",
+    "Relu",
+    "Add",
+    "MaxPool",
+    "AveragePool",
+    "GlobalAveragePool",
+    "Flatten",
+    "Gemm",
+    "Identity",
+];
+
+/// One node as the match compares it: operator, attributes (defaults filled in), and the
+/// shapes of its weight inputs.
+#[derive(Debug, PartialEq)]
+struct Shape {
+    op: String,
+    attrs: Vec<(String, String)>,
+    weights: Vec<Vec<i64>>,
+}
+
+/// Attributes with ONNX's defaults where tern's exporter writes them explicitly.
+fn attributes(n: &proto::NodeProto) -> Vec<(String, String)> {
+    let mut a: Vec<(String, String)> = n
+        .attribute
+        .iter()
+        .map(|a| {
+            let v = if !a.ints.is_empty() {
+                format!("{:?}", a.ints)
+            } else if let Some(i) = a.i {
+                i.to_string()
+            } else if let Some(f) = a.f {
+                f.to_string()
+            } else {
+                String::new()
+            };
+            (a.name.clone().unwrap_or_default(), v)
+        })
+        .filter(|(k, v)| {
+            // defaults that writers may leave out
+            !matches!(
+                (n.op_type.as_deref().unwrap_or(""), k.as_str(), v.as_str()),
+                (_, "dilations", "[1, 1]")
+                    | ("Conv", "group", "1")
+                    | ("Gemm", "alpha", "1")
+                    | ("Gemm", "beta", "1")
+                    | ("Gemm", "transA", "0")
+                    | ("BatchNormalization", "momentum", _)
+                    | ("BatchNormalization", "training_mode", "0")
+                    | ("Flatten", "axis", "1")
+                    | (_, "pads", "[0, 0, 0, 0]")
+                    | ("MaxPool", "ceil_mode", "0")
+                    | ("AveragePool", "ceil_mode", "0")
+            )
+        })
+        .collect();
+    a.sort();
+    a
+}
+
+/// The nodes of `g` as the match sees them (`Identity` nodes dropped, their outputs renamed
+/// to their inputs), and, per node, the names of its weight inputs.
+fn shapes(g: &proto::GraphProto) -> (Vec<Shape>, Vec<Vec<String>>) {
+    let dims: HashMap<&str, &Vec<i64>> =
+        g.initializer.iter().filter_map(|t| Some((t.name.as_deref()?, &t.dims))).collect();
+    let mut alias: HashMap<String, String> = HashMap::new();
+    let (mut out, mut names) = (Vec::new(), Vec::new());
+    for n in &g.node {
+        let resolve = |v: &String| alias.get(v).cloned().unwrap_or_else(|| v.clone());
+        if n.op_type.as_deref() == Some("Identity") {
+            if let (Some(i), Some(o)) = (n.input.first(), n.output.first()) {
+                alias.insert(o.clone(), resolve(i));
+            }
+            continue;
+        }
+        let weights: Vec<String> = n.input.iter().map(resolve).filter(|i| dims.contains_key(i.as_str())).collect();
+        out.push(Shape {
+            op: n.op_type.clone().unwrap_or_default(),
+            attrs: attributes(n),
+            weights: weights.iter().map(|w| dims[w.as_str()].clone()).collect(),
+        });
+        names.push(weights);
+    }
+    (out, names)
+}
+
+/// What an import found.
+#[derive(Debug, serde::Serialize)]
+pub struct Report {
+    pub model: ModelConfig,
+    pub nodes: usize,
+    pub weights: usize,
+}
+
+/// The architectures a graph with this input, first-conv width and class count could be.
+fn candidates(in_shape: [usize; 3], width: usize, classes: usize) -> Vec<ModelConfig> {
+    let mut v = Vec::new();
+    for name in models::MODEL_NAMES {
+        for w in [0, width] {
+            for small_input in [false, true] {
+                if small_input && !matches!(name, "resnet18" | "resnet34" | "resnet50" | "resnet152") {
+                    continue;
+                }
+                v.push(ModelConfig { name: name.into(), in_shape, classes, width: w, small_input });
+            }
+        }
+    }
+    v
+}
+
+/// Reads an ONNX file into the tern model it describes, with its weights.
+pub fn import(path: &Path) -> Result<(Model, Report)> {
+    use prost::Message;
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let m = proto::ModelProto::decode(bytes.as_slice())
+        .map_err(|e| Error::format(path, format!("not an ONNX model (truncated or corrupt?): {e}")))?;
+    let g = m.graph.as_ref().ok_or_else(|| Error::format(path, "an ONNX model without a graph"))?;
+    for (i, n) in g.node.iter().enumerate() {
+        let op = n.op_type.as_deref().unwrap_or("");
+        if !OPERATORS.contains(&op) || n.domain.as_deref().is_some_and(|d| !d.is_empty() && d != "ai.onnx") {
+            return Err(Error::format(
+                path,
+                format!(
+                    "node {i} ({}) is a {op}{}: tern imports {OPERATORS:?}",
+                    n.name.as_deref().unwrap_or("unnamed"),
+                    n.domain
+                        .as_deref()
+                        .filter(|d| !d.is_empty())
+                        .map(|d| format!(" of domain {d}"))
+                        .unwrap_or_default()
+                ),
+            ));
+        }
+    }
+    let inits: HashMap<&str, &proto::TensorProto> =
+        g.initializer.iter().filter_map(|t| Some((t.name.as_deref()?, t))).collect();
+    let inputs: Vec<&proto::ValueInfoProto> =
+        g.input.iter().filter(|v| !inits.contains_key(v.name.as_deref().unwrap_or(""))).collect();
+    let [input] = inputs.as_slice() else {
+        return Err(Error::format(
+            path,
+            format!("{} graph inputs besides the weights: expected one image batch", inputs.len()),
+        ));
+    };
+    let dims: Vec<Option<i64>> = input
+        .r#type
+        .as_ref()
+        .and_then(|t| t.tensor_type.as_ref())
+        .and_then(|t| t.shape.as_ref())
+        .map(|s| s.dim.iter().map(|d| d.dim_value).collect())
+        .unwrap_or_default();
+    let side = |d: Option<i64>| d.and_then(|v| usize::try_from(v).ok()).filter(|&v| v > 0);
+    let in_shape = match dims.as_slice() {
+        [_, c, h, w] => match (side(*c), side(*h), side(*w)) {
+            (Some(c), Some(h), Some(w)) => [c, h, w],
+            _ => {
+                return Err(Error::format(
+                    path,
+                    format!("input shape {dims:?}: channels, height and width must be fixed"),
+                ))
+            }
+        },
+        _ => {
+            return Err(Error::format(path, format!("input shape {dims:?}: expected [batch, channels, height, width]")))
+        }
+    };
+    let first_conv = g.node.iter().find(|n| n.op_type.as_deref() == Some("Conv"));
+    let last_gemm = g.node.iter().rev().find(|n| n.op_type.as_deref() == Some("Gemm"));
+    let weight_dim0 = |n: Option<&proto::NodeProto>| {
+        n.and_then(|n| n.input.get(1)).and_then(|w| inits.get(w.as_str())).and_then(|t| t.dims.first().copied())
+    };
+    let (width, classes) = match (weight_dim0(first_conv), weight_dim0(last_gemm)) {
+        (Some(w), Some(c)) if w > 0 && c > 0 => (w as usize, c as usize),
+        _ => {
+            return Err(Error::format(
+                path,
+                "no Conv and Gemm with weights among the initializers: not a CNN tern knows",
+            ))
+        }
+    };
+    let (want, names) = shapes(g);
+    // the closest candidate: the longest common prefix of nodes
+    let mut closest: Option<(usize, String)> = None;
+    for cfg in candidates(in_shape, width, classes) {
+        let Ok(mut model) = models::build(&cfg, &mut Rng::new(0)) else { continue };
+        let ours = to_onnx(&mut model, &[])?;
+        let (have, our_names) = shapes(ours.graph.as_ref().expect("the exporter writes a graph"));
+        let same = have.iter().zip(&want).take_while(|(a, b)| a == b).count();
+        if same == have.len() && have.len() == want.len() {
+            let n = load_weights(path, &mut model, &inits, &our_names, &names)?;
+            return Ok((model, Report { model: cfg, nodes: want.len(), weights: n }));
+        }
+        if closest.as_ref().is_none_or(|(s, _)| same > *s) {
+            let at = want
+                .get(same)
+                .map_or("the end of the graph".into(), |s| format!("node {same} ({} {:?})", s.op, s.attrs));
+            let theirs = have.get(same).map_or("ends there".into(), |s| format!("has {} {:?}", s.op, s.attrs));
+            closest = Some((same, format!("closest: {} (width {}) — at {at} it {theirs}", cfg.name, cfg.width)));
+        }
+    }
+    Err(Error::format(
+        path,
+        format!(
+            "its {} nodes ({in_shape:?} input, first conv width {width}, {classes} classes) match none of tern's architectures; {}",
+            want.len(),
+            closest.map_or(String::new(), |c| c.1)
+        ),
+    ))
+}
+
+/// Copies the file's weights into `model`: node by node, the file's k-th weight input into
+/// the tensor tern's export names there. Returns the number of tensors copied.
+fn load_weights(
+    path: &Path,
+    model: &mut Model,
+    inits: &HashMap<&str, &proto::TensorProto>,
+    ours: &[Vec<String>],
+    theirs: &[Vec<String>],
+) -> Result<usize> {
+    let mut values: HashMap<&str, Vec<f32>> = HashMap::new();
+    for (a, b) in ours.iter().zip(theirs) {
+        for (tern_name, file_name) in a.iter().zip(b) {
+            let v = tensor_values(inits[file_name.as_str()]).map_err(|e| Error::format(path, e.to_string()))?;
+            values.insert(tern_name.as_str(), v);
+        }
+    }
+    let mut copied = 0;
+    let mut take = |name: &str, t: &mut Tensor| {
+        if let Some(v) = values.remove(name) {
+            *t = Tensor::from_vec(t.shape(), v);
+            copied += 1;
+        }
+    };
+    model.visit_params(&mut |p| take(&p.name, &mut p.value));
+    model.visit_buffers(&mut |n, t| take(n, t));
+    if !values.is_empty() {
+        let mut left: Vec<&str> = values.keys().copied().collect();
+        left.sort();
+        return Err(Error::format(path, format!("weights with no place in the model: {left:?}")));
+    }
+    Ok(copied)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tern_core::quant::TernaryConfig;
+    use tern_core::CpuBackend;
+    use tern_train::Ctx;
+
+    fn write(m: &mut Model, dir: &Path) -> std::path::PathBuf {
+        let p = dir.join("m.onnx");
+        crate::export::write_onnx(&p, m, &[]).unwrap();
+        p
+    }
+
+    fn logits(m: &mut Model, x: &Tensor) -> Vec<f32> {
+        m.forward(&Ctx::new(&CpuBackend, false), x).into_data()
+    }
+
+    #[test]
+    fn exported_models_come_back_with_the_same_logits() {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, width, shape, ternary) in [
+            ("vgg-small", 8, [1, 16, 16], false),
+            ("resnet20", 4, [3, 12, 12], true),
+            ("resnet18", 8, [3, 32, 32], false),
+        ] {
+            let cfg = ModelConfig { name: name.into(), in_shape: shape, classes: 7, width, small_input: false };
+            let mut m = models::build(&cfg, &mut Rng::new(9)).unwrap();
+            if ternary {
+                m.set_ternary(Some(TernaryConfig::default()), true, false);
+            }
+            // BN statistics that are not the initial ones
+            m.visit_buffers(&mut |n, t| {
+                let k = t.len();
+                let v =
+                    (0..k).map(|i| if n.ends_with("var") { 0.5 + i as f32 * 0.01 } else { i as f32 * 0.02 }).collect();
+                *t = Tensor::from_vec(t.shape(), v);
+            });
+            let p = write(&mut m, dir.path());
+            let (mut back, report) = import(&p).unwrap();
+            assert_eq!(report.model.name, name);
+            let mut n = vec![2];
+            n.extend_from_slice(&shape);
+            let x = Tensor::randn(&n, 1.0, &mut Rng::new(1));
+            let (a, b) = (logits(&mut m, &x), logits(&mut back, &x));
+            for (u, v) in a.iter().zip(&b) {
+                assert!((u - v).abs() <= 1e-5 * (1.0 + u.abs()), "{name}: {u} vs {v}");
+            }
+        }
+    }
+
+    #[test]
+    fn unknown_operators_and_broken_files_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg =
+            ModelConfig { name: "vgg-small".into(), in_shape: [1, 16, 16], classes: 10, width: 8, small_input: false };
+        let mut m = models::build(&cfg, &mut Rng::new(9)).unwrap();
+        let mut p = to_onnx(&mut m, &[]).unwrap();
+        let g = p.graph.as_mut().unwrap();
+        g.node[2].op_type = Some("Sigmoid".into());
+        let f = dir.path().join("sig.onnx");
+        std::fs::write(&f, prost::Message::encode_to_vec(&p)).unwrap();
+        let e = import(&f).err().expect("refused").to_string();
+        assert!(e.contains("sig.onnx") && e.contains("Sigmoid") && e.contains("node 2"), "{e}");
+        // a topology tern does not build: a pool taken out
+        let mut p = to_onnx(&mut m, &[]).unwrap();
+        let g = p.graph.as_mut().unwrap();
+        let pool = g.node.iter().position(|n| n.op_type.as_deref() == Some("MaxPool")).unwrap();
+        let (i, o) = (g.node[pool].input[0].clone(), g.node[pool].output[0].clone());
+        g.node[pool] = proto::NodeProto {
+            input: vec![i],
+            output: vec![o],
+            op_type: Some("Identity".into()),
+            ..Default::default()
+        };
+        std::fs::write(&f, prost::Message::encode_to_vec(&p)).unwrap();
+        let e = import(&f).err().expect("refused").to_string();
+        assert!(e.contains("match none") && e.contains("closest: vgg-small"), "{e}");
+        // truncated
+        let bytes = crate::export::to_onnx(&mut m, &[]).map(|p| prost::Message::encode_to_vec(&p)).unwrap();
+        std::fs::write(&f, &bytes[..bytes.len() / 2]).unwrap();
+        let e = import(&f).err().expect("refused").to_string();
+        assert!(e.contains("sig.onnx") && e.contains("not an ONNX model"), "{e}");
+        // a weight of the wrong size
+        let mut p = to_onnx(&mut m, &[]).unwrap();
+        let w = &mut p.graph.as_mut().unwrap().initializer[0];
+        w.raw_data.as_mut().unwrap().truncate(8);
+        std::fs::write(&f, prost::Message::encode_to_vec(&p)).unwrap();
+        let e = import(&f).err().expect("refused").to_string();
+        assert!(e.contains("values for dimensions"), "{e}");
+    }
+}
