@@ -12,8 +12,12 @@ use std::path::Path;
 use tern_core::{Error, Result, Rng, Tensor};
 use tern_train::{models, Model, ModelConfig};
 
-/// Operators tern can import.
-pub const OPERATORS: [&str; 10] = [
+/// Operators tern can import (MatMul with its bias Add becomes Gemm, a Reshape to
+/// `[batch, features]` becomes Flatten, Constants feed those Reshapes).
+pub const OPERATORS: [&str; 13] = [
+    "MatMul",
+    "Reshape",
+    "Constant",
     "Conv",
     "BatchNormalization",
     "Relu",
@@ -100,6 +104,123 @@ fn shapes(g: &proto::GraphProto) -> (Vec<Shape>, Vec<Vec<String>>) {
     (out, names)
 }
 
+/// The graph with the equivalent forms tern's exporter does not write rewritten into those
+/// it does: `MatMul(x, W)` (+ `Add(·, b)`) → `Gemm(x, Wᵀ, b, transB=1)`, `Reshape` to 2-D →
+/// `Flatten`; the `Constant`s that fed the Reshapes go.
+fn canonical(g: &proto::GraphProto) -> std::result::Result<proto::GraphProto, String> {
+    let mut g = g.clone();
+    let inits: HashMap<String, proto::TensorProto> =
+        g.initializer.iter().filter_map(|t| Some((t.name.clone()?, t.clone()))).collect();
+    let consumers = |g: &proto::GraphProto, v: &str| g.node.iter().filter(|n| n.input.iter().any(|i| i == v)).count();
+    let mut out: Vec<proto::NodeProto> = Vec::new();
+    let mut dropped_constants = Vec::new();
+    let mut i = 0;
+    while i < g.node.len() {
+        let n = g.node[i].clone();
+        let op = n.op_type.as_deref().unwrap_or("");
+        let name = n.name.clone().unwrap_or_else(|| format!("node {i}"));
+        match op {
+            "MatMul" => {
+                let w = n
+                    .input
+                    .get(1)
+                    .and_then(|w| inits.get(w))
+                    .ok_or(format!("{name}: a MatMul without a weight initializer"))?;
+                let [d_in, d_out] = w.dims[..] else {
+                    return Err(format!("{name}: a MatMul weight of shape {:?}", w.dims));
+                };
+                let (d_in, d_out) = (d_in as usize, d_out as usize);
+                let v = tensor_values(w).map_err(|e| e.to_string())?;
+                let mut t = vec![0.0f32; v.len()];
+                for r in 0..d_in {
+                    for c in 0..d_out {
+                        t[c * d_in + r] = v[r * d_out + c];
+                    }
+                }
+                let wt = format!("{}.T", w.name.clone().unwrap_or_default());
+                g.initializer.push(crate::export::tensor_proto(&wt, &[d_out, d_in], &t));
+                let mut inputs = vec![n.input[0].clone(), wt];
+                let mut output = n.output.clone();
+                // a bias Add right after, taking this product only
+                if let Some(next) = g.node.get(i + 1) {
+                    let bias = next.input.iter().find(|v| inits.get(*v).is_some_and(|b| b.dims == [d_out as i64]));
+                    if next.op_type.as_deref() == Some("Add")
+                        && next.input.contains(&n.output[0])
+                        && consumers(&g, &n.output[0]) == 1
+                    {
+                        if let Some(b) = bias {
+                            inputs.push(b.clone());
+                            output = next.output.clone();
+                            i += 1;
+                        }
+                    }
+                }
+                let attribute = vec![proto::AttributeProto {
+                    name: Some("transB".into()),
+                    r#type: Some(crate::proto::attribute_type::INT),
+                    i: Some(1),
+                    ..Default::default()
+                }];
+                out.push(proto::NodeProto {
+                    input: inputs,
+                    output,
+                    name: n.name.clone(),
+                    op_type: Some("Gemm".into()),
+                    attribute,
+                    ..Default::default()
+                });
+            }
+            "Reshape" => {
+                let target = n.input.get(1).cloned().unwrap_or_default();
+                let constant = g
+                    .node
+                    .iter()
+                    .find(|c| c.op_type.as_deref() == Some("Constant") && c.output.first() == Some(&target));
+                let shape = inits.get(&target).map(int64_values).or_else(|| {
+                    let a = constant?.attribute.iter().find(|a| a.name.as_deref() == Some("value"))?;
+                    a.t.as_ref().map(int64_values)
+                });
+                // a 2-D target keeps the batch and flattens the rest (what a CNN's Reshape does)
+                if shape.as_ref().is_none_or(|s| s.len() != 2) {
+                    return Err(format!(
+                        "{name}: a Reshape to {shape:?}: tern reads Reshapes to [batch, features] only"
+                    ));
+                }
+                dropped_constants.push(target);
+                let attribute = vec![proto::AttributeProto {
+                    name: Some("axis".into()),
+                    r#type: Some(crate::proto::attribute_type::INT),
+                    i: Some(1),
+                    ..Default::default()
+                }];
+                out.push(proto::NodeProto {
+                    input: vec![n.input[0].clone()],
+                    output: n.output.clone(),
+                    name: n.name.clone(),
+                    op_type: Some("Flatten".into()),
+                    attribute,
+                    ..Default::default()
+                });
+            }
+            _ => out.push(n),
+        }
+        i += 1;
+    }
+    out.retain(|n| {
+        !(n.op_type.as_deref() == Some("Constant") && n.output.iter().any(|o| dropped_constants.contains(o)))
+    });
+    g.node = out;
+    Ok(g)
+}
+
+/// The integers of an INT64 tensor (raw little-endian data or `int64_data`).
+fn int64_values(t: &proto::TensorProto) -> Vec<i64> {
+    match &t.raw_data {
+        Some(raw) => raw.chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().expect("8 bytes"))).collect(),
+        None => t.int64_data.clone(),
+    }
+}
+
 /// What an import found.
 #[derive(Debug, serde::Serialize)]
 pub struct Report {
@@ -131,6 +252,7 @@ pub fn import(path: &Path) -> Result<(Model, Report)> {
     let m = proto::ModelProto::decode(bytes.as_slice())
         .map_err(|e| Error::format(path, format!("not an ONNX model (truncated or corrupt?): {e}")))?;
     let g = m.graph.as_ref().ok_or_else(|| Error::format(path, "an ONNX model without a graph"))?;
+    let g = &canonical(g).map_err(|what| Error::format(path, what))?;
     for (i, n) in g.node.iter().enumerate() {
         let op = n.op_type.as_deref().unwrap_or("");
         if !OPERATORS.contains(&op) || n.domain.as_deref().is_some_and(|d| !d.is_empty() && d != "ai.onnx") {
@@ -304,6 +426,69 @@ mod tests {
             for (u, v) in a.iter().zip(&b) {
                 assert!((u - v).abs() <= 1e-5 * (1.0 + u.abs()), "{name}: {u} vs {v}");
             }
+        }
+    }
+
+    #[test]
+    fn matmul_add_and_reshape_graphs_import_as_gemm_and_flatten() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg =
+            ModelConfig { name: "vgg-small".into(), in_shape: [1, 16, 16], classes: 6, width: 8, small_input: false };
+        let mut m = models::build(&cfg, &mut Rng::new(4)).unwrap();
+        let mut p = to_onnx(&mut m, &[]).unwrap();
+        let g = p.graph.as_mut().unwrap();
+        // Flatten -> Constant [0, -1] + Reshape
+        let f = g.node.iter().position(|n| n.op_type.as_deref() == Some("Flatten")).unwrap();
+        let (fi, fo) = (g.node[f].input[0].clone(), g.node[f].output[0].clone());
+        let shape =
+            proto::TensorProto { dims: vec![2], data_type: Some(7), int64_data: vec![0, -1], ..Default::default() };
+        let constant = proto::NodeProto {
+            output: vec!["shape".into()],
+            op_type: Some("Constant".into()),
+            attribute: vec![proto::AttributeProto {
+                name: Some("value".into()),
+                r#type: Some(4),
+                t: Some(shape),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let reshape = proto::NodeProto {
+            input: vec![fi, "shape".into()],
+            output: vec![fo],
+            op_type: Some("Reshape".into()),
+            ..Default::default()
+        };
+        g.node.splice(f..=f, [constant, reshape]);
+        // Gemm(x, W, b, transB) -> MatMul(x, Wᵀ) + Add(·, b)
+        let k = g.node.iter().position(|n| n.op_type.as_deref() == Some("Gemm")).unwrap();
+        let gemm = g.node[k].clone();
+        let w = g.initializer.iter().find(|t| t.name.as_ref() == Some(&gemm.input[1])).unwrap().clone();
+        let (d_out, d_in) = (w.dims[0] as usize, w.dims[1] as usize);
+        let v = tensor_values(&w).unwrap();
+        let t: Vec<f32> = (0..d_in * d_out).map(|i| v[(i % d_out) * d_in + i / d_out]).collect();
+        g.initializer.push(crate::export::tensor_proto("w_in_out", &[d_in, d_out], &t));
+        let matmul = proto::NodeProto {
+            input: vec![gemm.input[0].clone(), "w_in_out".into()],
+            output: vec!["prod".into()],
+            op_type: Some("MatMul".into()),
+            ..Default::default()
+        };
+        let add = proto::NodeProto {
+            input: vec!["prod".into(), gemm.input[2].clone()],
+            output: gemm.output.clone(),
+            op_type: Some("Add".into()),
+            ..Default::default()
+        };
+        g.node.splice(k..=k, [matmul, add]);
+        g.initializer.retain(|t| t.name != w.name);
+        let f = dir.path().join("mm.onnx");
+        std::fs::write(&f, prost::Message::encode_to_vec(&p)).unwrap();
+        let (mut back, _) = import(&f).unwrap();
+        let x = Tensor::randn(&[2, 1, 16, 16], 1.0, &mut Rng::new(2));
+        let (a, b) = (logits(&mut m, &x), logits(&mut back, &x));
+        for (u, v) in a.iter().zip(&b) {
+            assert!((u - v).abs() <= 1e-5 * (1.0 + u.abs()), "{u} vs {v}");
         }
     }
 
