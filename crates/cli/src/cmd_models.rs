@@ -14,7 +14,7 @@ pub struct ModelsArgs {
     /// Input channels
     #[arg(long, default_value_t = 3)]
     pub channels: usize,
-    /// Input side length [default: 224 for ImageNet-style ResNets, else 32]
+    /// Input side length [default: 224 for ImageNet-style ResNets and torchvision's VGGs, else 32]
     #[arg(long)]
     pub input_size: Option<usize>,
     /// Classes (the classifier's outputs)
@@ -50,7 +50,8 @@ pub fn run(a: ModelsArgs) -> anyhow::Result<()> {
         println!("\n`tern models NAME` prints a model's layers, output shapes, parameters and multiply-adds.");
         return Ok(());
     };
-    let imagenet = ["resnet18", "resnet34", "resnet50", "resnet152"].contains(&name.as_str()) && !a.small_input;
+    let imagenet = (["resnet18", "resnet34", "resnet50", "resnet152"].contains(&name.as_str()) && !a.small_input)
+        || name.ends_with("_bn");
     let side = a.input_size.unwrap_or(if imagenet { 224 } else { 32 });
     let cfg = ModelConfig {
         name,

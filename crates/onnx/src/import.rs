@@ -202,6 +202,10 @@ fn canonical(g: &proto::GraphProto) -> std::result::Result<proto::GraphProto, St
                     ..Default::default()
                 });
             }
+            "AveragePool" | "MaxPool" if is_unit_pool(&n) => {
+                // a 1x1 window with stride 1 (PyTorch's adaptive pooling to the size it has)
+                out.push(proto::NodeProto { op_type: Some("Identity".into()), attribute: vec![], ..n });
+            }
             _ => out.push(n),
         }
         i += 1;
@@ -211,6 +215,14 @@ fn canonical(g: &proto::GraphProto) -> std::result::Result<proto::GraphProto, St
     });
     g.node = out;
     Ok(g)
+}
+
+/// Whether a pooling node has a 1x1 window, stride 1 and no padding: the identity.
+fn is_unit_pool(n: &proto::NodeProto) -> bool {
+    let get = |k: &str| n.attribute.iter().find(|a| a.name.as_deref() == Some(k)).map(|a| a.ints.clone());
+    get("kernel_shape").is_some_and(|k| k.iter().all(|&v| v == 1))
+        && get("strides").is_none_or(|s| s.iter().all(|&v| v == 1))
+        && get("pads").is_none_or(|p| p.iter().all(|&v| v == 0))
 }
 
 /// The integers of an INT64 tensor (raw little-endian data or `int64_data`).
@@ -231,9 +243,11 @@ pub struct Report {
 
 /// The architectures a graph with this input, first-conv width and class count could be.
 fn candidates(in_shape: [usize; 3], width: usize, classes: usize) -> Vec<ModelConfig> {
+    // the graph's own first-conv width first: then a match is usually among the small
+    // candidates, before any network of a default (ImageNet-size) width is built
     let mut v = Vec::new();
-    for name in models::MODEL_NAMES {
-        for w in [0, width] {
+    for w in [width, 0] {
+        for name in models::MODEL_NAMES {
             for small_input in [false, true] {
                 if small_input && !matches!(name, "resnet18" | "resnet34" | "resnet50" | "resnet152") {
                     continue;

@@ -3,6 +3,7 @@
 //!
 //! torchvision → tern: `conv1`/`bn1` → `stem.conv`/`stem.bn`; in `layerL.B`, `convK`/`bnK` →
 //! `layerL.B.K.conv`/`.K.bn` and `downsample.0`/`.1` → `downsample.conv`/`.bn`; `fc` → `fc`.
+//! VGG-BN keeps torchvision's names (`features.i`, `classifier.j`: tern builds it that way).
 //! BN's `num_batches_tracked` has no counterpart (tern's momentum is fixed) and is skipped.
 
 use safetensors::{Dtype, SafeTensors};
@@ -12,7 +13,8 @@ use tern_core::{Error, Result, Rng, Tensor};
 use tern_train::{models, Model, ModelConfig};
 
 /// The architectures whose torchvision layout tern builds.
-pub const ARCHS: [&str; 4] = ["resnet18", "resnet34", "resnet50", "resnet152"];
+pub const ARCHS: [&str; 8] =
+    ["resnet18", "resnet34", "resnet50", "resnet152", "vgg11_bn", "vgg13_bn", "vgg16_bn", "vgg19_bn"];
 
 /// tern's name for a torchvision state-dict key (None: no counterpart).
 pub fn tern_name(key: &str) -> Option<String> {
@@ -21,6 +23,7 @@ pub fn tern_name(key: &str) -> Option<String> {
     }
     let parts: Vec<&str> = key.split('.').collect();
     let out = match parts.as_slice() {
+        ["features" | "classifier", i, p] if i.parse::<usize>().is_ok() => format!("{}.{i}.{p}", parts[0]),
         ["conv1", p] => format!("stem.conv.{p}"),
         ["bn1", p] => format!("stem.bn.{p}"),
         ["fc", p] => format!("fc.{p}"),
@@ -93,10 +96,11 @@ pub fn import(arch: &str, path: &Path, side: usize) -> Result<(Model, Report)> {
     }
     let (file, counters) = read(path)?;
     let need = |k: &str| {
-        file.get(k).ok_or_else(|| Error::format(path, format!("no `{k}`: not a torchvision ResNet state dict")))
+        file.get(k).ok_or_else(|| Error::format(path, format!("no `{k}`: not a torchvision {arch} state dict")))
     };
-    let conv1 = need("conv1.weight")?;
-    let fc = need("fc.weight")?;
+    let vgg = arch.starts_with("vgg");
+    let conv1 = need(if vgg { "features.0.weight" } else { "conv1.weight" })?;
+    let fc = need(if vgg { "classifier.6.weight" } else { "fc.weight" })?;
     let (width, channels, classes) = (conv1.dim(0), conv1.dim(1), fc.dim(0));
     let cfg = ModelConfig { name: arch.into(), in_shape: [channels, side, side], classes, width, small_input: false };
     let mut model = models::build(&cfg, &mut Rng::new(0))?;
@@ -154,6 +158,8 @@ mod tests {
         assert_eq!(tern_name("layer3.0.downsample.1.running_mean").unwrap(), "layer3.0.downsample.bn.running_mean");
         assert_eq!(tern_name("fc.bias").unwrap(), "fc.bias");
         assert_eq!(tern_name("layer1.0.bn1.num_batches_tracked"), None);
-        assert!(tern_name("classifier.6.weight").unwrap().starts_with('?'));
+        assert_eq!(tern_name("classifier.6.weight").unwrap(), "classifier.6.weight");
+        assert_eq!(tern_name("features.1.running_mean").unwrap(), "features.1.running_mean");
+        assert!(tern_name("features.x.weight").unwrap().starts_with('?'));
     }
 }

@@ -29,6 +29,33 @@ fn relative(got: &[f32], want: &[f32]) -> f64 {
     (num / den).sqrt()
 }
 
+/// The VGG fixture's input and logits (kept in safetensors: a 224-px image is large for JSON).
+fn vgg_reference() -> (Tensor, Vec<f32>) {
+    let bytes = std::fs::read(fixture("vgg11_bn_w4_io.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let f32s = |k: &str| -> (Vec<usize>, Vec<f32>) {
+        let v = st.tensor(k).unwrap();
+        let data = v.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+        (v.shape().to_vec(), data)
+    };
+    let ((shape, x), (_, y)) = (f32s("input"), f32s("logits"));
+    (Tensor::from_vec(&shape, x), y)
+}
+
+#[test]
+fn torchvision_vgg_bn_imports_from_its_state_dict_and_its_onnx_export() {
+    let (x, want) = vgg_reference();
+    let (mut a, report) = tern_onnx::torchvision::import("vgg11_bn", &fixture("vgg11_bn_w4.safetensors"), 224).unwrap();
+    assert!(report.missing.is_empty() && report.unmatched.is_empty());
+    let (mut b, r) = tern_onnx::import::import(&fixture("vgg11_bn_w4.onnx")).unwrap();
+    assert_eq!((r.model.name.as_str(), r.model.width, r.model.classes), ("vgg11_bn", 4, 5));
+    for (how, m) in [("state dict", &mut a), ("ONNX", &mut b)] {
+        let got = m.forward(&Ctx::new(&CpuBackend, false), &x);
+        let rel = relative(got.data(), &want);
+        assert!(rel < 1e-4, "vgg11_bn from its {how}: logits differ from PyTorch's by {rel:.2e}");
+    }
+}
+
 #[test]
 fn pytorchs_onnx_exports_import_with_pytorchs_logits() {
     for arch in ["resnet18", "resnet50"] {

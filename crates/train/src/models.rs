@@ -6,7 +6,7 @@ use crate::layers::*;
 use crate::model::{Model, ModelConfig};
 use tern_core::{Error, Result, Rng};
 
-pub const MODEL_NAMES: [&str; 10] = [
+pub const MODEL_NAMES: [&str; 14] = [
     "lenet5",
     "vgg-small",
     "vgg7",
@@ -17,7 +17,21 @@ pub const MODEL_NAMES: [&str; 10] = [
     "resnet34",
     "resnet50",
     "resnet152",
+    "vgg11_bn",
+    "vgg13_bn",
+    "vgg16_bn",
+    "vgg19_bn",
 ];
+
+/// torchvision's VGG configurations (A, B, D, E): conv widths at base 64, 0 a max pool.
+fn vgg_config(name: &str) -> &'static [usize] {
+    match name {
+        "vgg11_bn" => &[64, 0, 128, 0, 256, 256, 0, 512, 512, 0, 512, 512, 0],
+        "vgg13_bn" => &[64, 64, 0, 128, 128, 0, 256, 256, 0, 512, 512, 0, 512, 512, 0],
+        "vgg16_bn" => &[64, 64, 0, 128, 128, 0, 256, 256, 256, 0, 512, 512, 512, 0, 512, 512, 512, 0],
+        _ => &[64, 64, 0, 128, 128, 0, 256, 256, 256, 256, 0, 512, 512, 512, 512, 0, 512, 512, 512, 512, 0],
+    }
+}
 
 /// One-line descriptions for `tern models`.
 pub fn describe(name: &str) -> &'static str {
@@ -28,6 +42,9 @@ pub fn describe(name: &str) -> &'static str {
         "resnet20" | "resnet32" | "resnet56" => "CIFAR-style ResNet: 3 stages of basic blocks (16/32/64 channels)",
         "resnet18" | "resnet34" => "ImageNet-style ResNet, basic blocks (64..512 channels)",
         "resnet50" | "resnet152" => "ImageNet-style ResNet, bottleneck blocks (256..2048 channels)",
+        "vgg11_bn" | "vgg13_bn" | "vgg16_bn" | "vgg19_bn" => {
+            "torchvision's VGG with BN (224 px: 7x7 before the classifier; no dropout)"
+        }
         _ => "",
     }
 }
@@ -81,6 +98,7 @@ pub fn build(config: &ModelConfig, rng: &mut Rng) -> Result<Model> {
     let min_side = match config.name.as_str() {
         "lenet5" => 16,
         "vgg-small" | "vgg7" | "resnet20" | "resnet32" | "resnet56" => 8,
+        n if n.ends_with("_bn") => 224,
         n if n.starts_with("resnet") && config.small_input => 8,
         n if n.starts_with("resnet") => 32,
         _ => 0,
@@ -171,6 +189,41 @@ pub fn build(config: &ModelConfig, rng: &mut Rng) -> Result<Model> {
             b.push(Box::new(GlobalAvgPool::new("avgpool")));
             b.linear("fc", config.classes);
         }
+        "vgg11_bn" | "vgg13_bn" | "vgg16_bn" | "vgg19_bn" => {
+            // torchvision's layout and names (features.i, classifier.j), widths scaled by
+            // base/64. Its dropout is left out (tern has none: identical at inference), and its
+            // adaptive 7x7 pooling is the identity at the only input side built here.
+            let base = width(64);
+            let mut i = 0;
+            for &v in vgg_config(&config.name) {
+                if v == 0 {
+                    b.push(Box::new(MaxPool2d::new(&format!("features.{i}"), 2, 2, 0)));
+                    i += 1;
+                } else {
+                    let c = v * base / 64;
+                    b.conv(&format!("features.{i}"), c, 3, 1, 1, true);
+                    b.push(Box::new(BatchNorm::new(&format!("features.{}", i + 1), c)));
+                    b.push(Box::new(Relu::new(&format!("features.{}", i + 2))));
+                    i += 3;
+                }
+            }
+            if b.shape[1..] != [7, 7] {
+                return Err(Error::invalid(
+                    "input size",
+                    format!(
+                        "{h}x{w} gives {}x{} features: {} is built for 224 px input (7x7 features, torchvision's adaptive pooling size)",
+                        b.shape[1], b.shape[2], config.name
+                    ),
+                ));
+            }
+            b.push(Box::new(Flatten::new("flatten")));
+            let hidden = 4096 * base / 64;
+            b.linear("classifier.0", hidden);
+            b.push(Box::new(Relu::new("classifier.1")));
+            b.linear("classifier.3", hidden);
+            b.push(Box::new(Relu::new("classifier.4")));
+            b.linear("classifier.6", config.classes);
+        }
         other => {
             return Err(Error::invalid("--model", format!("unknown model `{other}`: expected one of {MODEL_NAMES:?}")))
         }
@@ -254,13 +307,18 @@ mod tests {
                 continue; // built in the summary test; too slow to run forward here
             }
             let small = name.starts_with("resnet") && !["resnet20", "resnet32", "resnet56"].contains(&name);
-            let mut c = cfg(name, [1, 28, 28], small);
+            // torchvision's VGGs are built for 224 px only
+            let side = if name.ends_with("_bn") { 224 } else { 28 };
+            let mut c = cfg(name, [1, side, side], small);
             if name == "vgg7" || name == "resnet50" {
                 c.width = 8;
             }
+            if name.ends_with("_bn") {
+                c.width = 4;
+            }
             let mut m = build(&c, &mut rng).unwrap();
             let ctx = Ctx::new(&CpuBackend, false);
-            let y = m.forward(&ctx, &Tensor::randn(&[2, 1, 28, 28], 1.0, &mut rng));
+            let y = m.forward(&ctx, &Tensor::randn(&[2, 1, side, side], 1.0, &mut rng));
             assert_eq!(y.shape(), &[2, 10], "{name}");
         }
         let rows = build(&ModelConfig { classes: 1000, ..cfg("resnet152", [3, 224, 224], false) }, &mut rng)
@@ -271,6 +329,11 @@ mod tests {
         assert!(e.contains("--model") && e.contains("resnet18"), "{e}");
         let e = build(&cfg("resnet18", [3, 28, 28], false), &mut rng).err().unwrap().to_string();
         assert!(e.contains("too small"), "{e}");
+        let e = build(&cfg("vgg16_bn", [3, 256, 256], false), &mut rng).err().unwrap().to_string();
+        assert!(e.contains("224") && e.contains("8x8"), "{e}");
+        // torchvision's VGG-16-BN: 138,365,992 parameters with 1000 classes
+        let vgg16 = build(&ModelConfig { classes: 1000, ..cfg("vgg16_bn", [3, 224, 224], false) }, &mut rng).unwrap();
+        assert_eq!(vgg16.summary().iter().map(|r| r.params).sum::<usize>(), 138_365_992);
     }
 
     /// The fused conv → BN → ReLU path gives the unfused layers' outputs, gradients and
