@@ -12,7 +12,8 @@ use tern_dlac::{simulate_workload, simulate_workload_masked, DlacConfig, OpResul
 
 #[derive(Args, Debug)]
 pub struct SimArgs {
-    /// The profiler's workload.json, or a CSV with layer, weight_zero_pct, ifm_zero_pct, k, crs, pq
+    /// The profiler's workload.json, a CSV with layer, weight_zero_pct, ifm_zero_pct, k, crs, pq, or a
+    /// SCALE-Sim topology CSV (optionally with weight_zero_pct and ifm_zero_pct columns)
     #[arg(long)]
     pub workload: PathBuf,
     /// A preset (dlac-fp32-train, dlac-fp16-infer) or a TOML file

@@ -1,5 +1,6 @@
 //! Workloads: the mmOps a network runs, with their operand zero fractions, read from the
-//! profiler's `workload.json` or from a CSV in the format of the paper's Fig. 5 table.
+//! profiler's `workload.json`, from a CSV in the format of the paper's Fig. 5 table, or from
+//! a SCALE-Sim topology CSV (dense, or with the Fig. 5 zero-percentage columns added).
 //!
 //! Every pass of a conv/linear layer (K x CRS x PQ) is lowered to a matrix multiply
 //! `[m x red] · [red x n]` whose first operand is broadcast along PE rows and the second
@@ -158,7 +159,7 @@ impl Workload {
         Ok(Workload { ops: out, pt_layers, source: path.display().to_string() })
     }
 
-    /// Parses a Fig. 5-style CSV (named `path` in errors).
+    /// Parses a Fig. 5-style or a SCALE-Sim topology CSV (named `path` in errors).
     pub fn from_csv(path: &Path, text: &str) -> Result<Self> {
         let mut lines = text.lines().filter(|l| !l.trim().is_empty());
         let header: Vec<String> = lines
@@ -167,6 +168,9 @@ impl Workload {
             .split(',')
             .map(|s| s.trim().to_lowercase())
             .collect();
+        if header.iter().any(|h| h == "ifmap height") {
+            return Self::from_scalesim(path, &header, lines);
+        }
         let col = |name: &str| {
             header.iter().position(|h| h == name).ok_or_else(|| {
                 Error::format(
@@ -215,9 +219,126 @@ impl Workload {
     }
 }
 
+impl Workload {
+    /// A SCALE-Sim topology (`Layer name, IFMAP Height, IFMAP Width, Filter Height, Filter
+    /// Width, Channels, Num Filter, Strides`, trailing commas allowed) as forward ops: K = Num
+    /// Filter, CRS = Channels·R·S, PQ = the output map SCALE-Sim computes (IFMAP already
+    /// padded: P = (H − R)/stride + 1). Optional `weight_zero_pct` / `ifm_zero_pct` columns
+    /// give the zero fractions (dense without them).
+    fn from_scalesim<'a>(path: &Path, header: &[String], lines: impl Iterator<Item = &'a str>) -> Result<Self> {
+        let col = |name: &str| header.iter().position(|h| h == name);
+        let need = |name: &str| {
+            col(name).ok_or_else(|| Error::format(path, format!("no `{name}` column in a SCALE-Sim topology")))
+        };
+        let (cl, ch, cw, cr, cs, cc, ck, cst) = (
+            need("layer name")?,
+            need("ifmap height")?,
+            need("ifmap width")?,
+            need("filter height")?,
+            need("filter width")?,
+            need("channels")?,
+            need("num filter")?,
+            need("strides")?,
+        );
+        let (czw, czi) = (col("weight_zero_pct"), col("ifm_zero_pct"));
+        let mut ops = Vec::new();
+        for (row, line) in lines.enumerate() {
+            let cells: Vec<&str> = line.split(',').map(str::trim).collect();
+            let get = |c: usize, what: &str| -> Result<&str> {
+                cells
+                    .get(c)
+                    .copied()
+                    .filter(|v| !v.is_empty())
+                    .ok_or_else(|| Error::format(path, format!("row {}: no `{what}` value", row + 2)))
+            };
+            let count = |c: usize, what: &str| -> Result<usize> {
+                get(c, what)?.parse::<usize>().ok().filter(|&v| v > 0 && v <= MAX_DIM).ok_or_else(|| {
+                    Error::format(path, format!("row {}: `{what}` is not a whole number in 1..={MAX_DIM}", row + 2))
+                })
+            };
+            let pct = |c: Option<usize>, what: &str| -> Result<f64> {
+                match c {
+                    None => Ok(0.0),
+                    Some(c) => {
+                        let v = get(c, what)?
+                            .parse::<f64>()
+                            .map_err(|_| Error::format(path, format!("row {}: `{what}` is not a number", row + 2)))?;
+                        frac(path, &format!("row {}: {what}/100", row + 2), v / 100.0)
+                    }
+                }
+            };
+            let name = get(cl, "layer name")?.to_string();
+            let (h, w, r, s, c, k, stride) = (
+                count(ch, "ifmap height")?,
+                count(cw, "ifmap width")?,
+                count(cr, "filter height")?,
+                count(cs, "filter width")?,
+                count(cc, "channels")?,
+                count(ck, "num filter")?,
+                count(cst, "strides")?,
+            );
+            if r > h || s > w {
+                return Err(Error::format(
+                    path,
+                    format!("row {}: a {r}x{s} filter does not fit a {h}x{w} input", row + 2),
+                ));
+            }
+            let (p, q) = ((h - r) / stride + 1, (w - s) / stride + 1);
+            let op = MmOp::new(
+                &name,
+                "forward",
+                k,
+                c * r * s,
+                p * q,
+                pct(czw, "weight_zero_pct")?,
+                pct(czi, "ifm_zero_pct")?,
+            );
+            check_shape(path, &format!("row {}", row + 2), op.k, op.crs, op.pq)?;
+            ops.push(op);
+        }
+        if ops.is_empty() {
+            return Err(Error::format(path, "a SCALE-Sim topology without layers"));
+        }
+        Ok(Workload { ops, pt_layers: Vec::new(), source: path.display().to_string() })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_scalesim_topologies() {
+        let dir = tempfile::tempdir().unwrap();
+        let csv = dir.path().join("alexnet.csv");
+        // SCALE-Sim's own layout: spaces around cells, a trailing comma
+        std::fs::write(
+            &csv,
+            "Layer name, IFMAP Height, IFMAP Width, Filter Height, Filter Width, Channels, Num Filter, Strides,\n\
+             Conv1     ,224         ,224        ,11           ,11          ,3       ,96        ,4      ,\n\
+             Conv2     ,27         ,27        ,5            ,5           ,96      ,256       ,1      ,\n",
+        )
+        .unwrap();
+        let w = Workload::load(&csv).unwrap();
+        assert_eq!(w.ops.len(), 2);
+        // (224 − 11)/4 + 1 = 54
+        assert_eq!((w.ops[0].k, w.ops[0].crs, w.ops[0].pq), (96, 3 * 11 * 11, 54 * 54));
+        assert_eq!((w.ops[1].k, w.ops[1].crs, w.ops[1].pq), (256, 96 * 25, 23 * 23));
+        assert_eq!((w.ops[0].row_zero, w.ops[0].col_zero), (0.0, 0.0));
+        // with zero percentages
+        std::fs::write(
+            &csv,
+            "Layer name,IFMAP Height,IFMAP Width,Filter Height,Filter Width,Channels,Num Filter,Strides,weight_zero_pct,ifm_zero_pct\nc,8,8,3,3,4,16,1,40,25\n",
+        )
+        .unwrap();
+        let w = Workload::load(&csv).unwrap();
+        assert_eq!((w.ops[0].pq, w.ops[0].row_zero, w.ops[0].col_zero), (36, 0.4, 0.25));
+        // bad rows are named
+        std::fs::write(&csv, "Layer name,IFMAP Height,IFMAP Width,Filter Height,Filter Width,Channels,Num Filter,Strides\nc,2,8,3,3,4,16,1\n").unwrap();
+        assert!(Workload::load(&csv).unwrap_err().to_string().contains("row 2: a 3x3 filter"));
+        std::fs::write(&csv, "Layer name,IFMAP Height,IFMAP Width,Filter Height,Filter Width,Channels,Num Filter,Strides\nc,8,8,3,3,0,16,1\n").unwrap();
+        assert!(Workload::load(&csv).unwrap_err().to_string().contains("channels"));
+    }
 
     #[test]
     fn reads_fig5_csv_and_profiler_json() {
