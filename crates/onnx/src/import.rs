@@ -109,6 +109,26 @@ fn shapes(g: &proto::GraphProto) -> (Vec<Shape>, Vec<Vec<String>>) {
 /// `Flatten`; the `Constant`s that fed the Reshapes go.
 fn canonical(g: &proto::GraphProto) -> std::result::Result<proto::GraphProto, String> {
     let mut g = g.clone();
+    // Identity nodes that alias an initializer (PyTorch shares equal weights that way): read
+    // the initializer itself
+    let mut alias: HashMap<String, String> = HashMap::new();
+    let init_names: std::collections::HashSet<String> = g.initializer.iter().filter_map(|t| t.name.clone()).collect();
+    g.node.retain(|n| {
+        let (Some(i), Some(o)) = (n.input.first(), n.output.first()) else { return true };
+        let src = alias.get(i).cloned().unwrap_or_else(|| i.clone());
+        if n.op_type.as_deref() == Some("Identity") && init_names.contains(&src) {
+            alias.insert(o.clone(), src);
+            return false;
+        }
+        true
+    });
+    for n in &mut g.node {
+        for i in &mut n.input {
+            if let Some(src) = alias.get(i) {
+                *i = src.clone();
+            }
+        }
+    }
     let inits: HashMap<String, proto::TensorProto> =
         g.initializer.iter().filter_map(|t| Some((t.name.clone()?, t.clone()))).collect();
     let consumers = |g: &proto::GraphProto, v: &str| g.node.iter().filter(|n| n.input.iter().any(|i| i == v)).count();
@@ -330,9 +350,46 @@ pub fn import(path: &Path) -> Result<(Model, Report)> {
             ))
         }
     };
+    let mut closest = match match_graph(path, g, in_shape, width, classes)? {
+        Ok(found) => return Ok(found),
+        Err(closest) => closest,
+    };
+    // PyTorch's default export folds each BN into the conv before it: without any BN left
+    // and with conv biases, try the graph with those biases as identity BNs again
+    let no_bn = !g.node.iter().any(|n| n.op_type.as_deref() == Some("BatchNormalization"));
+    if no_bn && g.node.iter().any(|n| n.op_type.as_deref() == Some("Conv") && n.input.len() == 3) {
+        match match_graph(path, &unfold_bn(g), in_shape, width, classes)? {
+            Ok(found) => return Ok(found),
+            Err(c) if c.as_ref().map(|c| c.0) > closest.as_ref().map(|c| c.0) => closest = c,
+            Err(_) => {}
+        }
+    }
+    Err(Error::format(
+        path,
+        format!(
+            "its {} nodes ({in_shape:?} input, first conv width {width}, {classes} classes) match none of tern's architectures; {}",
+            shapes(g).0.len(),
+            closest.map_or(String::new(), |c| c.1)
+        ),
+    ))
+}
+
+/// The closest candidate of a failed match: how many nodes matched, and what differed.
+type Closest = Option<(usize, String)>;
+
+/// Matches `g` against every candidate architecture: the model with the file's weights, or
+/// the closest candidate (the longest common prefix of nodes).
+fn match_graph(
+    path: &Path,
+    g: &proto::GraphProto,
+    in_shape: [usize; 3],
+    width: usize,
+    classes: usize,
+) -> Result<std::result::Result<(Model, Report), Closest>> {
+    let inits: HashMap<&str, &proto::TensorProto> =
+        g.initializer.iter().filter_map(|t| Some((t.name.as_deref()?, t))).collect();
     let (want, names) = shapes(g);
-    // the closest candidate: the longest common prefix of nodes
-    let mut closest: Option<(usize, String)> = None;
+    let mut closest: Closest = None;
     for cfg in candidates(in_shape, width, classes) {
         let Ok(mut model) = models::build(&cfg, &mut Rng::new(0)) else { continue };
         let ours = to_onnx(&mut model, &[])?;
@@ -340,7 +397,7 @@ pub fn import(path: &Path) -> Result<(Model, Report)> {
         let same = have.iter().zip(&want).take_while(|(a, b)| a == b).count();
         if same == have.len() && have.len() == want.len() {
             let n = load_weights(path, &mut model, &inits, &our_names, &names)?;
-            return Ok((model, Report { model: cfg, nodes: want.len(), weights: n }));
+            return Ok(Ok((model, Report { model: cfg, nodes: want.len(), weights: n })));
         }
         if closest.as_ref().is_none_or(|(s, _)| same > *s) {
             let at = want
@@ -350,14 +407,48 @@ pub fn import(path: &Path) -> Result<(Model, Report)> {
             closest = Some((same, format!("closest: {} (width {}) — at {at} it {theirs}", cfg.name, cfg.width)));
         }
     }
-    Err(Error::format(
-        path,
-        format!(
-            "its {} nodes ({in_shape:?} input, first conv width {width}, {classes} classes) match none of tern's architectures; {}",
-            want.len(),
-            closest.map_or(String::new(), |c| c.1)
-        ),
-    ))
+    Ok(Err(closest))
+}
+
+/// `g` with every biased Conv split into the bias-free Conv and a BN that adds the bias (γ = 1,
+/// β = bias, mean 0, variance 1 − ε): the form of a network whose BNs an exporter folded.
+fn unfold_bn(g: &proto::GraphProto) -> proto::GraphProto {
+    const EPS: f32 = 1e-5;
+    let mut g = g.clone();
+    let dims: HashMap<String, Vec<i64>> =
+        g.initializer.iter().filter_map(|t| Some((t.name.clone()?, t.dims.clone()))).collect();
+    let mut nodes = Vec::new();
+    for (i, mut n) in std::mem::take(&mut g.node).into_iter().enumerate() {
+        let bias = (n.op_type.as_deref() == Some("Conv") && n.input.len() == 3).then(|| n.input[2].clone());
+        let Some(c) = bias.as_ref().and_then(|b| dims.get(b)).and_then(|d| d.first().copied()) else {
+            nodes.push(n);
+            continue;
+        };
+        let c = c as usize;
+        let bias = n.input.pop().expect("three inputs");
+        let (out, mid) = (n.output[0].clone(), format!("{}:unfolded:{i}", n.output[0]));
+        n.output[0] = mid.clone();
+        let name = |what: &str| format!("unfolded.{i}.{what}");
+        for (what, v) in [("scale", 1.0), ("mean", 0.0), ("var", 1.0 - EPS)] {
+            g.initializer.push(crate::export::tensor_proto(&name(what), &[c], &vec![v; c]));
+        }
+        let bn = proto::NodeProto {
+            input: vec![mid, name("scale"), bias, name("mean"), name("var")],
+            output: vec![out],
+            op_type: Some("BatchNormalization".into()),
+            attribute: vec![proto::AttributeProto {
+                name: Some("epsilon".into()),
+                r#type: Some(crate::proto::attribute_type::FLOAT),
+                f: Some(EPS),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        nodes.push(n);
+        nodes.push(bn);
+    }
+    g.node = nodes;
+    g
 }
 
 /// Copies the file's weights into `model`: node by node, the file's k-th weight input into

@@ -70,6 +70,16 @@ fn pytorchs_onnx_exports_import_with_pytorchs_logits() {
 }
 
 #[test]
+fn a_default_pytorch_export_with_folded_bns_imports_with_pytorchs_logits() {
+    let (x, want) = reference("resnet18");
+    let (mut model, r) = tern_onnx::import::import(&fixture("resnet18_w8_folded.onnx")).unwrap();
+    assert_eq!((r.model.name.as_str(), r.model.width), ("resnet18", 8));
+    let got = model.forward(&Ctx::new(&CpuBackend, false), &x);
+    let rel = relative(got.data(), &want);
+    assert!(rel < 1e-4, "folded resnet18: logits differ from PyTorch's by {rel:.2e}");
+}
+
+#[test]
 fn imported_resnets_reproduce_pytorchs_logits() {
     for arch in ["resnet18", "resnet50"] {
         let f: serde_json::Value =
