@@ -56,11 +56,7 @@ pub fn run(a: ImportArgs) -> anyhow::Result<()> {
         "normalize": {"mean": mean, "std": std},
         "import": {"format": "torchvision", "arch": arch, "weights": a.weights.display().to_string(), "report": report},
     });
-    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
-    let ckpt = a.out.join("model.safetensors");
-    tern_train::checkpoint::save(&ckpt, &mut model, &[], meta)?;
-    let text = serde_json::to_string_pretty(&serde_json::json!({"model": model.config, "report": report}))?;
-    tern_core::checkpoint::write_atomic(&a.out.join("import.json"), text.as_bytes())?;
+    let ckpt = write(&a.out, &mut model, meta, serde_json::to_value(&report)?)?;
     println!(
         "{} (width {}, {} classes, {}x{}x{} input): {} tensors loaded, {} skipped (BN counters) -> {}",
         arch,
@@ -74,6 +70,22 @@ pub fn run(a: ImportArgs) -> anyhow::Result<()> {
         ckpt.display()
     );
     Ok(())
+}
+
+/// Writes an imported model: OUT/model.safetensors (a tern checkpoint with `meta`) and
+/// OUT/import.json (the model and the import's report). Returns the checkpoint's path.
+fn write(
+    out: &std::path::Path,
+    model: &mut tern_train::Model,
+    meta: serde_json::Value,
+    report: serde_json::Value,
+) -> anyhow::Result<PathBuf> {
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let ckpt = out.join("model.safetensors");
+    tern_train::checkpoint::save(&ckpt, model, &[], meta)?;
+    let text = serde_json::to_string_pretty(&serde_json::json!({"model": model.config, "report": report}))?;
+    tern_core::checkpoint::write_atomic(&out.join("import.json"), text.as_bytes())?;
+    Ok(ckpt)
 }
 
 /// `tern import --format onnx`: the graph matched onto one of tern's architectures.
@@ -90,11 +102,7 @@ fn run_onnx(a: &ImportArgs) -> anyhow::Result<()> {
         "normalize": normalize,
         "import": {"format": "onnx", "file": a.weights.display().to_string(), "report": report},
     });
-    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
-    let ckpt = a.out.join("model.safetensors");
-    tern_train::checkpoint::save(&ckpt, &mut model, &[], meta)?;
-    let text = serde_json::to_string_pretty(&serde_json::json!({"model": model.config, "report": report}))?;
-    tern_core::checkpoint::write_atomic(&a.out.join("import.json"), text.as_bytes())?;
+    let ckpt = write(&a.out, &mut model, meta, serde_json::to_value(&report)?)?;
     println!(
         "{} (width {}, {} classes, {:?} input): {} nodes, {} tensors loaded -> {}",
         model.config.name,

@@ -157,26 +157,24 @@ impl DeviceData {
         if backend.device() == tern_core::Device::Cpu {
             return None;
         }
+        Some(DeviceData::new(backend, bytes, ds.shape, normalize))
+    }
+
+    fn new(backend: &dyn Backend, bytes: &[u8], shape: [usize; 3], normalize: &Normalize) -> DeviceData {
         // 1/std as render_placed computes it, so the device's bits are the host's
         let inv: Vec<f32> = normalize.std.iter().map(|s| 1.0 / s).collect();
         let norm = [normalize.mean.clone(), inv].concat();
-        Some(DeviceData {
+        DeviceData {
             images: backend.upload(&Tensor::from_bytes(bytes)),
-            shape: ds.shape,
+            shape,
             norm: backend.upload(&Tensor::from_vec(&[norm.len()], norm)),
-        })
+        }
     }
 
     /// A streamed batch's images on `backend`'s device, to render with the batch's own plan
     /// (a quarter of the bytes of the rendered f32 batch cross the bus).
     pub fn of_batch(backend: &dyn Backend, raw: &RawBatch, shape: [usize; 3], normalize: &Normalize) -> DeviceData {
-        let inv: Vec<f32> = normalize.std.iter().map(|s| 1.0 / s).collect();
-        let norm = [normalize.mean.clone(), inv].concat();
-        DeviceData {
-            images: backend.upload(&Tensor::from_bytes(&raw.images)),
-            shape,
-            norm: backend.upload(&Tensor::from_vec(&[norm.len()], norm)),
-        }
+        DeviceData::new(backend, &raw.images, shape, normalize)
     }
 
     /// Renders the planned batch into `out: [n, c, h, w]`.
