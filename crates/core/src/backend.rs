@@ -9,6 +9,7 @@
 //! host reads those few values, never whole activations.
 
 use crate::geometry::{ConvGeometry, PoolGeometry};
+use crate::kernels::sparsity::{self, Nonzeros};
 use crate::kernels::{self, norm, norm::ChannelSums};
 use crate::quant::TernaryConfig;
 use crate::tensor::{Device, Tensor};
@@ -290,6 +291,24 @@ pub trait Backend: Send + Sync {
         nesterov: bool,
         weight_decay: f32,
     );
+
+    // ---- the sparsity probe ----
+    // Exact counts of the multiply-adds with two non-zero operands, as defined in
+    // [`kernels::sparsity`] (a linear layer is the 1x1 convolution of a 1x1 image). Only a
+    // few integers reach the host; these defaults read the operands on the host, which is
+    // free for host tensors and what a device without its own counting kernels falls back to.
+    /// Forward pass `Y = W · col(X)`: a = nnz(W), b = nnz(x).
+    fn nonzero_forward(&self, x: &Tensor, w: &Tensor, g: &ConvGeometry) -> Nonzeros {
+        sparsity::forward_nonzero(&x.host_values(), &w.host_values(), g)
+    }
+    /// Input-gradient pass `dcol = Wᵀ · dY`: a = nnz(W), b = nnz(dy).
+    fn nonzero_backward(&self, w: &Tensor, dy: &Tensor, g: &ConvGeometry) -> Nonzeros {
+        sparsity::backward_nonzero(&w.host_values(), &dy.host_values(), g)
+    }
+    /// Weight-gradient pass `dW = dY · col(X)ᵀ`: a = nnz(dy), b = nnz(x).
+    fn nonzero_weight_grad(&self, x: &Tensor, dy: &Tensor, g: &ConvGeometry) -> Nonzeros {
+        sparsity::weight_grad_nonzero(&x.host_values(), &dy.host_values(), g)
+    }
 }
 
 /// A recorded training step (see [`Backend::capture`]).

@@ -8,6 +8,7 @@ use cudarc::cublas::{result as blas, sys as blas_sys};
 use cudarc::driver::{result as drv, CudaContext};
 use std::sync::{Arc, Mutex};
 use tern_core::kernels::norm::ChannelSums;
+use tern_core::kernels::sparsity::Nonzeros;
 use tern_core::quant::{Scale, TernaryConfig, Threshold};
 use tern_core::{loss_stats, Backend, BnSaved, ConvGeometry, Device, Error, FusedRelu, PoolGeometry, Result, Tensor};
 
@@ -85,6 +86,49 @@ fn out(t: &mut Tensor) -> u64 {
     let b = b.as_any().downcast_ref::<CudaBuffer>().expect("a CUDA buffer");
     b.note_use();
     b.ptr
+}
+
+/// The sizes of a probed convolution (a linear layer: the 1x1 convolution of a 1x1 image).
+struct Probe {
+    g: ConvGeometry,
+    n: usize,
+    k: usize,
+    c: usize,
+    hw: usize,
+    rs: usize,
+    crs: usize,
+    pq: usize,
+}
+
+impl Probe {
+    fn of(g: &ConvGeometry) -> Probe {
+        let rs = g.k_h * g.k_w;
+        Probe { g: *g, n: g.n, k: g.c_out, c: g.c_in, hw: g.h * g.w, rs, crs: g.c_in * rs, pq: g.pq() }
+    }
+    /// (h, w, kh, kw, stride, pad, ho, wo) as the kernels take them.
+    fn window(&self) -> (i32, i32, i32, i32, i32, i32, i32, i32) {
+        let g = &self.g;
+        let i = |v: usize| v as i32;
+        (i(g.h), i(g.w), i(g.k_h), i(g.k_w), i(g.stride), i(g.pad), i(g.h_out()), i(g.w_out()))
+    }
+}
+
+impl CudaBackend {
+    /// Three zeroed u64 totals for the probe kernels.
+    fn probe_result(&self) -> CudaBuffer {
+        let b = self.buffer(6);
+        let (p, n) = (b.ptr, 6i64);
+        let zero = 0.0f32;
+        // SAFETY: b holds 6 floats (3 u64); 0.0f32 has all bits clear.
+        unsafe { self.launch("fill", grid_for(6), 256, args!(&p, &zero, &n)) };
+        b
+    }
+    /// The three totals (macs, a, b) back on the host.
+    fn probe_read(&self, res: &CudaBuffer) -> Nonzeros {
+        let v = tern_core::DeviceBuffer::to_host(res);
+        let u = |i: usize| v[2 * i].to_bits() as u64 | (v[2 * i + 1].to_bits() as u64) << 32;
+        Nonzeros { macs: u(0), a: u(1), b: u(2) }
+    }
 }
 
 /// A recorded step: a CUDA graph, and the buffers reserved for it until it is dropped.
@@ -987,5 +1031,83 @@ impl Backend for CudaBackend {
                 args!(&wp, &gp, &vp, &lp, &gd, &momentum, &nest, &weight_decay, &n),
             )
         };
+    }
+
+    fn nonzero_forward(&self, x: &Tensor, w: &Tensor, g: &ConvGeometry) -> Nonzeros {
+        let p = Probe::of(g);
+        let (xp, wp, xl, wl) = (ptr(x), ptr(w), is_nhwc(x) as i32, is_nhwc(w) as i32);
+        let (per_image, rows, w_cols) = (self.buffer(p.c * p.hw), self.buffer(p.crs), self.buffer(p.crs));
+        let (pi, ro, wc) = (per_image.ptr, rows.ptr, w_cols.ptr);
+        let (n, k, c, hw, rs, crs) = (p.n as i64, p.k as i64, p.c as i32, p.hw as i32, p.rs as i32, p.crs as i64);
+        let (h, wd, kh, kw, st, pad, ho, wo) = p.window();
+        let chw = (p.c * p.hw) as i64;
+        let res = self.probe_result();
+        let (r0, r2) = (res.ptr, res.ptr + 16);
+        let null = 0u64;
+        // SAFETY: x is [n, c, h·w] and w [k, c, r·s] in the layouts given; per_image holds
+        // c·h·w counts, rows and w_cols crs each, res 3 u64.
+        unsafe {
+            self.launch("nz_over_images", grid_for(p.c * p.hw), 256, args!(&xp, &pi, &n, &c, &hw, &xl));
+            self.launch(
+                "nz_col_rows",
+                (p.crs as u32, 1, 1),
+                256,
+                args!(&pi, &ro, &h, &wd, &kh, &kw, &st, &pad, &ho, &wo),
+            );
+            self.launch("nz_over_images", grid_for(p.crs), 256, args!(&wp, &wc, &k, &c, &rs, &wl));
+            self.launch("nz_dot", grid_for(p.crs), 256, args!(&wc, &ro, &crs, &r0));
+            self.launch("nz_dot", grid_for(p.c * p.hw), 256, args!(&pi, &null, &chw, &r2));
+        }
+        self.probe_read(&res)
+    }
+    fn nonzero_backward(&self, w: &Tensor, dy: &Tensor, g: &ConvGeometry) -> Nonzeros {
+        let p = Probe::of(g);
+        let (wp, dp, wl, dl) = (ptr(w), ptr(dy), is_nhwc(w) as i32, is_nhwc(dy) as i32);
+        let (w_pos, w_rows) = (self.buffer(p.k * p.rs), self.buffer(p.k));
+        let (dy_images, dy_rows) = (self.buffer(p.k * p.pq), self.buffer(p.k));
+        let (wpo, wro, dyi, dyr) = (w_pos.ptr, w_rows.ptr, dy_images.ptr, dy_rows.ptr);
+        let (n, k, c, rs, pq) = (p.n as i64, p.k as i64, p.c as i32, p.rs as i32, p.pq as i32);
+        let (k32, rs64, pq64) = (p.k as i32, p.rs as i64, p.pq as i64);
+        let res = self.probe_result();
+        let (r0, r2) = (res.ptr, res.ptr + 16);
+        let null = 0u64;
+        // SAFETY: w is [k, c, r·s] and dy [n, k, pq] in the layouts given; w_pos holds k·r·s
+        // counts, dy_images k·pq, w_rows and dy_rows k each, res 3 u64.
+        unsafe {
+            self.launch("nz_over_channels", grid_for(p.k * p.rs), 256, args!(&wp, &wpo, &k, &c, &rs, &wl));
+            self.launch("nz_row_sums", (p.k as u32, 1, 1), 256, args!(&wpo, &wro, &rs64));
+            self.launch("nz_over_images", grid_for(p.k * p.pq), 256, args!(&dp, &dyi, &n, &k32, &pq, &dl));
+            self.launch("nz_row_sums", (p.k as u32, 1, 1), 256, args!(&dyi, &dyr, &pq64));
+            self.launch("nz_dot", grid_for(p.k), 256, args!(&wro, &dyr, &k, &r0));
+            self.launch("nz_dot", grid_for(p.k), 256, args!(&dyr, &null, &k, &r2));
+        }
+        self.probe_read(&res)
+    }
+    fn nonzero_weight_grad(&self, x: &Tensor, dy: &Tensor, g: &ConvGeometry) -> Nonzeros {
+        let p = Probe::of(g);
+        let (xp, dp, xl, dl) = (ptr(x), ptr(dy), is_nhwc(x) as i32, is_nhwc(dy) as i32);
+        let (x_pixels, dy_pos) = (self.buffer(p.n * p.hw), self.buffer(p.n * p.pq));
+        let (xpx, dyp) = (x_pixels.ptr, dy_pos.ptr);
+        let (n, c, k, hw, pq) = (p.n as i64, p.c as i32, p.k as i32, p.hw as i32, p.pq as i32);
+        let (h, wd, kh, kw, st, pad, ho, wo) = p.window();
+        let (npq, nhw) = ((p.n * p.pq) as i64, (p.n * p.hw) as i64);
+        let res = self.probe_result();
+        let (r0, r1, r2) = (res.ptr, res.ptr + 8, res.ptr + 16);
+        let null = 0u64;
+        // SAFETY: x is [n, c, h·w] and dy [n, k, pq] in the layouts given; x_pixels holds
+        // n·h·w counts, dy_pos n·pq, res 3 u64.
+        unsafe {
+            self.launch("nz_over_channels", grid_for(p.n * p.hw), 256, args!(&xp, &xpx, &n, &c, &hw, &xl));
+            self.launch("nz_over_channels", grid_for(p.n * p.pq), 256, args!(&dp, &dyp, &n, &k, &pq, &dl));
+            self.launch(
+                "nz_window_dot",
+                grid_for(p.n * p.pq),
+                256,
+                args!(&xpx, &dyp, &n, &h, &wd, &ho, &wo, &kh, &kw, &st, &pad, &r0),
+            );
+            self.launch("nz_dot", grid_for(p.n * p.pq), 256, args!(&dyp, &null, &npq, &r1));
+            self.launch("nz_dot", grid_for(p.n * p.hw), 256, args!(&xpx, &null, &nhw, &r2));
+        }
+        self.probe_read(&res)
     }
 }

@@ -691,3 +691,108 @@ extern "C" __global__ void sgd(float* w, const float* g, float* v, const float* 
         w[i] -= rate * (nesterov ? grad + mu * vi : vi);
     }
 }
+
+// ---------------------------------------------------------------- sparsity probe
+// The exact counts of tern-core's kernels::sparsity, as integers: tensors are read as
+// [n, c, positions] in the layout `nhwc` says (weights as [k, c, r·s]); per-entry counts are
+// u32, totals u64 summed with integer atomics (exact, so their order does not matter).
+
+struct AddU64 {
+    __device__ u64 operator()(u64 a, u64 b) const { return a + b; }
+};
+
+// out[ch·positions + pos] = Σ_img [x ≠ 0]. Threads walk the storage order of one image so
+// that neighbours read neighbouring values.
+extern "C" __global__ void nz_over_images(const float* x, u32* out, long long n, int c, int positions, int nhwc) {
+    long long total = (long long)c * positions;
+    GRID_STRIDE(i, total) {
+        int ch = nhwc ? (int)(i % c) : (int)(i / positions);
+        int pos = nhwc ? (int)(i / c) : (int)(i % positions);
+        u32 cnt = 0;
+        for (long long img = 0; img < n; img++) cnt += x[at(img, ch, pos, c, positions, nhwc)] != 0.0f;
+        out[(long long)ch * positions + pos] = cnt;
+    }
+}
+
+// out[img·positions + pos] = Σ_ch [x ≠ 0]
+extern "C" __global__ void nz_over_channels(const float* x, u32* out, long long n, int c, int positions, int nhwc) {
+    GRID_STRIDE(i, n * positions) {
+        long long img = i / positions;
+        int pos = (int)(i % positions);
+        u32 cnt = 0;
+        for (int ch = 0; ch < c; ch++) cnt += x[at(img, ch, pos, c, positions, nhwc)] != 0.0f;
+        out[i] = cnt;
+    }
+}
+
+// rows[(ch·kh + r)·kw + s] = Σ_(p,q) per_image[ch, p·stride + r − pad, q·stride + s − pad]
+// over the positions inside the image: the non-zeros of im2col's row (ch, r, s) over the
+// batch. One block per row.
+extern "C" __global__ void nz_col_rows(const u32* per_image, u32* rows, int h, int w, int kh, int kw, int stride,
+                                       int pad, int ho, int wo) {
+    int row = blockIdx.x;
+    int s = row % kw, r = (row / kw) % kh, ch = row / (kw * kh);
+    const u32* plane = per_image + (long long)ch * h * w;
+    u64 sum = 0;
+    for (int o = threadIdx.x; o < ho * wo; o += blockDim.x) {
+        int ih = (o / wo) * stride + r - pad, iw = (o % wo) * stride + s - pad;
+        if (ih >= 0 && ih < h && iw >= 0 && iw < w) sum += plane[ih * w + iw];
+    }
+    sum = block_reduce(sum, AddU64());
+    if (threadIdx.x == 0) rows[row] = (u32)sum;
+}
+
+// out[row] = Σ_col a[row, col]; one block per row.
+extern "C" __global__ void nz_row_sums(const u32* a, u32* out, long long cols) {
+    const u32* ar = a + (long long)blockIdx.x * cols;
+    u64 sum = 0;
+    for (long long i = threadIdx.x; i < cols; i += blockDim.x) sum += ar[i];
+    sum = block_reduce(sum, AddU64());
+    if (threadIdx.x == 0) out[blockIdx.x] = (u32)sum;
+}
+
+// out[0] += Σ a[i]·b[i]; out[1] += Σ a[i] (b null: only the sum of a, into out[0]).
+extern "C" __global__ void nz_dot(const u32* a, const u32* b, long long len, u64* out) {
+    u64 d = 0, sa = 0;
+    GRID_STRIDE(i, len) {
+        sa += a[i];
+        if (b) d += (u64)a[i] * b[i];
+    }
+    sa = block_reduce(sa, AddU64());
+    if (b) d = block_reduce(d, AddU64());
+    if (threadIdx.x == 0) {
+        if (b) {
+            atomicAdd(out, d);
+            atomicAdd(out + 1, sa);
+        } else {
+            atomicAdd(out, sa);
+        }
+    }
+}
+
+// out[0] += Σ_(img,p,q) dy_per_pos[img, p·wo + q] · (Σ of x_per_pixel[img] over the receptive
+// field of (p, q)): the weight-gradient pairs with two non-zero operands.
+extern "C" __global__ void nz_window_dot(const u32* x_per_pixel, const u32* dy_per_pos, long long n, int h, int w,
+                                         int ho, int wo, int kh, int kw, int stride, int pad, u64* out) {
+    u64 acc = 0;
+    GRID_STRIDE(i, n * ho * wo) {
+        u32 d = dy_per_pos[i];
+        if (d != 0) {
+            long long img = i / (ho * wo);
+            int o = (int)(i % (ho * wo)), p = o / wo, q = o % wo;
+            const u32* xs = x_per_pixel + img * h * w;
+            u64 win = 0;
+            for (int r = 0; r < kh; r++) {
+                int ih = p * stride + r - pad;
+                if (ih < 0 || ih >= h) continue;
+                for (int s = 0; s < kw; s++) {
+                    int iw = q * stride + s - pad;
+                    if (iw >= 0 && iw < w) win += xs[ih * w + iw];
+                }
+            }
+            acc += (u64)d * win;
+        }
+    }
+    acc = block_reduce(acc, AddU64());
+    if (threadIdx.x == 0) atomicAdd(out, acc);
+}

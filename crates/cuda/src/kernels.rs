@@ -47,6 +47,12 @@ const NAMES: &[&str] = &[
     "straight_through",
     "sgd",
     "render_batch",
+    "nz_over_images",
+    "nz_over_channels",
+    "nz_col_rows",
+    "nz_row_sums",
+    "nz_dot",
+    "nz_window_dot",
 ];
 
 pub struct Kernels {

@@ -116,6 +116,59 @@ fn convolutions_and_linear_layers_agree() {
     }
 }
 
+/// `t` with about `frac` of its values set to zero (whole channels too, when `channel`).
+fn with_zeros(mut t: Tensor, frac: f32, channel: Option<usize>, rng: &mut Rng) -> Tensor {
+    let (shape, inner) = (t.shape().to_vec(), t.shape()[2..].iter().product::<usize>().max(1));
+    for (i, v) in t.data_mut().iter_mut().enumerate() {
+        let ch = (i / inner) % shape[1];
+        if rng.uniform() < frac || Some(ch) == channel {
+            *v = 0.0;
+        }
+    }
+    t
+}
+
+#[test]
+fn exact_sparsity_counts_are_equal_integers() {
+    use tern_core::kernels::sparsity::conv_pass_counts_reference;
+    for be in gpus() {
+        let cpu = CpuBackend;
+        let mut rng = Rng::new(11);
+        for &(n, c, h, w, k, ks, s, p) in &[
+            (3, 5, 7, 9, 6, 3, 1, 1),
+            (2, 3, 15, 13, 8, 7, 2, 3),
+            (2, 6, 8, 8, 9, 1, 2, 0),
+            (1, 4, 5, 5, 3, 5, 1, 0),
+            (5, 17, 6, 6, 33, 3, 2, 1),
+        ] {
+            let g = ConvGeometry::new(n, c, h, w, k, ks, s, p).unwrap();
+            let x = with_zeros(randn(&[n, c, h, w], &mut rng), 0.5, Some(1), &mut rng);
+            let wt = with_zeros(randn(&[k, c, ks, ks], &mut rng), 0.4, Some(0), &mut rng);
+            let dy = with_zeros(randn(&[n, k, g.h_out(), g.w_out()], &mut rng), 0.6, Some(2), &mut rng);
+            let (xd, wd, dyd) = (be.upload(&x), be.upload(&wt), be.upload(&dy));
+            let what = format!("{g:?}");
+            assert_eq!(be.nonzero_forward(&xd, &wd, &g), cpu.nonzero_forward(&x, &wt, &g), "forward {what}");
+            assert_eq!(be.nonzero_backward(&wd, &dyd, &g), cpu.nonzero_backward(&wt, &dy, &g), "backward {what}");
+            let grad = be.nonzero_weight_grad(&xd, &dyd, &g);
+            assert_eq!(grad, cpu.nonzero_weight_grad(&x, &dy, &g), "weight grad {what}");
+            // and the definition itself, by brute force
+            let r = conv_pass_counts_reference(&x.host_values(), &wt.host_values(), Some(&dy.host_values()), &g);
+            assert_eq!(grad.macs, r.weight_grad, "weight grad vs brute force {what}");
+            assert_eq!(be.nonzero_forward(&xd, &wd, &g).macs, r.forward, "forward vs brute force {what}");
+        }
+        for &(n, d_in, d_out) in &[(3, 7, 5), (6, 130, 10)] {
+            let g = ConvGeometry::new(n, d_in, 1, 1, d_out, 1, 1, 0).unwrap();
+            let x = with_zeros(randn(&[n, d_in], &mut rng), 0.5, None, &mut rng);
+            let wt = with_zeros(randn(&[d_out, d_in], &mut rng), 0.3, None, &mut rng);
+            let dy = with_zeros(randn(&[n, d_out], &mut rng), 0.5, None, &mut rng);
+            let (xd, wd, dyd) = (be.upload(&x), be.upload(&wt), be.upload(&dy));
+            assert_eq!(be.nonzero_forward(&xd, &wd, &g), cpu.nonzero_forward(&x, &wt, &g), "linear forward");
+            assert_eq!(be.nonzero_backward(&wd, &dyd, &g), cpu.nonzero_backward(&wt, &dy, &g), "linear backward");
+            assert_eq!(be.nonzero_weight_grad(&xd, &dyd, &g), cpu.nonzero_weight_grad(&x, &dy, &g), "linear grad");
+        }
+    }
+}
+
 #[test]
 fn batch_norm_agrees_in_every_mode() {
     for be in gpus() {

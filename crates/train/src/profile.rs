@@ -4,8 +4,7 @@
 //! with two non-zero operands, the operands' zero fractions, and the wall time of the pass.
 
 use serde::Serialize;
-use tern_core::kernels::sparsity;
-use tern_core::ConvGeometry;
+use tern_core::{Backend, ConvGeometry, Tensor};
 
 pub const PASSES: [&str; 3] = ["forward", "backward", "weight_grad"];
 
@@ -86,9 +85,21 @@ impl Profiler {
         self.layers.last_mut().unwrap()
     }
 
-    /// The forward pass of a layer: x the input, w the weights it used.
-    pub fn record_forward(&mut self, name: &str, kind: &str, g: &ConvGeometry, x: &[f32], w: &[f32], ms: f64) {
-        let nz = sparsity::forward_nonzero(x, w, g);
+    /// The forward pass of a layer: x the input, w the weights it used. The counts run on
+    /// `be` (on a GPU, only a few integers come back); operands are copied to the host only
+    /// when `capture` asks for them.
+    #[allow(clippy::too_many_arguments)]
+    pub fn record_forward(
+        &mut self,
+        be: &dyn Backend,
+        name: &str,
+        kind: &str,
+        g: &ConvGeometry,
+        x: &Tensor,
+        w: &Tensor,
+        ms: f64,
+    ) {
+        let nz = be.nonzero_forward(x, w, g);
         let e = self.entry(name, kind, g);
         e.macs[0] += (g.n * g.c_out * g.crs() * g.pq()) as u64;
         e.nonzero[0] += nz.macs;
@@ -99,14 +110,25 @@ impl Profiler {
         e.ms[0] += ms;
         if self.capture {
             self.operands.retain(|o| o.name != name);
-            self.operands.push(Operands { name: name.into(), geometry: *g, x: x.to_vec(), w: w.to_vec(), dy: None });
+            let (x, w) = (x.host_values().into_owned(), w.host_values().into_owned());
+            self.operands.push(Operands { name: name.into(), geometry: *g, x, w, dy: None });
         }
     }
 
     /// The input-gradient pass ("backward"), counted only when it runs (never for the first
     /// layer of a network): w the weights the forward used, dy the output gradient.
-    pub fn record_input_grad(&mut self, name: &str, kind: &str, g: &ConvGeometry, w: &[f32], dy: &[f32], ms: f64) {
-        let back = sparsity::backward_nonzero(w, dy, g);
+    #[allow(clippy::too_many_arguments)]
+    pub fn record_input_grad(
+        &mut self,
+        be: &dyn Backend,
+        name: &str,
+        kind: &str,
+        g: &ConvGeometry,
+        w: &Tensor,
+        dy: &Tensor,
+        ms: f64,
+    ) {
+        let back = be.nonzero_backward(w, dy, g);
         let e = self.entry(name, kind, g);
         e.macs[1] += (g.n * g.c_out * g.crs() * g.pq()) as u64;
         e.nonzero[1] += back.macs;
@@ -115,17 +137,26 @@ impl Profiler {
 
     /// The weight-gradient pass ("GradUpdate"), which every trained layer runs: x the cached
     /// input, dy the output gradient (whose zeros are counted here, once per step).
-    pub fn record_weight_grad(&mut self, name: &str, kind: &str, g: &ConvGeometry, x: &[f32], dy: &[f32], ms: f64) {
-        let grad = sparsity::weight_grad_nonzero(x, dy, g);
-        let dy_nonzero = dy.iter().filter(|&&v| v != 0.0).count() as u64;
+    #[allow(clippy::too_many_arguments)]
+    pub fn record_weight_grad(
+        &mut self,
+        be: &dyn Backend,
+        name: &str,
+        kind: &str,
+        g: &ConvGeometry,
+        x: &Tensor,
+        dy: &Tensor,
+        ms: f64,
+    ) {
+        let grad = be.nonzero_weight_grad(x, dy, g);
         let e = self.entry(name, kind, g);
         e.macs[2] += (g.n * g.c_out * g.crs() * g.pq()) as u64;
-        e.nonzero[2] += grad;
-        e.grad_zeros += dy.len() as u64 - dy_nonzero;
+        e.nonzero[2] += grad.macs;
+        e.grad_zeros += dy.len() as u64 - grad.a;
         e.grad_values += dy.len() as u64;
         e.ms[2] += ms;
         if let Some(o) = self.operands.iter_mut().find(|o| o.name == name) {
-            o.dy = Some(dy.to_vec());
+            o.dy = Some(dy.host_values().into_owned());
         }
     }
 

@@ -129,7 +129,12 @@ pub fn conv_pass_counts(x: &[f32], w: &[f32], dy: Option<&[f32]>, g: &ConvGeomet
     let dense = (g.n * g.c_out * g.crs() * g.pq()) as u64;
     let forward = forward_nonzero(x, w, g).macs;
     let Some(dy) = dy else { return PassCounts { dense, forward, ..Default::default() } };
-    PassCounts { dense, forward, backward: backward_nonzero(w, dy, g).macs, weight_grad: weight_grad_nonzero(x, dy, g) }
+    PassCounts {
+        dense,
+        forward,
+        backward: backward_nonzero(w, dy, g).macs,
+        weight_grad: weight_grad_nonzero(x, dy, g).macs,
+    }
 }
 
 /// Forward pass: pairs (W[k, crs], col[crs, pq]) with both non-zero; a = nnz(W), b = nnz(x).
@@ -163,12 +168,14 @@ pub fn backward_nonzero(w: &[f32], dy: &[f32], g: &ConvGeometry) -> Nonzeros {
     }
 }
 
-/// Weight-gradient pass: pairs (dY[k, pq], col[crs, pq]) with both non-zero.
-pub fn weight_grad_nonzero(x: &[f32], dy: &[f32], g: &ConvGeometry) -> u64 {
+/// Weight-gradient pass: pairs (dY[k, pq], col[crs, pq]) with both non-zero; a = nnz(dY),
+/// b = nnz(x).
+pub fn weight_grad_nonzero(x: &[f32], dy: &[f32], g: &ConvGeometry) -> Nonzeros {
     let (k, pq) = (g.c_out, g.pq());
     // per image and position, non-zeros of dY across k times those of col
     let cols = col_column_nonzeros(x, g);
-    dy.par_chunks(k * pq)
+    let (macs, a) = dy
+        .par_chunks(k * pq)
         .zip(cols.par_chunks(pq))
         .map(|(dyn_, cn)| {
             let mut dy_col = vec![0u32; pq];
@@ -177,9 +184,12 @@ pub fn weight_grad_nonzero(x: &[f32], dy: &[f32], g: &ConvGeometry) -> u64 {
                     *c += (v != 0.0) as u32;
                 }
             }
-            dy_col.iter().zip(cn).map(|(&a, &b)| a as u64 * b as u64).sum::<u64>()
+            let macs = dy_col.iter().zip(cn).map(|(&a, &b)| a as u64 * b as u64).sum::<u64>();
+            (macs, dy_col.iter().map(|&c| c as u64).sum::<u64>())
         })
-        .sum()
+        .reduce(|| (0, 0), |p, q| (p.0 + q.0, p.1 + q.1));
+    let b = x.par_iter().filter(|&&v| v != 0.0).count() as u64;
+    Nonzeros { macs, a, b }
 }
 
 /// Brute force over every (n, k, c, r, s, p, q): the definition the fast counts must meet.
@@ -239,6 +249,13 @@ mod tests {
                 let slow = conv_pass_counts_reference(&x, &wt, Some(&dy), &g);
                 assert_eq!(fast, slow, "{g:?} zeros x {zx} w {zw} dy {zg}");
                 assert_eq!(conv_pass_counts(&x, &wt, None, &g).forward, slow.forward);
+                // the operand counts found on the way
+                let nnz = |v: &[f32]| v.iter().filter(|&&v| v != 0.0).count() as u64;
+                let (f, b, w) =
+                    (forward_nonzero(&x, &wt, &g), backward_nonzero(&wt, &dy, &g), weight_grad_nonzero(&x, &dy, &g));
+                assert_eq!((f.a, f.b), (nnz(&wt), nnz(&x)));
+                assert_eq!((b.a, b.b), (nnz(&wt), nnz(&dy)));
+                assert_eq!((w.a, w.b), (nnz(&dy), nnz(&x)));
             }
         }
     }

@@ -81,7 +81,7 @@ impl Conv2d {
             }
         });
         if let Some(p) = ctx.profiler {
-            p.borrow_mut().record_forward(&self.name, "conv", &g, &x.host_values(), &w.host_values(), ms);
+            p.borrow_mut().record_forward(ctx.backend, &self.name, "conv", &g, x, w, ms);
         }
         self.cache_x = ctx.train.then(|| x.clone());
         (y, s)
@@ -110,7 +110,7 @@ impl Layer for Conv2d {
         let w = self.ternary.used_weight(&self.weight.value);
         let ((), ms) = ctx.timed(|| ctx.backend.conv2d_backward_input(dy, w, &g, &mut dx));
         if let Some(p) = ctx.profiler {
-            p.borrow_mut().record_input_grad(&self.name, "conv", &g, &w.host_values(), &dy.host_values(), ms);
+            p.borrow_mut().record_input_grad(ctx.backend, &self.name, "conv", &g, w, dy, ms);
         }
         dx
     }
@@ -121,7 +121,7 @@ impl Layer for Conv2d {
         let dw = &mut self.weight.grad;
         let ((), ms) = ctx.timed(|| ctx.backend.conv2d_backward_weight(x, dy, &g, dw, db));
         if let Some(p) = ctx.profiler {
-            p.borrow_mut().record_weight_grad(&self.name, "conv", &g, &x.host_values(), &dy.host_values(), ms);
+            p.borrow_mut().record_weight_grad(ctx.backend, &self.name, "conv", &g, x, dy, ms);
         }
         self.ternary.to_shadow_grad(ctx.backend, &self.weight.value, &mut self.weight.grad);
     }

@@ -56,7 +56,7 @@ impl Layer for Linear {
         let w = self.ternary.forward_weight(ctx.backend, &self.weight.value, self.d_out);
         let ((), ms) = ctx.timed(|| ctx.backend.linear_forward(x, w, bias, &mut y));
         if let Some(p) = ctx.profiler {
-            p.borrow_mut().record_forward(&self.name, "linear", &g, &x.host_values(), &w.host_values(), ms);
+            p.borrow_mut().record_forward(ctx.backend, &self.name, "linear", &g, x, w, ms);
         }
         self.cache_x = ctx.train.then(|| x.clone());
         y
@@ -68,7 +68,7 @@ impl Layer for Linear {
         let ((), ms) = ctx.timed(|| ctx.backend.linear_backward_input(dy, w, &mut dx));
         if let Some(p) = ctx.profiler {
             let g = self.geometry(n);
-            p.borrow_mut().record_input_grad(&self.name, "linear", &g, &w.host_values(), &dy.host_values(), ms);
+            p.borrow_mut().record_input_grad(ctx.backend, &self.name, "linear", &g, w, dy, ms);
         }
         dx
     }
@@ -79,7 +79,7 @@ impl Layer for Linear {
         let ((), ms) = ctx.timed(|| ctx.backend.linear_backward_weight(x, dy, dw, db));
         if let Some(p) = ctx.profiler {
             let g = self.geometry(n);
-            p.borrow_mut().record_weight_grad(&self.name, "linear", &g, &x.host_values(), &dy.host_values(), ms);
+            p.borrow_mut().record_weight_grad(ctx.backend, &self.name, "linear", &g, x, dy, ms);
         }
         self.ternary.to_shadow_grad(ctx.backend, &self.weight.value, &mut self.weight.grad);
     }
