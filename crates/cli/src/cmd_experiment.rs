@@ -3,7 +3,7 @@
 //! an aligned table, CSV files and an SVG bar chart.
 
 use crate::common::DataArgs;
-use crate::plot::{bar_chart, Bar};
+use crate::plot::{bar_chart, line_charts, Bar, Panel, Series};
 use crate::progress::Bars;
 use crate::table::Table;
 use clap::{Args, ValueEnum};
@@ -19,10 +19,14 @@ pub enum Experiment {
     Ablation,
     /// FP32 against ternary (FP first layer) for each of --models
     FpVsTernary,
-    /// Fig. 4: ternary from scratch with LR lowering, with FP pre-initialisation, and the FP smaller net
+    /// Fig. 4: ternary from scratch and from FP pre-initialisation (PI), each at a constant rate
+    /// and with plateau LR lowering (LR), beside the smaller FP net
     Pretrain,
     /// The central claim: a ternary deeper net against the FP shallower net (accuracy, multiply-adds, bytes)
     Depth,
+    /// §4.2: --model trained in FP for --epochs, then lowered to ternary (FP first layer) and
+    /// fine-tuned for --finetune-epochs at --finetune-lr: accuracy against fine-tuning epochs
+    Lowering,
 }
 
 #[derive(Args, Debug)]
@@ -56,6 +60,12 @@ pub struct ExperimentArgs {
     /// Peak learning rate
     #[arg(long, default_value_t = 0.05)]
     pub lr: f32,
+    /// `lowering`: fine-tuning epochs after the lowering
+    #[arg(long, default_value_t = 5)]
+    pub finetune_epochs: usize,
+    /// `lowering`: peak learning rate of the fine-tuning (cosine)
+    #[arg(long, default_value_t = 0.01)]
+    pub finetune_lr: f32,
     /// Seeds per configuration (0, 1, ...)
     #[arg(long, default_value_t = 3)]
     pub seeds: u64,
@@ -80,6 +90,11 @@ pub struct ExperimentArgs {
     /// Output folder (one sub-folder per configuration and seed; finished runs are reused)
     #[arg(long, default_value = "runs/experiment")]
     pub out: PathBuf,
+    /// Runs trained at the same time, each on its own backend (and CUDA stream): small nets
+    /// leave most of a large GPU idle, so several at once finish sooner. Each run is what it
+    /// would be alone (up to which deterministic cuDNN algorithm the timing picks)
+    #[arg(long, default_value_t = 1)]
+    pub jobs: usize,
     /// No progress bars
     #[arg(long)]
     pub quiet: bool,
@@ -92,6 +107,10 @@ struct Variant {
     width: usize,
     recipe: Recipe,
     schedule: ScheduleKind,
+    epochs: usize,
+    lr: f32,
+    /// Start from the final weights of this variant's run with the same seed (it runs first).
+    init_from: Option<usize>,
 }
 
 struct RunResult {
@@ -117,6 +136,9 @@ fn variants(a: &ExperimentArgs) -> anyhow::Result<Vec<Variant>> {
         width,
         recipe,
         schedule: schedule.clone(),
+        epochs: a.epochs,
+        lr: a.lr,
+        init_from: None,
     };
     let (m, w) = (a.model.as_str(), a.width);
     Ok(match a.name {
@@ -162,16 +184,15 @@ fn variants(a: &ExperimentArgs) -> anyhow::Result<Vec<Variant>> {
             if a.epochs < 3 {
                 anyhow::bail!("invalid value for --epochs: `pretrain` needs at least 3 (a third of them in FP)");
             }
+            let constant = ScheduleKind::Constant;
+            let scratch = Recipe { fp_first_layer: true, ..base.clone() };
+            let pi = Recipe { fp_warmup_epochs: a.epochs / 3, ..scratch.clone() };
             vec![
                 v(&format!("{} fp32 (smaller)", a.small_model), &a.small_model, 0, Recipe::default(), &cosine),
-                v(&format!("{m} ternary LR"), m, w, Recipe { fp_first_layer: true, ..base.clone() }, &plateau),
-                v(
-                    &format!("{m} ternary PI"),
-                    m,
-                    w,
-                    Recipe { fp_first_layer: true, fp_warmup_epochs: a.epochs / 3, ..base.clone() },
-                    &plateau,
-                ),
+                v(&format!("{m} ternary"), m, w, scratch.clone(), &constant),
+                v(&format!("{m} ternary LR"), m, w, scratch, &plateau),
+                v(&format!("{m} ternary PI"), m, w, pi.clone(), &constant),
+                v(&format!("{m} ternary PI LR"), m, w, pi, &plateau),
             ]
         }
         Experiment::Depth => vec![
@@ -192,6 +213,18 @@ fn variants(a: &ExperimentArgs) -> anyhow::Result<Vec<Variant>> {
             ),
             v(&format!("{} fp32", a.deep_model), &a.deep_model, 0, Recipe::default(), &cosine),
         ],
+        Experiment::Lowering => {
+            if a.finetune_epochs == 0 {
+                anyhow::bail!("invalid value for --finetune-epochs: must be at least 1");
+            }
+            let lowered = Variant {
+                epochs: a.finetune_epochs,
+                lr: a.finetune_lr,
+                init_from: Some(0),
+                ..v(&format!("{m} lowered"), m, w, Recipe { fp_first_layer: true, ..base.clone() }, &cosine)
+            };
+            vec![v(&format!("{m} fp32"), m, w, Recipe::default(), &cosine), lowered]
+        }
     })
 }
 
@@ -199,8 +232,18 @@ fn slug(label: &str) -> String {
     label.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).collect()
 }
 
-/// Runs (or resumes, or reuses) one training run.
-fn run_one(a: &ExperimentArgs, data: &DataSplit, v: &Variant, seed: u64, dir: &Path) -> anyhow::Result<RunResult> {
+/// Runs (or resumes, or reuses) one training run on `backend` (made on first use), and
+/// hands the backend back for the next run.
+fn run_one(
+    a: &ExperimentArgs,
+    data: &DataSplit,
+    v: &Variant,
+    seed: u64,
+    dir: &Path,
+    init_from: Option<PathBuf>,
+    backend: Option<(Box<dyn tern_core::Backend>, serde_json::Value)>,
+    quiet: bool,
+) -> anyhow::Result<(RunResult, (Box<dyn tern_core::Backend>, serde_json::Value))> {
     let [c, h, wd] = data.train.shape;
     let model = ModelConfig {
         name: v.model.clone(),
@@ -210,9 +253,9 @@ fn run_one(a: &ExperimentArgs, data: &DataSplit, v: &Variant, seed: u64, dir: &P
         small_input: false,
     };
     let cfg = TrainConfig {
-        epochs: a.epochs,
+        epochs: v.epochs,
         batch_size: a.batch,
-        lr: a.lr,
+        lr: v.lr,
         sgd: SgdConfig { momentum: 0.9, nesterov: false, weight_decay: 5e-4 },
         schedule: v.schedule.clone(),
         seed,
@@ -220,7 +263,7 @@ fn run_one(a: &ExperimentArgs, data: &DataSplit, v: &Variant, seed: u64, dir: &P
         train_limit: Some(a.train_limit),
         test_limit: Some(a.test_limit),
         recipe: v.recipe.clone(),
-        init_from: None,
+        init_from,
         init_adapt: false,
         profile_every: 1,
     };
@@ -229,16 +272,19 @@ fn run_one(a: &ExperimentArgs, data: &DataSplit, v: &Variant, seed: u64, dir: &P
     } else {
         Trainer::new(&model, data, cfg, dir)?
     };
-    if t.next_epoch < a.epochs && !a.quiet {
+    if t.next_epoch < v.epochs && !quiet {
         eprintln!("== {} (seed {seed}) -> {}", v.label, dir.display());
     }
-    let (backend, info) = a.device.backend()?;
+    let (backend, info) = match backend {
+        Some(b) => b,
+        None => a.device.backend()?,
+    };
     t.set_backend(backend);
-    t.device_info = info;
-    t.run(&mut Bars::new(a.quiet))?;
+    t.device_info = info.clone();
+    t.run(&mut Bars::new(quiet))?;
     crate::cmd_train::write_curves(dir, &t.history)?;
     let totals = tern_train::summary::totals(&t.model.summary());
-    Ok(RunResult {
+    let result = RunResult {
         label: v.label.clone(),
         seed,
         model: v.model.clone(),
@@ -247,7 +293,132 @@ fn run_one(a: &ExperimentArgs, data: &DataSplit, v: &Variant, seed: u64, dir: &P
         ternary_macs: totals.ternary_macs,
         bytes_fp32: totals.bytes_fp32,
         bytes_packed: totals.bytes_packed,
-    })
+    };
+    Ok((result, (t.into_backend(), info)))
+}
+
+/// Every (configuration, seed) run: first those that start from scratch, then those that
+/// start from another run's weights.
+fn run_all(a: &ExperimentArgs, data: &DataSplit, vs: &[Variant], out: &Path) -> anyhow::Result<Vec<RunResult>> {
+    let mut results = Vec::new();
+    for derived in [false, true] {
+        let runs: Vec<(usize, u64)> = (0..vs.len())
+            .filter(|&v| vs[v].init_from.is_some() == derived)
+            .flat_map(|v| (0..a.seeds).map(move |s| (v, s)))
+            .collect();
+        if !runs.is_empty() {
+            results.extend(run_phase(a, data, vs, out, &runs)?);
+        }
+    }
+    Ok(results)
+}
+
+/// `runs` (variant, seed), `a.jobs` at a time; results in the order of `runs`.
+fn run_phase(
+    a: &ExperimentArgs,
+    data: &DataSplit,
+    vs: &[Variant],
+    out: &Path,
+    runs: &[(usize, u64)],
+) -> anyhow::Result<Vec<RunResult>> {
+    let dir = |v: usize, seed: u64| out.join(slug(&vs[v].label)).join(format!("seed{seed}"));
+    let one = |&(v, seed): &(usize, u64), backend, quiet| {
+        let init = vs[v].init_from.map(|src| dir(src, seed).join(CHECKPOINT_FILE));
+        run_one(a, data, &vs[v], seed, &dir(v, seed), init, backend, quiet)
+    };
+    let jobs = a.jobs.clamp(1, runs.len());
+    if jobs == 1 {
+        let mut backend = None;
+        let mut results = Vec::new();
+        for r in runs {
+            let (res, be) = one(r, backend.take(), a.quiet)?;
+            results.push(res);
+            backend = Some(be);
+        }
+        return Ok(results);
+    }
+    // Several workers take runs from a shared counter; each keeps its own backend. Their
+    // per-epoch lines would interleave, so only finished runs are reported, under one bar.
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let slots: Vec<std::sync::Mutex<Option<anyhow::Result<RunResult>>>> =
+        runs.iter().map(|_| std::sync::Mutex::new(None)).collect();
+    let one = &one;
+    let bar = (!a.quiet).then(|| crate::progress::counter("runs", runs.len() as u64, "runs"));
+    std::thread::scope(|scope| {
+        for _ in 0..jobs {
+            scope.spawn(|| {
+                let mut backend = None;
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some(r) = runs.get(i) else { break };
+                    let res = one(r, backend.take(), true);
+                    let res = res.map(|(res, be)| {
+                        backend = Some(be);
+                        res
+                    });
+                    if let Some(b) = &bar {
+                        match &res {
+                            Ok(x) => b.println(format!(
+                                "done {} (seed {}): test acc {:.2}%",
+                                x.label,
+                                x.seed,
+                                100.0 * x.history.last().map_or(0.0, |m| m.test_acc)
+                            )),
+                            Err(e) => b.println(format!("FAILED {} (seed {}): {e:#}", vs[r.0].label, r.1)),
+                        }
+                        b.inc(1);
+                    }
+                    let failed = res.is_err();
+                    *slots[i].lock().unwrap_or_else(|e| e.into_inner()) = Some(res);
+                    if failed {
+                        // no new runs start after a failure; the others finish theirs
+                        next.store(runs.len(), std::sync::atomic::Ordering::Relaxed);
+                    }
+                }
+            });
+        }
+    });
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    let mut results = Vec::new();
+    for (slot, r) in slots.into_iter().zip(runs) {
+        match slot.into_inner().unwrap_or_else(|e| e.into_inner()) {
+            Some(Ok(res)) => results.push(res),
+            Some(Err(e)) => return Err(e.context(format!("run {} (seed {})", vs[r.0].label, r.1))),
+            None => anyhow::bail!("run {} (seed {}) did not start: an earlier run failed", vs[r.0].label, r.1),
+        }
+    }
+    Ok(results)
+}
+
+/// Mean (± std over seeds) test accuracy and train loss after each epoch of each
+/// configuration: curves.csv and NAME-curves.svg.
+fn write_curves(out: &Path, name: &str, vs: &[Variant], results: &[RunResult]) -> anyhow::Result<()> {
+    let mut csv = String::from("config,epoch,seeds,test_acc_mean,test_acc_std,train_loss_mean\n");
+    let mut series = Vec::new();
+    for v in vs {
+        let rs: Vec<&RunResult> = results.iter().filter(|r| r.label == v.label).collect();
+        let epochs = rs.iter().map(|r| r.history.len()).max().unwrap_or(0);
+        let mut points = Vec::new();
+        for e in 0..epochs {
+            let at: Vec<&EpochMetrics> = rs.iter().filter_map(|r| r.history.get(e)).collect();
+            let (m, sd) = mean_std(&at.iter().map(|h| 100.0 * h.test_acc).collect::<Vec<_>>());
+            let loss = mean_std(&at.iter().map(|h| h.train_loss as f64).collect::<Vec<_>>()).0;
+            csv.push_str(&format!("{},{},{},{m:.4},{sd:.4},{loss:.6}\n", v.label, e + 1, at.len()));
+            points.push(((e + 1) as f64, m));
+        }
+        series.push(Series { name: v.label.clone(), points });
+    }
+    tern_core::checkpoint::write_atomic(&out.join("curves.csv"), csv.as_bytes())?;
+    let panel = Panel {
+        title: format!("{name}: test accuracy after each epoch (mean over seeds)"),
+        x_label: "epoch of the run".into(),
+        y_label: "top-1 test accuracy (%)".into(),
+        series,
+    };
+    tern_core::checkpoint::write_atomic(&out.join(format!("{name}-curves.svg")), line_charts(&[panel]).as_bytes())?;
+    Ok(())
 }
 
 fn mean_std(v: &[f64]) -> (f64, f64) {
@@ -265,13 +436,10 @@ pub fn run(a: ExperimentArgs) -> anyhow::Result<()> {
     let name = format!("{:?}", a.name).to_lowercase();
     let out = a.out.join(&name);
     let vs = variants(&a)?;
-    let mut results = Vec::new();
-    for v in &vs {
-        for seed in 0..a.seeds {
-            let dir = out.join(slug(&v.label)).join(format!("seed{seed}"));
-            results.push(run_one(&a, &data, v, seed, &dir)?);
-        }
+    if a.jobs == 0 {
+        anyhow::bail!("invalid value for --jobs: must be at least 1");
     }
+    let results = run_all(&a, &data, &vs, &out)?;
     // Per-run CSV.
     let mut csv = String::from("config,model,seed,epochs,test_acc,train_acc,seconds,weight_zero_frac,nonzero_fwd,nonzero_bwd,nonzero_grad,skipped_samples,macs,ternary_macs,bytes_fp32,bytes_packed\n");
     for r in &results {
@@ -368,11 +536,15 @@ pub fn run(a: ExperimentArgs) -> anyhow::Result<()> {
         bars.push(Bar { label: v.label.clone(), value: m, error: (rs.len() > 1).then_some(s) });
     }
     tern_core::checkpoint::write_atomic(&out.join("summary.csv"), summary.as_bytes())?;
+    write_curves(&out, &name, &vs, &results)?;
     let lo = bars.iter().map(|b| b.value - b.error.unwrap_or(0.0)).fold(f64::MAX, f64::min);
     let title = format!("{name}: test accuracy on {} ({} epochs, {} seeds)", data.name, a.epochs, a.seeds);
     let svg = bar_chart(&title, "top-1 test accuracy (%)", &bars, Some((lo - 2.0).floor().max(0.0)));
     tern_core::checkpoint::write_atomic(&out.join(format!("{name}.svg")), svg.as_bytes())?;
     print!("{}", table.render());
-    println!("-> {} (runs.csv, summary.csv, {name}.svg, one folder per run with {METRICS_FILE})", out.display());
+    println!(
+        "-> {} (runs.csv, summary.csv, curves.csv, {name}.svg, {name}-curves.svg, one folder per run with {METRICS_FILE})",
+        out.display()
+    );
     Ok(())
 }

@@ -315,6 +315,36 @@ fn run_quick_writes_a_complete_report_and_resumes() {
     let o = tern(&["run", "--quick", "--data", "mnist", "--data-path", dp, "--out", r, "--seed", "9"]);
     assert!(!o.status.success());
     assert!(stderr(&o).contains("other settings"), "{}", stderr(&o));
+
+    // --full trains with augmentation and says so; it cannot be combined with --quick
+    let full = out.path().join("full");
+    let f = full.to_str().unwrap();
+    let o = tern(&[
+        "run",
+        "--full",
+        "--data",
+        "mnist",
+        "--data-path",
+        dp,
+        "--model",
+        "lenet5",
+        "--fp-epochs",
+        "1",
+        "--ternary-epochs",
+        "1",
+        "--train-limit",
+        "64",
+        "--test-limit",
+        "32",
+        "--out",
+        f,
+        "--quiet",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let md = std::fs::read_to_string(full.join("report.md")).unwrap();
+    assert!(md.contains("full-length run") && md.contains("--crop-pad 2 --hflip"), "{md}");
+    let o = tern(&["run", "--full", "--quick", "--data", "mnist", "--data-path", dp, "--out", f]);
+    assert!(!o.status.success() && stderr(&o).contains("--quick"), "{}", stderr(&o));
 }
 
 #[test]
@@ -582,4 +612,99 @@ fn an_exported_onnx_graph_holds_the_checkpoints_layers_and_weights() {
     // a checkpoint that is not there is named
     let o = tern(&["export", "--checkpoint", "/nonexistent/model.safetensors", "--onnx", onnx.to_str().unwrap()]);
     assert!(!o.status.success() && stderr(&o).contains("/nonexistent/model.safetensors"), "{}", stderr(&o));
+}
+
+#[test]
+fn experiment_runs_in_parallel_give_the_results_of_one_at_a_time() {
+    let data = tempfile::tempdir().unwrap();
+    write_mnist_like(data.path(), 160, 40);
+    let out = tempfile::tempdir().unwrap();
+    let dp = data.path().to_str().unwrap();
+    let csv = |jobs: &str| {
+        let o_dir = out.path().join(format!("jobs{jobs}"));
+        let o = tern(&[
+            "experiment",
+            "fp-vs-ternary",
+            "--data",
+            "mnist",
+            "--data-path",
+            dp,
+            "--models",
+            "lenet5",
+            "--epochs",
+            "1",
+            "--seeds",
+            "2",
+            "--batch",
+            "32",
+            "--jobs",
+            jobs,
+            "--out",
+            o_dir.to_str().unwrap(),
+            "--quiet",
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let text = std::fs::read_to_string(o_dir.join("fpvsternary").join("runs.csv")).unwrap();
+        // every column but the wall time
+        let rows: Vec<Vec<String>> = text
+            .lines()
+            .map(|l| l.split(',').enumerate().filter(|(i, _)| *i != 6).map(|(_, v)| v.to_string()).collect())
+            .collect();
+        rows
+    };
+    let (one, two) = (csv("1"), csv("2"));
+    assert_eq!(one.len(), 5, "a header and 2 configurations × 2 seeds");
+    assert_eq!(one, two);
+    let o = tern(&["experiment", "fp-vs-ternary", "--data", "mnist", "--data-path", dp, "--jobs", "0"]);
+    assert!(!o.status.success() && stderr(&o).contains("--jobs"), "{}", stderr(&o));
+}
+
+#[test]
+fn the_lowering_experiment_fine_tunes_each_seeds_fp_run() {
+    let data = tempfile::tempdir().unwrap();
+    write_mnist_like(data.path(), 128, 32);
+    let out = tempfile::tempdir().unwrap();
+    let (dp, od) = (data.path().to_str().unwrap(), out.path().to_str().unwrap());
+    let o = tern(&[
+        "experiment",
+        "lowering",
+        "--data",
+        "mnist",
+        "--data-path",
+        dp,
+        "--model",
+        "lenet5",
+        "--width",
+        "0",
+        "--epochs",
+        "2",
+        "--finetune-epochs",
+        "1",
+        "--seeds",
+        "2",
+        "--batch",
+        "32",
+        "--jobs",
+        "2",
+        "--out",
+        od,
+        "--quiet",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let dir = out.path().join("lowering");
+    let runs = std::fs::read_to_string(dir.join("runs.csv")).unwrap();
+    let lowered: Vec<&str> = runs.lines().filter(|l| l.starts_with("lenet5 lowered,")).collect();
+    assert_eq!(lowered.len(), 2, "{runs}");
+    for l in lowered {
+        let cols: Vec<&str> = l.split(',').collect();
+        assert_eq!(cols[3], "1", "one fine-tuning epoch: {l}");
+        assert!(!cols[7].is_empty(), "the lowered net has ternary weights: {l}");
+    }
+    // each lowered run started from its own seed's FP weights
+    let m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("lenet5_lowered/seed1/metrics.json")).unwrap()).unwrap();
+    assert!(m.to_string().contains("lenet5_fp32/seed1/model.safetensors"), "{m}");
+    let curves = std::fs::read_to_string(dir.join("curves.csv")).unwrap();
+    assert_eq!(curves.lines().count(), 1 + 2 + 1, "{curves}");
+    assert!(std::fs::read_to_string(dir.join("lowering-curves.svg")).unwrap().contains("</svg>"));
 }

@@ -417,6 +417,12 @@ impl Trainer {
         self.backend.as_ref()
     }
 
+    /// Ends the trainer and hands its backend back, for the next run to reuse (a GPU
+    /// backend keeps its compiled kernels, algorithm choices and memory pool).
+    pub fn into_backend(self) -> Box<dyn Backend> {
+        self.backend
+    }
+
     /// Runs the remaining epochs; returns the final test accuracy.
     pub fn run(&mut self, obs: &mut dyn Observer) -> Result<f64> {
         self.run_until(self.cfg.epochs, obs)
