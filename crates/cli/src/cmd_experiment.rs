@@ -100,6 +100,9 @@ pub struct ExperimentArgs {
     pub quiet: bool,
 }
 
+/// A backend and its description for metrics, kept from one run to the next.
+type HeldBackend = (Box<dyn tern_core::Backend>, serde_json::Value);
+
 /// One configuration of an experiment.
 struct Variant {
     label: String,
@@ -241,9 +244,9 @@ fn run_one(
     seed: u64,
     dir: &Path,
     init_from: Option<PathBuf>,
-    backend: Option<(Box<dyn tern_core::Backend>, serde_json::Value)>,
+    backend: Option<HeldBackend>,
     quiet: bool,
-) -> anyhow::Result<(RunResult, (Box<dyn tern_core::Backend>, serde_json::Value))> {
+) -> anyhow::Result<(RunResult, HeldBackend)> {
     let [c, h, wd] = data.train.shape;
     let model = ModelConfig {
         name: v.model.clone(),
@@ -404,7 +407,7 @@ fn write_curves(out: &Path, name: &str, vs: &[Variant], results: &[RunResult]) -
         for e in 0..epochs {
             let at: Vec<&EpochMetrics> = rs.iter().filter_map(|r| r.history.get(e)).collect();
             let (m, sd) = mean_std(&at.iter().map(|h| 100.0 * h.test_acc).collect::<Vec<_>>());
-            let loss = mean_std(&at.iter().map(|h| h.train_loss as f64).collect::<Vec<_>>()).0;
+            let loss = mean_std(&at.iter().map(|h| h.train_loss).collect::<Vec<_>>()).0;
             csv.push_str(&format!("{},{},{},{m:.4},{sd:.4},{loss:.6}\n", v.label, e + 1, at.len()));
             points.push(((e + 1) as f64, m));
         }
