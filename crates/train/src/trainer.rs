@@ -389,6 +389,9 @@ impl Trainer {
         t.normalize = parse(&path, &c.meta, "normalize")?;
         t.step = parse(&path, &c.meta, "step")?;
         t.next_epoch = t.history.len();
+        // the model as the last trained epoch left it (ternary after a PI warm-up, ReLU
+        // thresholds), so that a finished run reloaded here reports what it trained
+        t.cfg.recipe.apply_final(&mut t.model, t.next_epoch.max(1));
         t.sgd.velocity = velocity.unwrap_or_default();
         t.saved_tuning = c.meta.get("device_tuning").filter(|v| !v.is_null()).cloned();
         Ok(t)

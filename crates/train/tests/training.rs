@@ -82,6 +82,23 @@ fn resumed_run_ends_with_the_same_weights() {
 }
 
 #[test]
+fn a_finished_pi_run_reloaded_reports_its_ternary_model() {
+    let data = synthetic::split(64, 16, [1, 16, 16], 10, 0.5, 5);
+    let mut cfg = config(2, 0.02);
+    cfg.recipe = Recipe { ternary: Some(Default::default()), fp_warmup_epochs: 1, ..Recipe::default() };
+    let m = model("lenet5", 0);
+    let dir = tempfile::tempdir().unwrap();
+    let mut t = Trainer::new(&m, &data, cfg.clone(), dir.path()).unwrap();
+    t.run(&mut Silent).unwrap();
+    let trained = tern_train::summary::totals(&t.model.summary());
+    assert!(trained.ternary_macs > 0);
+    let reloaded = Trainer::resume(&m, &data, cfg, dir.path()).unwrap();
+    assert_eq!(reloaded.next_epoch, 2);
+    let again = tern_train::summary::totals(&reloaded.model.summary());
+    assert_eq!((again.ternary_macs, again.bytes_packed), (trained.ternary_macs, trained.bytes_packed));
+}
+
+#[test]
 fn non_finite_loss_stops_with_step_and_layer() {
     let data = synthetic::split(64, 16, [1, 16, 16], 10, 0.5, 3);
     let dir = tempfile::tempdir().unwrap();
