@@ -120,7 +120,7 @@ pub trait Observer {
 pub struct Silent;
 impl Observer for Silent {}
 
-fn loader(
+pub fn loader(
     normalize: &Normalize,
     input: [usize; 3],
     batch: usize,

@@ -1,0 +1,648 @@
+//! The quantised convolution: u8 channels-last activations (one scale and zero point per
+//! tensor) times s8 weights (ternary codes, or FP weights quantised per output channel),
+//! exact s32 sums, then one fused epilogue per output: zero-point correction, the folded BN
+//! (a multiplier and an offset per channel), an optional residual, the thresholded ReLU,
+//! and the store as u8 (requantised) or f32.
+//!
+//! Two implementations compute the same bits: `reference` (plain loops, any CPU) and the
+//! AVX-512 VNNI kernel (`vpdpbusd`: 64 u8×s8 multiply-adds per instruction), chosen at run
+//! time. The epilogue's float operations happen in the same order in both (no fused
+//! multiply-add), so their outputs are identical, not merely close.
+
+use rayon::prelude::*;
+
+/// Output channels per block: one 512-bit register of s32 sums.
+pub const LANES: usize = 16;
+
+/// A convolution's geometry (square kernel, equal stride and padding on both axes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ConvShape {
+    pub c_in: usize,
+    pub c_out: usize,
+    pub k: usize,
+    pub stride: usize,
+    pub pad: usize,
+}
+
+impl ConvShape {
+    pub fn out_hw(&self, h: usize, w: usize) -> (usize, usize) {
+        ((h + 2 * self.pad - self.k) / self.stride + 1, (w + 2 * self.pad - self.k) / self.stride + 1)
+    }
+    /// Groups of four input channels (the reduction unit of one `vpdpbusd` lane).
+    pub fn c4(&self) -> usize {
+        self.c_in.div_ceil(4)
+    }
+    /// Blocks of [`LANES`] output channels.
+    pub fn blocks(&self) -> usize {
+        self.c_out.div_ceil(LANES)
+    }
+}
+
+/// Weights laid out for the kernel: `[block][r][s][c4][16 lanes][4 inputs]` s8, zero where
+/// a channel is padding; with each output channel's code sum for the zero-point correction.
+#[derive(Clone, Debug)]
+pub struct PackedConv {
+    pub shape: ConvShape,
+    pub packed: Vec<i8>,
+    /// Σ of the codes of each output channel, `[blocks · 16]`.
+    pub code_sums: Vec<i32>,
+    /// The codes as given, `[c_out][c_in][k][k]` (the reference reads these).
+    pub codes: Vec<i8>,
+}
+
+impl PackedConv {
+    pub fn new(shape: ConvShape, codes: Vec<i8>) -> PackedConv {
+        let ConvShape { c_in, c_out, k, .. } = shape;
+        assert_eq!(codes.len(), c_out * c_in * k * k, "codes of a {shape:?} convolution");
+        let (c4, blocks) = (shape.c4(), shape.blocks());
+        let mut packed = vec![0i8; blocks * k * k * c4 * LANES * 4];
+        let mut code_sums = vec![0i32; blocks * LANES];
+        for o in 0..c_out {
+            let (b, lane) = (o / LANES, o % LANES);
+            for c in 0..c_in {
+                for r in 0..k {
+                    for s in 0..k {
+                        let v = codes[((o * c_in + c) * k + r) * k + s];
+                        let at = ((((b * k + r) * k + s) * c4 + c / 4) * LANES + lane) * 4 + c % 4;
+                        packed[at] = v;
+                        code_sums[o] += v as i32;
+                    }
+                }
+            }
+        }
+        PackedConv { shape, packed, code_sums, codes }
+    }
+}
+
+/// A u8 channels-last image: `[h][w][stride]`, channels beyond the tensor's own are ignored.
+#[derive(Clone, Copy, Debug)]
+pub struct U8Image<'a> {
+    pub data: &'a [u8],
+    pub h: usize,
+    pub w: usize,
+    pub stride: usize,
+    pub zero: u8,
+}
+
+/// A residual added before the ReLU: u8 (value = scale · (q − zero)) or f32, channels-last
+/// with the output's height and width.
+#[derive(Clone, Copy, Debug)]
+pub enum Residual<'a> {
+    U8 { data: &'a [u8], stride: usize, scale: f32, zero: i32 },
+    F32 { data: &'a [f32], stride: usize },
+}
+
+/// What happens to each output channel's sum: `v = (acc − zero_in · Σcodes) · mul + add`,
+/// `+ residual`, then `v > relu ? v : 0` when a ReLU is fused.
+#[derive(Clone, Copy, Debug)]
+pub struct Epilogue<'a> {
+    /// `[blocks · 16]` each (zero for padding channels).
+    pub mul: &'a [f32],
+    pub add: &'a [f32],
+    pub relu: Option<f32>,
+    pub residual: Option<Residual<'a>>,
+}
+
+/// Where the outputs go, channels-last with a channel stride of `blocks · 16`.
+#[derive(Debug)]
+pub enum Output<'a> {
+    /// Requantised: q = clamp(round(v · inv_scale) + zero, 0, 255).
+    U8 {
+        data: &'a mut [u8],
+        inv_scale: f32,
+        zero: i32,
+    },
+    F32 {
+        data: &'a mut [f32],
+    },
+}
+
+/// The epilogue of one output value, before the store (shared by both implementations).
+#[inline(always)]
+fn finish(acc: i32, correction: i32, mul: f32, add: f32, residual: Option<f32>, relu: Option<f32>) -> f32 {
+    let a = acc.wrapping_sub(correction) as f32;
+    let mut v = a * mul + add;
+    if let Some(r) = residual {
+        v = v + r;
+    }
+    match relu {
+        Some(t) if !(v > t) => 0.0,
+        _ => v,
+    }
+}
+
+#[inline(always)]
+fn requantise(v: f32, inv_scale: f32, zero: i32) -> u8 {
+    let f = (v * inv_scale).max(-256.0).min(256.0);
+    (f.round_ties_even() as i32 + zero).clamp(0, 255) as u8
+}
+
+fn residual_at(r: &Residual, pixel: usize, ch: usize) -> f32 {
+    match *r {
+        Residual::U8 { data, stride, scale, zero } => (data[pixel * stride + ch] as i32 - zero) as f32 * scale,
+        Residual::F32 { data, stride } => data[pixel * stride + ch],
+    }
+}
+
+/// Checks the sizes of a call (a wrong plan is a programmer error: panics with the sizes).
+fn check(x: &U8Image, pc: &PackedConv, ep: &Epilogue, out: &Output) -> (usize, usize) {
+    let s = pc.shape;
+    assert!(x.stride >= s.c4() * 4 && x.data.len() >= x.h * x.w * x.stride, "input {x:?} for {s:?}");
+    let (ho, wo) = s.out_hw(x.h, x.w);
+    let ks = s.blocks() * LANES;
+    assert!(ep.mul.len() >= ks && ep.add.len() >= ks);
+    let n = match out {
+        Output::U8 { data, .. } => data.len(),
+        Output::F32 { data } => data.len(),
+    };
+    assert_eq!(n, ho * wo * ks, "output of {s:?} on {}x{}", x.h, x.w);
+    (ho, wo)
+}
+
+/// The input with `pad` pixels of its zero point around it (the kernels never test bounds).
+pub fn pad_input(x: &U8Image, pad: usize) -> Vec<u8> {
+    let (hp, wp) = (x.h + 2 * pad, x.w + 2 * pad);
+    let mut v = vec![x.zero; hp * wp * x.stride];
+    for i in 0..x.h {
+        let dst = ((i + pad) * wp + pad) * x.stride;
+        v[dst..dst + x.w * x.stride].copy_from_slice(&x.data[i * x.w * x.stride..(i + 1) * x.w * x.stride]);
+    }
+    v
+}
+
+/// The definition: one output at a time, straight from the `[c_out][c_in][k][k]` codes.
+pub fn reference(x: &U8Image, pc: &PackedConv, ep: &Epilogue, out: Output) {
+    let (ho, wo) = check(x, pc, ep, &out);
+    let s = pc.shape;
+    let ks = s.blocks() * LANES;
+    let xp = pad_input(x, s.pad);
+    let wp = x.w + 2 * s.pad;
+    let zero = x.zero as i32;
+    let mut out = out;
+    for p in 0..ho {
+        for q in 0..wo {
+            let pixel = p * wo + q;
+            for o in 0..ks {
+                let mut acc = 0i32;
+                if o < s.c_out {
+                    for c in 0..s.c_in {
+                        for r in 0..s.k {
+                            for t in 0..s.k {
+                                let xv = xp[((p * s.stride + r) * wp + q * s.stride + t) * x.stride + c] as i32;
+                                acc += xv * pc.codes[((o * s.c_in + c) * s.k + r) * s.k + t] as i32;
+                            }
+                        }
+                    }
+                }
+                let res = ep.residual.as_ref().map(|r| residual_at(r, pixel, o));
+                let v = finish(acc, zero * pc.code_sums[o], ep.mul[o], ep.add[o], res, ep.relu);
+                match &mut out {
+                    Output::U8 { data, inv_scale, zero } => data[pixel * ks + o] = requantise(v, *inv_scale, *zero),
+                    Output::F32 { data } => data[pixel * ks + o] = v,
+                }
+            }
+        }
+    }
+}
+
+/// Which implementation [`conv`] runs on this CPU.
+pub fn kernel_name() -> &'static str {
+    if vnni_available() {
+        "avx512-vnni"
+    } else {
+        "portable"
+    }
+}
+
+fn vnni_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::env::var_os("TERN_INFER_PORTABLE").is_none()
+            && is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("avx512bw")
+            && is_x86_feature_detected!("avx512vnni")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// The convolution with the fastest kernel this CPU has, output rows split over the rayon
+/// pool. Same bits as [`reference`].
+pub fn conv(x: &U8Image, pc: &PackedConv, ep: &Epilogue, out: Output) {
+    #[cfg(target_arch = "x86_64")]
+    if vnni_available() {
+        let (ho, wo) = check(x, pc, ep, &out);
+        let xp = pad_input(x, pc.shape.pad);
+        // SAFETY: the CPU has AVX-512 F/BW/VNNI (checked above); `check` validated the sizes
+        // the kernel's pointer arithmetic relies on, and the padded input covers every tap.
+        unsafe { vnni::conv(&xp, x.w + 2 * pc.shape.pad, x.stride, x.zero, pc, ep, out, ho, wo) };
+        return;
+    }
+    portable(x, pc, ep, out)
+}
+
+/// Rows in parallel with the reference's arithmetic (any CPU).
+fn portable(x: &U8Image, pc: &PackedConv, ep: &Epilogue, out: Output) {
+    let (ho, wo) = check(x, pc, ep, &out);
+    let _ = ho;
+    let s = pc.shape;
+    let ks = s.blocks() * LANES;
+    let xp = pad_input(x, s.pad);
+    let wp = x.w + 2 * s.pad;
+    let zero = x.zero as i32;
+    let row = |p: usize, store: &mut dyn FnMut(usize, usize, f32)| {
+        let mut acc = vec![0i32; ks];
+        for q in 0..wo {
+            acc.iter_mut().for_each(|a| *a = 0);
+            for o in 0..s.c_out {
+                let mut a = 0i32;
+                let w = &pc.codes[o * s.c_in * s.k * s.k..(o + 1) * s.c_in * s.k * s.k];
+                for c in 0..s.c_in {
+                    for r in 0..s.k {
+                        let base = ((p * s.stride + r) * wp + q * s.stride) * x.stride + c;
+                        for t in 0..s.k {
+                            a += xp[base + t * x.stride] as i32 * w[(c * s.k + r) * s.k + t] as i32;
+                        }
+                    }
+                }
+                acc[o] = a;
+            }
+            let pixel = p * wo + q;
+            for o in 0..ks {
+                let res = ep.residual.as_ref().map(|r| residual_at(r, pixel, o));
+                store(q, o, finish(acc[o], zero * pc.code_sums[o], ep.mul[o], ep.add[o], res, ep.relu));
+            }
+        }
+    };
+    match out {
+        Output::U8 { data, inv_scale, zero } => data.par_chunks_mut(wo * ks).enumerate().for_each(|(p, y)| {
+            row(p, &mut |q, o, v| y[q * ks + o] = requantise(v, inv_scale, zero));
+        }),
+        Output::F32 { data } => data.par_chunks_mut(wo * ks).enumerate().for_each(|(p, y)| {
+            row(p, &mut |q, o, v| y[q * ks + o] = v);
+        }),
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod vnni {
+    //! The AVX-512 VNNI kernel: a tile of CB blocks of 16 output channels × PX output pixels
+    //! of one row keeps CB·PX s32 accumulators in registers; per (r, s, group of 4 input
+    //! channels) it loads CB weight vectors and broadcasts each pixel's 4 input bytes.
+
+    use super::*;
+    use std::arch::x86_64::*;
+
+    /// Output pixels per tile for CB channel blocks: CB·PX accumulators + CB weights + one
+    /// broadcast stay within the 32 vector registers.
+    const fn main_px(cb: usize) -> usize {
+        match cb {
+            1 => 24,
+            2 => 12,
+            3 => 8,
+            _ => 6,
+        }
+    }
+
+    /// Pointers and sizes shared by every tile of a call.
+    struct Geometry {
+        /// Bytes from one padded input row to the next.
+        row_bytes: usize,
+        /// Channel stride of the input.
+        cs: usize,
+        stride: usize,
+        k: usize,
+        c4: usize,
+        /// Bytes of one block's packed weights.
+        block_bytes: usize,
+    }
+
+    /// Sums of a CB × PX tile whose first output pixel reads the padded input at `x`.
+    ///
+    /// # Safety
+    /// AVX-512 F/BW/VNNI must be present; `x` and `w` must cover every tap the geometry
+    /// reaches for PX pixels and CB blocks.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    unsafe fn sums<const CB: usize, const PX: usize>(x: *const u8, w: *const i8, g: &Geometry) -> [[__m512i; PX]; CB] {
+        let mut acc = [[_mm512_setzero_si512(); PX]; CB];
+        let pixel_step = g.stride * g.cs;
+        for r in 0..g.k {
+            for s in 0..g.k {
+                // SAFETY (all pointer arithmetic below): inside the padded input and the
+                // packed weights, as the caller guarantees.
+                let xrow = unsafe { x.add(r * g.row_bytes + s * g.cs) };
+                let mut wp = unsafe { w.add((r * g.k + s) * g.c4 * LANES * 4) };
+                for grp in 0..g.c4 {
+                    let mut wv = [_mm512_setzero_si512(); CB];
+                    for (cb, v) in wv.iter_mut().enumerate() {
+                        *v = unsafe { _mm512_loadu_si512(wp.add(cb * g.block_bytes) as *const _) };
+                    }
+                    for px in 0..PX {
+                        let at = unsafe { xrow.add(px * pixel_step + grp * 4) } as *const i32;
+                        let xv = _mm512_set1_epi32(unsafe { at.read_unaligned() });
+                        for cb in 0..CB {
+                            acc[cb][px] = _mm512_dpbusd_epi32(acc[cb][px], xv, wv[cb]);
+                        }
+                    }
+                    wp = unsafe { wp.add(LANES * 4) };
+                }
+            }
+        }
+        acc
+    }
+
+    /// Per-call constants of the epilogue, as vectors where they are per channel.
+    struct Finish<'a> {
+        ep: &'a Epilogue<'a>,
+        corrections: Vec<i32>,
+        ks: usize,
+        wo: usize,
+    }
+
+    /// The epilogue and store of a tile (same operations, same order as `super::finish`);
+    /// `y_u8` (or `y_f32` when it is null) points at output row `p`.
+    ///
+    /// # Safety
+    /// AVX-512 F/BW must be present; the tile's outputs and residuals must be in bounds.
+    #[target_feature(enable = "avx512f,avx512bw")]
+    unsafe fn store<const CB: usize, const PX: usize>(
+        acc: &[[__m512i; PX]; CB],
+        f: &Finish,
+        block0: usize,
+        p: usize,
+        q0: usize,
+        y_u8: *mut u8,
+        y_f32: *mut f32,
+        quant: (f32, i32),
+    ) {
+        let ep = f.ep;
+        for cb in 0..CB {
+            let ch = (block0 + cb) * LANES;
+            // SAFETY: the per-channel arrays hold blocks·16 values (checked by `check`).
+            let (mul, add, corr) = unsafe {
+                (
+                    _mm512_loadu_ps(ep.mul.as_ptr().add(ch)),
+                    _mm512_loadu_ps(ep.add.as_ptr().add(ch)),
+                    _mm512_loadu_si512(f.corrections.as_ptr().add(ch) as *const _),
+                )
+            };
+            for px in 0..PX {
+                let pixel = p * f.wo + q0 + px;
+                let a = _mm512_cvtepi32_ps(_mm512_sub_epi32(acc[cb][px], corr));
+                let mut v = _mm512_add_ps(_mm512_mul_ps(a, mul), add);
+                match ep.residual {
+                    Some(Residual::U8 { data, stride, scale, zero }) => {
+                        // SAFETY: 16 bytes of the residual's pixel (its stride is a multiple of 16).
+                        let b = unsafe { _mm_loadu_si128(data.as_ptr().add(pixel * stride + ch) as *const _) };
+                        let i = _mm512_sub_epi32(_mm512_cvtepu8_epi32(b), _mm512_set1_epi32(zero));
+                        v = _mm512_add_ps(v, _mm512_mul_ps(_mm512_cvtepi32_ps(i), _mm512_set1_ps(scale)));
+                    }
+                    Some(Residual::F32 { data, stride }) => {
+                        // SAFETY: as above, 16 floats.
+                        v = _mm512_add_ps(v, unsafe { _mm512_loadu_ps(data.as_ptr().add(pixel * stride + ch)) });
+                    }
+                    None => {}
+                }
+                if let Some(t) = ep.relu {
+                    let keep = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(v, _mm512_set1_ps(t));
+                    v = _mm512_maskz_mov_ps(keep, v);
+                }
+                // the output pointers are this row's
+                let at = (q0 + px) * f.ks + ch;
+                if y_u8.is_null() {
+                    // SAFETY: 16 floats of this pixel's output.
+                    unsafe { _mm512_storeu_ps(y_f32.add(at), v) };
+                } else {
+                    let (inv, zero) = quant;
+                    let s = _mm512_mul_ps(v, _mm512_set1_ps(inv));
+                    let s = _mm512_min_ps(_mm512_max_ps(s, _mm512_set1_ps(-256.0)), _mm512_set1_ps(256.0));
+                    let i = _mm512_add_epi32(_mm512_cvtps_epi32(s), _mm512_set1_epi32(zero));
+                    let i = _mm512_min_epi32(_mm512_max_epi32(i, _mm512_setzero_si512()), _mm512_set1_epi32(255));
+                    // SAFETY: 16 bytes of this pixel's output.
+                    unsafe { _mm_storeu_si128(y_u8.add(at) as *mut _, _mm512_cvtepi32_epi8(i)) };
+                }
+            }
+        }
+    }
+
+    /// One output row: every block group and pixel tile.
+    ///
+    /// # Safety
+    /// As for [`conv`]; `y_*` point at this row's outputs.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    unsafe fn row(
+        xp: &[u8],
+        pc: &PackedConv,
+        g: &Geometry,
+        f: &Finish,
+        p: usize,
+        y_u8: *mut u8,
+        y_f32: *mut f32,
+        quant: (f32, i32),
+    ) {
+        let blocks = pc.shape.blocks();
+        let x_row = p * g.stride * g.row_bytes;
+        let mut b0 = 0;
+        while b0 < blocks {
+            let cb = (blocks - b0).min(4);
+            let w = pc.packed[b0 * g.block_bytes..].as_ptr();
+            macro_rules! tiles {
+                ($cb:literal) => {{
+                    const MAIN: usize = main_px($cb);
+                    let mut q = 0;
+                    while q < f.wo {
+                        let left = f.wo - q;
+                        // SAFETY: pixel q's taps start at x_row + q·stride·cs, inside xp.
+                        let x = unsafe { xp.as_ptr().add(x_row + q * g.stride * g.cs) };
+                        macro_rules! tile {
+                            ($px:expr) => {{
+                                // SAFETY: forwarded from the caller.
+                                unsafe {
+                                    let acc = sums::<$cb, { $px }>(x, w, g);
+                                    store::<$cb, { $px }>(&acc, f, b0, p, q, y_u8, y_f32, quant);
+                                }
+                                q += $px;
+                            }};
+                        }
+                        if left >= MAIN {
+                            tile!(MAIN)
+                        } else if left >= 4 {
+                            tile!(4)
+                        } else if left >= 2 {
+                            tile!(2)
+                        } else {
+                            tile!(1)
+                        }
+                    }
+                }};
+            }
+            match cb {
+                4 => tiles!(4),
+                3 => tiles!(3),
+                2 => tiles!(2),
+                _ => tiles!(1),
+            }
+            b0 += cb;
+        }
+    }
+
+    /// The whole convolution, rows over the rayon pool.
+    ///
+    /// # Safety
+    /// AVX-512 F/BW/VNNI must be present; `xp` is the input padded by the shape's `pad`
+    /// (`wp` pixels per row, channel stride `cs` ≥ 4·c4), and `out` holds ho·wo·blocks·16.
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn conv(
+        xp: &[u8],
+        wp: usize,
+        cs: usize,
+        zero: u8,
+        pc: &PackedConv,
+        ep: &Epilogue,
+        out: Output,
+        ho: usize,
+        wo: usize,
+    ) {
+        let s = pc.shape;
+        let ks = s.blocks() * LANES;
+        let g = Geometry {
+            row_bytes: wp * cs,
+            cs,
+            stride: s.stride,
+            k: s.k,
+            c4: s.c4(),
+            block_bytes: s.k * s.k * s.c4() * LANES * 4,
+        };
+        let corrections = pc.code_sums.iter().map(|&c| c * zero as i32).collect();
+        let f = Finish { ep, corrections, ks, wo };
+        let _ = ho;
+        match out {
+            Output::U8 { data, inv_scale, zero } => data.par_chunks_mut(wo * ks).enumerate().for_each(|(p, y)| {
+                // SAFETY: forwarded from the caller; y is row p.
+                unsafe { row(xp, pc, &g, &f, p, y.as_mut_ptr(), std::ptr::null_mut(), (inv_scale, zero)) }
+            }),
+            Output::F32 { data } => data.par_chunks_mut(wo * ks).enumerate().for_each(|(p, y)| {
+                // SAFETY: forwarded from the caller; y is row p.
+                unsafe { row(xp, pc, &g, &f, p, std::ptr::null_mut(), y.as_mut_ptr(), (1.0, 0)) }
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tern_core::Rng;
+
+    fn random_case(
+        rng: &mut Rng,
+        shape: ConvShape,
+        h: usize,
+        w: usize,
+        ternary: bool,
+    ) -> (Vec<u8>, usize, u8, PackedConv) {
+        let stride = shape.c_in.div_ceil(4) * 4 + 4 * (rng.below(2) as usize); // spare channels too
+        let zero = if rng.uniform() < 0.5 { 0 } else { rng.below(256) as u8 };
+        let x: Vec<u8> =
+            (0..h * w * stride).map(|_| if rng.uniform() < 0.4 { zero } else { rng.below(256) as u8 }).collect();
+        let n = shape.c_out * shape.c_in * shape.k * shape.k;
+        let codes = (0..n)
+            .map(|_| if ternary { rng.below(3) as i8 - 1 } else { rng.below(255) as i8 - 127 }.clamp(-127, 127))
+            .collect();
+        (x, stride, zero, PackedConv::new(shape, codes))
+    }
+
+    #[test]
+    fn every_kernel_gives_the_references_bits_on_awkward_shapes() {
+        let mut rng = Rng::new(17);
+        let shapes = [
+            (ConvShape { c_in: 3, c_out: 16, k: 3, stride: 1, pad: 1 }, 9, 11),
+            (ConvShape { c_in: 5, c_out: 20, k: 3, stride: 2, pad: 1 }, 13, 7),
+            (ConvShape { c_in: 3, c_out: 64, k: 7, stride: 2, pad: 3 }, 23, 29),
+            (ConvShape { c_in: 64, c_out: 70, k: 1, stride: 2, pad: 0 }, 8, 8),
+            (ConvShape { c_in: 17, c_out: 33, k: 5, stride: 1, pad: 0 }, 9, 30),
+            (ConvShape { c_in: 32, c_out: 128, k: 3, stride: 1, pad: 1 }, 5, 27),
+            (ConvShape { c_in: 1, c_out: 1, k: 3, stride: 3, pad: 2 }, 4, 4),
+        ];
+        for (i, &(shape, h, w)) in shapes.iter().enumerate() {
+            for ternary in [true, false] {
+                let (x, stride, zero, pc) = random_case(&mut rng, shape, h, w, ternary);
+                let img = U8Image { data: &x, h, w, stride, zero };
+                let ks = shape.blocks() * LANES;
+                let mut mul: Vec<f32> = (0..ks).map(|_| rng.uniform() * 0.02).collect();
+                let add: Vec<f32> = (0..ks).map(|_| rng.normal()).collect();
+                mul[ks - 1] = 0.0;
+                let (ho, wo) = shape.out_hw(h, w);
+                let res_u8: Vec<u8> = (0..ho * wo * ks).map(|_| rng.below(256) as u8).collect();
+                let res_f32: Vec<f32> = (0..ho * wo * ks).map(|_| rng.normal()).collect();
+                for case in 0..4 {
+                    let residual = match case {
+                        1 => Some(Residual::U8 { data: &res_u8, stride: ks, scale: 0.03, zero: 7 }),
+                        2 => Some(Residual::F32 { data: &res_f32, stride: ks }),
+                        _ => None,
+                    };
+                    let relu = (case != 3).then_some(if case == 2 { 0.05 } else { 0.0 });
+                    let ep = Epilogue { mul: &mul, add: &add, relu, residual };
+                    let what = format!("shape {i} {shape:?} ternary {ternary} case {case}");
+                    let (mut a, mut b) = (vec![0u8; ho * wo * ks], vec![1u8; ho * wo * ks]);
+                    reference(&img, &pc, &ep, Output::U8 { data: &mut a, inv_scale: 9.0, zero: 3 });
+                    conv(&img, &pc, &ep, Output::U8 { data: &mut b, inv_scale: 9.0, zero: 3 });
+                    assert_eq!(a, b, "u8 {what} ({})", kernel_name());
+                    assert!(a.iter().any(|&v| v != 0 && v != 255), "a degenerate test: {what}");
+                    portable(&img, &pc, &ep, Output::U8 { data: &mut b, inv_scale: 9.0, zero: 3 });
+                    assert_eq!(a, b, "u8 portable {what}");
+                    let (mut a, mut b) = (vec![0f32; ho * wo * ks], vec![1f32; ho * wo * ks]);
+                    reference(&img, &pc, &ep, Output::F32 { data: &mut a });
+                    conv(&img, &pc, &ep, Output::F32 { data: &mut b });
+                    assert!(a.iter().zip(&b).all(|(p, q)| p.to_bits() == q.to_bits()), "f32 {what}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_sums_are_the_real_convolution_of_the_dequantised_values() {
+        // one channel, a known answer: 3x3 all-ones codes over a ramp, zero point 10
+        let shape = ConvShape { c_in: 1, c_out: 1, k: 3, stride: 1, pad: 1 };
+        let x: Vec<u8> = (0..16).flat_map(|v| [10 + v as u8, 0, 0, 0]).collect();
+        let pc = PackedConv::new(shape, vec![1; 9]);
+        let (mul, add) = (vec![1.0; 16], vec![0.0; 16]);
+        let ep = Epilogue { mul: &mul, add: &add, relu: None, residual: None };
+        let mut y = vec![0f32; 16 * 16];
+        conv(&U8Image { data: &x, h: 4, w: 4, stride: 4, zero: 10 }, &pc, &ep, Output::F32 { data: &mut y });
+        // real values 0..15 on a 4x4 grid, zero padding: the centre output (1,1) sums 0,1,2,4,5,6,8,9,10
+        assert_eq!(y[(4 + 1) * 16], 45.0);
+        assert_eq!(y[0], (0 + 1 + 4 + 5) as f32);
+    }
+}
+
+#[cfg(test)]
+mod speed {
+    use super::*;
+
+    /// `cargo test --release -p tern-infer -- --ignored --nocapture speed`: one ResNet-18
+    /// 3x3 layer (64→64 at 56x56), ms per call and GMAC/s.
+    #[test]
+    #[ignore]
+    fn speed_of_a_resnet18_layer() {
+        for (c, hw) in [(64usize, 56usize), (128, 28), (256, 14), (512, 7)] {
+            let shape = ConvShape { c_in: c, c_out: c, k: 3, stride: 1, pad: 1 };
+            let x = vec![3u8; hw * hw * c];
+            let pc = PackedConv::new(shape, vec![1; c * c * 9]);
+            let (mul, add) = (vec![0.01; c], vec![0.0; c]);
+            let ep = Epilogue { mul: &mul, add: &add, relu: Some(0.0), residual: None };
+            let mut y = vec![0u8; hw * hw * c];
+            let img = U8Image { data: &x, h: hw, w: hw, stride: c, zero: 0 };
+            let reps = 50;
+            let t = std::time::Instant::now();
+            for _ in 0..reps {
+                conv(&img, &pc, &ep, Output::U8 { data: &mut y, inv_scale: 1.0, zero: 0 });
+            }
+            let s = t.elapsed().as_secs_f64() / reps as f64;
+            let macs = (hw * hw * c * c * 9) as f64;
+            println!("{c}x{hw}: {:.3} ms, {:.1} GMAC/s ({})", s * 1e3, macs / s / 1e9, kernel_name());
+        }
+    }
+}
