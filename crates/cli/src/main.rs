@@ -7,6 +7,7 @@ mod cmd_eval;
 mod cmd_experiment;
 mod cmd_export;
 mod cmd_import;
+mod cmd_infer;
 mod cmd_models;
 mod cmd_profile;
 mod cmd_run;
@@ -71,6 +72,9 @@ enum Command {
     Import(cmd_import::ImportArgs),
     /// Export a checkpoint for other engines (ONNX)
     Export(cmd_export::ExportArgs),
+    /// Run a checkpoint on the CPU inference engine (u8 activations, ternary weights, VNNI):
+    /// accuracy against the FP32 model, and batch-1 latency
+    Infer(cmd_infer::InferArgs),
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
@@ -95,6 +99,7 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Bench(a) => cmd_bench::run(a),
         Command::Import(a) => cmd_import::run(a),
         Command::Export(a) => cmd_export::run(a),
+        Command::Infer(a) => cmd_infer::run(a),
         Command::Experiment(a) => cmd_experiment::run(a),
         Command::Profile(a) => cmd_profile::run(a),
         Command::Sim(a) => cmd_sim::run(a),

@@ -427,10 +427,11 @@ mod vnni {
         }
     }
 
-    /// One output row: every block group and pixel tile.
+    /// One output row's channel blocks `first..blocks` (at most 4), every pixel tile.
     ///
     /// # Safety
     /// As for [`conv`]; `y_*` point at this row's outputs.
+    #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
     unsafe fn row(
         xp: &[u8],
@@ -438,13 +439,14 @@ mod vnni {
         g: &Geometry,
         f: &Finish,
         p: usize,
+        first: usize,
+        blocks: usize,
         y_u8: *mut u8,
         y_f32: *mut f32,
         quant: (f32, i32),
     ) {
-        let blocks = pc.shape.blocks();
         let x_row = p * g.stride * g.row_bytes;
-        let mut b0 = 0;
+        let mut b0 = first;
         while b0 < blocks {
             let cb = (blocks - b0).min(4);
             let w = pc.packed[b0 * g.block_bytes..].as_ptr();
@@ -517,16 +519,39 @@ mod vnni {
         };
         let corrections = pc.code_sums.iter().map(|&c| c * zero as i32).collect();
         let f = Finish { ep, corrections, ks, wo };
-        let _ = ho;
-        match out {
-            Output::U8 { data, inv_scale, zero } => data.par_chunks_mut(wo * ks).enumerate().for_each(|(p, y)| {
-                // SAFETY: forwarded from the caller; y is row p.
-                unsafe { row(xp, pc, &g, &f, p, y.as_mut_ptr(), std::ptr::null_mut(), (inv_scale, zero)) }
-            }),
-            Output::F32 { data } => data.par_chunks_mut(wo * ks).enumerate().for_each(|(p, y)| {
-                // SAFETY: forwarded from the caller; y is row p.
-                unsafe { row(xp, pc, &g, &f, p, std::ptr::null_mut(), y.as_mut_ptr(), (1.0, 0)) }
-            }),
+        // Tasks are (output row, group of up to 4 channel blocks): small late layers (7x7
+        // outputs) have too few rows to share between threads by rows alone.
+        let groups = s.blocks().div_ceil(4);
+        let (y_u8, y_f32, quant) = match out {
+            Output::U8 { data, inv_scale, zero } => {
+                (SendPtr(data.as_mut_ptr()), SendPtr(std::ptr::null_mut()), (inv_scale, zero))
+            }
+            Output::F32 { data } => (SendPtr(std::ptr::null_mut()), SendPtr(data.as_mut_ptr()), (1.0, 0)),
+        };
+        (0..ho * groups).into_par_iter().for_each(|t| {
+            let (p, grp) = (t / groups, t % groups);
+            let (row_u8, row_f32) = (y_u8.offset(p * wo * ks), y_f32.offset(p * wo * ks));
+            let (first, end) = (grp * 4, (grp * 4 + 4).min(s.blocks()));
+            // SAFETY: forwarded from the caller; each task writes only its row's outputs of
+            // its own channel blocks, so no two tasks touch the same bytes.
+            unsafe { row(xp, pc, &g, &f, p, first, end, row_u8, row_f32, quant) }
+        });
+    }
+
+    /// An output pointer shared by the tasks of one call (they write disjoint elements).
+    #[derive(Clone, Copy)]
+    struct SendPtr<T>(*mut T);
+    // SAFETY: the tasks of `conv` write disjoint elements through it, and the call outlives them.
+    unsafe impl<T> Send for SendPtr<T> {}
+    // SAFETY: as above.
+    unsafe impl<T> Sync for SendPtr<T> {}
+    impl<T> SendPtr<T> {
+        fn offset(self, n: usize) -> *mut T {
+            if self.0.is_null() {
+                self.0
+            } else {
+                self.0.wrapping_add(n)
+            }
         }
     }
 }

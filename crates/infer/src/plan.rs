@@ -348,6 +348,23 @@ pub enum Op {
     },
 }
 
+impl Op {
+    /// A short description (kind and shape), for traces.
+    pub fn label(&self) -> String {
+        match self {
+            Op::Conv { packed, residual, .. } => {
+                let s = packed.shape;
+                let r = if residual.is_some() { " +residual" } else { "" };
+                format!("conv {}x{} s{} {}->{}{r}", s.k, s.k, s.stride, s.c_in, s.c_out)
+            }
+            Op::MaxPool { k, stride, .. } => format!("maxpool {k}x{k} s{stride}"),
+            Op::AvgPool { k, stride, .. } => format!("avgpool {k}x{k} s{stride}"),
+            Op::GlobalAvgPool { .. } => "global avgpool".into(),
+            Op::Linear { d_out, .. } => format!("linear ->{d_out}"),
+        }
+    }
+}
+
 /// The quantised plan: shapes and storage of every value, and the operations.
 #[derive(Clone, Debug)]
 pub struct Plan {
@@ -496,7 +513,11 @@ impl Plan {
             }
         }
         for op in &self.ops {
+            let t = std::time::Instant::now();
             self.step(op, ws);
+            if std::env::var_os("TERN_INFER_TRACE").is_some() {
+                eprintln!("{:>8.3} ms {}", t.elapsed().as_secs_f64() * 1e3, op.label());
+            }
         }
         let last = nv - 1;
         let c = self.values[last].c;
@@ -538,38 +559,11 @@ impl Plan {
             Op::MaxPool { src, dst, k, stride, pad } | Op::AvgPool { src, dst, k, stride, pad } => {
                 let (s, d) = (self.values[*src], self.values[*dst]);
                 let Storage::U8 { stride: cs, zero, .. } = self.storage[*src] else { unreachable!() };
-                let max = matches!(op, Op::MaxPool { .. });
                 let mut y = std::mem::take(&mut ws.u8s[*dst]);
                 y.clear();
                 y.resize(d.h * d.w * cs, 0);
-                let x = &ws.u8s[*src];
-                for p in 0..d.h {
-                    for q in 0..d.w {
-                        for c in 0..s.c {
-                            let (mut best, mut sum) = (0u8, 0u32);
-                            let mut any = false;
-                            for r in 0..*k {
-                                for t in 0..*k {
-                                    let (ih, iw) = (
-                                        (p * stride + r) as isize - *pad as isize,
-                                        (q * stride + t) as isize - *pad as isize,
-                                    );
-                                    if ih < 0 || iw < 0 || ih >= s.h as isize || iw >= s.w as isize {
-                                        sum += zero as u32; // tern's average counts padding as zeros
-                                        continue;
-                                    }
-                                    let v = x[(ih as usize * s.w + iw as usize) * cs + c];
-                                    best = if any { best.max(v) } else { v };
-                                    any = true;
-                                    sum += v as u32;
-                                }
-                            }
-                            let kk = (k * k) as f32;
-                            y[(p * d.w + q) * cs + c] =
-                                if max { best } else { (sum as f32 / kk).round_ties_even().min(255.0) as u8 };
-                        }
-                    }
-                }
+                let window = Window { k: *k, stride: *stride, pad: *pad };
+                pool_u8(&ws.u8s[*src], s, d, cs, zero, window, matches!(op, Op::MaxPool { .. }), &mut y);
                 ws.u8s[*dst] = y;
             }
             Op::GlobalAvgPool { src, dst } => {
@@ -608,6 +602,55 @@ impl Plan {
             }
         }
     }
+}
+
+/// A pooling window.
+#[derive(Clone, Copy, Debug)]
+struct Window {
+    k: usize,
+    stride: usize,
+    pad: usize,
+}
+
+/// Max or average pooling of a u8 channels-last image (same scale in and out), output rows
+/// over the rayon pool; each tap is a run of `cs` contiguous bytes, so the channel loops
+/// vectorise. The average counts padding as zeros, as tern's does.
+#[allow(clippy::too_many_arguments)]
+fn pool_u8(x: &[u8], s: Shape, d: Shape, cs: usize, zero: u8, win: Window, max: bool, y: &mut [u8]) {
+    use rayon::prelude::*;
+    let Window { k, stride, pad } = win;
+    y.par_chunks_mut(d.w * cs).enumerate().for_each(|(p, row)| {
+        let mut sums = vec![0u32; cs];
+        for q in 0..d.w {
+            let out = &mut row[q * cs..(q + 1) * cs];
+            let mut first = true;
+            sums.iter_mut().for_each(|v| *v = 0);
+            for r in 0..k {
+                for t in 0..k {
+                    let (ih, iw) = ((p * stride + r) as isize - pad as isize, (q * stride + t) as isize - pad as isize);
+                    if ih < 0 || iw < 0 || ih >= s.h as isize || iw >= s.w as isize {
+                        sums.iter_mut().for_each(|v| *v += zero as u32);
+                        continue;
+                    }
+                    let tap = &x[(ih as usize * s.w + iw as usize) * cs..][..cs];
+                    if max {
+                        if first {
+                            out.copy_from_slice(tap);
+                        } else {
+                            out.iter_mut().zip(tap).for_each(|(o, &v)| *o = (*o).max(v));
+                        }
+                    } else {
+                        sums.iter_mut().zip(tap).for_each(|(o, &v)| *o += v as u32);
+                    }
+                    first = false;
+                }
+            }
+            if !max {
+                let kk = (k * k) as f32;
+                out.iter_mut().zip(&sums).for_each(|(o, &v)| *o = (v as f32 / kk).round_ties_even().min(255.0) as u8);
+            }
+        }
+    });
 }
 
 /// Scratch buffers of [`Plan::run`], reused from image to image.
