@@ -708,3 +708,49 @@ fn the_lowering_experiment_fine_tunes_each_seeds_fp_run() {
     assert_eq!(curves.lines().count(), 1 + 2 + 1, "{curves}");
     assert!(std::fs::read_to_string(dir.join("lowering-curves.svg")).unwrap().contains("</svg>"));
 }
+
+#[test]
+fn infer_runs_a_checkpoint_on_the_u8_engine_and_reports_both_accuracies() {
+    let data = tempfile::tempdir().unwrap();
+    write_mnist_like(data.path(), 160, 40);
+    let out = tempfile::tempdir().unwrap();
+    let run = out.path().join("run");
+    let dp = data.path().to_str().unwrap();
+    let o = tern(&[
+        "train",
+        "--data",
+        "mnist",
+        "--data-path",
+        dp,
+        "--model",
+        "vgg-small",
+        "--width",
+        "8",
+        "--epochs",
+        "1",
+        "--ternary",
+        "--fp-first-layer",
+        "--batch",
+        "32",
+        "--out",
+        run.to_str().unwrap(),
+        "--quiet",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let ck = run.join("model.safetensors");
+    let args = ["infer", "--checkpoint", ck.to_str().unwrap(), "--data", "mnist", "--data-path", dp];
+    let o = tern(&[&args[..], &["--bench", "5", "--json"]].concat());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    for k in ["test_accuracy_u8", "test_accuracy_fp32", "agreement", "latency_ms_u8", "latency_ms_fp32", "speedup"] {
+        assert!(r[k].as_f64().is_some(), "`{k}` in {r}");
+    }
+    assert_eq!(r["samples"], 40);
+    assert!(r["agreement"].as_f64().unwrap() >= 0.9, "the u8 engine mostly predicts as the FP32 model: {r}");
+    // the FP32 side is `tern eval`'s accuracy
+    let e = tern(&["eval", "--checkpoint", ck.to_str().unwrap(), "--data", "mnist", "--data-path", dp, "--json"]);
+    let e: serde_json::Value = serde_json::from_slice(&e.stdout).unwrap();
+    assert!((e["test_accuracy"].as_f64().unwrap() - r["test_accuracy_fp32"].as_f64().unwrap()).abs() < 1e-9);
+    let o = tern(&[&args[..], &["--calibrate", "0"]].concat());
+    assert!(!o.status.success() && stderr(&o).contains("--calibrate"), "{}", stderr(&o));
+}

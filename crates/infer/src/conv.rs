@@ -123,7 +123,7 @@ fn finish(acc: i32, correction: i32, mul: f32, add: f32, residual: Option<f32>, 
     let a = acc.wrapping_sub(correction) as f32;
     let mut v = a * mul + add;
     if let Some(r) = residual {
-        v = v + r;
+        v += r;
     }
     match relu {
         Some(t) if !(v > t) => 0.0,
@@ -133,7 +133,7 @@ fn finish(acc: i32, correction: i32, mul: f32, add: f32, residual: Option<f32>, 
 
 #[inline(always)]
 fn requantise(v: f32, inv_scale: f32, zero: i32) -> u8 {
-    let f = (v * inv_scale).max(-256.0).min(256.0);
+    let f = (v * inv_scale).clamp(-256.0, 256.0);
     (f.round_ties_even() as i32 + zero).clamp(0, 255) as u8
 }
 
@@ -568,7 +568,7 @@ mod tests {
         w: usize,
         ternary: bool,
     ) -> (Vec<u8>, usize, u8, PackedConv) {
-        let stride = shape.c_in.div_ceil(4) * 4 + 4 * (rng.below(2) as usize); // spare channels too
+        let stride = shape.c_in.div_ceil(4) * 4 + 4 * rng.below(2); // spare channels too
         let zero = if rng.uniform() < 0.5 { 0 } else { rng.below(256) as u8 };
         let x: Vec<u8> =
             (0..h * w * stride).map(|_| if rng.uniform() < 0.4 { zero } else { rng.below(256) as u8 }).collect();
@@ -639,7 +639,7 @@ mod tests {
         conv(&U8Image { data: &x, h: 4, w: 4, stride: 4, zero: 10 }, &pc, &ep, Output::F32 { data: &mut y });
         // real values 0..15 on a 4x4 grid, zero padding: the centre output (1,1) sums 0,1,2,4,5,6,8,9,10
         assert_eq!(y[(4 + 1) * 16], 45.0);
-        assert_eq!(y[0], (0 + 1 + 4 + 5) as f32);
+        assert_eq!(y[0], 10.0); // 0 + 1 + 4 + 5
     }
 }
 
