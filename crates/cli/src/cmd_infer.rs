@@ -6,17 +6,25 @@ use crate::common::DataArgs;
 use crate::table::Table;
 use anyhow::Context;
 use clap::Args;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 use tern_data::{Augment, BatchIter, Normalize};
+use tern_infer::file::Packed;
 use tern_infer::plan::{FloatPlan, Plan, Workspace};
 
 #[derive(Args, Debug)]
 pub struct InferArgs {
-    /// A checkpoint written by `tern train` (DIR/model.safetensors)
+    /// A checkpoint written by `tern train` (DIR/model.safetensors): quantised now,
+    /// compared with its FP32 forward
     #[arg(long)]
-    pub checkpoint: PathBuf,
+    pub checkpoint: Option<PathBuf>,
+    /// Or a packed model written by `tern export --packed` (the u8 engine alone)
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Check that the packed model's reference input gives the logits stored with it
+    #[arg(long)]
+    pub verify: bool,
     #[command(flatten)]
     pub data: DataArgs,
     /// Training images whose activations set the u8 scales (the first N)
@@ -53,32 +61,86 @@ fn median_ms(reps: usize, mut f: impl FnMut(usize)) -> f64 {
     t[t.len() / 2]
 }
 
-pub fn run(a: InferArgs) -> anyhow::Result<()> {
-    if a.calibrate == 0 {
+/// A checkpoint's float plan and its quantised, calibrated plan packed with a reference
+/// input (the first test image) and the logits the plan gives it.
+pub struct Quantised {
+    pub model: tern_train::Model,
+    pub float: FloatPlan,
+    pub packed: Packed,
+    pub calibration_images: usize,
+}
+
+/// Loads `checkpoint`, plans it and calibrates the u8 scales on the first `calibrate`
+/// training images of `data`.
+pub fn quantise(
+    checkpoint: &Path,
+    data: &DataArgs,
+    calibrate: usize,
+) -> anyhow::Result<(Quantised, tern_data::DataSplit)> {
+    if calibrate == 0 {
         anyhow::bail!("invalid value for --calibrate: must be at least 1");
     }
-    let (mut model, c) = tern_train::checkpoint::load_model(&a.checkpoint)?;
+    let (mut model, c) = tern_train::checkpoint::load_model(checkpoint)?;
     let normalize: Normalize = serde_json::from_value(c.meta["normalize"].clone())
-        .with_context(|| format!("{}: no `normalize` metadata", a.checkpoint.display()))?;
-    let data = a.data.load()?;
-    crate::common::check_data_fits(&a.checkpoint, &model.config, &data, &a.data.data)?;
-    let shape = model.config.in_shape;
-    let per = shape.iter().product::<usize>();
-    let batches = |ds: Arc<tern_data::Dataset>| {
-        let cfg = tern_train::trainer::loader(&normalize, shape, 256, 0, false, Augment::default());
-        BatchIter::new(ds, cfg, 0, false)
-    };
-
+        .with_context(|| format!("{}: no `normalize` metadata", checkpoint.display()))?;
+    let split = data.load()?;
+    crate::common::check_data_fits(checkpoint, &model.config, &split, &data.data)?;
     let float = FloatPlan::of(&mut model)?;
+    let n = calibrate.min(split.train.len());
     let mut calib = Vec::new();
-    let n_cal = a.calibrate.min(data.train.len());
-    for b in batches(Arc::new(data.train.take(n_cal))) {
+    for b in batches(Arc::new(split.train.take(n)), &normalize, model.config.in_shape) {
         calib.extend_from_slice(&b?.x.host_values());
     }
-    let t = Instant::now();
-    let plan = Plan::quantise(&float, &calib, n_cal)?;
-    let plan_ms = t.elapsed().as_secs_f64() * 1e3;
+    let plan = Plan::quantise(&float, &calib, n)?;
+    let first = batches(Arc::new(split.test.take(1)), &normalize, model.config.in_shape)
+        .next()
+        .context("the data set has no test image for the reference")??;
+    let reference_input = first.x.host_values().into_owned();
+    let reference_logits = plan.run(&reference_input, &mut Workspace::default());
+    let packed = Packed {
+        model: model.config.name.clone(),
+        normalize: serde_json::to_value(&normalize)?,
+        plan,
+        reference_input,
+        reference_logits,
+    };
+    Ok((Quantised { model, float, packed, calibration_images: n }, split))
+}
 
+fn batches(ds: Arc<tern_data::Dataset>, normalize: &Normalize, shape: [usize; 3]) -> BatchIter {
+    let cfg = tern_train::trainer::loader(normalize, shape, 256, 0, false, Augment::default());
+    BatchIter::new(ds, cfg, 0, false)
+}
+
+pub fn run(a: InferArgs) -> anyhow::Result<()> {
+    let (q, data, from) = match (&a.checkpoint, &a.model) {
+        (Some(ck), None) => {
+            let (q, data) = quantise(ck, &a.data, a.calibrate)?;
+            (Some(q), data, ck.display().to_string())
+        }
+        (None, Some(path)) => (None, a.data.load()?, path.display().to_string()),
+        _ => anyhow::bail!("give exactly one of --checkpoint (a tern checkpoint) and --model (a packed .tern file)"),
+    };
+    let packed = match (&q, &a.model) {
+        (Some(q), _) => q.packed.clone(),
+        (None, Some(path)) => Packed::read(path)?,
+        _ => unreachable!(),
+    };
+    if a.verify {
+        let err = packed.verify().map_err(|e| anyhow::anyhow!("{from}: --verify failed: {e}"))?;
+        if !a.json {
+            println!("verified: the reference input gives the stored logits (max relative difference {err:.1e})");
+        }
+    }
+    let plan = &packed.plan;
+    let normalize: Normalize =
+        serde_json::from_value(packed.normalize.clone()).with_context(|| format!("{from}: the input normalisation"))?;
+    let s0 = plan.values[0];
+    let shape = [s0.c, s0.h, s0.w];
+    if data.train.shape != shape && a.data.data != "folder" {
+        anyhow::bail!("{from} takes {shape:?} images; {} has {:?}", data.name, data.train.shape);
+    }
+    let per = shape.iter().product::<usize>();
     let test = Arc::new(match a.limit {
         Some(n) => data.test.take(n),
         None => data.test.clone(),
@@ -87,19 +149,21 @@ pub fn run(a: InferArgs) -> anyhow::Result<()> {
     let mut ws = Workspace::default();
     let (mut ok_u8, mut ok_fp, mut agree, mut n) = (0usize, 0usize, 0usize, 0usize);
     let mut bench_images: Vec<f32> = Vec::new();
-    for b in batches(test.clone()) {
+    for b in batches(test.clone(), &normalize, shape) {
         let b = b?;
         let x = b.x.host_values();
         let m = b.labels.len();
-        let fp = float.run(&x, m).pop().expect("logits");
-        let classes = fp.len() / m;
+        let fp = q.as_ref().map(|q| q.float.run(&x, m).pop().expect("logits"));
         for i in 0..m {
-            let q = argmax(&plan.run(&x[i * per..(i + 1) * per], &mut ws));
-            let f = argmax(&fp[i * classes..(i + 1) * classes]);
+            let u = argmax(&plan.run(&x[i * per..(i + 1) * per], &mut ws));
             let y = b.labels[i] as usize;
-            ok_u8 += (q == y) as usize;
-            ok_fp += (f == y) as usize;
-            agree += (q == f) as usize;
+            ok_u8 += (u == y) as usize;
+            if let Some(fp) = &fp {
+                let classes = fp.len() / m;
+                let f = argmax(&fp[i * classes..(i + 1) * classes]);
+                ok_fp += (f == y) as usize;
+                agree += (u == f) as usize;
+            }
         }
         n += m;
         if bench_images.len() < a.bench * per {
@@ -116,29 +180,36 @@ pub fn run(a: InferArgs) -> anyhow::Result<()> {
         anyhow::bail!("no test images to evaluate (--limit 0?)");
     }
     let reps = bench_images.len() / per;
-    let latency = (reps > 0).then(|| {
-        let img = |i: usize| &bench_images[(i % reps) * per..(i % reps + 1) * per];
-        let u8_ms = median_ms(reps, |i| {
+    let img = |i: usize| &bench_images[(i % reps) * per..(i % reps + 1) * per];
+    let u8_ms = (reps > 0).then(|| {
+        median_ms(reps, |i| {
             std::hint::black_box(plan.run(img(i), &mut ws));
-        });
-        let fp_ms = median_ms(reps, |i| {
-            std::hint::black_box(float.run(img(i), 1));
-        });
-        (u8_ms, fp_ms)
+        })
+    });
+    let fp_ms = q.as_ref().filter(|_| reps > 0).map(|q| {
+        median_ms(reps, |i| {
+            std::hint::black_box(q.float.run(img(i), 1));
+        })
     });
     let pct = |k: usize| 100.0 * k as f64 / n as f64;
     let kernel = tern_infer::conv::kernel_name();
     let mut json = serde_json::json!({
-        "model": model.config.name, "checkpoint": a.checkpoint.display().to_string(), "kernel": kernel,
-        "threads": rayon::current_num_threads(), "samples": n, "calibration_images": n_cal,
-        "test_accuracy_u8": ok_u8 as f64 / n as f64, "test_accuracy_fp32": ok_fp as f64 / n as f64,
-        "agreement": agree as f64 / n as f64, "plan_ms": plan_ms,
+        "model": packed.model, "source": from, "kernel": kernel,
+        "threads": rayon::current_num_threads(), "samples": n,
+        "test_accuracy_u8": ok_u8 as f64 / n as f64,
     });
-    if let Some((u, f)) = latency {
+    if let Some(q) = &q {
+        json["calibration_images"] = q.calibration_images.into();
+        json["test_accuracy_fp32"] = (ok_fp as f64 / n as f64).into();
+        json["agreement"] = (agree as f64 / n as f64).into();
+    }
+    if let Some(u) = u8_ms {
         json["latency_ms_u8"] = u.into();
+        json["timed_images"] = reps.into();
+    }
+    if let (Some(u), Some(f)) = (u8_ms, fp_ms) {
         json["latency_ms_fp32"] = f.into();
         json["speedup"] = (f / u).into();
-        json["timed_images"] = reps.into();
     }
     if a.json {
         println!("{json}");
@@ -146,17 +217,20 @@ pub fn run(a: InferArgs) -> anyhow::Result<()> {
     }
     let mut t = Table::new(&["engine", "top-1 %", "latency ms (batch 1)"]);
     let ms = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.3}"));
-    t.row(vec![format!("tern u8 ({kernel})"), format!("{:.2}", pct(ok_u8)), ms(latency.map(|l| l.0))]);
-    t.row(vec!["tern FP32 (the model's forward)".into(), format!("{:.2}", pct(ok_fp)), ms(latency.map(|l| l.1))]);
+    t.row(vec![format!("tern u8 ({kernel})"), format!("{:.2}", pct(ok_u8)), ms(u8_ms)]);
+    if q.is_some() {
+        t.row(vec!["tern FP32 (the model's forward)".into(), format!("{:.2}", pct(ok_fp)), ms(fp_ms)]);
+    }
     print!("{}", t.render());
-    println!(
-        "{} on {} ({n} test images, {} threads): predictions agree on {:.2}%; scales calibrated on {n_cal} training images",
-        model.config.name,
-        data.name,
-        rayon::current_num_threads(),
-        pct(agree)
-    );
-    if let Some((u, f)) = latency {
+    println!("{} on {} ({n} test images, {} threads)", packed.model, data.name, rayon::current_num_threads());
+    if let Some(q) = &q {
+        println!(
+            "predictions agree with the FP32 model on {:.2}%; u8 scales calibrated on {} training images",
+            pct(agree),
+            q.calibration_images
+        );
+    }
+    if let (Some(u), Some(f)) = (u8_ms, fp_ms) {
         println!("u8 engine {:.2}x the FP32 forward at batch 1 (median of {reps} images)", f / u);
     }
     Ok(())

@@ -753,4 +753,23 @@ fn infer_runs_a_checkpoint_on_the_u8_engine_and_reports_both_accuracies() {
     assert!((e["test_accuracy"].as_f64().unwrap() - r["test_accuracy_fp32"].as_f64().unwrap()).abs() < 1e-9);
     let o = tern(&[&args[..], &["--calibrate", "0"]].concat());
     assert!(!o.status.success() && stderr(&o).contains("--calibrate"), "{}", stderr(&o));
+
+    // the packed file: written, read back, verified, and the same predictions
+    let packed = out.path().join("m.tern");
+    let pk = packed.to_str().unwrap();
+    let o =
+        tern(&["export", "--checkpoint", ck.to_str().unwrap(), "--packed", pk, "--data", "mnist", "--data-path", dp]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("FP32 weights"));
+    let o = tern(&["infer", "--model", pk, "--verify", "--data", "mnist", "--data-path", dp, "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let p: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(p["test_accuracy_u8"], r["test_accuracy_u8"], "the file runs as the plan it was made from");
+    let mut bytes = std::fs::read(&packed).unwrap();
+    bytes.truncate(bytes.len() - 100);
+    std::fs::write(&packed, &bytes).unwrap();
+    let o = tern(&["infer", "--model", pk, "--data", "mnist", "--data-path", dp]);
+    assert!(!o.status.success() && stderr(&o).contains("m.tern") && stderr(&o).contains("truncated"), "{}", stderr(&o));
+    let o = tern(&["export", "--checkpoint", ck.to_str().unwrap()]);
+    assert!(!o.status.success() && stderr(&o).contains("--packed"), "{}", stderr(&o));
 }

@@ -4,4 +4,5 @@
 //! [`conv`]'s kernels (AVX-512 VNNI where the CPU has it, a portable twin elsewhere).
 
 pub mod conv;
+pub mod file;
 pub mod plan;

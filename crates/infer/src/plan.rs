@@ -492,6 +492,84 @@ impl Plan {
         Ok(Plan { values: float.values.clone(), storage, ops })
     }
 
+    /// Checks that the graph is one [`Plan::run`] can run: values written once before they
+    /// are read, storage that matches what each operation reads and writes (a plan read
+    /// from a file passes through here before it runs).
+    pub fn check(&self) -> std::result::Result<(), String> {
+        let n = self.values.len();
+        if n < 2 || self.storage.len() != n {
+            return Err(format!("{n} values, {} storage entries", self.storage.len()));
+        }
+        let u8_stride = |v: usize| match self.storage[v] {
+            Storage::U8 { scale, stride, .. } if scale.is_finite() && scale > 0.0 && stride % 4 == 0 => Some(stride),
+            _ => None,
+        };
+        let f32_stride = |v: usize| match self.storage[v] {
+            Storage::F32 { stride } => Some(stride),
+            _ => None,
+        };
+        if u8_stride(0).is_none_or(|s| s < self.values[0].c) {
+            return Err("the input must be u8 with a channel stride of at least its channels".into());
+        }
+        let mut written = vec![false; n];
+        written[0] = true;
+        for (i, op) in self.ops.iter().enumerate() {
+            let bad = |what: String| Err(format!("op {i}: {what}"));
+            let (src, dst, residual) = match op {
+                Op::Conv { src, dst, residual, .. } => (*src, *dst, *residual),
+                Op::MaxPool { src, dst, .. } | Op::AvgPool { src, dst, .. } => (*src, *dst, None),
+                Op::GlobalAvgPool { src, dst } | Op::Linear { src, dst, .. } => (*src, *dst, None),
+            };
+            if src >= n || dst >= n || residual.is_some_and(|r| r >= n) {
+                return bad(format!("a value beyond the {n} of the plan"));
+            }
+            if !written[src] || residual.is_some_and(|r| !written[r]) || written[dst] {
+                return bad("reads a value before it is written, or writes one twice".into());
+            }
+            written[dst] = true;
+            let (s, d) = (self.values[src], self.values[dst]);
+            match op {
+                Op::Conv { packed, mul, add, .. } => {
+                    let ks = packed.shape.blocks() * LANES;
+                    if u8_stride(src).is_none_or(|st| st < packed.shape.c4() * 4) {
+                        return bad("a convolution reads a u8 value with room for its channel groups".into());
+                    }
+                    if u8_stride(dst).or(f32_stride(dst)) != Some(ks) || mul.len() != ks || add.len() != ks {
+                        return bad(format!("a convolution writes {ks} channels per pixel"));
+                    }
+                    if let Some(r) = residual {
+                        let rs = self.values[r];
+                        if (rs.h, rs.w, rs.c) != (d.h, d.w, d.c) || u8_stride(r).or(f32_stride(r)) != Some(ks) {
+                            return bad(format!("residual {rs:?} for an output of {d:?}"));
+                        }
+                    }
+                }
+                Op::MaxPool { .. } | Op::AvgPool { .. } => {
+                    if u8_stride(src).is_none_or(|st| st < s.c) || self.storage[dst] != self.storage[src] {
+                        return bad("pooling keeps a u8 value's storage".into());
+                    }
+                }
+                Op::GlobalAvgPool { .. } => {
+                    if u8_stride(src).is_none_or(|st| st < s.c) || f32_stride(dst) != Some(d.c) || d.c != s.c {
+                        return bad("global pooling of a u8 value into f32 channels".into());
+                    }
+                }
+                Op::Linear { d_out, .. } => {
+                    if u8_stride(src).or(f32_stride(src)).is_none_or(|st| st < s.c) || f32_stride(dst) != Some(*d_out) {
+                        return bad("a linear layer writes its outputs as f32".into());
+                    }
+                    if d.c != *d_out || d.h * d.w != 1 {
+                        return bad(format!("{d_out} outputs into {d:?}"));
+                    }
+                }
+            }
+        }
+        if !written[n - 1] || f32_stride(n - 1).is_none() {
+            return Err("the last value (the logits) must be written, as f32".into());
+        }
+        Ok(())
+    }
+
     /// Logits of one image `x: [c, h, w]` (normalised), with scratch buffers kept in `ws`.
     pub fn run(&self, x: &[f32], ws: &mut Workspace) -> Vec<f32> {
         let nv = self.values.len();
