@@ -159,15 +159,21 @@ fn check(x: &U8Image, pc: &PackedConv, ep: &Epilogue, out: &Output) -> (usize, u
     (ho, wo)
 }
 
-/// The input with `pad` pixels of its zero point around it (the kernels never test bounds).
-pub fn pad_input(x: &U8Image, pad: usize) -> Vec<u8> {
+/// The input with `pad` pixels of its zero point around it (the kernels never test bounds),
+/// in `scratch` (reused between calls); the input itself when there is no padding.
+pub fn pad_input<'a>(x: &U8Image<'a>, pad: usize, scratch: &'a mut Vec<u8>) -> &'a [u8] {
+    if pad == 0 {
+        return &x.data[..x.h * x.w * x.stride];
+    }
     let (hp, wp) = (x.h + 2 * pad, x.w + 2 * pad);
-    let mut v = vec![x.zero; hp * wp * x.stride];
+    scratch.clear();
+    scratch.resize(hp * wp * x.stride, x.zero);
+    let row = x.w * x.stride;
     for i in 0..x.h {
         let dst = ((i + pad) * wp + pad) * x.stride;
-        v[dst..dst + x.w * x.stride].copy_from_slice(&x.data[i * x.w * x.stride..(i + 1) * x.w * x.stride]);
+        scratch[dst..dst + row].copy_from_slice(&x.data[i * row..(i + 1) * row]);
     }
-    v
+    scratch
 }
 
 /// The definition: one output at a time, straight from the `[c_out][c_in][k][k]` codes.
@@ -175,7 +181,8 @@ pub fn reference(x: &U8Image, pc: &PackedConv, ep: &Epilogue, out: Output) {
     let (ho, wo) = check(x, pc, ep, &out);
     let s = pc.shape;
     let ks = s.blocks() * LANES;
-    let xp = pad_input(x, s.pad);
+    let mut scratch = Vec::new();
+    let xp = pad_input(x, s.pad, &mut scratch);
     let wp = x.w + 2 * s.pad;
     let zero = x.zero as i32;
     let mut out = out;
@@ -229,17 +236,18 @@ fn vnni_available() -> bool {
 }
 
 /// The convolution with the fastest kernel this CPU has, output rows split over the rayon
-/// pool. Same bits as [`reference`].
-pub fn conv(x: &U8Image, pc: &PackedConv, ep: &Epilogue, out: Output) {
+/// pool; `scratch` holds the padded input between calls. Same bits as [`reference`].
+pub fn conv<'a>(x: &U8Image<'a>, pc: &PackedConv, ep: &Epilogue, out: Output, scratch: &'a mut Vec<u8>) {
     #[cfg(target_arch = "x86_64")]
     if vnni_available() {
         let (ho, wo) = check(x, pc, ep, &out);
-        let xp = pad_input(x, pc.shape.pad);
+        let xp = pad_input(x, pc.shape.pad, scratch);
         // SAFETY: the CPU has AVX-512 F/BW/VNNI (checked above); `check` validated the sizes
         // the kernel's pointer arithmetic relies on, and the padded input covers every tap.
         unsafe { vnni::conv(&xp, x.w + 2 * pc.shape.pad, x.stride, x.zero, pc, ep, out, ho, wo) };
         return;
     }
+    let _ = scratch;
     portable(x, pc, ep, out)
 }
 
@@ -249,7 +257,8 @@ fn portable(x: &U8Image, pc: &PackedConv, ep: &Epilogue, out: Output) {
     let _ = ho;
     let s = pc.shape;
     let ks = s.blocks() * LANES;
-    let xp = pad_input(x, s.pad);
+    let mut scratch = Vec::new();
+    let xp = pad_input(x, s.pad, &mut scratch);
     let wp = x.w + 2 * s.pad;
     let zero = x.zero as i32;
     let row = |p: usize, store: &mut dyn FnMut(usize, usize, f32)| {
@@ -306,6 +315,27 @@ mod vnni {
         }
     }
 
+    /// Estimated cycles of one output row per (r, s, channel group) step with tasks of
+    /// `group` blocks (3: tiles of 7 pixels): a tile of CB × PX issues CB·PX `vpdpbusd` and
+    /// CB + PX loads, two of each per cycle. Chooses the tiling of each convolution.
+    fn row_cycles(blocks: usize, wo: usize, group: usize) -> f64 {
+        let mut total = 0.0;
+        let mut b0 = 0;
+        while b0 < blocks {
+            let cb = (blocks - b0).min(group);
+            let main = if group == 3 { 7 } else { main_px(cb) };
+            let mut q = 0;
+            while q < wo {
+                let left = wo - q;
+                let px = [main, 4, 2, 1].into_iter().find(|&p| left >= p).unwrap_or(1);
+                total += f64::max((cb * px) as f64, (cb + px) as f64) / 2.0;
+                q += px;
+            }
+            b0 += cb;
+        }
+        total
+    }
+
     /// Pointers and sizes shared by every tile of a call.
     struct Geometry {
         /// Bytes from one padded input row to the next.
@@ -317,6 +347,9 @@ mod vnni {
         c4: usize,
         /// Bytes of one block's packed weights.
         block_bytes: usize,
+        /// Channel blocks per task: 4 (tiles of 6 pixels), or 3 when the output width is a
+        /// multiple of 7 (tiles of 7: ResNets' 112, 56, 28, 14 and 7 leave no remainder).
+        group: usize,
     }
 
     /// Sums of a CB × PX tile whose first output pixel reads the padded input at `x`.
@@ -447,12 +480,13 @@ mod vnni {
     ) {
         let x_row = p * g.stride * g.row_bytes;
         let mut b0 = first;
+        let sevens = g.group == 3;
         while b0 < blocks {
-            let cb = (blocks - b0).min(4);
+            let cb = (blocks - b0).min(g.group);
             let w = pc.packed[b0 * g.block_bytes..].as_ptr();
             macro_rules! tiles {
-                ($cb:literal) => {{
-                    const MAIN: usize = main_px($cb);
+                ($cb:literal, $main:expr) => {{
+                    const MAIN: usize = $main;
                     let mut q = 0;
                     while q < f.wo {
                         let left = f.wo - q;
@@ -480,11 +514,14 @@ mod vnni {
                     }
                 }};
             }
-            match cb {
-                4 => tiles!(4),
-                3 => tiles!(3),
-                2 => tiles!(2),
-                _ => tiles!(1),
+            match (cb, sevens) {
+                (3, true) => tiles!(3, 7),
+                (2, true) => tiles!(2, 7),
+                (1, true) => tiles!(1, 7),
+                (4, _) => tiles!(4, main_px(4)),
+                (3, _) => tiles!(3, main_px(3)),
+                (2, _) => tiles!(2, main_px(2)),
+                _ => tiles!(1, main_px(1)),
             }
             b0 += cb;
         }
@@ -516,12 +553,13 @@ mod vnni {
             k: s.k,
             c4: s.c4(),
             block_bytes: s.k * s.k * s.c4() * LANES * 4,
+            group: if wo % 7 == 0 && row_cycles(s.blocks(), wo, 3) < row_cycles(s.blocks(), wo, 4) { 3 } else { 4 },
         };
         let corrections = pc.code_sums.iter().map(|&c| c * zero as i32).collect();
         let f = Finish { ep, corrections, ks, wo };
         // Tasks are (output row, group of up to 4 channel blocks): small late layers (7x7
         // outputs) have too few rows to share between threads by rows alone.
-        let groups = s.blocks().div_ceil(4);
+        let groups = s.blocks().div_ceil(g.group);
         let (y_u8, y_f32, quant) = match out {
             Output::U8 { data, inv_scale, zero } => {
                 (SendPtr(data.as_mut_ptr()), SendPtr(std::ptr::null_mut()), (inv_scale, zero))
@@ -531,7 +569,7 @@ mod vnni {
         (0..ho * groups).into_par_iter().for_each(|t| {
             let (p, grp) = (t / groups, t % groups);
             let (row_u8, row_f32) = (y_u8.offset(p * wo * ks), y_f32.offset(p * wo * ks));
-            let (first, end) = (grp * 4, (grp * 4 + 4).min(s.blocks()));
+            let (first, end) = (grp * g.group, (grp * g.group + g.group).min(s.blocks()));
             // SAFETY: forwarded from the caller; each task writes only its row's outputs of
             // its own channel blocks, so no two tasks touch the same bytes.
             unsafe { row(xp, pc, &g, &f, p, first, end, row_u8, row_f32, quant) }
@@ -574,7 +612,7 @@ mod tests {
             (0..h * w * stride).map(|_| if rng.uniform() < 0.4 { zero } else { rng.below(256) as u8 }).collect();
         let n = shape.c_out * shape.c_in * shape.k * shape.k;
         let codes = (0..n)
-            .map(|_| if ternary { rng.below(3) as i8 - 1 } else { rng.below(255) as i8 - 127 }.clamp(-127, 127))
+            .map(|_| if ternary { rng.below(3) as i8 - 1 } else { (rng.below(255) as i32 - 127) as i8 })
             .collect();
         (x, stride, zero, PackedConv::new(shape, codes))
     }
@@ -613,14 +651,14 @@ mod tests {
                     let what = format!("shape {i} {shape:?} ternary {ternary} case {case}");
                     let (mut a, mut b) = (vec![0u8; ho * wo * ks], vec![1u8; ho * wo * ks]);
                     reference(&img, &pc, &ep, Output::U8 { data: &mut a, inv_scale: 9.0, zero: 3 });
-                    conv(&img, &pc, &ep, Output::U8 { data: &mut b, inv_scale: 9.0, zero: 3 });
+                    conv(&img, &pc, &ep, Output::U8 { data: &mut b, inv_scale: 9.0, zero: 3 }, &mut Vec::new());
                     assert_eq!(a, b, "u8 {what} ({})", kernel_name());
                     assert!(a.iter().any(|&v| v != 0 && v != 255), "a degenerate test: {what}");
                     portable(&img, &pc, &ep, Output::U8 { data: &mut b, inv_scale: 9.0, zero: 3 });
                     assert_eq!(a, b, "u8 portable {what}");
                     let (mut a, mut b) = (vec![0f32; ho * wo * ks], vec![1f32; ho * wo * ks]);
                     reference(&img, &pc, &ep, Output::F32 { data: &mut a });
-                    conv(&img, &pc, &ep, Output::F32 { data: &mut b });
+                    conv(&img, &pc, &ep, Output::F32 { data: &mut b }, &mut Vec::new());
                     assert!(a.iter().zip(&b).all(|(p, q)| p.to_bits() == q.to_bits()), "f32 {what}");
                 }
             }
@@ -636,7 +674,7 @@ mod tests {
         let (mul, add) = (vec![1.0; 16], vec![0.0; 16]);
         let ep = Epilogue { mul: &mul, add: &add, relu: None, residual: None };
         let mut y = vec![0f32; 16 * 16];
-        conv(&U8Image { data: &x, h: 4, w: 4, stride: 4, zero: 10 }, &pc, &ep, Output::F32 { data: &mut y });
+        conv(&U8Image { data: &x, h: 4, w: 4, stride: 4, zero: 10 }, &pc, &ep, Output::F32 { data: &mut y }, &mut Vec::new());
         // real values 0..15 on a 4x4 grid, zero padding: the centre output (1,1) sums 0,1,2,4,5,6,8,9,10
         assert_eq!(y[(4 + 1) * 16], 45.0);
         assert_eq!(y[0], 10.0); // 0 + 1 + 4 + 5
@@ -652,7 +690,7 @@ mod speed {
     #[test]
     #[ignore]
     fn speed_of_a_resnet18_layer() {
-        for (c, hw) in [(64usize, 56usize), (128, 28), (256, 14), (512, 7)] {
+        for (c, hw) in [(64usize, 56usize), (128, 28), (256, 14), (512, 7), (64, 32), (128, 16)] {
             let shape = ConvShape { c_in: c, c_out: c, k: 3, stride: 1, pad: 1 };
             let x = vec![3u8; hw * hw * c];
             let pc = PackedConv::new(shape, vec![1; c * c * 9]);
@@ -661,9 +699,10 @@ mod speed {
             let mut y = vec![0u8; hw * hw * c];
             let img = U8Image { data: &x, h: hw, w: hw, stride: c, zero: 0 };
             let reps = 50;
+            let mut scratch = Vec::new();
             let t = std::time::Instant::now();
             for _ in 0..reps {
-                conv(&img, &pc, &ep, Output::U8 { data: &mut y, inv_scale: 1.0, zero: 0 });
+                conv(&img, &pc, &ep, Output::U8 { data: &mut y, inv_scale: 1.0, zero: 0 }, &mut scratch);
             }
             let s = t.elapsed().as_secs_f64() / reps as f64;
             let macs = (hw * hw * c * c * 9) as f64;

@@ -610,6 +610,7 @@ impl Plan {
                 let Storage::U8 { zero, stride, .. } = self.storage[*src] else { unreachable!() };
                 let mut u8_out = std::mem::take(&mut ws.u8s[*dst]);
                 let mut f32_out = std::mem::take(&mut ws.f32s[*dst]);
+                let mut scratch = std::mem::take(&mut ws.padded);
                 {
                     let x = U8Image { data: &ws.u8s[*src], h: s.h, w: s.w, stride, zero };
                     let res = residual.map(|r| match self.storage[r] {
@@ -623,16 +624,17 @@ impl Plan {
                         Storage::U8 { scale, zero, stride } => {
                             u8_out.resize(d.h * d.w * stride, 0);
                             let out = Output::U8 { data: &mut u8_out, inv_scale: 1.0 / scale, zero: zero as i32 };
-                            conv::conv(&x, packed, &ep, out);
+                            conv::conv(&x, packed, &ep, out, &mut scratch);
                         }
                         Storage::F32 { stride } => {
                             f32_out.resize(d.h * d.w * stride, 0.0);
-                            conv::conv(&x, packed, &ep, Output::F32 { data: &mut f32_out });
+                            conv::conv(&x, packed, &ep, Output::F32 { data: &mut f32_out }, &mut scratch);
                         }
                     }
                 }
                 ws.u8s[*dst] = u8_out;
                 ws.f32s[*dst] = f32_out;
+                ws.padded = scratch;
             }
             Op::MaxPool { src, dst, k, stride, pad } | Op::AvgPool { src, dst, k, stride, pad } => {
                 let (s, d) = (self.values[*src], self.values[*dst]);
@@ -736,6 +738,8 @@ fn pool_u8(x: &[u8], s: Shape, d: Shape, cs: usize, zero: u8, win: Window, max: 
 pub struct Workspace {
     u8s: Vec<Vec<u8>>,
     f32s: Vec<Vec<f32>>,
+    /// A convolution's zero-point-padded input.
+    padded: Vec<u8>,
 }
 
 #[cfg(test)]
