@@ -37,6 +37,11 @@ pub struct InferArgs {
     /// FP32 forward (0: no timing)
     #[arg(long, default_value_t = 0)]
     pub bench: usize,
+    /// Count, per convolution, the zeros its kernel could skip in its input (values, groups
+    /// of 4 channels at a pixel, 4-channel groups zero over the whole image) over the
+    /// evaluated images
+    #[arg(long)]
+    pub zeros: bool,
     /// Print the results as one JSON object only
     #[arg(long)]
     pub json: bool,
@@ -149,6 +154,7 @@ pub fn run(a: InferArgs) -> anyhow::Result<()> {
     let mut ws = Workspace::default();
     let (mut ok_u8, mut ok_fp, mut agree, mut n) = (0usize, 0usize, 0usize, 0usize);
     let mut bench_images: Vec<f32> = Vec::new();
+    let mut zeros = Vec::new();
     for b in batches(test.clone(), &normalize, shape) {
         let b = b?;
         let x = b.x.host_values();
@@ -156,6 +162,9 @@ pub fn run(a: InferArgs) -> anyhow::Result<()> {
         let fp = q.as_ref().map(|q| q.float.run(&x, m).pop().expect("logits"));
         for i in 0..m {
             let u = argmax(&plan.run(&x[i * per..(i + 1) * per], &mut ws));
+            if a.zeros {
+                plan.count_zeros(&ws, &mut zeros);
+            }
             let y = b.labels[i] as usize;
             ok_u8 += (u == y) as usize;
             if let Some(fp) = &fp {
@@ -211,9 +220,20 @@ pub fn run(a: InferArgs) -> anyhow::Result<()> {
         json["latency_ms_fp32"] = f.into();
         json["speedup"] = (f / u).into();
     }
+    if a.zeros {
+        json["zeros"] = serde_json::to_value(&zeros)?;
+    }
     if a.json {
         println!("{json}");
         return Ok(());
+    }
+    if a.zeros {
+        let mut t = Table::new(&["convolution", "zero values %", "zero 4-channel units %", "4-channel groups zero in the whole image %"]);
+        let pc = |a: u64, b: u64| format!("{:.1}", 100.0 * a as f64 / b.max(1) as f64);
+        for z in &zeros {
+            t.row(vec![z.layer.clone(), pc(z.zero_values, z.values), pc(z.zero_units, z.units), pc(z.zero_groups, z.groups)]);
+        }
+        print!("{}", t.render());
     }
     let mut t = Table::new(&["engine", "top-1 %", "latency ms (batch 1)"]);
     let ms = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.3}"));

@@ -733,6 +733,61 @@ fn pool_u8(x: &[u8], s: Shape, d: Shape, cs: usize, zero: u8, win: Window, max: 
     });
 }
 
+/// The zeros a convolution's kernel could skip, counted on its u8 input: single values,
+/// the kernel's unit (4 consecutive channels at one pixel: one `vpdpbusd` broadcast), and
+/// whole 4-channel groups that are zero over the entire image.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct ConvZeros {
+    pub layer: String,
+    pub values: u64,
+    pub zero_values: u64,
+    pub units: u64,
+    pub zero_units: u64,
+    pub groups: u64,
+    pub zero_groups: u64,
+}
+
+impl Plan {
+    /// Adds the zero counts of every convolution's input for the image last run with `ws`
+    /// (one entry per convolution, in order; only inputs with zero point 0 can skip).
+    pub fn count_zeros(&self, ws: &Workspace, into: &mut Vec<ConvZeros>) {
+        let convs = self.ops.iter().filter_map(|op| match op {
+            Op::Conv { src, packed, .. } => Some((*src, packed)),
+            _ => None,
+        });
+        for (i, (src, packed)) in convs.enumerate() {
+            if into.len() <= i {
+                into.push(ConvZeros { layer: self.ops_label(src, packed), ..Default::default() });
+            }
+            let Storage::U8 { zero, stride, .. } = self.storage[src] else { continue };
+            let s = self.values[src];
+            let x = &ws.u8s[src];
+            let z = &mut into[i];
+            let c4 = s.c.div_ceil(4);
+            let mut live = vec![false; c4];
+            for p in 0..s.h * s.w {
+                let px = &x[p * stride..p * stride + s.c];
+                for (g, chunk) in px.chunks(4).enumerate() {
+                    let nz = chunk.iter().filter(|&&v| v != zero).count() as u64;
+                    z.values += chunk.len() as u64;
+                    z.zero_values += chunk.len() as u64 - nz;
+                    z.units += 1;
+                    z.zero_units += (nz == 0) as u64;
+                    live[g] |= nz > 0;
+                }
+            }
+            z.groups += c4 as u64;
+            z.zero_groups += live.iter().filter(|&&l| !l).count() as u64;
+        }
+    }
+
+    fn ops_label(&self, src: usize, packed: &PackedConv) -> String {
+        let s = self.values[src];
+        let k = packed.shape;
+        format!("conv {}x{}/{} {}->{} at {}x{}", k.k, k.k, k.stride, k.c_in, k.c_out, s.h, s.w)
+    }
+}
+
 /// Scratch buffers of [`Plan::run`], reused from image to image.
 #[derive(Debug, Default)]
 pub struct Workspace {
