@@ -228,10 +228,20 @@ pub fn run(a: InferArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     if a.zeros {
-        let mut t = Table::new(&["convolution", "zero values %", "zero 4-channel units %", "4-channel groups zero in the whole image %"]);
+        let mut t = Table::new(&[
+            "convolution",
+            "zero values %",
+            "zero 4-channel units %",
+            "4-channel groups zero in the whole image %",
+        ]);
         let pc = |a: u64, b: u64| format!("{:.1}", 100.0 * a as f64 / b.max(1) as f64);
         for z in &zeros {
-            t.row(vec![z.layer.clone(), pc(z.zero_values, z.values), pc(z.zero_units, z.units), pc(z.zero_groups, z.groups)]);
+            t.row(vec![
+                z.layer.clone(),
+                pc(z.zero_values, z.values),
+                pc(z.zero_units, z.units),
+                pc(z.zero_groups, z.groups),
+            ]);
         }
         print!("{}", t.render());
     }

@@ -14,6 +14,10 @@ use rayon::prelude::*;
 /// Output channels per block: one 512-bit register of s32 sums.
 pub const LANES: usize = 16;
 
+/// Convolutions smaller than this (multiply-adds, padding included) run on the calling
+/// thread alone.
+const SERIAL_MACS: usize = 16 << 20;
+
 /// A convolution's geometry (square kernel, equal stride and padding on both axes).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ConvShape {
@@ -244,7 +248,7 @@ pub fn conv<'a>(x: &U8Image<'a>, pc: &PackedConv, ep: &Epilogue, out: Output, sc
         let xp = pad_input(x, pc.shape.pad, scratch);
         // SAFETY: the CPU has AVX-512 F/BW/VNNI (checked above); `check` validated the sizes
         // the kernel's pointer arithmetic relies on, and the padded input covers every tap.
-        unsafe { vnni::conv(&xp, x.w + 2 * pc.shape.pad, x.stride, x.zero, pc, ep, out, ho, wo) };
+        unsafe { vnni::conv(xp, x.w + 2 * pc.shape.pad, x.stride, x.zero, pc, ep, out, ho, wo) };
         return;
     }
     let _ = scratch;
@@ -553,7 +557,11 @@ mod vnni {
             k: s.k,
             c4: s.c4(),
             block_bytes: s.k * s.k * s.c4() * LANES * 4,
-            group: if wo % 7 == 0 && row_cycles(s.blocks(), wo, 3) < row_cycles(s.blocks(), wo, 4) { 3 } else { 4 },
+            group: if wo.is_multiple_of(7) && row_cycles(s.blocks(), wo, 3) < row_cycles(s.blocks(), wo, 4) {
+                3
+            } else {
+                4
+            },
         };
         let corrections = pc.code_sums.iter().map(|&c| c * zero as i32).collect();
         let f = Finish { ep, corrections, ks, wo };
@@ -566,14 +574,20 @@ mod vnni {
             }
             Output::F32 { data } => (SendPtr(std::ptr::null_mut()), SendPtr(data.as_mut_ptr()), (1.0, 0)),
         };
-        (0..ho * groups).into_par_iter().for_each(|t| {
+        let task = |t: usize| {
             let (p, grp) = (t / groups, t % groups);
             let (row_u8, row_f32) = (y_u8.offset(p * wo * ks), y_f32.offset(p * wo * ks));
             let (first, end) = (grp * g.group, (grp * g.group + g.group).min(s.blocks()));
             // SAFETY: forwarded from the caller; each task writes only its row's outputs of
             // its own channel blocks, so no two tasks touch the same bytes.
             unsafe { row(xp, pc, &g, &f, p, first, end, row_u8, row_f32, quant) }
-        });
+        };
+        // below ~4 M multiply-adds (~10 µs) waking the other threads costs more than it saves
+        if ho * wo * ks * s.c4() * 4 * s.k * s.k < SERIAL_MACS {
+            (0..ho * groups).for_each(task);
+        } else {
+            (0..ho * groups).into_par_iter().for_each(task);
+        }
     }
 
     /// An output pointer shared by the tasks of one call (they write disjoint elements).
@@ -674,7 +688,13 @@ mod tests {
         let (mul, add) = (vec![1.0; 16], vec![0.0; 16]);
         let ep = Epilogue { mul: &mul, add: &add, relu: None, residual: None };
         let mut y = vec![0f32; 16 * 16];
-        conv(&U8Image { data: &x, h: 4, w: 4, stride: 4, zero: 10 }, &pc, &ep, Output::F32 { data: &mut y }, &mut Vec::new());
+        conv(
+            &U8Image { data: &x, h: 4, w: 4, stride: 4, zero: 10 },
+            &pc,
+            &ep,
+            Output::F32 { data: &mut y },
+            &mut Vec::new(),
+        );
         // real values 0..15 on a 4x4 grid, zero padding: the centre output (1,1) sums 0,1,2,4,5,6,8,9,10
         assert_eq!(y[(4 + 1) * 16], 45.0);
         assert_eq!(y[0], 10.0); // 0 + 1 + 4 + 5

@@ -660,7 +660,7 @@ impl Plan {
                 ws.f32s[*dst] =
                     sums.iter().map(|&t| (t as f32 - (hw * zero as usize) as f32) * scale / hw as f32).collect();
             }
-            Op::Linear { src, dst, weights, bias, d_out, relu } => {
+            Op::Linear { src, dst, weights, bias, relu, .. } => {
                 let s = self.values[*src];
                 let input: Vec<f32> = match self.storage[*src] {
                     Storage::U8 { scale, zero, stride } => (0..s.h * s.w)
@@ -672,9 +672,21 @@ impl Plan {
                         .map(|(p, c)| ws.f32s[*src][p * stride + c])
                         .collect(),
                 };
+                // one image: a dot product per output (a GEMM call costs more than it computes)
                 let d_in = input.len();
-                let mut y = vec![0.0; *d_out];
-                flinear::linear_forward(&input, weights, Some(bias), 1, d_in, *d_out, &mut y);
+                let mut y: Vec<f32> = weights
+                    .chunks_exact(d_in)
+                    .zip(bias)
+                    .map(|(w, b)| {
+                        let mut acc = [0.0f32; 16];
+                        for (wc, xc) in w.chunks(16).zip(input.chunks(16)) {
+                            for i in 0..wc.len() {
+                                acc[i] += wc[i] * xc[i];
+                            }
+                        }
+                        acc.iter().sum::<f32>() + b
+                    })
+                    .collect();
                 if let Some(th) = relu {
                     y.iter_mut().for_each(|t| *t = if *t > *th { *t } else { 0.0 });
                 }
@@ -699,7 +711,7 @@ struct Window {
 fn pool_u8(x: &[u8], s: Shape, d: Shape, cs: usize, zero: u8, win: Window, max: bool, y: &mut [u8]) {
     use rayon::prelude::*;
     let Window { k, stride, pad } = win;
-    y.par_chunks_mut(d.w * cs).enumerate().for_each(|(p, row)| {
+    let row_of = |(p, row): (usize, &mut [u8])| {
         let mut sums = vec![0u32; cs];
         for q in 0..d.w {
             let out = &mut row[q * cs..(q + 1) * cs];
@@ -730,7 +742,12 @@ fn pool_u8(x: &[u8], s: Shape, d: Shape, cs: usize, zero: u8, win: Window, max: 
                 out.iter_mut().zip(&sums).for_each(|(o, &v)| *o = (v as f32 / kk).round_ties_even().min(255.0) as u8);
             }
         }
-    });
+    };
+    if y.len() * k * k < 1 << 20 {
+        y.chunks_mut(d.w * cs).enumerate().for_each(row_of);
+    } else {
+        y.par_chunks_mut(d.w * cs).enumerate().for_each(row_of);
+    }
 }
 
 /// The zeros a convolution's kernel could skip, counted on its u8 input: single values,
