@@ -42,6 +42,10 @@ pub struct InferArgs {
     /// evaluated images
     #[arg(long)]
     pub zeros: bool,
+    /// Test images on which each convolution's dense and zero-skipping kernels are timed to
+    /// pick the faster (0: dense everywhere)
+    #[arg(long, default_value_t = 4)]
+    pub tune: usize,
     /// Print the results as one JSON object only
     #[arg(long)]
     pub json: bool,
@@ -137,10 +141,10 @@ pub fn run(a: InferArgs) -> anyhow::Result<()> {
             println!("verified: the reference input gives the stored logits (max relative difference {err:.1e})");
         }
     }
-    let plan = &packed.plan;
+    let mut packed = packed;
     let normalize: Normalize =
         serde_json::from_value(packed.normalize.clone()).with_context(|| format!("{from}: the input normalisation"))?;
-    let s0 = plan.values[0];
+    let s0 = packed.plan.values[0];
     let shape = [s0.c, s0.h, s0.w];
     if data.train.shape != shape && a.data.data != "folder" {
         anyhow::bail!("{from} takes {shape:?} images; {} has {:?}", data.name, data.train.shape);
@@ -150,6 +154,16 @@ pub fn run(a: InferArgs) -> anyhow::Result<()> {
         Some(n) => data.test.take(n),
         None => data.test.clone(),
     });
+    // dense or zero-skipping kernel per convolution, by measurement on a few test images
+    let tuned = match batches(Arc::new(test.take(a.tune.min(test.len()))), &normalize, shape).next() {
+        Some(b) if a.tune > 0 => {
+            let x = b?.x.host_values().into_owned();
+            let imgs: Vec<&[f32]> = x.chunks(per).collect();
+            packed.plan.tune(&imgs, &mut Workspace::default())
+        }
+        _ => Vec::new(),
+    };
+    let plan = &packed.plan;
     let bar = (!a.json).then(|| crate::progress::counter("infer", test.len() as u64, "images"));
     let mut ws = Workspace::default();
     let (mut ok_u8, mut ok_fp, mut agree, mut n) = (0usize, 0usize, 0usize, 0usize);
@@ -223,6 +237,10 @@ pub fn run(a: InferArgs) -> anyhow::Result<()> {
     if a.zeros {
         json["zeros"] = serde_json::to_value(&zeros)?;
     }
+    json["kernels"] = tuned
+        .iter()
+        .map(|(l, d, s, c)| serde_json::json!({"layer": l, "dense_ms": d, "zero_skipping_ms": s, "zero_skipping": c}))
+        .collect();
     if a.json {
         println!("{json}");
         return Ok(());
@@ -242,6 +260,14 @@ pub fn run(a: InferArgs) -> anyhow::Result<()> {
                 pc(z.zero_units, z.units),
                 pc(z.zero_groups, z.groups),
             ]);
+        }
+        print!("{}", t.render());
+    }
+    if a.zeros && !tuned.is_empty() {
+        let mut t = Table::new(&["convolution", "dense ms", "zero-skipping ms", "runs"]);
+        for (l, d, s, c) in &tuned {
+            let runs = if *c { "zero-skipping" } else { "dense" };
+            t.row(vec![l.clone(), format!("{d:.3}"), format!("{s:.3}"), runs.into()]);
         }
         print!("{}", t.render());
     }

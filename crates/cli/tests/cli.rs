@@ -745,6 +745,9 @@ fn infer_runs_a_checkpoint_on_the_u8_engine_and_reports_both_accuracies() {
     for k in ["test_accuracy_u8", "test_accuracy_fp32", "agreement", "latency_ms_u8", "latency_ms_fp32", "speedup"] {
         assert!(r[k].as_f64().is_some(), "`{k}` in {r}");
     }
+    // each convolution's kernel was chosen by timing both
+    let kernels = r["kernels"].as_array().unwrap();
+    assert!(kernels.len() >= 5 && kernels.iter().all(|k| k["dense_ms"].as_f64().unwrap() > 0.0), "{r}");
     assert_eq!(r["samples"], 40);
     assert!(r["agreement"].as_f64().unwrap() >= 0.9, "the u8 engine mostly predicts as the FP32 model: {r}");
     // the FP32 side is `tern eval`'s accuracy

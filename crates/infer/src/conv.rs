@@ -255,6 +255,23 @@ pub fn conv<'a>(x: &U8Image<'a>, pc: &PackedConv, ep: &Epilogue, out: Output, sc
     portable(x, pc, ep, out)
 }
 
+/// The same convolution skipping every (pixel, group of 4 input channels) whose bytes are
+/// all zero — exact, because the input's zero point is 0 (post-ReLU values). It pays where
+/// such units are common (trained nets with sparse activations; `tern infer --zeros`
+/// counts them); `Plan::tune` measures it against [`conv`] per layer. Falls back to
+/// [`conv`] without the VNNI kernel or with a non-zero zero point.
+pub fn conv_sparse<'a>(x: &U8Image<'a>, pc: &PackedConv, ep: &Epilogue, out: Output, scratch: &'a mut Vec<u8>) {
+    #[cfg(target_arch = "x86_64")]
+    if vnni_available() && x.zero == 0 {
+        let (ho, wo) = check(x, pc, ep, &out);
+        let xp = pad_input(x, pc.shape.pad, scratch);
+        // SAFETY: as in `conv`.
+        unsafe { vnni::conv_sparse(xp, x.w + 2 * pc.shape.pad, x.stride, pc, ep, out, ho, wo) };
+        return;
+    }
+    conv(x, pc, ep, out, scratch)
+}
+
 /// Rows in parallel with the reference's arithmetic (any CPU).
 fn portable(x: &U8Image, pc: &PackedConv, ep: &Epilogue, out: Output) {
     let (ho, wo) = check(x, pc, ep, &out);
@@ -590,6 +607,136 @@ mod vnni {
         }
     }
 
+    /// The non-zero groups of 4 bytes of every pixel of the padded input, as compressed rows:
+    /// pixel i's groups are `groups[starts[i]..starts[i + 1]]`.
+    struct NonZero {
+        starts: Vec<u32>,
+        groups: Vec<u16>,
+    }
+
+    fn nonzero_groups(xp: &[u8], pixels: usize, cs: usize, c4: usize) -> NonZero {
+        let mut starts = Vec::with_capacity(pixels + 1);
+        let mut groups = Vec::new();
+        starts.push(0);
+        for p in 0..pixels {
+            let px = &xp[p * cs..p * cs + 4 * c4];
+            for (g, b) in px.chunks_exact(4).enumerate() {
+                if u32::from_ne_bytes([b[0], b[1], b[2], b[3]]) != 0 {
+                    groups.push(g as u16);
+                }
+            }
+            starts.push(groups.len() as u32);
+        }
+        NonZero { starts, groups }
+    }
+
+    /// One output pixel's sums over CB blocks, visiting only non-zero input groups.
+    ///
+    /// # Safety
+    /// AVX-512 F/BW/VNNI must be present; `xp`/`w` cover the pixel's taps and CB blocks.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    unsafe fn sparse_sums<const CB: usize>(
+        xp: *const u8,
+        w: *const i8,
+        nz: &NonZero,
+        g: &Geometry,
+        first_pixel: usize,
+        wp: usize,
+    ) -> [[__m512i; 1]; CB] {
+        let mut acc = [[_mm512_setzero_si512(); 1]; CB];
+        for r in 0..g.k {
+            for s in 0..g.k {
+                let pix = first_pixel + r * wp + s;
+                let (a, b) = (nz.starts[pix] as usize, nz.starts[pix + 1] as usize);
+                let tap_w = (r * g.k + s) * g.c4;
+                for &grp in &nz.groups[a..b] {
+                    let grp = grp as usize;
+                    // SAFETY: inside the padded input and the packed weights (caller).
+                    let xv =
+                        _mm512_set1_epi32(unsafe { (xp.add(pix * g.cs + grp * 4) as *const i32).read_unaligned() });
+                    let wg = unsafe { w.add((tap_w + grp) * LANES * 4) };
+                    for cb in 0..CB {
+                        let wv = unsafe { _mm512_loadu_si512(wg.add(cb * g.block_bytes) as *const _) };
+                        acc[cb][0] = _mm512_dpbusd_epi32(acc[cb][0], xv, wv);
+                    }
+                }
+            }
+        }
+        acc
+    }
+
+    /// The zero-skipping convolution (input zero point 0).
+    ///
+    /// # Safety
+    /// As for [`conv`].
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn conv_sparse(
+        xp: &[u8],
+        wp: usize,
+        cs: usize,
+        pc: &PackedConv,
+        ep: &Epilogue,
+        out: Output,
+        ho: usize,
+        wo: usize,
+    ) {
+        let s = pc.shape;
+        let ks = s.blocks() * LANES;
+        let g = Geometry {
+            row_bytes: wp * cs,
+            cs,
+            stride: s.stride,
+            k: s.k,
+            c4: s.c4(),
+            block_bytes: s.k * s.k * s.c4() * LANES * 4,
+            group: 8,
+        };
+        let hp = xp.len() / (wp * cs);
+        let nz = nonzero_groups(xp, hp * wp, cs, s.c4());
+        let f = Finish { ep, corrections: vec![0; ks], ks, wo };
+        let groups = s.blocks().div_ceil(g.group);
+        let (y_u8, y_f32, quant) = match out {
+            Output::U8 { data, inv_scale, zero } => {
+                (SendPtr(data.as_mut_ptr()), SendPtr(std::ptr::null_mut()), (inv_scale, zero))
+            }
+            Output::F32 { data } => (SendPtr(std::ptr::null_mut()), SendPtr(data.as_mut_ptr()), (1.0, 0)),
+        };
+        let task = |t: usize| {
+            let (p, grp) = (t / groups, t % groups);
+            let (row_u8, row_f32) = (y_u8.offset(p * wo * ks), y_f32.offset(p * wo * ks));
+            let (b0, end) = (grp * g.group, (grp * g.group + g.group).min(s.blocks()));
+            let w = pc.packed[b0 * g.block_bytes..].as_ptr();
+            for q in 0..wo {
+                let first_pixel = p * s.stride * wp + q * s.stride;
+                macro_rules! go {
+                    ($cb:literal) => {
+                        // SAFETY: forwarded from the caller; the task writes its own row and
+                        // blocks only.
+                        unsafe {
+                            let acc = sparse_sums::<$cb>(xp.as_ptr(), w, &nz, &g, first_pixel, wp);
+                            store::<$cb, 1>(&acc, &f, b0, p, q, row_u8, row_f32, quant);
+                        }
+                    };
+                }
+                match end - b0 {
+                    8 => go!(8),
+                    7 => go!(7),
+                    6 => go!(6),
+                    5 => go!(5),
+                    4 => go!(4),
+                    3 => go!(3),
+                    2 => go!(2),
+                    _ => go!(1),
+                }
+            }
+        };
+        if ho * wo * ks * s.c4() * 4 * s.k * s.k < SERIAL_MACS {
+            (0..ho * groups).for_each(task);
+        } else {
+            (0..ho * groups).into_par_iter().for_each(task);
+        }
+    }
+
     /// An output pointer shared by the tasks of one call (they write disjoint elements).
     #[derive(Clone, Copy)]
     struct SendPtr<T>(*mut T);
@@ -622,8 +769,14 @@ mod tests {
     ) -> (Vec<u8>, usize, u8, PackedConv) {
         let stride = shape.c_in.div_ceil(4) * 4 + 4 * rng.below(2); // spare channels too
         let zero = if rng.uniform() < 0.5 { 0 } else { rng.below(256) as u8 };
-        let x: Vec<u8> =
+        let mut x: Vec<u8> =
             (0..h * w * stride).map(|_| if rng.uniform() < 0.4 { zero } else { rng.below(256) as u8 }).collect();
+        // whole zero groups of 4 channels, the units the zero-skipping kernel skips
+        for unit in x.chunks_mut(4) {
+            if rng.uniform() < 0.5 {
+                unit.fill(zero);
+            }
+        }
         let n = shape.c_out * shape.c_in * shape.k * shape.k;
         let codes = (0..n)
             .map(|_| if ternary { rng.below(3) as i8 - 1 } else { (rng.below(255) as i32 - 127) as i8 })
@@ -670,6 +823,9 @@ mod tests {
                     assert!(a.iter().any(|&v| v != 0 && v != 255), "a degenerate test: {what}");
                     portable(&img, &pc, &ep, Output::U8 { data: &mut b, inv_scale: 9.0, zero: 3 });
                     assert_eq!(a, b, "u8 portable {what}");
+                    b.fill(1);
+                    conv_sparse(&img, &pc, &ep, Output::U8 { data: &mut b, inv_scale: 9.0, zero: 3 }, &mut Vec::new());
+                    assert_eq!(a, b, "u8 zero-skipping {what} (zero point {})", img.zero);
                     let (mut a, mut b) = (vec![0f32; ho * wo * ks], vec![1f32; ho * wo * ks]);
                     reference(&img, &pc, &ep, Output::F32 { data: &mut a });
                     conv(&img, &pc, &ep, Output::F32 { data: &mut b }, &mut Vec::new());

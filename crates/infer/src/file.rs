@@ -138,7 +138,7 @@ impl Packed {
             .ops
             .iter()
             .map(|op| match op {
-                Op::Conv { src, dst, residual, packed, mul, add, relu } => OpRecord::Conv {
+                Op::Conv { src, dst, residual, packed, mul, add, relu, .. } => OpRecord::Conv {
                     src: *src,
                     dst: *dst,
                     residual: *residual,
@@ -252,6 +252,7 @@ impl Packed {
                         mul: r.f32s(mul, ks, &at("conv multipliers"))?,
                         add: r.f32s(add, ks, &at("conv offsets"))?,
                         relu: *relu,
+                        sparse: false,
                     }
                 }
                 OpRecord::MaxPool { src, dst, k, stride, pad } | OpRecord::AvgPool { src, dst, k, stride, pad } => {

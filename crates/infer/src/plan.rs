@@ -318,6 +318,8 @@ pub enum Op {
         mul: Vec<f32>,
         add: Vec<f32>,
         relu: Option<f32>,
+        /// Run the zero-skipping kernel (set by [`Plan::tune`] where it measured faster).
+        sparse: bool,
     },
     MaxPool {
         src: usize,
@@ -464,6 +466,7 @@ impl Plan {
                         mul,
                         add,
                         relu: *relu,
+                        sparse: false,
                     }
                 }
                 FloatOp::MaxPool { src, dst, k, stride, pad } => {
@@ -602,9 +605,50 @@ impl Plan {
         ws.f32s[last][..c].to_vec()
     }
 
+    /// Chooses, per convolution, between the dense kernel and the zero-skipping one by
+    /// timing both on the inputs `images` produce (the best of three runs each; the skipping
+    /// kernel must win by 10 %). Both give the same bits, so only speed changes. Returns
+    /// each convolution's (label, dense ms, zero-skipping ms, chosen), summed over images.
+    pub fn tune(&mut self, images: &[&[f32]], ws: &mut Workspace) -> Vec<(String, f64, f64, bool)> {
+        let convs: Vec<usize> = (0..self.ops.len()).filter(|&i| matches!(self.ops[i], Op::Conv { .. })).collect();
+        let mut times = vec![(0.0f64, 0.0f64); convs.len()];
+        for x in images {
+            self.run(x, ws); // fills every value for this image
+            for (j, &i) in convs.iter().enumerate() {
+                let best = |plan: &mut Plan, sparse: bool, ws: &mut Workspace| {
+                    if let Op::Conv { sparse: sp, .. } = &mut plan.ops[i] {
+                        *sp = sparse;
+                    }
+                    (0..3)
+                        .map(|_| {
+                            let t = std::time::Instant::now();
+                            plan.step(&plan.ops[i], ws);
+                            t.elapsed().as_secs_f64() * 1e3
+                        })
+                        .fold(f64::INFINITY, f64::min)
+                };
+                times[j].0 += best(self, false, ws);
+                times[j].1 += best(self, true, ws);
+            }
+        }
+        convs
+            .iter()
+            .zip(times)
+            .map(|(&i, (dense, sparse))| {
+                let chosen = sparse < 0.9 * dense;
+                let label = self.ops[i].label();
+                if let Op::Conv { sparse: sp, .. } = &mut self.ops[i] {
+                    *sp = chosen;
+                }
+                (label, dense, sparse, chosen)
+            })
+            .collect()
+    }
+
     fn step(&self, op: &Op, ws: &mut Workspace) {
         match op {
-            Op::Conv { src, dst, residual, packed, mul, add, relu } => {
+            Op::Conv { src, dst, residual, packed, mul, add, relu, sparse } => {
+                let run = if *sparse { conv::conv_sparse } else { conv::conv };
                 let s = self.values[*src];
                 let d = self.values[*dst];
                 let Storage::U8 { zero, stride, .. } = self.storage[*src] else { unreachable!() };
@@ -624,11 +668,11 @@ impl Plan {
                         Storage::U8 { scale, zero, stride } => {
                             u8_out.resize(d.h * d.w * stride, 0);
                             let out = Output::U8 { data: &mut u8_out, inv_scale: 1.0 / scale, zero: zero as i32 };
-                            conv::conv(&x, packed, &ep, out, &mut scratch);
+                            run(&x, packed, &ep, out, &mut scratch);
                         }
                         Storage::F32 { stride } => {
                             f32_out.resize(d.h * d.w * stride, 0.0);
-                            conv::conv(&x, packed, &ep, Output::F32 { data: &mut f32_out }, &mut scratch);
+                            run(&x, packed, &ep, Output::F32 { data: &mut f32_out }, &mut scratch);
                         }
                     }
                 }
