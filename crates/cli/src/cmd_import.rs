@@ -98,10 +98,26 @@ fn run_onnx(a: &ImportArgs) -> anyhow::Result<()> {
     let c = model.config.in_shape[0];
     let normalize =
         read_normalize(&a.weights)?.unwrap_or_else(|| serde_json::json!({"mean": vec![0.0; c], "std": vec![1.0; c]}));
-    let meta = serde_json::json!({
+    let mut meta = serde_json::json!({
         "normalize": normalize,
         "import": {"format": "onnx", "file": a.weights.display().to_string(), "report": report},
     });
+    // ReLU thresholds (ThresholdedRelu nodes): a checkpoint holds one for the whole model
+    let mut thresholds = Vec::new();
+    tern_train::Layer::visit_leaves(&mut model.net, &mut |l| {
+        if let Some(r) = l.as_any_mut().downcast_mut::<tern_train::layers::Relu>() {
+            thresholds.push(r.threshold);
+        }
+    });
+    if let Some(&t) = thresholds.iter().find(|&&t| t != 0.0) {
+        if thresholds.iter().any(|&u| u != t) {
+            anyhow::bail!(
+                "{}: its ReLUs have different thresholds ({thresholds:?}); tern models have one",
+                a.weights.display()
+            );
+        }
+        meta["relu_threshold"] = t.into();
+    }
     let ckpt = write(&a.out, &mut model, meta, serde_json::to_value(&report)?)?;
     println!(
         "{} (width {}, {} classes, {:?} input): {} nodes, {} tensors loaded -> {}",

@@ -776,3 +776,49 @@ fn infer_runs_a_checkpoint_on_the_u8_engine_and_reports_both_accuracies() {
     let o = tern(&["export", "--checkpoint", ck.to_str().unwrap()]);
     assert!(!o.status.success() && stderr(&o).contains("--packed"), "{}", stderr(&o));
 }
+
+#[test]
+fn an_exported_thresholded_relu_net_comes_back_through_onnx_with_the_same_loss() {
+    let data = tempfile::tempdir().unwrap();
+    write_mnist_like(data.path(), 96, 40);
+    let out = tempfile::tempdir().unwrap();
+    let (dp, run) = (data.path().to_str().unwrap(), out.path().join("run"));
+    let o = tern(&[
+        "train",
+        "--data",
+        "mnist",
+        "--data-path",
+        dp,
+        "--model",
+        "resnet20",
+        "--width",
+        "4",
+        "--epochs",
+        "1",
+        "--ternary",
+        "--fp-first-layer",
+        "--relu-threshold",
+        "0.05",
+        "--batch",
+        "32",
+        "--out",
+        run.to_str().unwrap(),
+        "--quiet",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let ck = run.join("model.safetensors");
+    let onnx = out.path().join("r20.onnx");
+    let o = tern(&["export", "--checkpoint", ck.to_str().unwrap(), "--onnx", onnx.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let back = out.path().join("back");
+    let o = tern(&["import", "--format", "onnx", "--weights", onnx.to_str().unwrap(), "--out", back.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let eval = |c: &Path| {
+        let o = tern(&["eval", "--checkpoint", c.to_str().unwrap(), "--data", "mnist", "--data-path", dp, "--json"]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap()
+    };
+    let (a, b) = (eval(&ck), eval(&back.join("model.safetensors")));
+    let (la, lb) = (a["loss"].as_f64().unwrap(), b["loss"].as_f64().unwrap());
+    assert!((la - lb).abs() <= 1e-5 * la.abs().max(1.0), "loss {la} vs {lb} after the round trip");
+}

@@ -14,13 +14,14 @@ use tern_train::{models, Model, ModelConfig};
 
 /// Operators tern can import (MatMul with its bias Add becomes Gemm, a Reshape to
 /// `[batch, features]` becomes Flatten, Constants feed those Reshapes).
-pub const OPERATORS: [&str; 13] = [
+pub const OPERATORS: [&str; 14] = [
     "MatMul",
     "Reshape",
     "Constant",
     "Conv",
     "BatchNormalization",
     "Relu",
+    "ThresholdedRelu",
     "Add",
     "MaxPool",
     "AveragePool",
@@ -94,14 +95,30 @@ fn shapes(g: &proto::GraphProto) -> (Vec<Shape>, Vec<Vec<String>>) {
             continue;
         }
         let weights: Vec<String> = n.input.iter().map(resolve).filter(|i| dims.contains_key(i.as_str())).collect();
+        // a ReLU with a threshold is matched as a ReLU; `thresholds` carries the threshold
+        let thresholded = n.op_type.as_deref() == Some("ThresholdedRelu");
         out.push(Shape {
-            op: n.op_type.clone().unwrap_or_default(),
-            attrs: attributes(n),
+            op: if thresholded { "Relu".into() } else { n.op_type.clone().unwrap_or_default() },
+            attrs: if thresholded { Vec::new() } else { attributes(n) },
             weights: weights.iter().map(|w| dims[w.as_str()].clone()).collect(),
         });
         names.push(weights);
     }
     (out, names)
+}
+
+/// Per node as [`shapes`] lists them, the threshold of a `ThresholdedRelu` (tern's ReLU with
+/// a threshold: x where x > α, else 0; ONNX's default α is 1).
+fn thresholds(g: &proto::GraphProto) -> Vec<Option<f32>> {
+    g.node
+        .iter()
+        .filter(|n| n.op_type.as_deref() != Some("Identity"))
+        .map(|n| {
+            (n.op_type.as_deref() == Some("ThresholdedRelu")).then(|| {
+                n.attribute.iter().find(|a| a.name.as_deref() == Some("alpha")).and_then(|a| a.f).unwrap_or(1.0)
+            })
+        })
+        .collect()
 }
 
 /// The graph with the equivalent forms tern's exporter does not write rewritten into those
@@ -397,6 +414,23 @@ fn match_graph(
         let same = have.iter().zip(&want).take_while(|(a, b)| a == b).count();
         if same == have.len() && have.len() == want.len() {
             let n = load_weights(path, &mut model, &inits, &our_names, &names)?;
+            // the file's ReLU thresholds onto the matching ReLU layers (by the exporter's names)
+            let ours_nodes = ours.graph.as_ref().expect("a graph").node.iter();
+            let relu_names: Vec<Option<&str>> =
+                ours_nodes.filter(|n| n.op_type.as_deref() != Some("Identity")).map(|n| n.name.as_deref()).collect();
+            for (t, name) in thresholds(g).into_iter().zip(relu_names) {
+                let (Some(t), Some(name)) = (t, name) else { continue };
+                if !(t >= 0.0) {
+                    return Err(Error::format(path, format!("ThresholdedRelu {name}: alpha {t} (tern needs ≥ 0)")));
+                }
+                tern_train::Layer::visit_leaves(&mut model.net, &mut |l| {
+                    if l.name() == name {
+                        if let Some(r) = l.as_any_mut().downcast_mut::<tern_train::layers::Relu>() {
+                            r.threshold = t;
+                        }
+                    }
+                });
+            }
             return Ok(Ok((model, Report { model: cfg, nodes: want.len(), weights: n })));
         }
         if closest.as_ref().is_none_or(|(s, _)| same > *s) {
@@ -513,6 +547,8 @@ mod tests {
             let mut m = models::build(&cfg, &mut Rng::new(9)).unwrap();
             if ternary {
                 m.set_ternary(Some(TernaryConfig::default()), true, false);
+                // raised ReLU thresholds leave as ThresholdedRelu and must come back
+                m.set_relu(0.05, 0.0);
             }
             // BN statistics that are not the initial ones
             m.visit_buffers(&mut |n, t| {

@@ -163,6 +163,9 @@ pub fn load_model(path: &Path) -> Result<(Model, Checkpoint)> {
             .map_err(|e| Error::Checkpoint { path: path.into(), what: format!("bad `train.recipe` metadata: {e}") })?;
         let epochs = c.meta.get("epoch").and_then(|e| e.as_u64()).unwrap_or(1) as usize;
         recipe.apply_final(&mut model, epochs);
+    } else if let Some(t) = c.meta.get("relu_threshold").and_then(|t| t.as_f64()) {
+        // an imported model's ReLU threshold (ONNX ThresholdedRelu)
+        model.set_relu(t as f32, 0.0);
     }
     Ok((model, c))
 }
