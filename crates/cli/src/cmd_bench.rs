@@ -196,7 +196,8 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
             steps,
             probe,
         } => {
-            let cfg = ModelConfig { name: model, in_shape: [channels, size, size], classes, width, small_input };
+            let cfg =
+                ModelConfig { name: model, in_shape: [channels, size, size], classes, width, small_input, spec: None };
             let (be, info) = device.backend()?;
             let be = be.as_ref();
             let mut rng = Rng::new(0);

@@ -254,6 +254,7 @@ fn run_one(
         classes: data.class_names.len(),
         width: v.width,
         small_input: false,
+        spec: None,
     };
     let cfg = TrainConfig {
         epochs: v.epochs,

@@ -59,6 +59,7 @@ pub fn run(a: ModelsArgs) -> anyhow::Result<()> {
         classes: a.classes,
         width: a.width,
         small_input: a.small_input,
+        spec: None,
     };
     let mut model = build(&cfg, &mut Rng::new(0))?;
     if a.ternary {

@@ -103,6 +103,7 @@ pub fn run(a: ProfileArgs) -> anyhow::Result<()> {
             classes: a.classes,
             width: 0,
             small_input: false,
+            spec: None,
         };
         let mut rng = Rng::new(a.seed);
         model = tern_train::models::build(&cfg, &mut rng)?;

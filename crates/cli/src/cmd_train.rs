@@ -189,12 +189,31 @@ fn fresh(a: &TrainArgs) -> anyhow::Result<(Trainer, PathBuf)> {
     let data = a.data.load()?;
     let [c, h, w] = data.train.shape;
     let side = a.input_size;
+    // a `graph` model (imported from ONNX, none of the zoo's architectures) takes its
+    // layers from the checkpoint it starts from
+    let spec = if a.model == tern_train::models::GRAPH_MODEL {
+        let Some(p) = &a.init_from else {
+            anyhow::bail!("--model graph takes its layers from --init-from (a checkpoint `tern import` wrote)");
+        };
+        if a.init_adapt {
+            anyhow::bail!("--init-adapt does not apply to --model graph (its layers come with the checkpoint)");
+        }
+        let c = tern_core::checkpoint::load(p)?;
+        let spec = tern_train::checkpoint::model_config(p, &c)?.spec;
+        if spec.is_none() {
+            anyhow::bail!("{}: not a graph model (train it with its own --model name)", p.display());
+        }
+        spec
+    } else {
+        None
+    };
     let model = ModelConfig {
         name: a.model.clone(),
         in_shape: [c, side.unwrap_or(h), side.unwrap_or(w)],
         classes: data.class_names.len(),
         width: a.width,
         small_input: a.small_input,
+        spec,
     };
     let schedule_name = if a.lr_plateau { "plateau" } else { a.schedule.as_str() };
     let schedule =

@@ -822,3 +822,100 @@ fn an_exported_thresholded_relu_net_comes_back_through_onnx_with_the_same_loss()
     let (la, lb) = (a["loss"].as_f64().unwrap(), b["loss"].as_f64().unwrap());
     assert!((la - lb).abs() <= 1e-5 * la.abs().max(1.0), "loss {la} vs {lb} after the round trip");
 }
+
+#[test]
+fn an_onnx_cnn_of_no_known_architecture_imports_trains_and_runs_everywhere() {
+    use tern_train::models::{LayerSpec::*, GRAPH_MODEL};
+    let data = tempfile::tempdir().unwrap();
+    write_mnist_like(data.path(), 96, 40);
+    let out = tempfile::tempdir().unwrap();
+    let dp = data.path().to_str().unwrap();
+    // a small CNN none of tern's architectures is, written as ONNX by tern's exporter
+    let spec = vec![
+        Conv { c_out: 8, k: 3, stride: 1, pad: 1, bias: true },
+        Relu,
+        MaxPool { k: 2, stride: 2, pad: 0 },
+        Residual {
+            body: vec![
+                Conv { c_out: 8, k: 3, stride: 1, pad: 1, bias: false },
+                BatchNorm { eps: 1e-5 },
+                Relu,
+                Conv { c_out: 8, k: 3, stride: 1, pad: 1, bias: false },
+                BatchNorm { eps: 1e-5 },
+            ],
+            shortcut: None,
+        },
+        GlobalAvgPool,
+        Linear { d_out: 10, bias: true },
+    ];
+    let cfg = tern_train::ModelConfig {
+        name: GRAPH_MODEL.into(),
+        in_shape: [1, 28, 28],
+        classes: 10,
+        width: 0,
+        small_input: false,
+        spec: Some(spec),
+    };
+    let mut m = tern_train::models::build(&cfg, &mut tern_core::Rng::new(1)).unwrap();
+    let onnx = out.path().join("custom.onnx");
+    tern_onnx::export::write_onnx(&onnx, &mut m, &[]).unwrap();
+    let imported = out.path().join("imported");
+    let o =
+        tern(&["import", "--format", "onnx", "--weights", onnx.to_str().unwrap(), "--out", imported.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("graph"), "{}", String::from_utf8_lossy(&o.stdout));
+    let ck = imported.join("model.safetensors");
+    let c = ck.to_str().unwrap();
+    let run = out.path().join("tuned");
+    let o = tern(&[
+        "train",
+        "--data",
+        "mnist",
+        "--data-path",
+        dp,
+        "--model",
+        "graph",
+        "--init-from",
+        c,
+        "--ternary",
+        "--fp-first-layer",
+        "--epochs",
+        "1",
+        "--batch",
+        "32",
+        "--out",
+        run.to_str().unwrap(),
+        "--quiet",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let tuned = run.join("model.safetensors");
+    let t = tuned.to_str().unwrap();
+    for args in [
+        vec!["eval", "--checkpoint", c, "--data", "mnist", "--data-path", dp],
+        vec![
+            "profile",
+            "--checkpoint",
+            t,
+            "--data",
+            "mnist",
+            "--data-path",
+            dp,
+            "--batches",
+            "1",
+            "--batch",
+            "8",
+            "--out",
+        ],
+        vec!["infer", "--checkpoint", t, "--data", "mnist", "--data-path", dp],
+    ] {
+        let mut args: Vec<String> = args.into_iter().map(String::from).collect();
+        if args[0] == "profile" {
+            args.push(out.path().join("prof").display().to_string());
+        }
+        let args: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
+        let o = tern(&args);
+        assert!(o.status.success(), "tern {}: {}", args[0], stderr(&o));
+    }
+    let o = tern(&["train", "--data", "mnist", "--data-path", dp, "--model", "graph", "--out", t]);
+    assert!(!o.status.success() && stderr(&o).contains("--init-from"), "{}", stderr(&o));
+}

@@ -368,7 +368,14 @@ fn training_steps_of_whole_models_agree() {
     for be in gpus() {
         let cpu = CpuBackend;
         for (name, width, ternary) in [("vgg-small", 8, false), ("resnet20", 4, true), ("lenet5", 0, true)] {
-            let cfg = ModelConfig { name: name.into(), in_shape: [1, 16, 16], classes: 10, width, small_input: false };
+            let cfg = ModelConfig {
+                name: name.into(),
+                in_shape: [1, 16, 16],
+                classes: 10,
+                width,
+                small_input: false,
+                spec: None,
+            };
             let mut rng = Rng::new(5);
             let mut a = models::build(&cfg, &mut rng).unwrap();
             let mut b = models::build(&cfg, &mut Rng::new(5)).unwrap();
@@ -419,8 +426,14 @@ fn training_steps_of_whole_models_agree() {
 fn recorded_steps_equal_launched_steps_bit_for_bit() {
     use tern_train::{models, Ctx, ModelConfig, Sgd, SgdConfig, Stepper};
     for be in gpus() {
-        let cfg =
-            ModelConfig { name: "resnet20".into(), in_shape: [1, 16, 16], classes: 10, width: 4, small_input: false };
+        let cfg = ModelConfig {
+            name: "resnet20".into(),
+            in_shape: [1, 16, 16],
+            classes: 10,
+            width: 4,
+            small_input: false,
+            spec: None,
+        };
         let mut rng = Rng::new(6);
         let batches: Vec<Tensor> = (0..6).map(|_| randn(&[8, 1, 16, 16], &mut rng)).collect();
         let labels: Vec<u32> = (0..8).map(|i| (i * 3 % 10) as u32).collect();
@@ -527,8 +540,14 @@ fn a_run_resumed_by_another_backend_ends_with_the_same_weights() {
     use tern_train::{ModelConfig, Recipe, ScheduleKind, SgdConfig, TrainConfig};
     for layout in layouts() {
         let data = tern_data::synthetic::split(160, 32, [1, 16, 16], 10, 0.5, 9);
-        let model =
-            ModelConfig { name: "resnet20".into(), in_shape: [1, 16, 16], classes: 10, width: 8, small_input: false };
+        let model = ModelConfig {
+            name: "resnet20".into(),
+            in_shape: [1, 16, 16],
+            classes: 10,
+            width: 8,
+            small_input: false,
+            spec: None,
+        };
         let cfg = TrainConfig {
             epochs: 3,
             batch_size: 32,

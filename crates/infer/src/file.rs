@@ -367,7 +367,8 @@ mod tests {
     use tern_train::ModelConfig;
 
     fn packed(name: &str, shape: [usize; 3]) -> Packed {
-        let cfg = ModelConfig { name: name.into(), in_shape: shape, classes: 10, width: 8, small_input: false };
+        let cfg =
+            ModelConfig { name: name.into(), in_shape: shape, classes: 10, width: 8, small_input: false, spec: None };
         let mut m = tern_train::models::build(&cfg, &mut Rng::new(2)).unwrap();
         m.set_ternary(Some(Default::default()), true, false);
         let mut rng = Rng::new(9);

@@ -866,7 +866,7 @@ mod tests {
     use tern_train::ModelConfig;
 
     fn model(name: &str, in_shape: [usize; 3], ternary: bool, seed: u64) -> Model {
-        let cfg = ModelConfig { name: name.into(), in_shape, classes: 10, width: 8, small_input: false };
+        let cfg = ModelConfig { name: name.into(), in_shape, classes: 10, width: 8, small_input: false, spec: None };
         let mut m = tern_train::models::build(&cfg, &mut Rng::new(seed)).unwrap();
         if ternary {
             m.set_ternary(Some(Default::default()), true, false);

@@ -284,7 +284,14 @@ mod tests {
     use tern_train::{models, ModelConfig};
 
     fn build(name: &str, width: usize, ternary: bool) -> Model {
-        let cfg = ModelConfig { name: name.into(), in_shape: [1, 16, 16], classes: 10, width, small_input: false };
+        let cfg = ModelConfig {
+            name: name.into(),
+            in_shape: [1, 16, 16],
+            classes: 10,
+            width,
+            small_input: false,
+            spec: None,
+        };
         let mut m = models::build(&cfg, &mut Rng::new(3)).unwrap();
         if ternary {
             m.set_ternary(Some(TernaryConfig::default()), true, false);

@@ -289,7 +289,7 @@ fn candidates(in_shape: [usize; 3], width: usize, classes: usize) -> Vec<ModelCo
                 if small_input && !matches!(name, "resnet18" | "resnet34" | "resnet50" | "resnet152") {
                     continue;
                 }
-                v.push(ModelConfig { name: name.into(), in_shape, classes, width: w, small_input });
+                v.push(ModelConfig { name: name.into(), in_shape, classes, width: w, small_input, spec: None });
             }
         }
     }
@@ -381,14 +381,22 @@ pub fn import(path: &Path) -> Result<(Model, Report)> {
             Err(_) => {}
         }
     }
-    Err(Error::format(
-        path,
-        format!(
-            "its {} nodes ({in_shape:?} input, first conv width {width}, {classes} classes) match none of tern's architectures; {}",
-            shapes(g).0.len(),
-            closest.map_or(String::new(), |c| c.1)
-        ),
-    ))
+    // none of the zoo: the graph as a layer list of its own
+    let input_name = input.name.clone().unwrap_or_default();
+    match crate::graph::graph_model(g, &input_name, in_shape) {
+        Ok((model, weights)) => {
+            let report = Report { model: model.config.clone(), nodes: shapes(g).0.len(), weights };
+            Ok((model, report))
+        }
+        Err(why) => Err(Error::format(
+            path,
+            format!(
+                "its {} nodes ({in_shape:?} input, first conv width {width}, {classes} classes) match none of tern's architectures ({}), and as a graph of its own: {why}",
+                shapes(g).0.len(),
+                closest.map_or("no candidate".into(), |c| c.1)
+            ),
+        )),
+    }
 }
 
 /// The closest candidate of a failed match: how many nodes matched, and what differed.
@@ -543,7 +551,8 @@ mod tests {
             ("resnet20", 4, [3, 12, 12], true),
             ("resnet18", 8, [3, 32, 32], false),
         ] {
-            let cfg = ModelConfig { name: name.into(), in_shape: shape, classes: 7, width, small_input: false };
+            let cfg =
+                ModelConfig { name: name.into(), in_shape: shape, classes: 7, width, small_input: false, spec: None };
             let mut m = models::build(&cfg, &mut Rng::new(9)).unwrap();
             if ternary {
                 m.set_ternary(Some(TernaryConfig::default()), true, false);
@@ -573,8 +582,14 @@ mod tests {
     #[test]
     fn matmul_add_and_reshape_graphs_import_as_gemm_and_flatten() {
         let dir = tempfile::tempdir().unwrap();
-        let cfg =
-            ModelConfig { name: "vgg-small".into(), in_shape: [1, 16, 16], classes: 6, width: 8, small_input: false };
+        let cfg = ModelConfig {
+            name: "vgg-small".into(),
+            in_shape: [1, 16, 16],
+            classes: 6,
+            width: 8,
+            small_input: false,
+            spec: None,
+        };
         let mut m = models::build(&cfg, &mut Rng::new(4)).unwrap();
         let mut p = to_onnx(&mut m, &[]).unwrap();
         let g = p.graph.as_mut().unwrap();
@@ -636,8 +651,14 @@ mod tests {
     #[test]
     fn unknown_operators_and_broken_files_are_named() {
         let dir = tempfile::tempdir().unwrap();
-        let cfg =
-            ModelConfig { name: "vgg-small".into(), in_shape: [1, 16, 16], classes: 10, width: 8, small_input: false };
+        let cfg = ModelConfig {
+            name: "vgg-small".into(),
+            in_shape: [1, 16, 16],
+            classes: 10,
+            width: 8,
+            small_input: false,
+            spec: None,
+        };
         let mut m = models::build(&cfg, &mut Rng::new(9)).unwrap();
         let mut p = to_onnx(&mut m, &[]).unwrap();
         let g = p.graph.as_mut().unwrap();

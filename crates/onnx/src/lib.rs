@@ -4,6 +4,7 @@
 //! `export` and `import` the two directions).
 
 pub mod export;
+pub mod graph;
 pub mod import;
 pub mod proto;
 pub mod torchvision;

@@ -102,7 +102,14 @@ pub fn import(arch: &str, path: &Path, side: usize) -> Result<(Model, Report)> {
     let conv1 = need(if vgg { "features.0.weight" } else { "conv1.weight" })?;
     let fc = need(if vgg { "classifier.6.weight" } else { "fc.weight" })?;
     let (width, channels, classes) = (conv1.dim(0), conv1.dim(1), fc.dim(0));
-    let cfg = ModelConfig { name: arch.into(), in_shape: [channels, side, side], classes, width, small_input: false };
+    let cfg = ModelConfig {
+        name: arch.into(),
+        in_shape: [channels, side, side],
+        classes,
+        width,
+        small_input: false,
+        spec: None,
+    };
     let mut model = models::build(&cfg, &mut Rng::new(0))?;
     let mut report = Report { skipped: counters, ..Default::default() };
     let mut used = std::collections::BTreeSet::new();

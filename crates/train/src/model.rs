@@ -16,6 +16,10 @@ pub struct ModelConfig {
     pub width: usize,
     /// ImageNet-style ResNets: a 3x3 stride-1 stem without max pooling, for small images.
     pub small_input: bool,
+    /// The layers of a `graph` model (one imported from elsewhere that is none of the
+    /// zoo's architectures); None for every named architecture.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spec: Option<Vec<crate::models::LayerSpec>>,
 }
 
 pub struct Model {

@@ -23,6 +23,9 @@ pub const MODEL_NAMES: [&str; 14] = [
     "vgg19_bn",
 ];
 
+/// The name of models described layer by layer ([`ModelConfig::spec`]).
+pub const GRAPH_MODEL: &str = "graph";
+
 /// torchvision's VGG configurations (A, B, D, E): conv widths at base 64, 0 a max pool.
 fn vgg_config(name: &str) -> &'static [usize] {
     match name {
@@ -86,6 +89,107 @@ impl<'r> Builder<'r> {
     }
 }
 
+/// One layer of a `graph` model (see [`ModelConfig::spec`]): input sizes follow from the
+/// layers before it. A graph model's layers are named by position (`layers.3`,
+/// `layers.5.body.0`, `layers.5.shortcut.1`).
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub enum LayerSpec {
+    Conv {
+        c_out: usize,
+        k: usize,
+        stride: usize,
+        pad: usize,
+        bias: bool,
+    },
+    BatchNorm {
+        eps: f32,
+    },
+    Relu,
+    MaxPool {
+        k: usize,
+        stride: usize,
+        pad: usize,
+    },
+    AvgPool {
+        k: usize,
+        stride: usize,
+        pad: usize,
+    },
+    GlobalAvgPool,
+    Flatten,
+    Linear {
+        d_out: usize,
+        bias: bool,
+    },
+    /// relu(body(x) + shortcut(x)), the shortcut the identity when None.
+    Residual {
+        body: Vec<LayerSpec>,
+        shortcut: Option<Vec<LayerSpec>>,
+    },
+}
+
+/// Appends `specs` to `b`; returns an error naming the layer whose sizes do not fit.
+fn build_spec(b: &mut Builder, prefix: &str, specs: &[LayerSpec]) -> Result<()> {
+    for (i, spec) in specs.iter().enumerate() {
+        let name = format!("{prefix}.{i}");
+        let bad = |what: String| Error::invalid("graph model", format!("layer {name} ({spec:?}): {what}"));
+        let spatial = b.shape.len() == 3;
+        match spec {
+            LayerSpec::Conv { c_out, k, stride, pad, bias } => {
+                let [c, h, w] = b.shape[..] else { return Err(bad("needs an image input".into())) };
+                tern_core::ConvGeometry::new(1, c, h, w, *c_out, *k, *stride, *pad).map_err(|e| bad(e.to_string()))?;
+                b.conv(&name, *c_out, *k, *stride, *pad, *bias);
+            }
+            LayerSpec::BatchNorm { eps } => {
+                let mut bn = BatchNorm::new(&name, b.shape[0]);
+                bn.eps = *eps;
+                b.push(Box::new(bn));
+            }
+            LayerSpec::Relu => b.push(Box::new(Relu::new(&name))),
+            LayerSpec::MaxPool { k, stride, pad } | LayerSpec::AvgPool { k, stride, pad } => {
+                let [c, h, w] = b.shape[..] else { return Err(bad("needs an image input".into())) };
+                tern_core::PoolGeometry::new(1, c, h, w, *k, *stride, *pad).map_err(|e| bad(e.to_string()))?;
+                if matches!(spec, LayerSpec::MaxPool { .. }) {
+                    b.push(Box::new(MaxPool2d::new(&name, *k, *stride, *pad)));
+                } else {
+                    b.push(Box::new(AvgPool2d::new(&name, *k, *stride, *pad)));
+                }
+            }
+            LayerSpec::GlobalAvgPool if spatial => b.push(Box::new(GlobalAvgPool::new(&name))),
+            LayerSpec::Flatten => b.push(Box::new(Flatten::new(&name))),
+            LayerSpec::Linear { d_out, bias } if !spatial => {
+                let d_in = b.shape[0];
+                let l = Linear::new(&name, d_in, *d_out, *bias, b.rng);
+                b.push(Box::new(l));
+            }
+            LayerSpec::Residual { body, shortcut } if spatial => {
+                let input = b.shape.clone();
+                let mut sub = Builder::new(&input, b.rng);
+                build_spec(&mut sub, &format!("{name}.body"), body)?;
+                let out = sub.shape.clone();
+                let body = sub.finish(&format!("{name}.body"));
+                let sc = match shortcut {
+                    Some(s) => {
+                        let mut sub = Builder::new(&input, b.rng);
+                        build_spec(&mut sub, &format!("{name}.shortcut"), s)?;
+                        if sub.shape != out {
+                            return Err(bad(format!("the shortcut gives {:?}, the body {out:?}", sub.shape)));
+                        }
+                        Some(sub.finish(&format!("{name}.shortcut")))
+                    }
+                    None if input != out => {
+                        return Err(bad(format!("an identity shortcut of {input:?} and a body of {out:?}")))
+                    }
+                    None => None,
+                };
+                b.push(Box::new(Residual::new(&name, body, sc)));
+            }
+            _ => return Err(bad(format!("does not fit an input of shape {:?}", b.shape))),
+        }
+    }
+    Ok(())
+}
+
 /// Builds the model a config names, with weights drawn from `rng`.
 pub fn build(config: &ModelConfig, rng: &mut Rng) -> Result<Model> {
     let [c, h, w] = config.in_shape;
@@ -114,6 +218,22 @@ pub fn build(config: &ModelConfig, rng: &mut Rng) -> Result<Model> {
     }
     let mut b = Builder::new(&config.in_shape, rng);
     let width = |default: usize| if config.width == 0 { default } else { config.width };
+    if let Some(spec) = &config.spec {
+        if config.name != GRAPH_MODEL {
+            return Err(Error::invalid(
+                "model",
+                format!("`{}` with a layer list (only `{GRAPH_MODEL}` has one)", config.name),
+            ));
+        }
+        build_spec(&mut b, "layers", spec)?;
+        if b.shape != [config.classes] {
+            return Err(Error::invalid(
+                "graph model",
+                format!("it ends in {:?}, not {} class scores", b.shape, config.classes),
+            ));
+        }
+        return Ok(Model { config: config.clone(), net: b.finish("net") });
+    }
     match config.name.as_str() {
         "lenet5" => {
             b.conv("conv1", 6, 5, 1, 2, true);
@@ -269,7 +389,7 @@ mod tests {
     use super::*;
 
     fn cfg(name: &str, shape: [usize; 3], small: bool) -> ModelConfig {
-        ModelConfig { name: name.into(), in_shape: shape, classes: 10, width: 0, small_input: small }
+        ModelConfig { name: name.into(), in_shape: shape, classes: 10, width: 0, small_input: small, spec: None }
     }
 
     fn totals(m: &Model) -> (usize, u64) {

@@ -9,7 +9,7 @@ use tern_train::trainer::{Silent, Trainer, CHECKPOINT_FILE};
 use tern_train::{Ctx, Layer, ModelConfig, Recipe, ScheduleKind, SgdConfig, TrainConfig};
 
 fn model(name: &str) -> ModelConfig {
-    ModelConfig { name: name.into(), in_shape: [1, 16, 16], classes: 4, width: 8, small_input: false }
+    ModelConfig { name: name.into(), in_shape: [1, 16, 16], classes: 4, width: 8, small_input: false, spec: None }
 }
 
 fn config(epochs: usize, recipe: Recipe) -> TrainConfig {

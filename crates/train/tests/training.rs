@@ -7,7 +7,7 @@ use tern_train::trainer::{Silent, Trainer, CHECKPOINT_FILE};
 use tern_train::{ModelConfig, Recipe, ScheduleKind, SgdConfig, TrainConfig};
 
 fn model(name: &str, width: usize) -> ModelConfig {
-    ModelConfig { name: name.into(), in_shape: [1, 16, 16], classes: 10, width, small_input: false }
+    ModelConfig { name: name.into(), in_shape: [1, 16, 16], classes: 10, width, small_input: false, spec: None }
 }
 
 fn config(epochs: usize, lr: f32) -> TrainConfig {
