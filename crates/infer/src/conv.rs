@@ -216,6 +216,21 @@ pub fn reference(x: &U8Image, pc: &PackedConv, ep: &Epilogue, out: Output) {
     }
 }
 
+/// `out[i] = clamp(round_half_even(x[i] · inv) + zero, 0, 255)`: quantises one plane of the
+/// network's input (AVX-512 where present; the same values either way).
+pub fn quantise(x: &[f32], inv: f32, zero: i32, out: &mut [u8]) {
+    assert_eq!(x.len(), out.len());
+    #[cfg(target_arch = "x86_64")]
+    if vnni_available() {
+        // SAFETY: AVX-512 F/BW present (checked); equal lengths (asserted).
+        unsafe { vnni::quantise(x, inv, zero, out) };
+        return;
+    }
+    for (o, &v) in out.iter_mut().zip(x) {
+        *o = requantise(v, inv, zero);
+    }
+}
+
 /// Which implementation [`conv`] runs on this CPU.
 pub fn kernel_name() -> &'static str {
     if vnni_available() {
@@ -737,6 +752,29 @@ mod vnni {
         }
     }
 
+    /// [`super::quantise`] 16 values at a time (as `store`'s requantisation).
+    ///
+    /// # Safety
+    /// AVX-512 F/BW must be present; `x` and `out` have the same length.
+    #[target_feature(enable = "avx512f,avx512bw")]
+    pub unsafe fn quantise(x: &[f32], inv: f32, zero: i32, out: &mut [u8]) {
+        let n = x.len() / 16 * 16;
+        let (vi, vz) = (_mm512_set1_ps(inv), _mm512_set1_epi32(zero));
+        for i in (0..n).step_by(16) {
+            // SAFETY: i + 16 ≤ n ≤ len of both.
+            let v = unsafe { _mm512_loadu_ps(x.as_ptr().add(i)) };
+            let s = _mm512_mul_ps(v, vi);
+            let s = _mm512_min_ps(_mm512_max_ps(s, _mm512_set1_ps(-256.0)), _mm512_set1_ps(256.0));
+            let q = _mm512_add_epi32(_mm512_cvtps_epi32(s), vz);
+            let q = _mm512_min_epi32(_mm512_max_epi32(q, _mm512_setzero_si512()), _mm512_set1_epi32(255));
+            // SAFETY: as above.
+            unsafe { _mm_storeu_si128(out.as_mut_ptr().add(i) as *mut _, _mm512_cvtepi32_epi8(q)) };
+        }
+        for i in n..x.len() {
+            out[i] = requantise(x[i], inv, zero);
+        }
+    }
+
     /// An output pointer shared by the tasks of one call (they write disjoint elements).
     #[derive(Clone, Copy)]
     struct SendPtr<T>(*mut T);
@@ -833,6 +871,17 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn quantising_the_input_agrees_with_the_scalar_rule() {
+        let mut rng = Rng::new(8);
+        let x: Vec<f32> =
+            (0..1001).map(|i| if i % 7 == 0 { (i as f32) * 0.5 - 3.0 } else { rng.normal() * 3.0 }).collect();
+        let mut fast = vec![0u8; x.len()];
+        quantise(&x, 9.5, 17, &mut fast);
+        let slow: Vec<u8> = x.iter().map(|&v| requantise(v, 9.5, 17)).collect();
+        assert_eq!(fast, slow);
     }
 
     #[test]

@@ -584,14 +584,25 @@ impl Plan {
         let s0 = self.values[0];
         let Storage::U8 { scale, zero, stride } = self.storage[0] else { unreachable!("the input is u8") };
         let buf = &mut ws.u8s[0];
-        buf.clear();
-        buf.resize(s0.h * s0.w * stride, zero);
+        if buf.len() != s0.h * s0.w * stride {
+            // channels beyond the input's stay at the zero point (a workspace serves one plan)
+            buf.clear();
+            buf.resize(s0.h * s0.w * stride, zero);
+        }
+        let t = std::time::Instant::now();
         let inv = 1.0 / scale;
-        for c in 0..s0.c {
-            for p in 0..s0.h * s0.w {
-                let q = (x[c * s0.h * s0.w + p] * inv).round_ties_even() as i32 + zero as i32;
-                buf[p * stride + c] = q.clamp(0, 255) as u8;
+        let hw = s0.h * s0.w;
+        let mut q = std::mem::take(&mut ws.plane);
+        q.resize(s0.c * hw, 0);
+        conv::quantise(&x[..s0.c * hw], inv, zero as i32, &mut q);
+        for (p, px) in buf.chunks_exact_mut(stride).enumerate() {
+            for (c, v) in px[..s0.c].iter_mut().enumerate() {
+                *v = q[c * hw + p];
             }
+        }
+        ws.plane = q;
+        if std::env::var_os("TERN_INFER_TRACE").is_some() {
+            eprintln!("{:>8.3} ms quantise the input", t.elapsed().as_secs_f64() * 1e3);
         }
         for op in &self.ops {
             let t = std::time::Instant::now();
@@ -856,6 +867,8 @@ pub struct Workspace {
     f32s: Vec<Vec<f32>>,
     /// A convolution's zero-point-padded input.
     padded: Vec<u8>,
+    /// The input quantised, plane by plane.
+    plane: Vec<u8>,
 }
 
 #[cfg(test)]
