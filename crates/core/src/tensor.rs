@@ -155,9 +155,16 @@ impl Tensor {
     /// Bytes packed four to an f32 slot (a data set's pixels kept on a device); the last slot
     /// is padded with zeros.
     pub fn from_bytes(bytes: &[u8]) -> Self {
-        let v: Vec<u32> =
-            bytes.chunks(4).map(|c| c.iter().enumerate().fold(0u32, |a, (i, &b)| a | (b as u32) << (8 * i))).collect();
-        Tensor::from_u32(&[v.len()], &v)
+        // one pass of whole little-endian words (it vectorises: a streamed 224-px batch is
+        // ~38 MB, and a byte-at-a-time fold took ~40 ms of the training thread per batch)
+        let mut v: Vec<f32> =
+            bytes.chunks_exact(4).map(|c| f32::from_bits(u32::from_le_bytes([c[0], c[1], c[2], c[3]]))).collect();
+        let tail = bytes.chunks_exact(4).remainder();
+        if !tail.is_empty() {
+            v.push(f32::from_bits(tail.iter().enumerate().fold(0u32, |a, (i, &b)| a | (b as u32) << (8 * i))));
+        }
+        let n = v.len();
+        Tensor::from_vec(&[n], v)
     }
 
     /// The bytes of a [`Tensor::from_bytes`] tensor (with its padding); host only.
@@ -323,6 +330,43 @@ impl Tensor {
 
 #[cfg(test)]
 mod tests {
+    /// `cargo test --release -p tern-core -- --ignored --nocapture packing`: one streamed
+    /// 224-px batch of 256 images (38.5 MB) packed, against the byte-at-a-time fold before.
+    #[test]
+    #[ignore]
+    fn speed_of_packing_a_streamed_batch() {
+        let bytes: Vec<u8> = (0..256 * 3 * 224 * 224).map(|i| (i % 251) as u8).collect();
+        let old = || -> Vec<u32> {
+            bytes.chunks(4).map(|c| c.iter().enumerate().fold(0u32, |a, (i, &b)| a | (b as u32) << (8 * i))).collect()
+        };
+        let time = |f: &dyn Fn() -> usize| {
+            (0..5)
+                .map(|_| {
+                    let t = std::time::Instant::now();
+                    std::hint::black_box(f());
+                    t.elapsed().as_secs_f64() * 1e3
+                })
+                .fold(f64::INFINITY, f64::min)
+        };
+        let before = time(&|| Tensor::from_u32(&[bytes.len() / 4], &old()).len());
+        let after = time(&|| Tensor::from_bytes(&bytes).len());
+        println!(
+            "packing 38.5 MB: byte fold + from_u32 {before:.1} ms, from_bytes {after:.1} ms ({:.1}x)",
+            before / after
+        );
+    }
+
+    #[test]
+    fn bytes_pack_four_to_a_slot_and_come_back() {
+        for n in [0usize, 1, 4, 7, 1001] {
+            let bytes: Vec<u8> = (0..n).map(|i| (i * 37 % 256) as u8).collect();
+            let t = Tensor::from_bytes(&bytes);
+            assert_eq!(t.len(), n.div_ceil(4));
+            assert_eq!(&t.as_bytes()[..n], &bytes[..]);
+            assert!(t.as_bytes()[n..].iter().all(|&b| b == 0), "padding is zero");
+        }
+    }
+
     use super::*;
 
     #[test]

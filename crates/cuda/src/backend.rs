@@ -495,6 +495,28 @@ impl Backend for CudaBackend {
     fn synchronize(&self) {
         self.shared.stream.synchronize().unwrap_or_else(|e| panic!("{}: {e}", self.shared.device()));
     }
+    fn upload_bytes(&self, bytes: &[u8]) -> Tensor {
+        let slots = bytes.len().div_ceil(4);
+        let mut t = self.alloc(&[slots]);
+        let d = out(&mut t);
+        self.bind();
+        let whole = bytes.len() / 4 * 4;
+        let mut tail = [0u8; 4];
+        tail[..bytes.len() - whole].copy_from_slice(&bytes[whole..]);
+        // SAFETY: the buffer holds `slots` floats = whole + (a padded tail) bytes; the copies
+        // are ordered on the stream, and pageable memory is copied out before they return.
+        unsafe {
+            if whole > 0 {
+                drv::memcpy_htod_async(d, &bytes[..whole], self.stream())
+                    .unwrap_or_else(|e| panic!("{}: upload: {e}", self.shared.device()));
+            }
+            if whole < bytes.len() {
+                drv::memcpy_htod_async(d + whole as u64, &tail, self.stream())
+                    .unwrap_or_else(|e| panic!("{}: upload: {e}", self.shared.device()));
+            }
+        }
+        t
+    }
     fn write(&self, dst: &mut Tensor, src: &Tensor) {
         assert_eq!(dst.len(), src.len(), "write: lengths differ");
         // in place, also when other handles share the storage (see the trait)

@@ -598,6 +598,19 @@ fn a_run_resumed_by_another_backend_ends_with_the_same_weights() {
 }
 
 #[test]
+fn bytes_uploaded_straight_are_the_packed_tensor() {
+    for be in gpus() {
+        for n in [1usize, 4, 1003, 1 << 20] {
+            let bytes: Vec<u8> = (0..n).map(|i| (i * 31 % 256) as u8).collect();
+            let want = Tensor::from_bytes(&bytes);
+            let got = be.upload_bytes(&bytes);
+            let (a, b) = (got.host_values(), want.host_values());
+            assert!(a.iter().zip(b.iter()).all(|(x, y)| x.to_bits() == y.to_bits()), "{n} bytes");
+        }
+    }
+}
+
+#[test]
 fn every_layout_shows_the_host_nchw() {
     for be in gpus() {
         let mut rng = Rng::new(11);

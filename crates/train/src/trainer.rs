@@ -165,7 +165,7 @@ impl DeviceData {
         let inv: Vec<f32> = normalize.std.iter().map(|s| 1.0 / s).collect();
         let norm = [normalize.mean.clone(), inv].concat();
         DeviceData {
-            images: backend.upload(&Tensor::from_bytes(bytes)),
+            images: backend.upload_bytes(bytes),
             shape,
             norm: backend.upload(&Tensor::from_vec(&[norm.len()], norm)),
         }
