@@ -59,7 +59,11 @@ enum OpRecord {
     Linear {
         src: usize,
         dst: usize,
+        /// f32 values, or (with `row_scales`) ternary codes whose row r is scaled by
+        /// `row_scales[r]`: a ternary classifier travels at 2 bits a weight.
         weights: Blob,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        row_scales: Option<Blob>,
         bias: Blob,
         d_out: usize,
         relu: Option<f32>,
@@ -155,14 +159,21 @@ impl Packed {
                     OpRecord::AvgPool { src: *src, dst: *dst, k: *k, stride: *stride, pad: *pad }
                 }
                 Op::GlobalAvgPool { src, dst } => OpRecord::GlobalAvgPool { src: *src, dst: *dst },
-                Op::Linear { src, dst, weights, bias, d_out, relu } => OpRecord::Linear {
-                    src: *src,
-                    dst: *dst,
-                    weights: w.f32s(weights),
-                    bias: w.f32s(bias),
-                    d_out: *d_out,
-                    relu: *relu,
-                },
+                Op::Linear { src, dst, weights, bias, d_out, relu } => {
+                    let (weights, row_scales) = match ternary_rows(weights, *d_out) {
+                        Some((codes, scales)) => (w.codes(&codes), Some(w.f32s(&scales))),
+                        None => (w.f32s(weights), None),
+                    };
+                    OpRecord::Linear {
+                        src: *src,
+                        dst: *dst,
+                        weights,
+                        row_scales,
+                        bias: w.f32s(bias),
+                        d_out: *d_out,
+                        relu: *relu,
+                    }
+                }
             })
             .collect();
         let header = Header {
@@ -274,14 +285,22 @@ impl Packed {
                     value(*dst, &at("pool output"))?;
                     Op::GlobalAvgPool { src: *src, dst: *dst }
                 }
-                OpRecord::Linear { src, dst, weights, bias, d_out, relu } => {
+                OpRecord::Linear { src, dst, weights, row_scales, bias, d_out, relu } => {
                     let s = value(*src, &at("linear input"))?;
                     value(*dst, &at("linear output"))?;
                     let d_in = s.c * s.h * s.w;
+                    let weights = match row_scales {
+                        None => r.f32s(weights, d_out * d_in, &at("linear weights"))?,
+                        Some(scales) => {
+                            let codes = r.codes(weights, d_out * d_in, &at("linear codes"))?;
+                            let scales = r.f32s(scales, *d_out, &at("linear row scales"))?;
+                            codes.iter().enumerate().map(|(i, &c)| c as f32 * scales[i / d_in.max(1)]).collect()
+                        }
+                    };
                     Op::Linear {
                         src: *src,
                         dst: *dst,
-                        weights: r.f32s(weights, d_out * d_in, &at("linear weights"))?,
+                        weights,
                         bias: r.f32s(bias, *d_out, &at("linear bias"))?,
                         d_out: *d_out,
                         relu: *relu,
@@ -309,6 +328,28 @@ impl Packed {
         }
         Ok(err)
     }
+}
+
+/// `weights` (`rows` rows) as ternary codes and one scale per row, when every row's non-zero
+/// values share one magnitude (a ternary layer's ±α): exact, codes × scale gives them back.
+fn ternary_rows(weights: &[f32], rows: usize) -> Option<(Vec<i8>, Vec<f32>)> {
+    let cols = weights.len() / rows.max(1);
+    let mut codes = vec![0i8; weights.len()];
+    let mut scales = vec![0.0f32; rows];
+    for r in 0..rows {
+        let row = &weights[r * cols..(r + 1) * cols];
+        let alpha = row.iter().find(|v| **v != 0.0).map_or(0.0, |v| v.abs());
+        for (c, &v) in codes[r * cols..(r + 1) * cols].iter_mut().zip(row) {
+            *c = match v {
+                _ if v == 0.0 => 0,
+                _ if v == alpha => 1,
+                _ if v == -alpha => -1,
+                _ => return None,
+            };
+        }
+        scales[r] = alpha;
+    }
+    Some((codes, scales))
 }
 
 struct Reader<'a> {
@@ -400,6 +441,10 @@ mod tests {
             let dtypes: Vec<&str> =
                 h["ops"].as_array().unwrap().iter().filter_map(|o| o["Conv"]["codes"]["dtype"].as_str()).collect();
             assert_eq!(dtypes[0], "i8", "{name}");
+            // the ternary classifier travels as codes with row scales
+            let last = h["ops"].as_array().unwrap().iter().rev().find_map(|o| o.get("Linear")).unwrap();
+            assert_eq!(last["weights"]["dtype"], "ternary2", "{name}");
+            assert!(last["row_scales"].is_object(), "{name}");
             assert!(dtypes[1..].iter().all(|&d| d == "ternary2"), "{name}: {dtypes:?}");
         }
     }
