@@ -49,6 +49,9 @@ pub struct InferArgs {
     /// Print the results as one JSON object only
     #[arg(long)]
     pub json: bool,
+    /// Also write the JSON object to this file
+    #[arg(long)]
+    pub out: Option<PathBuf>,
 }
 
 fn argmax(v: &[f32]) -> usize {
@@ -241,6 +244,9 @@ pub fn run(a: InferArgs) -> anyhow::Result<()> {
         .iter()
         .map(|(l, d, s, c)| serde_json::json!({"layer": l, "dense_ms": d, "zero_skipping_ms": s, "zero_skipping": c}))
         .collect();
+    if let Some(path) = &a.out {
+        tern_core::checkpoint::write_atomic(path, serde_json::to_string_pretty(&json)?.as_bytes())?;
+    }
     if a.json {
         println!("{json}");
         return Ok(());

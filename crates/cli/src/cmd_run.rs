@@ -276,6 +276,23 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
         .map(String::from)
         .to_vec(),
     ));
+    // the ternary model on the CPU inference engine: packed, then run against its FP32 forward
+    let packed = out.join("ternary.tern");
+    let mut v =
+        vec!["export".to_string(), "--checkpoint".into(), tern_dir.join("model.safetensors").display().to_string()];
+    v.extend(["--packed".into(), packed.display().to_string()]);
+    v.extend(plan.data_flags());
+    stages.push(Stage::new("pack ternary for the CPU inference engine", v));
+    let mut v =
+        vec!["infer".to_string(), "--checkpoint".into(), tern_dir.join("model.safetensors").display().to_string()];
+    v.extend(plan.data_flags());
+    if let Some(n) = plan.test_limit {
+        v.extend(["--limit".into(), n.to_string()]);
+    }
+    v.extend(["--bench".into(), if plan.quick { "50" } else { "200" }.into(), "--json".into()]);
+    v.extend(["--out".into(), out.join("infer-ternary.json").display().to_string()]);
+    stages.push(Stage::new("run ternary on the CPU inference engine (u8, VNNI)", v));
+
     let mut seconds = Vec::new();
     // how each stage came about: the report must not claim a kept stage ran now
     let mut how = Vec::new();
@@ -419,6 +436,7 @@ fn build_report(
         Ok((label.to_string(), t.to_string(), read_json(&out.join(format!("sim-{m}-{t}/summary.json")))?))
     })
     .collect::<anyhow::Result<_>>()?;
+    let inf = read_json(&out.join("infer-ternary.json"))?;
     let (fp_acc, tn_acc) = (f(&fp["test_accuracy"]), f(&tn["test_accuracy"]));
     let mode = if plan.quick {
         format!(
@@ -497,6 +515,12 @@ fn build_report(
             f(&tern_sim["speedup"]),
             f(&tern_sim["tflops_per_mm2"]),
             f(&tern_sim["area_mm2"])
+        ),
+        format!(
+            "On this CPU the ternary model runs in {:.3} ms per image on tern's u8 engine at {}% top-1 (the FP32 forward through tern's training kernels: {:.3} ms; against ONNX Runtime see BENCHMARKS.md).",
+            f(&inf["latency_ms_u8"]),
+            pct(f(&inf["test_accuracy_u8"])),
+            f(&inf["latency_ms_fp32"])
         ),
     ]);
 
@@ -687,6 +711,36 @@ fn build_report(
     d.table(&header, csv_rows(&out.join("sim-ternary-infer/layers.csv"))?);
     d.figure("sim-ternary-infer/flops_per_cycle.svg", "Ternary model, forward pass on the FP16 inference instance.");
     d.figure("sim-fp-train/flops_per_cycle.svg", "For comparison: the full-precision model on dlac-fp32-train.");
+
+    d.h(1, "CPU inference (tern-infer)");
+    let packed_kib = std::fs::metadata(out.join("ternary.tern")).map(|m| m.len() as f64 / 1024.0).unwrap_or(f64::NAN);
+    d.p(format!(
+        "The ternary model as tern's CPU engine runs it: BN folded, ReLU and residuals fused into each convolution, u8 activations calibrated on {} training images, ternary weights as 2-bit codes, the `{}` kernel on {} threads; batch 1, median of {} test images. Its predictions match the FP32 forward's on {:.2}% of the {} test images.",
+        inf["calibration_images"],
+        inf["kernel"].as_str().unwrap_or("?"),
+        inf["threads"],
+        inf["timed_images"],
+        100.0 * f(&inf["agreement"]),
+        inf["samples"]
+    ));
+    d.table(
+        &["engine", "test top-1 %", "latency ms", "model file KiB"],
+        vec![
+            vec![
+                "tern u8 engine (ternary.tern)".into(),
+                pct(f(&inf["test_accuracy_u8"])),
+                format!("{:.3}", f(&inf["latency_ms_u8"])),
+                format!("{packed_kib:.1}"),
+            ],
+            vec![
+                "tern FP32 forward (training kernels, batch 1)".into(),
+                pct(f(&inf["test_accuracy_fp32"])),
+                format!("{:.3}", f(&inf["latency_ms_fp32"])),
+                format!("{:.1}", f(&tn["bytes_fp32"]) / 1024.0),
+            ],
+        ],
+    );
+    d.p("How it compares with ONNX Runtime (FP32 and int8) on the same machine: `python3 bench/infer_vs_ort.py --checkpoint ternary/model.safetensors` (BENCHMARKS.md).");
 
     d.h(1, "Reproduce");
     d.p("The command of every stage (each writes into its own folder under the run's folder); the table says which ran now and which an earlier, interrupted run had finished (a training stage's seconds are those of all its epochs):");
