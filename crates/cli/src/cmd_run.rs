@@ -28,7 +28,7 @@ pub struct RunArgs {
     #[arg(long)]
     pub quick: bool,
     /// The full-length schedule behind the accuracy targets: 15 FP + 5 ternary epochs with
-    /// crop and flip augmentation, all images (an hour on 2 CPU cores, about a minute on a GPU)
+    /// crop and flip augmentation, all images (20 training epochs instead of 9)
     #[arg(long, conflicts_with = "quick")]
     pub full: bool,
     /// Full-precision epochs [default: 6; --quick: 2; --full: 15]
