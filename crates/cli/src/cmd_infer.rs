@@ -23,7 +23,7 @@ pub struct InferArgs {
     #[arg(long)]
     pub model: Option<PathBuf>,
     /// Check that the packed model's reference input gives the logits stored with it
-    #[arg(long)]
+    #[arg(long, requires = "model")]
     pub verify: bool,
     #[command(flatten)]
     pub data: DataArgs,
