@@ -8,7 +8,7 @@
 //! payload; every size is checked against the graph before it is used.
 
 use crate::conv::{ConvShape, PackedConv, LANES};
-use crate::plan::{Op, Plan, Shape, Storage};
+use crate::plan::{Op, Plan, Pool, Shape, Storage};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 use tern_core::{Error, Result};
@@ -38,20 +38,7 @@ enum OpRecord {
         add: Blob,
         relu: Option<f32>,
     },
-    MaxPool {
-        src: usize,
-        dst: usize,
-        k: usize,
-        stride: usize,
-        pad: usize,
-    },
-    AvgPool {
-        src: usize,
-        dst: usize,
-        k: usize,
-        stride: usize,
-        pad: usize,
-    },
+    Pool(Pool),
     GlobalAvgPool {
         src: usize,
         dst: usize,
@@ -152,12 +139,7 @@ impl Packed {
                     add: w.f32s(add),
                     relu: *relu,
                 },
-                Op::MaxPool { src, dst, k, stride, pad } => {
-                    OpRecord::MaxPool { src: *src, dst: *dst, k: *k, stride: *stride, pad: *pad }
-                }
-                Op::AvgPool { src, dst, k, stride, pad } => {
-                    OpRecord::AvgPool { src: *src, dst: *dst, k: *k, stride: *stride, pad: *pad }
-                }
+                Op::Pool(p) => OpRecord::Pool(*p),
                 Op::GlobalAvgPool { src, dst } => OpRecord::GlobalAvgPool { src: *src, dst: *dst },
                 Op::Linear { src, dst, weights, bias, d_out, relu } => {
                     let (weights, row_scales) = match ternary_rows(weights, *d_out) {
@@ -266,19 +248,14 @@ impl Packed {
                         sparse: false,
                     }
                 }
-                OpRecord::MaxPool { src, dst, k, stride, pad } | OpRecord::AvgPool { src, dst, k, stride, pad } => {
-                    let (s, d) = (value(*src, &at("pool input"))?, value(*dst, &at("pool output"))?);
-                    let g = tern_core::PoolGeometry::new(1, s.c, s.h, s.w, *k, *stride, *pad)
+                OpRecord::Pool(p) => {
+                    let (s, d) = (value(p.src, &at("pool input"))?, value(p.dst, &at("pool output"))?);
+                    let g = tern_core::PoolGeometry::new(1, s.c, s.h, s.w, p.k, p.stride, p.pad)
                         .map_err(|e| format!("{}: {e}", at("pool")))?;
                     if (g.h_out(), g.w_out(), s.c) != (d.h, d.w, d.c) {
                         return Err(format!("{}: cannot give {d:?}", at("pool")));
                     }
-                    let (src, dst, k, stride, pad) = (*src, *dst, *k, *stride, *pad);
-                    if matches!(op, OpRecord::MaxPool { .. }) {
-                        Op::MaxPool { src, dst, k, stride, pad }
-                    } else {
-                        Op::AvgPool { src, dst, k, stride, pad }
-                    }
+                    Op::Pool(*p)
                 }
                 OpRecord::GlobalAvgPool { src, dst } => {
                     value(*src, &at("pool input"))?;

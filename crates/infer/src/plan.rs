@@ -12,10 +12,10 @@
 use crate::conv::{self, ConvShape, Epilogue, Output, PackedConv, Residual, U8Image, LANES};
 use tern_core::kernels::{conv as fconv, linear as flinear, pool as fpool};
 use tern_core::{ConvGeometry, Error, PoolGeometry, Result};
+use tern_train::layers::Sequential;
 use tern_train::layers::{
     AvgPool2d, BatchNorm, Conv2d, Flatten, GlobalAvgPool, Linear, MaxPool2d, Relu, Residual as Res,
 };
-use tern_train::layers::{Sequential, TernaryWeight};
 use tern_train::{Layer, Model};
 
 /// A value's shape, per image.
@@ -24,6 +24,18 @@ pub struct Shape {
     pub c: usize,
     pub h: usize,
     pub w: usize,
+}
+
+/// A max or average pooling of value `src` into `dst`, alike in every form of a plan.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Pool {
+    pub src: usize,
+    pub dst: usize,
+    /// Max pooling; else the average (padding counted as zeros, as tern's).
+    pub max: bool,
+    pub k: usize,
+    pub stride: usize,
+    pub pad: usize,
 }
 
 /// One fused operation of the float plan (weights as the model's forward uses them).
@@ -43,20 +55,7 @@ pub enum FloatOp {
         shift: Vec<f32>,
         relu: Option<f32>,
     },
-    MaxPool {
-        src: usize,
-        dst: usize,
-        k: usize,
-        stride: usize,
-        pad: usize,
-    },
-    AvgPool {
-        src: usize,
-        dst: usize,
-        k: usize,
-        stride: usize,
-        pad: usize,
-    },
+    Pool(Pool),
     GlobalAvgPool {
         src: usize,
         dst: usize,
@@ -81,19 +80,6 @@ pub struct FloatPlan {
 
 fn unsupported(name: &str, what: &str) -> Error {
     Error::invalid("tern infer", format!("layer {name}: {what} (not supported by the inference planner)"))
-}
-
-/// The weights a layer's forward uses, and whether they are ternary.
-fn effective(w: &tern_core::Tensor, rows: usize, t: &TernaryWeight) -> (Vec<f32>, bool) {
-    let v = w.host_values();
-    match &t.config {
-        None => (v.into_owned(), false),
-        Some(cfg) => {
-            let mut q = vec![0.0; v.len()];
-            tern_core::quant::ternarize(&v, rows, cfg, &mut q);
-            (q, true)
-        }
-    }
 }
 
 struct Builder {
@@ -157,15 +143,14 @@ impl Builder {
                     None => x,
                 };
                 x = self.seq(&mut r.body.layers, x, Some((short, r.relu.threshold)))?;
-            } else if let Some(p) = any.downcast_mut::<MaxPool2d>() {
-                let g = PoolGeometry::new(1, s.c, s.h, s.w, p.k, p.stride, p.pad)?;
+            } else if let Some((max, k, stride, pad)) = any
+                .downcast_ref::<MaxPool2d>()
+                .map(|p| (true, p.k, p.stride, p.pad))
+                .or_else(|| any.downcast_ref::<AvgPool2d>().map(|p| (false, p.k, p.stride, p.pad)))
+            {
+                let g = PoolGeometry::new(1, s.c, s.h, s.w, k, stride, pad)?;
                 let dst = self.value(Shape { c: s.c, h: g.h_out(), w: g.w_out() });
-                self.ops.push(FloatOp::MaxPool { src: x, dst, k: p.k, stride: p.stride, pad: p.pad });
-                x = dst;
-            } else if let Some(p) = any.downcast_mut::<AvgPool2d>() {
-                let g = PoolGeometry::new(1, s.c, s.h, s.w, p.k, p.stride, p.pad)?;
-                let dst = self.value(Shape { c: s.c, h: g.h_out(), w: g.w_out() });
-                self.ops.push(FloatOp::AvgPool { src: x, dst, k: p.k, stride: p.stride, pad: p.pad });
+                self.ops.push(FloatOp::Pool(Pool { src: x, dst, max, k, stride, pad }));
                 x = dst;
             } else if any.is::<GlobalAvgPool>() {
                 let dst = self.value(Shape { c: s.c, h: 1, w: 1 });
@@ -177,7 +162,7 @@ impl Builder {
                 if s.c * s.h * s.w != l.d_in {
                     return Err(unsupported(&name, &format!("{} inputs for {:?}", l.d_in, s)));
                 }
-                let (weights, _) = effective(&l.weight.value, l.d_out, &l.ternary);
+                let weights = l.ternary.host_weight(&l.weight.value, l.d_out);
                 let bias = l.bias.as_ref().map_or(vec![0.0; l.d_out], |b| b.value.host_values().into_owned());
                 let relu = next_relu;
                 let dst = self.value(Shape { c: l.d_out, h: 1, w: 1 });
@@ -206,7 +191,7 @@ impl Builder {
         }
         let shape = ConvShape { c_in: c.c_in, c_out: c.c_out, k: c.k, stride: c.stride, pad: c.pad };
         ConvGeometry::new(1, s.c, s.h, s.w, c.c_out, c.k, c.stride, c.pad)?;
-        let (weights, ternary) = effective(&c.weight.value, c.c_out, &c.ternary);
+        let (weights, ternary) = (c.ternary.host_weight(&c.weight.value, c.c_out), c.ternary.config.is_some());
         let bias = c.bias.as_ref().map_or(vec![0.0; c.c_out], |b| b.value.host_values().into_owned());
         // BN(conv + bias) = conv · scale + (bias − mean) · scale + beta
         let (mut scale, mut shift) = (vec![1.0f32; c.c_out], bias.clone());
@@ -263,17 +248,17 @@ impl FloatPlan {
                     }
                     v[*dst] = y;
                 }
-                FloatOp::MaxPool { src, dst, k, stride, pad } | FloatOp::AvgPool { src, dst, k, stride, pad } => {
-                    let s = self.values[*src];
-                    let g = PoolGeometry::new(n, s.c, s.h, s.w, *k, *stride, *pad).expect("checked when planned");
-                    let mut y = vec![0.0; len(&self.values[*dst])];
-                    if matches!(op, FloatOp::MaxPool { .. }) {
+                FloatOp::Pool(p) => {
+                    let s = self.values[p.src];
+                    let g = PoolGeometry::new(n, s.c, s.h, s.w, p.k, p.stride, p.pad).expect("checked when planned");
+                    let mut y = vec![0.0; len(&self.values[p.dst])];
+                    if p.max {
                         let mut arg = vec![0u32; y.len()];
-                        fpool::max_pool_forward(&v[*src], &g, &mut y, &mut arg);
+                        fpool::max_pool_forward(&v[p.src], &g, &mut y, &mut arg);
                     } else {
-                        fpool::avg_pool_forward(&v[*src], &g, &mut y);
+                        fpool::avg_pool_forward(&v[p.src], &g, &mut y);
                     }
-                    v[*dst] = y;
+                    v[p.dst] = y;
                 }
                 FloatOp::GlobalAvgPool { src, dst } => {
                     let s = self.values[*src];
@@ -321,20 +306,7 @@ pub enum Op {
         /// Run the zero-skipping kernel (set by [`Plan::tune`] where it measured faster).
         sparse: bool,
     },
-    MaxPool {
-        src: usize,
-        dst: usize,
-        k: usize,
-        stride: usize,
-        pad: usize,
-    },
-    AvgPool {
-        src: usize,
-        dst: usize,
-        k: usize,
-        stride: usize,
-        pad: usize,
-    },
+    Pool(Pool),
     GlobalAvgPool {
         src: usize,
         dst: usize,
@@ -359,8 +331,7 @@ impl Op {
                 let r = if residual.is_some() { " +residual" } else { "" };
                 format!("conv {}x{} s{} {}->{}{r}", s.k, s.k, s.stride, s.c_in, s.c_out)
             }
-            Op::MaxPool { k, stride, .. } => format!("maxpool {k}x{k} s{stride}"),
-            Op::AvgPool { k, stride, .. } => format!("avgpool {k}x{k} s{stride}"),
+            Op::Pool(p) => format!("{} {k}x{k} s{}", if p.max { "maxpool" } else { "avgpool" }, p.stride, k = p.k),
             Op::GlobalAvgPool { .. } => "global avgpool".into(),
             Op::Linear { d_out, .. } => format!("linear ->{d_out}"),
         }
@@ -431,7 +402,7 @@ impl Plan {
                         _ => Storage::F32 { stride: ks },
                     });
                 }
-                FloatOp::MaxPool { src, dst, .. } | FloatOp::AvgPool { src, dst, .. } => {
+                FloatOp::Pool(Pool { src, dst, .. }) => {
                     storage[*dst] = match storage[*src] {
                         Some(s @ Storage::U8 { .. }) => Some(s),
                         _ => return Err(unsupported("pool", "pooling of a value that is not u8")),
@@ -469,12 +440,7 @@ impl Plan {
                         sparse: false,
                     }
                 }
-                FloatOp::MaxPool { src, dst, k, stride, pad } => {
-                    Op::MaxPool { src: *src, dst: *dst, k: *k, stride: *stride, pad: *pad }
-                }
-                FloatOp::AvgPool { src, dst, k, stride, pad } => {
-                    Op::AvgPool { src: *src, dst: *dst, k: *k, stride: *stride, pad: *pad }
-                }
+                FloatOp::Pool(p) => Op::Pool(*p),
                 FloatOp::GlobalAvgPool { src, dst } => Op::GlobalAvgPool { src: *src, dst: *dst },
                 FloatOp::Linear { src, dst, weights, bias, d_out, relu } => {
                     // NCHW flattening order → the source's channels-last order
@@ -520,7 +486,7 @@ impl Plan {
             let bad = |what: String| Err(format!("op {i}: {what}"));
             let (src, dst, residual) = match op {
                 Op::Conv { src, dst, residual, .. } => (*src, *dst, *residual),
-                Op::MaxPool { src, dst, .. } | Op::AvgPool { src, dst, .. } => (*src, *dst, None),
+                Op::Pool(p) => (p.src, p.dst, None),
                 Op::GlobalAvgPool { src, dst } | Op::Linear { src, dst, .. } => (*src, *dst, None),
             };
             if src >= n || dst >= n || residual.is_some_and(|r| r >= n) {
@@ -547,7 +513,7 @@ impl Plan {
                         }
                     }
                 }
-                Op::MaxPool { .. } | Op::AvgPool { .. } => {
+                Op::Pool(_) => {
                     if u8_stride(src).is_none_or(|st| st < s.c) || self.storage[dst] != self.storage[src] {
                         return bad("pooling keeps a u8 value's storage".into());
                     }
@@ -601,13 +567,14 @@ impl Plan {
             }
         }
         ws.plane = q;
-        if std::env::var_os("TERN_INFER_TRACE").is_some() {
+        let trace = tracing();
+        if trace {
             eprintln!("{:>8.3} ms quantise the input", t.elapsed().as_secs_f64() * 1e3);
         }
         for op in &self.ops {
             let t = std::time::Instant::now();
             self.step(op, ws);
-            if std::env::var_os("TERN_INFER_TRACE").is_some() {
+            if trace {
                 eprintln!("{:>8.3} ms {}", t.elapsed().as_secs_f64() * 1e3, op.label());
             }
         }
@@ -691,15 +658,14 @@ impl Plan {
                 ws.f32s[*dst] = f32_out;
                 ws.padded = scratch;
             }
-            Op::MaxPool { src, dst, k, stride, pad } | Op::AvgPool { src, dst, k, stride, pad } => {
-                let (s, d) = (self.values[*src], self.values[*dst]);
-                let Storage::U8 { stride: cs, zero, .. } = self.storage[*src] else { unreachable!() };
-                let mut y = std::mem::take(&mut ws.u8s[*dst]);
+            Op::Pool(p) => {
+                let (s, d) = (self.values[p.src], self.values[p.dst]);
+                let Storage::U8 { stride: cs, zero, .. } = self.storage[p.src] else { unreachable!() };
+                let mut y = std::mem::take(&mut ws.u8s[p.dst]);
                 y.clear();
                 y.resize(d.h * d.w * cs, 0);
-                let window = Window { k: *k, stride: *stride, pad: *pad };
-                pool_u8(&ws.u8s[*src], s, d, cs, zero, window, matches!(op, Op::MaxPool { .. }), &mut y);
-                ws.u8s[*dst] = y;
+                pool_u8(&ws.u8s[p.src], s, d, cs, zero, p, &mut y);
+                ws.u8s[p.dst] = y;
             }
             Op::GlobalAvgPool { src, dst } => {
                 let s = self.values[*src];
@@ -751,21 +717,13 @@ impl Plan {
     }
 }
 
-/// A pooling window.
-#[derive(Clone, Copy, Debug)]
-struct Window {
-    k: usize,
-    stride: usize,
-    pad: usize,
-}
-
 /// Max or average pooling of a u8 channels-last image (same scale in and out), output rows
 /// over the rayon pool; each tap is a run of `cs` contiguous bytes, so the channel loops
 /// vectorise. The average counts padding as zeros, as tern's does.
 #[allow(clippy::too_many_arguments)]
-fn pool_u8(x: &[u8], s: Shape, d: Shape, cs: usize, zero: u8, win: Window, max: bool, y: &mut [u8]) {
+fn pool_u8(x: &[u8], s: Shape, d: Shape, cs: usize, zero: u8, pool: &Pool, y: &mut [u8]) {
     use rayon::prelude::*;
-    let Window { k, stride, pad } = win;
+    let Pool { k, stride, pad, max, .. } = *pool;
     let row_of = |(p, row): (usize, &mut [u8])| {
         let mut sums = vec![0u32; cs];
         for q in 0..d.w {
@@ -858,6 +816,12 @@ impl Plan {
         let k = packed.shape;
         format!("conv {}x{}/{} {}->{} at {}x{}", k.k, k.k, k.stride, k.c_in, k.c_out, s.h, s.w)
     }
+}
+
+/// Whether `TERN_INFER_TRACE` asks for per-operation times (read once per process).
+fn tracing() -> bool {
+    static TRACE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *TRACE.get_or_init(|| std::env::var_os("TERN_INFER_TRACE").is_some())
 }
 
 /// Scratch buffers of [`Plan::run`], reused from image to image.

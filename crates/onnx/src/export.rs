@@ -4,9 +4,9 @@
 //! statistics (inference semantics), ReLU thresholds as `ThresholdedRelu`.
 
 use crate::proto::{self, attribute_type, data_type};
-use tern_core::{Error, Result, Tensor};
+use tern_core::{Error, Result};
+use tern_train::layers::Sequential;
 use tern_train::layers::{AvgPool2d, BatchNorm, Conv2d, Flatten, GlobalAvgPool, Linear, MaxPool2d, Relu, Residual};
-use tern_train::layers::{Sequential, TernaryWeight};
 use tern_train::{Layer, Model};
 
 /// The opset the exported graphs declare.
@@ -58,19 +58,6 @@ pub fn tensor_proto(name: &str, shape: &[usize], values: &[f32]) -> proto::Tenso
         name: Some(name.into()),
         raw_data: Some(values.iter().flat_map(|v| v.to_le_bytes()).collect()),
         ..Default::default()
-    }
-}
-
-/// The weights a layer's forward uses: the shadow weights, or their ternary values.
-fn effective(w: &Tensor, rows: usize, ternary: &TernaryWeight) -> Vec<f32> {
-    let v = w.host_values();
-    match &ternary.config {
-        None => v.into_owned(),
-        Some(cfg) => {
-            let mut q = vec![0.0; v.len()];
-            tern_core::quant::ternarize(&v, rows, cfg, &mut q);
-            q
-        }
     }
 }
 
@@ -126,7 +113,7 @@ impl Graph {
         }
         if let Some(c) = any.downcast_mut::<Conv2d>() {
             let shape = [c.c_out, c.c_in, c.k, c.k];
-            let w = effective(&c.weight.value, c.c_out, &c.ternary);
+            let w = c.ternary.host_weight(&c.weight.value, c.c_out);
             let mut inputs = vec![x, self.weight(&c.weight.name, &shape, &w)];
             if let Some(b) = &c.bias {
                 inputs.push(self.weight(&b.name, &[c.c_out], b.value.host_values().as_ref()));
@@ -181,7 +168,7 @@ impl Graph {
             return Ok(self.node("Flatten", &name, vec![x], vec![int("axis", 1)]));
         }
         if let Some(l) = any.downcast_mut::<Linear>() {
-            let w = effective(&l.weight.value, l.d_out, &l.ternary);
+            let w = l.ternary.host_weight(&l.weight.value, l.d_out);
             let mut inputs = vec![x, self.weight(&l.weight.name, &[l.d_out, l.d_in], &w)];
             if let Some(b) = &l.bias {
                 inputs.push(self.weight(&b.name, &[l.d_out], b.value.host_values().as_ref()));

@@ -35,6 +35,20 @@ impl TernaryWeight {
         }
     }
 
+    /// The weights the forward multiplies by, on the host (ternarised afresh from `w`, or
+    /// `w` itself in full precision): what an exporter or inference planner reads.
+    pub fn host_weight(&self, w: &Tensor, rows: usize) -> Vec<f32> {
+        let v = w.host_values();
+        match &self.config {
+            None => v.into_owned(),
+            Some(cfg) => {
+                let mut q = vec![0.0; v.len()];
+                tern_core::quant::ternarize(&v, rows, cfg, &mut q);
+                q
+            }
+        }
+    }
+
     /// The weights of the last forward, for the input gradient.
     pub fn used_weight<'a>(&'a self, w: &'a Tensor) -> &'a Tensor {
         self.q.as_ref().unwrap_or(w)
