@@ -235,8 +235,22 @@ fn slug(label: &str) -> String {
     label.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).collect()
 }
 
+/// A finished run whose folder kept only `metrics.json` (results shipped without their
+/// checkpoints): reused when it was trained with exactly this model and training config and
+/// has all its epochs; anything else (a different config, a cut-off run) trains again.
+fn finished_without_checkpoint(dir: &Path, model: &ModelConfig, cfg: &TrainConfig) -> Option<serde_json::Value> {
+    if dir.join(CHECKPOINT_FILE).exists() {
+        return None;
+    }
+    let m: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("metrics.json")).ok()?).ok()?;
+    let same_model = serde_json::from_value::<ModelConfig>(m["model"].clone()).ok()? == *model;
+    let same_train = serde_json::from_value::<TrainConfig>(m["train"].clone()).ok()? == *cfg;
+    let complete = m["epochs"].as_array().is_some_and(|e| e.len() == cfg.epochs);
+    (same_model && same_train && complete).then_some(m)
+}
+
 /// Runs (or resumes, or reuses) one training run on `backend` (made on first use), and
-/// hands the backend back for the next run.
+/// hands the backend back for the next run (None when the run was reused and none was held).
 fn run_one(
     a: &ExperimentArgs,
     data: &DataSplit,
@@ -246,7 +260,7 @@ fn run_one(
     init_from: Option<PathBuf>,
     backend: Option<HeldBackend>,
     quiet: bool,
-) -> anyhow::Result<(RunResult, HeldBackend)> {
+) -> anyhow::Result<(RunResult, Option<HeldBackend>)> {
     let [c, h, wd] = data.train.shape;
     let model = ModelConfig {
         name: v.model.clone(),
@@ -271,6 +285,20 @@ fn run_one(
         init_adapt: false,
         profile_every: 1,
     };
+    if let Some(m) = finished_without_checkpoint(dir, &model, &cfg) {
+        let count = |k: &str| m[k].as_u64().unwrap_or(0);
+        let result = RunResult {
+            label: v.label.clone(),
+            seed,
+            model: v.model.clone(),
+            history: serde_json::from_value(m["epochs"].clone())?,
+            macs: count("macs_per_image"),
+            ternary_macs: count("ternary_macs_per_image"),
+            bytes_fp32: count("bytes_fp32") as usize,
+            bytes_packed: count("bytes_packed") as usize,
+        };
+        return Ok((result, backend));
+    }
     let mut t = if dir.join(CHECKPOINT_FILE).exists() {
         Trainer::resume(&model, data, cfg, dir)?
     } else {
@@ -298,7 +326,7 @@ fn run_one(
         bytes_fp32: totals.bytes_fp32,
         bytes_packed: totals.bytes_packed,
     };
-    Ok((result, (t.into_backend(), info)))
+    Ok((result, Some((t.into_backend(), info))))
 }
 
 /// Every (configuration, seed) run: first those that start from scratch, then those that
@@ -337,7 +365,7 @@ fn run_phase(
         for r in runs {
             let (res, be) = one(r, backend.take(), a.quiet)?;
             results.push(res);
-            backend = Some(be);
+            backend = be;
         }
         return Ok(results);
     }
@@ -357,7 +385,7 @@ fn run_phase(
                     let Some(r) = runs.get(i) else { break };
                     let res = one(r, backend.take(), true);
                     let res = res.map(|(res, be)| {
-                        backend = Some(be);
+                        backend = be;
                         res
                     });
                     if let Some(b) = &bar {

@@ -658,6 +658,22 @@ fn experiment_runs_in_parallel_give_the_results_of_one_at_a_time() {
     let (one, two) = (csv("1"), csv("2"));
     assert_eq!(one.len(), 5, "a header and 2 configurations × 2 seeds");
     assert_eq!(one, two);
+    // results shipped without their checkpoints are reused as they are, not trained again
+    let runs_dir = out.path().join("jobs1").join("fpvsternary");
+    let metrics: Vec<std::path::PathBuf> = std::fs::read_dir(&runs_dir)
+        .unwrap()
+        .flat_map(|c| std::fs::read_dir(c.unwrap().path()).into_iter().flatten())
+        .map(|s| s.unwrap().path())
+        .filter(|p| p.is_dir())
+        .inspect(|run| std::fs::remove_file(run.join("model.safetensors")).unwrap())
+        .map(|run| run.join("metrics.json"))
+        .collect();
+    assert_eq!(metrics.len(), 4);
+    let before: Vec<String> = metrics.iter().map(|p| std::fs::read_to_string(p).unwrap()).collect();
+    assert_eq!(csv("1"), one);
+    let after: Vec<String> = metrics.iter().map(|p| std::fs::read_to_string(p).unwrap()).collect();
+    assert_eq!(before, after, "reused runs are not retrained");
+    assert!(metrics.iter().all(|p| !p.with_file_name("model.safetensors").exists()));
     let o = tern(&["experiment", "fp-vs-ternary", "--data", "mnist", "--data-path", dp, "--jobs", "0"]);
     assert!(!o.status.success() && stderr(&o).contains("--jobs"), "{}", stderr(&o));
 }
