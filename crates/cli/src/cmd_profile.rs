@@ -62,6 +62,11 @@ pub struct ProfileArgs {
     /// (format: tern-core's `masks` module)
     #[arg(long)]
     pub masks: bool,
+    /// Profile with the paper's GradUpdate: the correctly classified samples get zero error
+    /// (as `tern train --skip-correct` trains), so their backward and weight-gradient work
+    /// counts only where the zeros survive (batch-statistics BN spreads them back)
+    #[arg(long)]
+    pub skip_correct: bool,
 }
 
 pub fn run(a: ProfileArgs) -> anyhow::Result<()> {
@@ -92,9 +97,16 @@ pub fn run(a: ProfileArgs) -> anyhow::Result<()> {
         };
         for b in BatchIter::new(Arc::new(data.train.clone()), cfg, 0, false).take(a.batches) {
             let b = b?;
-            step(&mut model, be, &prof, &b.x, &b.labels);
+            step(&mut model, be, &prof, &b.x, &b.labels, a.skip_correct);
         }
-        source = format!("{} on {} training images ({} batches of {})", path.display(), data.name, a.batches, a.batch);
+        source = format!(
+            "{} on {} training images ({} batches of {}){}",
+            path.display(),
+            data.name,
+            a.batches,
+            a.batch,
+            if a.skip_correct { ", GradUpdate (correct samples get zero error)" } else { "" }
+        );
     } else {
         let name = a.model.clone().ok_or_else(|| anyhow::anyhow!("pass --checkpoint PATH or --model NAME"))?;
         let cfg = ModelConfig {
@@ -115,15 +127,16 @@ pub fn run(a: ProfileArgs) -> anyhow::Result<()> {
         for _ in 0..a.batches {
             let x = Tensor::randn(&[a.batch, a.channels, a.input_size, a.input_size], 1.0, &mut rng);
             let labels: Vec<u32> = (0..a.batch).map(|_| rng.below(a.classes) as u32).collect();
-            step(&mut model, be, &prof, &x, &labels);
+            step(&mut model, be, &prof, &x, &labels, a.skip_correct);
         }
         source = format!(
-            "freshly initialised {}{} on random N(0,1) images {:?} ({} batches of {}): shapes are real, zeros are not those of a trained network",
+            "freshly initialised {}{} on random N(0,1) images {:?} ({} batches of {}){}: shapes are real, zeros are not those of a trained network",
             cfg.name,
             if a.ternary { " (ternary, FP first layer)" } else { "" },
             cfg.in_shape,
             a.batches,
-            a.batch
+            a.batch,
+            if a.skip_correct { ", GradUpdate" } else { "" }
         );
     }
     let p = prof.into_inner();
@@ -154,14 +167,15 @@ pub fn run(a: ProfileArgs) -> anyhow::Result<()> {
 }
 
 /// One forward and backward pass in train mode with the profiler on; no weight update.
-fn step(model: &mut Model, be: &dyn Backend, prof: &RefCell<Profiler>, x: &Tensor, labels: &[u32]) {
+/// One profiled training step (forward, loss, backward; no update).
+fn step(model: &mut Model, be: &dyn Backend, prof: &RefCell<Profiler>, x: &Tensor, labels: &[u32], skip_correct: bool) {
     let mut ctx = Ctx::new(be, true);
     ctx.profiler = Some(prof);
     let (x, labels) = (be.upload(x), be.upload(&Tensor::from_u32(&[labels.len()], labels)));
     let logits = model.forward(&ctx, &x);
     let mut d = be.alloc(logits.shape());
     let mut stats = be.zeros(&[tern_core::loss_stats::LEN]);
-    be.softmax_cross_entropy(&logits, &labels, 1, false, Some(&mut d), &mut stats);
+    be.softmax_cross_entropy(&logits, &labels, 1, skip_correct, Some(&mut d), &mut stats);
     model.backward(&ctx, &d);
     model.clear_cache();
 }
