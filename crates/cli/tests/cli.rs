@@ -95,6 +95,32 @@ fn train_then_eval_follow_the_contract_and_resume_extends() {
     }
     let masks = tern_core::masks::read(&prof.join("masks.bin")).unwrap();
     assert_eq!(masks.len(), 15);
+    // GradUpdate's zero errors: the same forward, and the classifier's backward work shrinks
+    // (correct samples' rows of its output gradient are zero)
+    let skip = out.path().join("prof-skip");
+    let mut args: Vec<&str> = vec!["profile", "--checkpoint", ck.to_str().unwrap(), "--data", "mnist"];
+    args.extend(["--data-path", dp, "--batches", "2", "--batch", "16", "--skip-correct"]);
+    args.extend(["--out", skip.to_str().unwrap()]);
+    let o = tern(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let rows = |dir: &std::path::Path| -> Vec<(String, String, u64)> {
+        std::fs::read_to_string(dir.join("sparsity.csv"))
+            .unwrap()
+            .lines()
+            .skip(1)
+            .map(|l| {
+                let f: Vec<&str> = l.split(',').collect();
+                (f[0].to_string(), f[2].to_string(), f[7].parse().unwrap())
+            })
+            .collect()
+    };
+    let (plain, skipped) = (rows(&prof), rows(&skip));
+    let (last_plain, last_skip) = (plain.last().unwrap(), skipped.last().unwrap());
+    assert_eq!(last_plain.1, "weight_grad");
+    assert!(last_skip.2 < last_plain.2, "classifier weight gradient: {last_skip:?} vs {last_plain:?}");
+    for (a, b) in plain.iter().zip(&skipped).filter(|(a, _)| a.1 == "forward") {
+        assert_eq!(a, b);
+    }
 
     // The profiler's workload runs through the DLAC simulator.
     let sim = out.path().join("sim");
