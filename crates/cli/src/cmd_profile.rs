@@ -305,9 +305,14 @@ fn write_outputs(
                 1 => ("weight", l.weight_zero_frac(), "output_grad", l.grad_zero_frac()),
                 _ => ("output_grad", l.grad_zero_frac(), "input", l.input_zero_frac()),
             };
+            // images profiled = forward multiply-adds over one image's; the input feature map
+            // per image is the simulator's DRAM size of the lowered (im2col) operand
+            let images = l.macs[0] / (l.k * l.crs * l.pq).max(1) as u64;
+            let ifm_elems = l.input_values / images.max(1);
             wl.push(serde_json::json!({
                 "name": l.name, "pass": pass, "k": l.k, "crs": l.crs, "pq": l.pq,
                 "operands": [a_name, b_name], "zero_frac": [a, b], "nonzero_frac": l.nonzero_frac(i),
+                "ifm_elems": ifm_elems,
             }));
             wcsv.push_str(&format!(
                 "{},{pass},{},{},{},{a:.6},{b:.6},{:.6}\n",

@@ -8,7 +8,9 @@ use anyhow::Context;
 use clap::Args;
 use std::path::PathBuf;
 use tern_core::checkpoint::write_atomic;
-use tern_dlac::{simulate_workload, simulate_workload_masked, DlacConfig, OpResult, Precision, Summary, Workload};
+use tern_dlac::{
+    simulate_workload, simulate_workload_masked, DlacConfig, Engine, OpResult, Precision, Summary, Workload,
+};
 
 #[derive(Args, Debug)]
 pub struct SimArgs {
@@ -29,9 +31,15 @@ pub struct SimArgs {
     /// Seed of the Bernoulli operand masks
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// fast: the window-barrier throughput model on bit sets (ResNet-34, all passes, < 1 s);
+    /// event: step-by-step, PE-by-PE event simulation with decoupled operand FIFOs, broadcast
+    /// stalls and the FP pipeline's latency (slower: fewer tiles by default)
+    #[arg(long, default_value = "fast", value_parser = ["fast", "event"])]
+    pub engine: String,
     /// Tiles per op simulated cycle by cycle (the rest count as their mean; 0: all)
-    #[arg(long, default_value_t = 64)]
-    pub max_tiles: usize,
+    /// [default: 64 with the fast engine, 8 with the event engine]
+    #[arg(long)]
+    pub max_tiles: Option<usize>,
     /// Output folder (layers.csv, summary.json, plots)
     #[arg(long, default_value = "runs/sim")]
     pub out: PathBuf,
@@ -51,20 +59,22 @@ pub fn run(a: SimArgs) -> anyhow::Result<()> {
             anyhow::bail!("invalid value for --pass: no `{p}` ops in {}", a.workload.display());
         }
     }
-    let max_tiles = (a.max_tiles > 0).then_some(a.max_tiles);
+    let engine = Engine::parse(&a.engine).expect("clap checked the value");
+    let tiles = a.max_tiles.unwrap_or(if engine == Engine::Event { 8 } else { 64 });
+    let max_tiles = (tiles > 0).then_some(tiles);
     if !a.sweep.is_empty() {
-        return sweep(&a, &cfg, &w, max_tiles);
+        return sweep(&a, &cfg, engine, &w, max_tiles);
     }
     let t0 = std::time::Instant::now();
     let results = match &a.masks {
-        Some(path) => simulate_workload_masked(&w, &cfg, &tern_core::masks::read(path)?, path, max_tiles)?,
-        None => simulate_workload(&w, &cfg, a.seed, max_tiles),
+        Some(path) => simulate_workload_masked(&w, &cfg, engine, &tern_core::masks::read(path)?, path, max_tiles)?,
+        None => simulate_workload(&w, &cfg, engine, a.seed, max_tiles),
     };
     let secs = t0.elapsed().as_secs_f64();
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
     write_atomic(&a.out.join("layers.csv"), layers_csv(&results).as_bytes())?;
     print!("{}", layers_table(&results).render());
-    let s = Summary::new(&cfg, &results, &w.pt_layers);
+    let s = Summary::new(&cfg, engine, &results, &w.pt_layers);
     let mut json = serde_json::to_value(&s)?;
     json["workload"] = w.source.clone().into();
     json["operand_masks"] = match &a.masks {
@@ -89,6 +99,26 @@ pub fn run(a: SimArgs) -> anyhow::Result<()> {
         secs
     );
     println!("area {:.2} mm² (paper {:.2} mm²): {:.2} TFLOP/s/mm²", s.area_mm2, s.paper_area_mm2, s.tflops_per_mm2);
+    println!(
+        "energy {:.3} µJ per image ({:.2} pJ per useful FLOP, {:.2} per equivalent FLOP; {:.0}% saved by skipping; DRAM {:.0}%, buffers {:.0}%, PE-local {:.0}%, arithmetic {:.0}%)",
+        s.energy_pj_per_image * 1e-6,
+        s.pj_per_flop,
+        s.pj_per_equivalent_flop,
+        s.energy_saved_pct,
+        100.0 * s.energy_breakdown_pj.dram / s.energy_pj_per_image.max(1e-30),
+        100.0 * s.energy_breakdown_pj.buffers / s.energy_pj_per_image.max(1e-30),
+        100.0 * s.energy_breakdown_pj.pe_local / s.energy_pj_per_image.max(1e-30),
+        100.0 * s.energy_breakdown_pj.arithmetic / s.energy_pj_per_image.max(1e-30),
+    );
+    println!(
+        "off-chip {:.2} MB per image: {} of {} ops memory-bound (*) at {} GB/s ({:.3e} cycles with memory); the simulated speed needs {:.1} GB/s",
+        s.dram_bytes_per_image / 1e6,
+        s.memory_bound_ops,
+        s.ops,
+        cfg.dram_gb_per_s,
+        s.cycles_with_memory,
+        s.dram_gb_per_s_needed
+    );
     if s.pointwise_cycles > 0.0 {
         println!(
             "ptWiseOps of the forward program ({} BN/ReLU/add layers): {:.3e} cycles more, {:.0} FLOP/cycle with them",
@@ -147,11 +177,11 @@ pub fn run(a: SimArgs) -> anyhow::Result<()> {
 
 /// DIR/layers.csv: one row per simulated op.
 pub fn layers_csv(results: &[OpResult]) -> String {
-    let mut csv = String::from("layer,pass,k,crs,pq,weight_zero_pct,ifm_zero_pct,cycles,flops_per_cycle,speedup,utilisation,buffer_reads,reference_flops_per_cycle,error_pct\n");
+    let mut csv = String::from("layer,pass,k,crs,pq,weight_zero_pct,ifm_zero_pct,cycles,flops_per_cycle,speedup,utilisation,buffer_reads,reference_flops_per_cycle,error_pct,dram_bytes,memory_cycles,memory_bound,loop_order,energy_pj,dense_energy_pj\n");
     for r in results {
         let reference = r.op.reference_flops_per_cycle;
         csv.push_str(&format!(
-            "{},{},{},{},{},{:.2},{:.2},{:.0},{:.2},{:.3},{:.4},{:.0},{},{}\n",
+            "{},{},{},{},{},{:.2},{:.2},{:.0},{:.2},{:.3},{:.4},{:.0},{},{},{:.0},{:.0},{},{},{:.1},{:.1}\n",
             r.op.name,
             r.op.pass,
             r.op.k,
@@ -165,7 +195,13 @@ pub fn layers_csv(results: &[OpResult]) -> String {
             r.utilisation,
             r.buffer_reads,
             reference.map_or(String::new(), |v| format!("{v:.2}")),
-            r.error_pct().map_or(String::new(), |v| format!("{v:.2}"))
+            r.error_pct().map_or(String::new(), |v| format!("{v:.2}")),
+            r.dram_bytes,
+            r.memory_cycles,
+            r.memory_bound,
+            r.loop_order,
+            r.energy.total,
+            r.dense_energy_pj
         ));
     }
     csv
@@ -186,6 +222,8 @@ pub fn layers_table(results: &[OpResult]) -> Table {
         "speedup",
         "util%",
         "reads/cycle",
+        "DRAM KB",
+        "µJ",
         "paper",
         "err%",
     ]);
@@ -203,6 +241,8 @@ pub fn layers_table(results: &[OpResult]) -> Table {
             format!("{:.2}", r.speedup),
             format!("{:.1}", 100.0 * r.utilisation),
             format!("{:.0}", r.buffer_reads / r.cycles.max(1.0)),
+            format!("{:.0}{}", r.dram_bytes / 1e3, if r.memory_bound { "*" } else { "" }),
+            format!("{:.2}", r.energy.total * 1e-6),
             r.op.reference_flops_per_cycle.map_or("-".into(), |v| format!("{v:.0}")),
             r.error_pct().map_or("-".into(), |v| format!("{v:+.1}")),
         ]);
@@ -262,7 +302,7 @@ fn with_axis(cfg: &DlacConfig, axis: &str, v: &str) -> DlacConfig {
 }
 
 /// `tern sim --sweep`: every combination of the swept values, one summary each.
-fn sweep(a: &SimArgs, base: &DlacConfig, w: &Workload, max_tiles: Option<usize>) -> anyhow::Result<()> {
+fn sweep(a: &SimArgs, base: &DlacConfig, engine: Engine, w: &Workload, max_tiles: Option<usize>) -> anyhow::Result<()> {
     let axes = parse_sweep(&a.sweep)?;
     let mut points = vec![(base.clone(), Vec::<String>::new())];
     for (axis, vals) in &axes {
@@ -290,7 +330,7 @@ fn sweep(a: &SimArgs, base: &DlacConfig, w: &Workload, max_tiles: Option<usize>)
     for (c, label) in &valid {
         let mut c = c.clone();
         c.name = label.join(" ");
-        let s = Summary::new(&c, &simulate_workload(w, &c, a.seed, max_tiles), &w.pt_layers);
+        let s = Summary::new(&c, engine, &simulate_workload(w, &c, engine, a.seed, max_tiles), &w.pt_layers);
         bar.inc(1);
         rows.push(s);
     }

@@ -34,15 +34,35 @@ pub struct DlacConfig {
     #[serde(default = "default_read_words")]
     pub read_words_per_cycle: usize,
     pub precision: Precision,
+    /// Cycles between two accumulations into the same output buffer (the FP adder's pipeline
+    /// depth, seen by the event engine; 1: forwarded, never a stall). The paper gives none.
+    #[serde(default = "default_fma_latency")]
+    pub fma_latency: usize,
     pub clock_mhz: f64,
     /// Weight and input-feature-map buffer sizes, KiB (used by the area model; the paper
     /// gives none, the presets' sizes close its reported areas).
     pub weight_buffer_kib: usize,
     pub ifm_buffer_kib: usize,
+    /// Off-chip bandwidth, GB/s. The paper gives no memory system: the default, one 64-bit
+    /// LPDDR4-3200 channel (25.6 GB/s), is an assumption.
+    #[serde(default = "default_dram_gb_per_s")]
+    pub dram_gb_per_s: f64,
+    /// Off-chip energy, pJ per bit moved (default: HBM2's 3.9, O'Connor et al., MICRO 2017).
+    #[serde(default = "default_dram_pj_per_bit")]
+    pub dram_pj_per_bit: f64,
 }
 
 fn default_read_words() -> usize {
     240
+}
+fn default_fma_latency() -> usize {
+    1
+}
+fn default_dram_gb_per_s() -> f64 {
+    25.6
+}
+fn default_dram_pj_per_bit() -> f64 {
+    3.9
 }
 
 impl DlacConfig {
@@ -61,9 +81,12 @@ impl DlacConfig {
             // a full tile reads 64 + 8·2 words per step, 3 steps per cycle at the scan rate
             read_words_per_cycle: 240,
             precision: Precision::Fp32,
+            fma_latency: default_fma_latency(),
             clock_mhz: 500.0,
             weight_buffer_kib: 216,
             ifm_buffer_kib: 216,
+            dram_gb_per_s: default_dram_gb_per_s(),
+            dram_pj_per_bit: default_dram_pj_per_bit(),
         }
     }
 
@@ -121,6 +144,7 @@ impl DlacConfig {
             ("window", self.window),
             ("scan_rate", self.scan_rate),
             ("read_words_per_cycle", self.read_words_per_cycle),
+            ("fma_latency", self.fma_latency),
         ];
         for (field, v) in positive {
             if v == 0 {
@@ -136,8 +160,14 @@ impl DlacConfig {
                 ),
             ));
         }
-        if !(self.clock_mhz > 0.0 && self.clock_mhz.is_finite()) {
-            return Err(Error::invalid("clock_mhz", format!("{}: must be a positive number", self.clock_mhz)));
+        for (field, v) in [
+            ("clock_mhz", self.clock_mhz),
+            ("dram_gb_per_s", self.dram_gb_per_s),
+            ("dram_pj_per_bit", self.dram_pj_per_bit),
+        ] {
+            if !(v > 0.0 && v.is_finite()) {
+                return Err(Error::invalid(field, format!("{v}: must be a positive number")));
+            }
         }
         Ok(())
     }
@@ -184,8 +214,11 @@ mod tests {
             (DlacConfig { window: 0, ..base.clone() }, "window"),
             (DlacConfig { scan_rate: 0, ..base.clone() }, "scan_rate"),
             (DlacConfig { read_words_per_cycle: 0, ..base.clone() }, "read_words_per_cycle"),
+            (DlacConfig { fma_latency: 0, ..base.clone() }, "fma_latency"),
             (DlacConfig { units: 3, out_buffers: 2, ..base.clone() }, "units"),
             (DlacConfig { clock_mhz: -1.0, ..base.clone() }, "clock_mhz"),
+            (DlacConfig { dram_gb_per_s: 0.0, ..base.clone() }, "dram_gb_per_s"),
+            (DlacConfig { dram_pj_per_bit: f64::NAN, ..base.clone() }, "dram_pj_per_bit"),
         ];
         for (cfg, field) in cases {
             let e = cfg.validate().unwrap_err().to_string();

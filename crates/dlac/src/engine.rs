@@ -10,7 +10,9 @@
 //! (probabilities rounded to 1/4096), 64 steps per random word.
 
 use crate::config::DlacConfig;
+use crate::energy::{self, Energy};
 use crate::masks::OpMasks;
+use crate::memory;
 use crate::workload::MmOp;
 use rayon::prelude::*;
 use tern_core::Rng;
@@ -36,9 +38,56 @@ pub struct OpResult {
     /// Tiles simulated cycle by cycle (the rest are taken as the mean of these).
     pub tiles_simulated: usize,
     pub tiles: usize,
+    /// Off-chip bytes moved (the cheaper loop order under the buffer capacities).
+    pub dram_bytes: f64,
+    pub loop_order: &'static str,
+    /// Cycles the off-chip traffic takes at the config's bandwidth; the op is memory-bound
+    /// when they exceed its compute cycles (traffic overlapped with compute, double-buffered).
+    pub memory_cycles: f64,
+    pub memory_bound: bool,
+    /// Energy of the op (one image), pJ, by component.
+    pub energy: Energy,
+    /// The same op's energy without zero-skipping (every multiply-add executed), pJ.
+    pub dense_energy_pj: f64,
 }
 
 impl OpResult {
+    /// Builds a result from an engine's counts, adding the memory and energy models.
+    #[allow(clippy::too_many_arguments)]
+    pub fn from_counts(
+        op: &MmOp,
+        cfg: &DlacConfig,
+        cycles: f64,
+        dense_cycles: f64,
+        buffer_reads: f64,
+        executed_macs: f64,
+        tiles_simulated: usize,
+        tiles: usize,
+    ) -> OpResult {
+        let t = memory::traffic(op, cfg);
+        let mut r = OpResult {
+            op: op.clone(),
+            cycles,
+            dense_cycles,
+            flops_per_cycle: 2.0 * op.macs() as f64 / cycles.max(1.0),
+            speedup: dense_cycles / cycles.max(1.0),
+            buffer_reads,
+            executed_macs,
+            utilisation: executed_macs / (cycles.max(1.0) * cfg.total_units() as f64),
+            tiles_simulated,
+            tiles,
+            dram_bytes: t.dram_bytes,
+            loop_order: t.loop_order,
+            memory_cycles: t.memory_cycles,
+            memory_bound: t.memory_cycles > cycles,
+            energy: Energy::default(),
+            dense_energy_pj: 0.0,
+        };
+        r.energy = energy::energy(&r, cfg, executed_macs);
+        r.dense_energy_pj = energy::energy(&r, cfg, op.macs() as f64).total;
+        r
+    }
+
     /// Signed error of the simulated FLOP/cycle against the op's reference, percent.
     pub fn error_pct(&self) -> Option<f64> {
         self.op.reference_flops_per_cycle.map(|p| 100.0 * (self.flops_per_cycle - p) / p)
@@ -270,31 +319,80 @@ fn tile_cycles_body<S: OperandBits>(cfg: &DlacConfig, op: &MmOp, mt: usize, nt: 
     (total, executed)
 }
 
+/// Which engine simulates the tiles.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Engine {
+    /// Window-barrier throughput model on bit sets (this module): PEs run free within a
+    /// window of steps and meet at its end.
+    Fast,
+    /// Step-by-step, PE-by-PE event simulation with decoupled operand FIFOs, broadcast
+    /// stalls and the FP pipeline's latency ([`crate::event`]).
+    Event,
+}
+
+impl Engine {
+    pub fn parse(s: &str) -> Option<Engine> {
+        match s {
+            "fast" => Some(Engine::Fast),
+            "event" => Some(Engine::Event),
+            _ => None,
+        }
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            Engine::Fast => "fast",
+            Engine::Event => "event",
+        }
+    }
+    /// One op on Bernoulli masks drawn from its zero fractions.
+    pub fn simulate_op(self, op: &MmOp, cfg: &DlacConfig, seed: u64, max_tiles: Option<usize>) -> OpResult {
+        match self {
+            Engine::Fast => simulate_op(op, cfg, seed, max_tiles),
+            Engine::Event => crate::event::simulate_op(op, cfg, seed, max_tiles),
+        }
+    }
+    /// One op on its real masks.
+    pub fn simulate_op_masked(self, op: &MmOp, cfg: &DlacConfig, masks: &OpMasks, max_tiles: Option<usize>) -> OpResult {
+        match self {
+            Engine::Fast => simulate_op_masked(op, cfg, masks, max_tiles),
+            Engine::Event => crate::event::simulate_op_masked(op, cfg, masks, max_tiles),
+        }
+    }
+}
+
+/// The Bernoulli operand source of tile `t` of `op`: every tile draws from its own stream
+/// (seed, tile), so results do not depend on the thread count, on which tiles are sampled
+/// alongside it, or on the engine.
+pub(crate) fn bernoulli_source(op: &MmOp, seed: u64, t: usize) -> impl OperandBits {
+    let (p_row, p_col) = (fixed_prob(1.0 - op.row_zero), fixed_prob(1.0 - op.col_zero));
+    Bernoulli { rng: Rng::new(seed ^ (t as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)), p_row, p_col }
+}
+
 /// Simulates one op. `max_tiles` bounds the tiles simulated cycle by cycle (spread evenly
 /// over the op; the others count as their mean); None simulates all of them.
 pub fn simulate_op(op: &MmOp, cfg: &DlacConfig, seed: u64, max_tiles: Option<usize>) -> OpResult {
-    let (p_row, p_col) = (fixed_prob(1.0 - op.row_zero), fixed_prob(1.0 - op.col_zero));
-    // Every tile draws from its own stream (seed, tile), so results do not depend on the
-    // thread count or on which tiles are sampled alongside it.
-    run_tiles(op, cfg, max_tiles, |t| Bernoulli {
-        rng: Rng::new(seed ^ (t as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)),
-        p_row,
-        p_col,
-    })
+    run_tiles_with(op, cfg, max_tiles, |t| bernoulli_source(op, seed, t), tile_cycles)
 }
 
 /// Simulates one op on its real operand masks; the result's zero fractions are the masks'.
 pub fn simulate_op_masked(op: &MmOp, cfg: &DlacConfig, masks: &OpMasks, max_tiles: Option<usize>) -> OpResult {
-    let mut r = run_tiles(op, cfg, max_tiles, |_| masks);
+    let mut r = run_tiles_with(op, cfg, max_tiles, |_| masks, tile_cycles);
     (r.op.row_zero, r.op.col_zero) = (masks.a.zero_fraction(), masks.bt.zero_fraction());
     r
 }
 
-fn run_tiles<S: OperandBits>(
+/// A tile engine: (cycles, executed multiply-adds) of tile `(mt, nt)`.
+pub(crate) type TileFn<S> = fn(&DlacConfig, &MmOp, usize, usize, &mut S) -> (u64, u64);
+
+/// Runs `tile` over the op's tiles (or `max_tiles` of them) in parallel and adds the analytic
+/// counts (dense cycles, buffer reads) and the memory and energy models.
+pub(crate) fn run_tiles_with<S: OperandBits>(
     op: &MmOp,
     cfg: &DlacConfig,
     max_tiles: Option<usize>,
     source: impl Fn(usize) -> S + Sync,
+    tile: TileFn<S>,
 ) -> OpResult {
     let (m, red, n) = op.dims();
     let (mt_count, nt_count) = (m.div_ceil(cfg.rows), n.div_ceil(cfg.cols * cfg.out_buffers));
@@ -305,7 +403,7 @@ fn run_tiles<S: OperandBits>(
     };
     let (cyc, exec) = chosen
         .par_iter()
-        .map(|&t| tile_cycles(cfg, op, t / nt_count, t % nt_count, &mut source(t)))
+        .map(|&t| tile(cfg, op, t / nt_count, t % nt_count, &mut source(t)))
         .reduce(|| (0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
     let scale = tiles as f64 / chosen.len().max(1) as f64;
     let cycles = cyc as f64 * scale;
@@ -324,19 +422,7 @@ fn run_tiles<S: OperandBits>(
             dense += dense_tile_cycles(cfg, red, widest, rows_valid + cols_words);
         }
     }
-    let flops = 2.0 * op.macs() as f64;
-    OpResult {
-        op: op.clone(),
-        cycles,
-        dense_cycles: dense as f64,
-        flops_per_cycle: flops / cycles.max(1.0),
-        speedup: dense as f64 / cycles.max(1.0),
-        buffer_reads: reads as f64,
-        executed_macs: executed,
-        utilisation: executed / (cycles.max(1.0) * cfg.total_units() as f64),
-        tiles_simulated: chosen.len(),
-        tiles,
-    }
+    OpResult::from_counts(op, cfg, cycles, dense as f64, reads as f64, executed, chosen.len(), tiles)
 }
 
 #[cfg(test)]

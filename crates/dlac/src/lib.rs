@@ -4,15 +4,19 @@
 
 pub mod area;
 pub mod config;
+pub mod energy;
 pub mod engine;
+pub mod event;
 pub mod isa;
 pub mod masks;
+pub mod memory;
 pub mod summary;
 pub mod workload;
 
 pub use area::Area;
 pub use config::{DlacConfig, Precision};
-pub use engine::{simulate_op, simulate_op_masked, OpResult};
+pub use energy::Energy;
+pub use engine::{simulate_op, simulate_op_masked, Engine, OpResult};
 pub use masks::OpMasks;
 pub use summary::{simulate_workload, simulate_workload_masked, Summary};
 pub use workload::{MmOp, PtLayer, Workload};

@@ -3,7 +3,8 @@
 
 use crate::area::Area;
 use crate::config::DlacConfig;
-use crate::engine::{simulate_op, simulate_op_masked, OpResult};
+use crate::energy::Energy;
+use crate::engine::{Engine, OpResult};
 use crate::isa::{pt_cycles, pt_instructions};
 use crate::masks::OpMasks;
 use crate::workload::PtLayer;
@@ -14,14 +15,25 @@ use tern_core::masks::MaskRecord;
 use tern_core::Result;
 
 /// Simulates every op of `w` (in parallel; op `i` draws its masks from `seed + i`).
-pub fn simulate_workload(w: &Workload, cfg: &DlacConfig, seed: u64, max_tiles: Option<usize>) -> Vec<OpResult> {
-    w.ops.par_iter().enumerate().map(|(i, op)| simulate_op(op, cfg, seed.wrapping_add(i as u64), max_tiles)).collect()
+pub fn simulate_workload(
+    w: &Workload,
+    cfg: &DlacConfig,
+    engine: Engine,
+    seed: u64,
+    max_tiles: Option<usize>,
+) -> Vec<OpResult> {
+    w.ops
+        .par_iter()
+        .enumerate()
+        .map(|(i, op)| engine.simulate_op(op, cfg, seed.wrapping_add(i as u64), max_tiles))
+        .collect()
 }
 
 /// Simulates every op of `w` on the real zeros of `records` (the profiler's masks.bin).
 pub fn simulate_workload_masked(
     w: &Workload,
     cfg: &DlacConfig,
+    engine: Engine,
     records: &[MaskRecord],
     source: &Path,
     max_tiles: Option<usize>,
@@ -30,13 +42,15 @@ pub fn simulate_workload_masked(
         .par_iter()
         .map(|op| {
             let masks = OpMasks::from_records(op, records, &source.display().to_string())?;
-            Ok(simulate_op_masked(op, cfg, &masks, max_tiles))
+            Ok(engine.simulate_op_masked(op, cfg, &masks, max_tiles))
         })
         .collect()
 }
 
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct Summary {
+    /// `fast` or `event`: which engine simulated the tiles.
+    pub engine: &'static str,
     pub config: DlacConfig,
     pub ops: usize,
     pub total_cycles: f64,
@@ -63,11 +77,29 @@ pub struct Summary {
     /// Only when the workload carries reference FLOP/cycle (a Fig. 5-style CSV).
     pub mean_abs_error_pct: Option<f64>,
     pub max_abs_error_pct: Option<f64>,
+    /// Off-chip bytes per image, and the cycles they take at the config's bandwidth.
+    pub dram_bytes_per_image: f64,
+    /// Cycles with every op taking the longer of its compute and its off-chip transfer.
+    pub cycles_with_memory: f64,
+    /// Ops whose off-chip transfer takes longer than their compute.
+    pub memory_bound_ops: usize,
+    /// Off-chip bandwidth the workload needs to run at its simulated compute speed, GB/s.
+    pub dram_gb_per_s_needed: f64,
+    /// Energy of the mmOps per image (workloads are per image), pJ, and by component.
+    pub energy_pj_per_image: f64,
+    pub energy_breakdown_pj: Energy,
+    /// Energy per useful FLOP: over the multiply-adds with two non-zero operands (2 FLOP each).
+    pub pj_per_flop: f64,
+    /// Energy per equivalent FLOP (2·K·CRS·PQ, the paper's FLOP/cycle basis).
+    pub pj_per_equivalent_flop: f64,
+    /// The same workload's energy without zero-skipping, and what skipping saves of it, %.
+    pub dense_energy_pj_per_image: f64,
+    pub energy_saved_pct: f64,
 }
 
 impl Summary {
     /// `pt_layers`: the workload's point-wise layers, counted when it has forward mmOps.
-    pub fn new(cfg: &DlacConfig, results: &[OpResult], pt_layers: &[PtLayer]) -> Summary {
+    pub fn new(cfg: &DlacConfig, engine: Engine, results: &[OpResult], pt_layers: &[PtLayer]) -> Summary {
         let has_forward = results.iter().any(|r| r.op.pass == "forward");
         let pointwise: u64 = if has_forward {
             pt_layers.iter().map(|p| pt_instructions(&p.kind) as u64 * pt_cycles(cfg, p.elements)).sum()
@@ -85,7 +117,30 @@ impl Summary {
         let errs: Vec<f64> = results.iter().filter_map(|r| r.error_pct()).map(f64::abs).collect();
         let tflops = flops / cycles * cfg.clock_mhz * 1e6 / 1e12;
         let area = Area::of(cfg);
+        let mut e = Energy::default();
+        for r in results {
+            e.arithmetic += r.energy.arithmetic;
+            e.pe_local += r.energy.pe_local;
+            e.buffers += r.energy.buffers;
+            e.dram += r.energy.dram;
+            e.total += r.energy.total;
+        }
+        let dense_energy: f64 = results.iter().map(|r| r.dense_energy_pj).sum();
+        let executed: f64 = results.iter().map(|r| r.executed_macs).sum();
+        let dram: f64 = results.iter().map(|r| r.dram_bytes).sum();
+        let with_memory: f64 = results.iter().map(|r| r.cycles.max(r.memory_cycles)).sum();
         Summary {
+            engine: engine.name(),
+            dram_bytes_per_image: dram,
+            cycles_with_memory: with_memory,
+            memory_bound_ops: results.iter().filter(|r| r.memory_bound).count(),
+            dram_gb_per_s_needed: dram / (cycles / (cfg.clock_mhz * 1e6)) / 1e9,
+            energy_pj_per_image: e.total,
+            pj_per_flop: e.total / (2.0 * executed).max(1.0),
+            pj_per_equivalent_flop: e.total / flops.max(1.0),
+            dense_energy_pj_per_image: dense_energy,
+            energy_saved_pct: if dense_energy > 0.0 { 100.0 * (1.0 - e.total / dense_energy) } else { 0.0 },
+            energy_breakdown_pj: e,
             config: cfg.clone(),
             ops: results.len(),
             total_cycles: cycles,
@@ -126,8 +181,11 @@ mod tests {
                 MmOp::new("b", "forward", 32, 64, 1024, 0.0, 0.0),
             ],
         };
-        let r = simulate_workload(&w, &cfg, 0, None);
-        let s = Summary::new(&cfg, &r, &w.pt_layers);
+        let r = simulate_workload(&w, &cfg, Engine::Fast, 0, None);
+        let s = Summary::new(&cfg, Engine::Fast, &r, &w.pt_layers);
+        assert_eq!(s.engine, "fast");
+        assert!((s.energy_saved_pct).abs() < 1e-9, "no zeros, nothing saved");
+        assert!(s.energy_pj_per_image > 0.0 && s.dram_bytes_per_image > 0.0);
         assert_eq!(s.pointwise_cycles, 3.0);
         assert!(s.flops_per_cycle_with_pointwise < s.flops_per_cycle_overall);
         assert_eq!(s.ops, 2);

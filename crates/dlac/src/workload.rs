@@ -24,12 +24,26 @@ pub struct MmOp {
     pub col_zero: f64,
     /// A measured FLOP/cycle to compare against (the paper's Fig. 5 column), if given.
     pub reference_flops_per_cycle: Option<f64>,
+    /// Elements of the layer's input feature map per image (C·H·W), when the workload knows
+    /// it: the DRAM size of the operand the engine sees lowered (im2col).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ifm_words: Option<u64>,
 }
 
 impl MmOp {
     /// An op without a reference measurement.
     pub fn new(name: &str, pass: &str, k: usize, crs: usize, pq: usize, row_zero: f64, col_zero: f64) -> Self {
-        MmOp { name: name.into(), pass: pass.into(), k, crs, pq, row_zero, col_zero, reference_flops_per_cycle: None }
+        MmOp {
+            name: name.into(),
+            pass: pass.into(),
+            k,
+            crs,
+            pq,
+            row_zero,
+            col_zero,
+            reference_flops_per_cycle: None,
+            ifm_words: None,
+        }
     }
 
     /// (m, red, n) of the lowered matrix multiply.
@@ -136,6 +150,12 @@ impl Workload {
                 row_zero: frac(path, "zero_frac[0]", z(0)?)?,
                 col_zero: frac(path, "zero_frac[1]", z(1)?)?,
                 reference_flops_per_cycle: None,
+                ifm_words: match &o["ifm_elems"] {
+                    serde_json::Value::Null => None,
+                    v => Some(v.as_u64().filter(|&x| x > 0 && x <= MAX_MACS).ok_or_else(|| {
+                        Error::format(path, format!("mm_ops[{i}].ifm_elems: expected a count in 1..={MAX_MACS}"))
+                    })?),
+                },
             });
         }
         let mut pt_layers = Vec::new();
@@ -210,6 +230,7 @@ impl Workload {
                     Some(c) => Some(num(c, "flops_per_cycle")?),
                     None => None,
                 },
+                ifm_words: None,
             });
         }
         for (i, o) in ops.iter().enumerate() {
@@ -284,7 +305,7 @@ impl Workload {
                 ));
             }
             let (p, q) = ((h - r) / stride + 1, (w - s) / stride + 1);
-            let op = MmOp::new(
+            let mut op = MmOp::new(
                 &name,
                 "forward",
                 k,
@@ -293,6 +314,7 @@ impl Workload {
                 pct(czw, "weight_zero_pct")?,
                 pct(czi, "ifm_zero_pct")?,
             );
+            op.ifm_words = Some((c * h * w) as u64);
             check_shape(path, &format!("row {}", row + 2), op.k, op.crs, op.pq)?;
             ops.push(op);
         }
