@@ -44,7 +44,8 @@ pub struct SimArgs {
     #[arg(long, default_value = "runs/sim")]
     pub out: PathBuf,
     /// Design-space sweep: AXIS=V1,V2,... (repeatable; axes rows, cols, units, out_buffers,
-    /// window, scan_rate, read_words_per_cycle, precision); every combination of the values,
+    /// window, scan_rate, read_words_per_cycle, batch, weight_buffer_kib, ifm_buffer_kib,
+    /// precision); every combination of the values,
     /// starting from --config
     #[arg(long, value_name = "AXIS=VALUES", conflicts_with = "masks")]
     pub sweep: Vec<String>,
@@ -250,8 +251,19 @@ pub fn layers_table(results: &[OpResult]) -> Table {
     t
 }
 
-const SWEEP_AXES: [&str; 8] =
-    ["rows", "cols", "units", "out_buffers", "window", "scan_rate", "read_words_per_cycle", "precision"];
+const SWEEP_AXES: [&str; 11] = [
+    "rows",
+    "cols",
+    "units",
+    "out_buffers",
+    "window",
+    "scan_rate",
+    "read_words_per_cycle",
+    "batch",
+    "weight_buffer_kib",
+    "ifm_buffer_kib",
+    "precision",
+];
 
 /// Parses `--sweep AXIS=V1,V2` flags into (axis, values).
 fn parse_sweep(flags: &[String]) -> anyhow::Result<Vec<(String, Vec<String>)>> {
@@ -296,6 +308,9 @@ fn with_axis(cfg: &DlacConfig, axis: &str, v: &str) -> DlacConfig {
         "window" => c.window = n(),
         "scan_rate" => c.scan_rate = n(),
         "read_words_per_cycle" => c.read_words_per_cycle = n(),
+        "batch" => c.batch = n(),
+        "weight_buffer_kib" => c.weight_buffer_kib = n(),
+        "ifm_buffer_kib" => c.ifm_buffer_kib = n(),
         _ => c.precision = if v == "fp16" { Precision::Fp16 } else { Precision::Fp32 },
     }
     c
@@ -335,12 +350,24 @@ fn sweep(a: &SimArgs, base: &DlacConfig, engine: Engine, w: &Workload, max_tiles
         rows.push(s);
     }
     bar.finish_and_clear();
-    let mut csv = String::from("config,rows,cols,units,out_buffers,window,scan_rate,precision,pes,flops_per_cycle,tflops,speedup,area_mm2,tflops_per_mm2\n");
-    let mut t = Table::new(&["config", "PEs", "units", "FLOP/cycle", "TFLOP/s", "speedup", "area mm²", "TFLOP/s/mm²"]);
+    let mut csv = String::from("config,rows,cols,units,out_buffers,window,scan_rate,precision,pes,flops_per_cycle,tflops,speedup,area_mm2,tflops_per_mm2,dram_bytes_per_image,memory_bound_ops,energy_pj_per_image,pj_per_flop\n");
+    let mut t = Table::new(&[
+        "config",
+        "PEs",
+        "units",
+        "FLOP/cycle",
+        "TFLOP/s",
+        "speedup",
+        "area mm²",
+        "TFLOP/s/mm²",
+        "DRAM MB/img",
+        "mem-bound",
+        "µJ/img",
+    ]);
     for s in &rows {
         let c = &s.config;
         csv.push_str(&format!(
-            "{},{},{},{},{},{},{},{:?},{},{:.2},{:.4},{:.4},{:.4},{:.4}\n",
+            "{},{},{},{},{},{},{},{:?},{},{:.2},{:.4},{:.4},{:.4},{:.4},{:.0},{},{:.1},{:.4}\n",
             c.name,
             c.rows,
             c.cols,
@@ -354,7 +381,11 @@ fn sweep(a: &SimArgs, base: &DlacConfig, engine: Engine, w: &Workload, max_tiles
             s.tflops_at_clock,
             s.speedup,
             s.area_mm2,
-            s.tflops_per_mm2
+            s.tflops_per_mm2,
+            s.dram_bytes_per_image,
+            s.memory_bound_ops,
+            s.energy_pj_per_image,
+            s.pj_per_flop
         ));
         t.row(vec![
             c.name.clone(),
@@ -365,6 +396,9 @@ fn sweep(a: &SimArgs, base: &DlacConfig, engine: Engine, w: &Workload, max_tiles
             format!("{:.2}", s.speedup),
             format!("{:.3}", s.area_mm2),
             format!("{:.3}", s.tflops_per_mm2),
+            format!("{:.1}", s.dram_bytes_per_image / 1e6),
+            format!("{}/{}", s.memory_bound_ops, s.ops),
+            format!("{:.0}", s.energy_pj_per_image * 1e-6),
         ]);
     }
     write_atomic(&a.out.join("sweep.csv"), csv.as_bytes())?;

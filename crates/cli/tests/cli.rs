@@ -161,6 +161,37 @@ fn train_then_eval_follow_the_contract_and_resume_extends() {
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(std::fs::read_to_string(simm.join("layers.csv")).unwrap().lines().count(), 1 + 14);
+    // the event engine on the same masks: the same contract, and its name in the summary
+    let sime = out.path().join("sim-event");
+    let o = tern(&[
+        "sim",
+        "--workload",
+        prof.join("workload.json").to_str().unwrap(),
+        "--masks",
+        prof.join("masks.bin").to_str().unwrap(),
+        "--engine",
+        "event",
+        "--max-tiles",
+        "0",
+        "--out",
+        sime.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let summary_of = |dir: &std::path::Path| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(dir.join("summary.json")).unwrap()).unwrap()
+    };
+    let (fast, event) = (summary_of(&simm), summary_of(&sime));
+    assert_eq!((fast["engine"].as_str(), event["engine"].as_str()), (Some("fast"), Some("event")));
+    for s in [&fast, &event] {
+        for k in ["energy_pj_per_image", "pj_per_flop", "dram_bytes_per_image"] {
+            assert!(s[k].as_f64().is_some_and(|v| v > 0.0), "summary.json {k}: {}", s[k]);
+        }
+    }
+    let header = std::fs::read_to_string(sime.join("layers.csv")).unwrap();
+    let header = header.lines().next().unwrap().to_string();
+    assert!(header.contains(",dram_bytes,") && header.contains(",energy_pj,"), "{header}");
+    let o = tern(&["sim", "--workload", prof.join("workload.json").to_str().unwrap(), "--engine", "exact"]);
+    assert!(!o.status.success() && stderr(&o).contains("--engine"), "{}", stderr(&o));
     let o = tern(&["sim", "--workload", prof.join("workload.json").to_str().unwrap(), "--masks", wl_missing(&out)]);
     assert!(!o.status.success() && stderr(&o).contains("nowhere.bin"), "{}", stderr(&o));
 

@@ -34,6 +34,11 @@ pub struct DlacConfig {
     #[serde(default = "default_read_words")]
     pub read_words_per_cycle: usize,
     pub precision: Precision,
+    /// Which operand the PE rows carry: `false` (the paper's reading) broadcasts the first
+    /// operand (weights in the forward pass) along PE rows, one value per PE and step; `true`
+    /// swaps them, so the first operand's values go `out_buffers` at a time down PE columns.
+    #[serde(default)]
+    pub swap_operands: bool,
     /// Cycles between two accumulations into the same output buffer (the FP adder's pipeline
     /// depth, seen by the event engine; 1: forwarded, never a stall). The paper gives none.
     #[serde(default = "default_fma_latency")]
@@ -43,6 +48,10 @@ pub struct DlacConfig {
     /// gives none, the presets' sizes close its reported areas).
     pub weight_buffer_kib: usize,
     pub ifm_buffer_kib: usize,
+    /// Images that share one pass over the weights (the memory model's batch): each image's
+    /// off-chip traffic is that of the batched op over the batch. 1: inference at batch 1.
+    #[serde(default = "default_batch")]
+    pub batch: usize,
     /// Off-chip bandwidth, GB/s. The paper gives no memory system: the default, one 64-bit
     /// LPDDR4-3200 channel (25.6 GB/s), is an assumption.
     #[serde(default = "default_dram_gb_per_s")]
@@ -54,6 +63,9 @@ pub struct DlacConfig {
 
 fn default_read_words() -> usize {
     240
+}
+fn default_batch() -> usize {
+    1
 }
 fn default_fma_latency() -> usize {
     1
@@ -81,10 +93,12 @@ impl DlacConfig {
             // a full tile reads 64 + 8·2 words per step, 3 steps per cycle at the scan rate
             read_words_per_cycle: 240,
             precision: Precision::Fp32,
+            swap_operands: false,
             fma_latency: default_fma_latency(),
             clock_mhz: 500.0,
             weight_buffer_kib: 216,
             ifm_buffer_kib: 216,
+            batch: default_batch(),
             dram_gb_per_s: default_dram_gb_per_s(),
             dram_pj_per_bit: default_dram_pj_per_bit(),
         }
@@ -145,6 +159,7 @@ impl DlacConfig {
             ("scan_rate", self.scan_rate),
             ("read_words_per_cycle", self.read_words_per_cycle),
             ("fma_latency", self.fma_latency),
+            ("batch", self.batch),
         ];
         for (field, v) in positive {
             if v == 0 {
@@ -215,6 +230,7 @@ mod tests {
             (DlacConfig { scan_rate: 0, ..base.clone() }, "scan_rate"),
             (DlacConfig { read_words_per_cycle: 0, ..base.clone() }, "read_words_per_cycle"),
             (DlacConfig { fma_latency: 0, ..base.clone() }, "fma_latency"),
+            (DlacConfig { batch: 0, ..base.clone() }, "batch"),
             (DlacConfig { units: 3, out_buffers: 2, ..base.clone() }, "units"),
             (DlacConfig { clock_mhz: -1.0, ..base.clone() }, "clock_mhz"),
             (DlacConfig { dram_gb_per_s: 0.0, ..base.clone() }, "dram_gb_per_s"),

@@ -347,18 +347,59 @@ impl Engine {
     }
     /// One op on Bernoulli masks drawn from its zero fractions.
     pub fn simulate_op(self, op: &MmOp, cfg: &DlacConfig, seed: u64, max_tiles: Option<usize>) -> OpResult {
-        match self {
-            Engine::Fast => simulate_op(op, cfg, seed, max_tiles),
-            Engine::Event => crate::event::simulate_op(op, cfg, seed, max_tiles),
+        let run = |o: &MmOp| match self {
+            Engine::Fast => simulate_op(o, cfg, seed, max_tiles),
+            Engine::Event => crate::event::simulate_op(o, cfg, seed, max_tiles),
+        };
+        if cfg.swap_operands {
+            unswapped(op, cfg, run(&swapped(op)))
+        } else {
+            run(op)
         }
     }
     /// One op on its real masks.
-    pub fn simulate_op_masked(self, op: &MmOp, cfg: &DlacConfig, masks: &OpMasks, max_tiles: Option<usize>) -> OpResult {
-        match self {
-            Engine::Fast => simulate_op_masked(op, cfg, masks, max_tiles),
-            Engine::Event => crate::event::simulate_op_masked(op, cfg, masks, max_tiles),
+    pub fn simulate_op_masked(
+        self,
+        op: &MmOp,
+        cfg: &DlacConfig,
+        masks: &OpMasks,
+        max_tiles: Option<usize>,
+    ) -> OpResult {
+        let run = |o: &MmOp, m: &OpMasks| match self {
+            Engine::Fast => simulate_op_masked(o, cfg, m, max_tiles),
+            Engine::Event => crate::event::simulate_op_masked(o, cfg, m, max_tiles),
+        };
+        if cfg.swap_operands {
+            let m = OpMasks { a: masks.bt.clone(), bt: masks.a.clone() };
+            let r = run(&swapped(op), &m);
+            let real = MmOp { row_zero: r.op.col_zero, col_zero: r.op.row_zero, ..op.clone() };
+            unswapped(&real, cfg, r)
+        } else {
+            run(op, masks)
         }
     }
+}
+
+/// A result simulated on the swapped op, reported for `op` (memory and energy of `op`).
+fn unswapped(op: &MmOp, cfg: &DlacConfig, r: OpResult) -> OpResult {
+    OpResult::from_counts(
+        op,
+        cfg,
+        r.cycles,
+        r.dense_cycles,
+        r.buffer_reads,
+        r.executed_macs,
+        r.tiles_simulated,
+        r.tiles,
+    )
+}
+
+/// `op` with its operands exchanged: `[n x red]·[red x m]`, written as a forward op (whose
+/// lowering is `(k, crs, pq)`), zero fractions swapped. The memory model still sees the
+/// original op (the result's `op` is set back by the caller).
+fn swapped(op: &MmOp) -> MmOp {
+    let (m, red, n) = op.dims();
+    MmOp { pass: "forward".into(), k: n, crs: red, pq: m, row_zero: op.col_zero, col_zero: op.row_zero, ..op.clone() }
 }
 
 /// The Bernoulli operand source of tile `t` of `op`: every tile draws from its own stream
@@ -576,6 +617,27 @@ mod tests {
         let full = OpMasks { a: BitMatrix::from_fn(37, 50, |_, _| true), bt: BitMatrix::from_fn(333, 50, |_, _| true) };
         let r = simulate_op_masked(&op(37, 50, 333, 0.0, 0.0), &DlacConfig::fp32_train(), &full, None);
         assert_eq!(r.cycles, r.dense_cycles);
+    }
+
+    #[test]
+    fn swapped_operands_execute_the_same_pairs_and_report_the_op_as_given() {
+        use crate::masks::BitMatrix;
+        let (m, red, n) = (13, 70, 29);
+        let bit = |r: usize, c: usize, salt: usize| (r * 31 + c * 17 + salt) % 7 < 3;
+        let masks = OpMasks {
+            a: BitMatrix::from_fn(m, red, |r, c| bit(r, c, 1)),
+            bt: BitMatrix::from_fn(n, red, |r, c| bit(r, c, 2)),
+        };
+        let o = op(m, red, n, 0.0, 0.0);
+        let cfg = DlacConfig { rows: 4, cols: 3, ..DlacConfig::fp32_train() };
+        let swap = DlacConfig { swap_operands: true, ..cfg.clone() };
+        for engine in [Engine::Fast, Engine::Event] {
+            let (a, b) =
+                (engine.simulate_op_masked(&o, &cfg, &masks, None), engine.simulate_op_masked(&o, &swap, &masks, None));
+            assert_eq!(a.executed_macs, b.executed_macs, "{engine:?}");
+            assert_eq!((b.op.k, b.op.crs, b.op.pq, b.op.row_zero), (m, red, n, a.op.row_zero));
+            assert_eq!(a.dram_bytes, b.dram_bytes, "the memory model sees the same op");
+        }
     }
 
     #[test]

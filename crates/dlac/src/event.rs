@@ -23,7 +23,7 @@
 //! differ by what the barrier costs.
 
 use crate::config::DlacConfig;
-use crate::engine::{OperandBits, OpResult};
+use crate::engine::{OpResult, OperandBits};
 use crate::masks::OpMasks;
 use crate::workload::MmOp;
 
@@ -150,9 +150,19 @@ mod tests {
                 ..DlacConfig::fp32_train()
             };
             let cfg = DlacConfig { units: 1 + pick.below(cfg.out_buffers), ..cfg };
-            let o = op(1 + pick.below(20), 1 + pick.below(150), 1 + pick.below(60), pick.uniform() as f64, pick.uniform() as f64);
+            let o = op(
+                1 + pick.below(20),
+                1 + pick.below(150),
+                1 + pick.below(60),
+                pick.uniform() as f64,
+                pick.uniform() as f64,
+            );
             let (fast, event) = (fast_op(&o, &cfg, case, None), simulate_op(&o, &cfg, case, None));
-            assert_eq!((fast.cycles, fast.executed_macs), (event.cycles, event.executed_macs), "case {case}: {cfg:?} {o:?}");
+            assert_eq!(
+                (fast.cycles, fast.executed_macs),
+                (event.cycles, event.executed_macs),
+                "case {case}: {cfg:?} {o:?}"
+            );
         }
     }
 
@@ -174,7 +184,13 @@ mod tests {
                 fma_latency: 1 + pick.below(4),
                 ..DlacConfig::fp32_train()
             };
-            let o = op(1 + pick.below(20), 1 + pick.below(200), 1 + pick.below(40), pick.uniform() as f64, pick.uniform() as f64);
+            let o = op(
+                1 + pick.below(20),
+                1 + pick.below(200),
+                1 + pick.below(40),
+                pick.uniform() as f64,
+                pick.uniform() as f64,
+            );
             let (fast, event) = (fast_op(&o, &cfg, case, None), simulate_op(&o, &cfg, case, None));
             assert_eq!(fast.executed_macs, event.executed_macs, "case {case}");
             assert!(event.cycles >= (event.executed_macs / cfg.total_units() as f64).floor(), "case {case}");
@@ -186,7 +202,13 @@ mod tests {
         // dense, 1 unit: with latency L a PE keeps its unit busy only with ≥ L output buffers
         let o = op(64, 200, 512, 0.0, 0.0);
         for (buffers, latency) in [(2, 1), (2, 2), (4, 4), (2, 4), (1, 3)] {
-            let cfg = DlacConfig { out_buffers: buffers, fma_latency: latency, window: 4, scan_rate: 1, ..DlacConfig::fp32_train() };
+            let cfg = DlacConfig {
+                out_buffers: buffers,
+                fma_latency: latency,
+                window: 4,
+                scan_rate: 1,
+                ..DlacConfig::fp32_train()
+            };
             let r = simulate_op(&o, &cfg, 0, None);
             let per_step = buffers.max(latency) as f64;
             let tiles = r.tiles as f64;

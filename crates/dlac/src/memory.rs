@@ -41,8 +41,27 @@ pub fn operand_words(op: &MmOp) -> (f64, f64, f64) {
     }
 }
 
-/// The traffic of `op` on `cfg`: the cheaper of the two loop orders.
+/// The traffic of `op` (one image) on `cfg`, per image: the cheaper of the two loop orders,
+/// for the batch of `cfg.batch` images run as one op (their output positions side by side:
+/// PQ and the input feature map scale with the batch, the weights do not) or image by image,
+/// whichever moves less (a larger operand may stop fitting its buffer).
 pub fn traffic(op: &MmOp, cfg: &DlacConfig) -> Traffic {
+    let single = traffic_of(op, cfg);
+    if cfg.batch == 1 {
+        return single;
+    }
+    let batched = MmOp { pq: op.pq * cfg.batch, ifm_words: op.ifm_words.map(|v| v * cfg.batch as u64), ..op.clone() };
+    let mut t = traffic_of(&batched, cfg);
+    t.dram_bytes /= cfg.batch as f64;
+    t.memory_cycles /= cfg.batch as f64;
+    if t.dram_bytes < single.dram_bytes {
+        t
+    } else {
+        single
+    }
+}
+
+fn traffic_of(op: &MmOp, cfg: &DlacConfig) -> Traffic {
     let (m, red, n) = op.dims();
     let word_bytes = cfg.word_bits() as f64 / 8.0;
     let (a, b, c) = operand_words(op);
@@ -104,6 +123,27 @@ mod tests {
         assert_eq!((t.dram_bytes, t.loop_order), ((a + b + c) * 4.0, "row_resident"));
         // bandwidth: bytes over bytes-per-cycle
         assert!((t.memory_cycles - t.dram_bytes / (cfg.dram_gb_per_s / (cfg.clock_mhz * 1e-3))).abs() < 1e-3);
+    }
+
+    #[test]
+    fn a_batch_shares_the_weights() {
+        // buffers that hold a tile row's weights (64x4608 words): the batch amortises them
+        let big = DlacConfig { weight_buffer_kib: 2048, ifm_buffer_kib: 2048, ..DlacConfig::fp32_train() };
+        let o = op("forward", 512, 4608, 49);
+        let one = traffic(&o, &big);
+        let many = traffic(&o, &DlacConfig { batch: 32, ..big.clone() });
+        let (a, b, c) = operand_words(&o);
+        assert_eq!(one.dram_bytes, (a + b + c) * 4.0);
+        assert!(many.dram_bytes < one.dram_bytes, "{} vs {}", many.dram_bytes, one.dram_bytes);
+        // never below the image's own inputs and outputs plus its share of the weights
+        assert!(many.dram_bytes >= (a / 32.0 + b + c) * 4.0);
+        // and never above image by image
+        for cfg in [DlacConfig::fp32_train(), big] {
+            for o in [o.clone(), op("weight_grad", 64, 576, 3136), op("forward", 64, 147, 12544)] {
+                let b32 = DlacConfig { batch: 32, ..cfg.clone() };
+                assert!(traffic(&o, &b32).dram_bytes <= traffic(&o, &cfg).dram_bytes);
+            }
+        }
     }
 
     #[test]
