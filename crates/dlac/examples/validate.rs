@@ -7,7 +7,8 @@
 //! operand (weights, forward) broadcast along PE rows or along PE columns.
 //!
 //! Run: cargo run --release -p tern-dlac --example validate -- ../shared/paper/fig5-odd-rows.csv [TILES]
-//! (TILES: tiles simulated per op for the event engine, default 16; the fast engine does all)
+//! (TILES: tiles simulated per op for the event engine, default 16, 0: all; the fast engine
+//! does all)
 
 use rayon::prelude::*;
 use tern_dlac::{DlacConfig, Engine, Workload};
@@ -50,7 +51,7 @@ fn main() {
     println!("|---|---|---:|---:|---:|---:|");
     let candidates = [(Engine::Fast, false), (Engine::Fast, true), (Engine::Event, false), (Engine::Event, true)];
     for (engine, swap_operands) in candidates {
-        let tiles = (engine == Engine::Event).then_some(event_tiles);
+        let tiles = (engine == Engine::Event && event_tiles > 0).then_some(event_tiles);
         let g: Vec<DlacConfig> = grid().into_iter().map(|c| DlacConfig { swap_operands, ..c }).collect();
         // err[c][r]: |relative error| of config c on row r
         let err: Vec<Vec<f64>> = g

@@ -438,17 +438,15 @@ pub(crate) fn run_tiles_with<S: OperandBits>(
     let (m, red, n) = op.dims();
     let (mt_count, nt_count) = (m.div_ceil(cfg.rows), n.div_ceil(cfg.cols * cfg.out_buffers));
     let tiles = mt_count * nt_count;
-    let chosen: Vec<usize> = match max_tiles {
-        Some(t) if t < tiles => (0..t).map(|i| i * tiles / t).collect(),
-        _ => (0..tiles).collect(),
-    };
-    let (cyc, exec) = chosen
+    let partial = (!m.is_multiple_of(cfg.rows), !n.is_multiple_of(cfg.cols * cfg.out_buffers));
+    let chosen = sample_tiles(mt_count, nt_count, partial, max_tiles);
+    let (cycles, executed) = chosen
         .par_iter()
-        .map(|&t| tile(cfg, op, t / nt_count, t % nt_count, &mut source(t)))
-        .reduce(|| (0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
-    let scale = tiles as f64 / chosen.len().max(1) as f64;
-    let cycles = cyc as f64 * scale;
-    let executed = exec as f64 * scale;
+        .map(|&(t, weight)| {
+            let (c, e) = tile(cfg, op, t / nt_count, t % nt_count, &mut source(t));
+            (c as f64 * weight, e as f64 * weight)
+        })
+        .reduce(|| (0.0, 0.0), |a, b| (a.0 + b.0, a.1 + b.1));
     // Buffer reads are analytic: every step of every tile reads its valid rows and columns.
     let reads = (red * (m * nt_count + n * mt_count)) as u64;
     // Dense cycles are analytic (per tile and window).
@@ -464,6 +462,37 @@ pub(crate) fn run_tiles_with<S: OperandBits>(
         }
     }
     OpResult::from_counts(op, cfg, cycles, dense as f64, reads as f64, executed, chosen.len(), tiles)
+}
+
+/// The tiles to simulate, with the number of tiles each stands for: all of them, or at most
+/// about `max_tiles` stratified by shape — interior tiles, the last tile row, the last tile
+/// column and the corner, when those are partial (they cost less, and evenly spaced indices
+/// can alias with the tile columns and miss them all) — each stratum sampled evenly and
+/// weighted by its size.
+fn sample_tiles(
+    mt_count: usize,
+    nt_count: usize,
+    (m_partial, n_partial): (bool, bool),
+    max_tiles: Option<usize>,
+) -> Vec<(usize, f64)> {
+    let tiles = mt_count * nt_count;
+    let budget = match max_tiles {
+        Some(t) if t < tiles => t.max(1),
+        _ => return (0..tiles).map(|t| (t, 1.0)).collect(),
+    };
+    let mut strata: [Vec<usize>; 4] = Default::default();
+    for t in 0..tiles {
+        let last_row = m_partial && t / nt_count == mt_count - 1;
+        let last_col = n_partial && t % nt_count == nt_count - 1;
+        strata[2 * last_row as usize + last_col as usize].push(t);
+    }
+    let mut chosen = Vec::new();
+    for s in strata.iter().filter(|s| !s.is_empty()) {
+        let k = ((budget * s.len()) as f64 / tiles as f64).round().clamp(1.0, s.len() as f64) as usize;
+        let weight = s.len() as f64 / k as f64;
+        chosen.extend((0..k).map(|i| (s[i * s.len() / k], weight)));
+    }
+    chosen
 }
 
 #[cfg(test)]
@@ -637,6 +666,25 @@ mod tests {
             assert_eq!(a.executed_macs, b.executed_macs, "{engine:?}");
             assert_eq!((b.op.k, b.op.crs, b.op.pq, b.op.row_zero), (m, red, n, a.op.row_zero));
             assert_eq!(a.dram_bytes, b.dram_bytes, "the memory model sees the same op");
+        }
+    }
+
+    #[test]
+    fn sampled_tiles_cover_the_partial_edges_and_stand_for_every_tile() {
+        // 72 x 3 tiles, the last column partial: evenly spaced indices (0, 27, 54, ...) would
+        // all land in tile column 0
+        let s = sample_tiles(72, 3, (false, true), Some(8));
+        let weight: f64 = s.iter().map(|x| x.1).sum();
+        assert!((weight - 216.0).abs() < 1e-9, "weights stand for all 216 tiles: {weight}");
+        assert!(s.iter().any(|&(t, _)| t % 3 == 2), "the partial column is sampled: {s:?}");
+        assert_eq!(sample_tiles(4, 5, (true, true), None).len(), 20);
+        assert_eq!(sample_tiles(4, 5, (true, true), Some(100)).len(), 20);
+        // a dense op sampled gives the analytic dense count exactly
+        let cfg = DlacConfig::fp32_train();
+        let o = MmOp::new("l", "backward", 512, 4608, 49, 0.0, 0.0);
+        for engine in [Engine::Fast, Engine::Event] {
+            let r = engine.simulate_op(&o, &cfg, 0, Some(8));
+            assert!((r.cycles - r.dense_cycles).abs() < 1e-6 * r.dense_cycles, "{engine:?}: {} vs {}", r.cycles, r.dense_cycles);
         }
     }
 
