@@ -102,6 +102,38 @@ pub enum BenchKind {
         #[arg(long)]
         probe: bool,
     },
+    /// CPU inference on tern-infer's u8 engine: a zoo model with random weights (ternary with
+    /// a chosen zero fraction, or FP32 quantised to s8), scales calibrated on random images;
+    /// latency per batch of images run back to back
+    Infer {
+        /// Model name (see `tern models`)
+        #[arg(long)]
+        model: String,
+        /// Ternary weights in every conv and linear layer but the first (the paper's SkipLayer)
+        #[arg(long)]
+        ternary: bool,
+        /// With --ternary: the fraction of each layer's weights that are zero
+        #[arg(long, default_value_t = 0.5, requires = "ternary")]
+        weight_zeros: f32,
+        /// Image side length
+        #[arg(long, default_value_t = 224)]
+        size: usize,
+        /// Input channels
+        #[arg(long, default_value_t = 3)]
+        channels: usize,
+        /// Classes
+        #[arg(long, default_value_t = 1000)]
+        classes: usize,
+        /// Images per timed call (run one after another)
+        #[arg(long, default_value_t = 1)]
+        batch: usize,
+        /// Timed calls (after two warm-up calls)
+        #[arg(long, default_value_t = 30)]
+        reps: usize,
+        /// Print the JSON object only
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 pub fn run(a: BenchArgs) -> anyhow::Result<()> {
@@ -180,6 +212,9 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
                 })
             );
         }
+        BenchKind::Infer { model, ternary, weight_zeros, size, channels, classes, batch, reps, json } => {
+            bench_infer(&model, ternary.then_some(weight_zeros), [channels, size, size], classes, batch, reps, json)?;
+        }
         BenchKind::Train {
             model,
             batch,
@@ -243,5 +278,76 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
             );
         }
     }
+    Ok(())
+}
+
+/// `tern bench infer`: plan and quantise a freshly built zoo model, then time its u8 engine.
+fn bench_infer(
+    name: &str,
+    weight_zeros: Option<f32>,
+    in_shape: [usize; 3],
+    classes: usize,
+    batch: usize,
+    reps: usize,
+    json_only: bool,
+) -> anyhow::Result<()> {
+    if batch == 0 || reps == 0 {
+        anyhow::bail!("invalid value for --batch/--reps: must be at least 1");
+    }
+    if let Some(z) = weight_zeros {
+        if !(0.0..1.0).contains(&z) {
+            anyhow::bail!("invalid value for --weight-zeros: {z}: expected a fraction in [0, 1)");
+        }
+    }
+    let cfg = ModelConfig { name: name.into(), in_shape, classes, width: 0, small_input: false, spec: None };
+    let mut rng = Rng::new(0);
+    let mut model = build(&cfg, &mut rng)?;
+    if let Some(z) = weight_zeros {
+        let t = tern_core::quant::TernaryConfig::parse(&format!("zeros:{z}"), "layer", None)?;
+        model.set_ternary(Some(t), true, false);
+    }
+    let float = tern_infer::plan::FloatPlan::of(&mut model)?;
+    let per: usize = in_shape.iter().product();
+    // u8 scales from random N(0, 1) images (the normalised input's distribution)
+    let calib_n = 8;
+    let calib = Tensor::randn(&[calib_n * per], 1.0, &mut rng);
+    let plan = tern_infer::plan::Plan::quantise(&float, calib.data(), calib_n)?;
+    let images = Tensor::randn(&[batch * per], 1.0, &mut rng);
+    let mut ws = tern_infer::plan::Workspace::default();
+    let mut call = || {
+        for x in images.data().chunks(per) {
+            std::hint::black_box(plan.run(x, &mut ws));
+        }
+    };
+    call();
+    call();
+    let mut ms: Vec<f64> = (0..reps)
+        .map(|_| {
+            let t = Instant::now();
+            call();
+            t.elapsed().as_secs_f64() * 1e3
+        })
+        .collect();
+    ms.sort_by(f64::total_cmp);
+    let at = |q: f64| ms[((ms.len() - 1) as f64 * q).round() as usize];
+    let (median, p90) = (at(0.5), at(0.9));
+    let out = serde_json::json!({
+        "model": name, "ternary": weight_zeros.is_some(), "weight_zeros": weight_zeros,
+        "input": in_shape, "batch": batch, "reps": reps, "threads": rayon::current_num_threads(),
+        "kernel": tern_infer::conv::kernel_name(),
+        "ms_median": median, "ms_p90": p90, "ms_min": ms[0], "images_per_s": batch as f64 * 1e3 / median,
+    });
+    if !json_only {
+        println!(
+            "{name} {:?}{}: {:.3} ms median, {:.3} ms p90 per batch of {batch} ({:.1} images/s, {} threads)",
+            in_shape,
+            weight_zeros.map_or(String::new(), |z| format!(" ternary ({:.0} % zero weights)", 100.0 * z)),
+            median,
+            p90,
+            batch as f64 * 1e3 / median,
+            rayon::current_num_threads()
+        );
+    }
+    println!("{out}");
     Ok(())
 }

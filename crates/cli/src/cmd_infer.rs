@@ -33,10 +33,14 @@ pub struct InferArgs {
     /// Evaluate on the first N test images [default: all]
     #[arg(long)]
     pub limit: Option<usize>,
-    /// Also time batch-1 inference over this many test images, the u8 engine against tern's
-    /// FP32 forward (0: no timing)
-    #[arg(long, default_value_t = 0)]
+    /// Time inference over this many test images, the u8 engine against tern's FP32 forward
+    /// (0: no timing): latency percentiles per call of --batch images, images/s
+    #[arg(long, default_value_t = 32)]
     pub bench: usize,
+    /// Images per timed call, run one after another (the engine works on one image at a time,
+    /// each convolution split over the threads)
+    #[arg(long, default_value_t = 1)]
+    pub batch: usize,
     /// Count, per convolution, the zeros its kernel could skip in its input (values, groups
     /// of 4 channels at a pixel, 4-channel groups zero over the whole image) over the
     /// evaluated images
@@ -58,8 +62,8 @@ fn argmax(v: &[f32]) -> usize {
     v.iter().enumerate().fold((0, f32::NEG_INFINITY), |b, (i, &x)| if x > b.1 { (i, x) } else { b }).0
 }
 
-/// Milliseconds per call of `f` (median of `reps` after two warm-up calls).
-fn median_ms(reps: usize, mut f: impl FnMut(usize)) -> f64 {
+/// Milliseconds per call of `f` over `reps` calls after two warm-up calls: (median, p90, p99).
+fn latency_ms(reps: usize, mut f: impl FnMut(usize)) -> [f64; 3] {
     f(0);
     f(1);
     let mut t: Vec<f64> = (0..reps)
@@ -70,7 +74,14 @@ fn median_ms(reps: usize, mut f: impl FnMut(usize)) -> f64 {
         })
         .collect();
     t.sort_by(f64::total_cmp);
-    t[t.len() / 2]
+    let at = |q: f64| t[((t.len() - 1) as f64 * q).round() as usize];
+    [at(0.5), at(0.9), at(0.99)]
+}
+
+/// Whether `label` is among the `k` largest of `v`.
+fn in_top(v: &[f32], label: usize, k: usize) -> bool {
+    let x = v[label];
+    v.iter().filter(|&&o| o > x).count() < k
 }
 
 /// A checkpoint's float plan and its quantised, calibrated plan packed with a reference
@@ -125,6 +136,9 @@ fn batches(ds: Arc<tern_data::Dataset>, normalize: &Normalize, shape: [usize; 3]
 }
 
 pub fn run(a: InferArgs) -> anyhow::Result<()> {
+    if a.batch == 0 {
+        anyhow::bail!("invalid value for --batch: must be at least 1");
+    }
     let (q, data, from) = match (&a.checkpoint, &a.model) {
         (Some(ck), None) => {
             let (q, data) = quantise(ck, &a.data, a.calibrate)?;
@@ -169,7 +183,7 @@ pub fn run(a: InferArgs) -> anyhow::Result<()> {
     let plan = &packed.plan;
     let bar = (!a.json).then(|| crate::progress::counter("infer", test.len() as u64, "images"));
     let mut ws = Workspace::default();
-    let (mut ok_u8, mut ok_fp, mut agree, mut n) = (0usize, 0usize, 0usize, 0usize);
+    let (mut ok_u8, mut top5_u8, mut ok_fp, mut agree, mut n) = (0usize, 0usize, 0usize, 0usize, 0usize);
     let mut bench_images: Vec<f32> = Vec::new();
     let mut zeros = Vec::new();
     for b in batches(test.clone(), &normalize, shape) {
@@ -178,12 +192,14 @@ pub fn run(a: InferArgs) -> anyhow::Result<()> {
         let m = b.labels.len();
         let fp = q.as_ref().map(|q| q.float.run(&x, m).pop().expect("logits"));
         for i in 0..m {
-            let u = argmax(&plan.run(&x[i * per..(i + 1) * per], &mut ws));
+            let logits = plan.run(&x[i * per..(i + 1) * per], &mut ws);
+            let u = argmax(&logits);
             if a.zeros {
                 plan.count_zeros(&ws, &mut zeros);
             }
             let y = b.labels[i] as usize;
             ok_u8 += (u == y) as usize;
+            top5_u8 += in_top(&logits, y, 5) as usize;
             if let Some(fp) = &fp {
                 let classes = fp.len() / m;
                 let f = argmax(&fp[i * classes..(i + 1) * classes]);
@@ -207,21 +223,28 @@ pub fn run(a: InferArgs) -> anyhow::Result<()> {
     }
     let reps = bench_images.len() / per;
     let img = |i: usize| &bench_images[(i % reps) * per..(i % reps + 1) * per];
-    let u8_ms = (reps > 0).then(|| {
-        median_ms(reps, |i| {
-            std::hint::black_box(plan.run(img(i), &mut ws));
+    // each timed call runs --batch images, starting at image i·batch
+    let u8_lat = (reps > 0).then(|| {
+        latency_ms(reps, |i| {
+            for j in 0..a.batch {
+                std::hint::black_box(plan.run(img(i * a.batch + j), &mut ws));
+            }
         })
     });
+    let u8_ms = u8_lat.map(|l| l[0]);
     let fp_ms = q.as_ref().filter(|_| reps > 0).map(|q| {
-        median_ms(reps, |i| {
-            std::hint::black_box(q.float.run(img(i), 1));
-        })
+        latency_ms(reps, |i| {
+            for j in 0..a.batch {
+                std::hint::black_box(q.float.run(img(i * a.batch + j), 1));
+            }
+        })[0]
     });
     let pct = |k: usize| 100.0 * k as f64 / n as f64;
     let kernel = tern_infer::conv::kernel_name();
     let mut json = serde_json::json!({
         "model": packed.model, "source": from, "kernel": kernel,
         "threads": rayon::current_num_threads(), "samples": n,
+        "test_accuracy": ok_u8 as f64 / n as f64, "top5": top5_u8 as f64 / n as f64,
         "test_accuracy_u8": ok_u8 as f64 / n as f64,
     });
     if let Some(q) = &q {
@@ -229,9 +252,14 @@ pub fn run(a: InferArgs) -> anyhow::Result<()> {
         json["test_accuracy_fp32"] = (ok_fp as f64 / n as f64).into();
         json["agreement"] = (agree as f64 / n as f64).into();
     }
-    if let Some(u) = u8_ms {
-        json["latency_ms_u8"] = u.into();
-        json["timed_images"] = reps.into();
+    if let Some([p50, p90, p99]) = u8_lat {
+        json["batch"] = a.batch.into();
+        json["latency_ms_u8"] = p50.into();
+        json["latency_ms_p50"] = p50.into();
+        json["latency_ms_p90"] = p90.into();
+        json["latency_ms_p99"] = p99.into();
+        json["images_per_s"] = (a.batch as f64 * 1e3 / p50).into();
+        json["timed_calls"] = reps.into();
     }
     if let (Some(u), Some(f)) = (u8_ms, fp_ms) {
         json["latency_ms_fp32"] = f.into();
@@ -277,11 +305,29 @@ pub fn run(a: InferArgs) -> anyhow::Result<()> {
         }
         print!("{}", t.render());
     }
-    let mut t = Table::new(&["engine", "top-1 %", "latency ms (batch 1)"]);
+    let lat = format!("latency ms (batch {})", a.batch);
+    let mut t = Table::new(&["engine", "top-1 %", "top-5 %", &lat, "p90 ms", "p99 ms", "images/s"]);
     let ms = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.3}"));
-    t.row(vec![format!("tern u8 ({kernel})"), format!("{:.2}", pct(ok_u8)), ms(u8_ms)]);
+    let rate = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{:.1}", a.batch as f64 * 1e3 / v));
+    t.row(vec![
+        format!("tern u8 ({kernel})"),
+        format!("{:.2}", pct(ok_u8)),
+        format!("{:.2}", pct(top5_u8)),
+        ms(u8_ms),
+        ms(u8_lat.map(|l| l[1])),
+        ms(u8_lat.map(|l| l[2])),
+        rate(u8_ms),
+    ]);
     if q.is_some() {
-        t.row(vec!["tern FP32 (the model's forward)".into(), format!("{:.2}", pct(ok_fp)), ms(fp_ms)]);
+        t.row(vec![
+            "tern FP32 (the model's forward)".into(),
+            format!("{:.2}", pct(ok_fp)),
+            "-".into(),
+            ms(fp_ms),
+            "-".into(),
+            "-".into(),
+            rate(fp_ms),
+        ]);
     }
     print!("{}", t.render());
     println!("{} on {} ({n} test images, {} threads)", packed.model, data.name, rayon::current_num_threads());
@@ -293,7 +339,7 @@ pub fn run(a: InferArgs) -> anyhow::Result<()> {
         );
     }
     if let (Some(u), Some(f)) = (u8_ms, fp_ms) {
-        println!("u8 engine {:.2}x the FP32 forward at batch 1 (median of {reps} images)", f / u);
+        println!("u8 engine {:.2}x the FP32 forward at batch {} (median of {reps} calls)", f / u, a.batch);
     }
     Ok(())
 }

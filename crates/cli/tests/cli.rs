@@ -815,12 +815,41 @@ fn infer_runs_a_checkpoint_on_the_u8_engine_and_reports_both_accuracies() {
     assert!(o.status.success(), "{}", stderr(&o));
     let ck = run.join("model.safetensors");
     let args = ["infer", "--checkpoint", ck.to_str().unwrap(), "--data", "mnist", "--data-path", dp];
-    let o = tern(&[&args[..], &["--bench", "5", "--json"]].concat());
+    let o = tern(&[&args[..], &["--bench", "5", "--batch", "2", "--json"]].concat());
     assert!(o.status.success(), "{}", stderr(&o));
     let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    for k in ["test_accuracy_u8", "test_accuracy_fp32", "agreement", "latency_ms_u8", "latency_ms_fp32", "speedup"] {
+    for k in [
+        "test_accuracy",
+        "top5",
+        "test_accuracy_u8",
+        "test_accuracy_fp32",
+        "agreement",
+        "latency_ms_u8",
+        "latency_ms_p50",
+        "latency_ms_p90",
+        "latency_ms_p99",
+        "images_per_s",
+        "latency_ms_fp32",
+        "speedup",
+    ] {
         assert!(r[k].as_f64().is_some(), "`{k}` in {r}");
     }
+    let f = |k: &str| r[k].as_f64().unwrap();
+    assert!(f("top5") >= f("test_accuracy") && f("latency_ms_p90") >= f("latency_ms_p50"), "{r}");
+    assert!((f("images_per_s") - 2.0 * 1e3 / f("latency_ms_p50")).abs() < 1e-6 * f("images_per_s"), "{r}");
+    // random weights of a chosen zero fraction, timed without data
+    let o = tern(&["bench", "infer", "--model", "lenet5", "--size", "28", "--channels", "1", "--classes", "10"]);
+    let o2 = tern(&["bench", "infer", "--model", "lenet5", "--size", "28", "--channels", "1", "--ternary", "--json"]);
+    for o in [&o, &o2] {
+        assert!(o.status.success(), "{}", stderr(o));
+        let last = String::from_utf8_lossy(&o.stdout).lines().last().unwrap().to_string();
+        let b: serde_json::Value = serde_json::from_str(&last).unwrap();
+        for k in ["ms_median", "ms_p90", "images_per_s"] {
+            assert!(b[k].as_f64().is_some_and(|v| v > 0.0), "`{k}` in {b}");
+        }
+    }
+    let bad = tern(&["bench", "infer", "--model", "lenet5", "--size", "28", "--ternary", "--weight-zeros", "1.5"]);
+    assert!(!bad.status.success() && stderr(&bad).contains("--weight-zeros"), "{}", stderr(&bad));
     // each convolution's kernel was chosen by timing both
     let kernels = r["kernels"].as_array().unwrap();
     assert!(kernels.len() >= 5 && kernels.iter().all(|k| k["dense_ms"].as_f64().unwrap() > 0.0), "{r}");

@@ -6,7 +6,7 @@
 //! the fast (window barrier) and the event (decoupled FIFOs) engine, each with the first
 //! operand (weights, forward) broadcast along PE rows or along PE columns.
 //!
-//! Run: cargo run --release -p tern-dlac --example validate -- ../shared/paper/fig5-odd-rows.csv [TILES]
+//! Run: cargo run --release -p tern-dlac --example validate -- ../shared/paper/fig5-odd-rows.csv [TILES [ONLY]]
 //! (TILES: tiles simulated per op for the event engine, default 16, 0: all; the fast engine
 //! does all)
 
@@ -14,11 +14,13 @@ use rayon::prelude::*;
 use tern_dlac::{DlacConfig, Engine, Workload};
 
 /// The free parameters searched, in every candidate.
-const FREE: [&str; 5] = ["grid shape", "out_buffers", "window", "scan_rate", "read_words_per_cycle"];
+const FREE: [&str; 5] = ["grid shape and units per PE", "out_buffers", "window", "scan_rate", "read_words_per_cycle"];
 
 fn grid() -> Vec<DlacConfig> {
     let mut g = Vec::new();
-    for (rows, cols) in [(64, 8), (32, 16)] {
+    // 512 multiply-add units: one per PE, or two per PE (a PE then skips an input zero only
+    // when it frees a whole cycle)
+    for (rows, cols, units) in [(64, 8, 1), (32, 16, 1), (32, 8, 2), (64, 4, 2)] {
         for out_buffers in [2, 3, 4] {
             for window in [4, 8, 12, 16, 24] {
                 for scan_rate in [2, 3, 4] {
@@ -26,6 +28,7 @@ fn grid() -> Vec<DlacConfig> {
                         g.push(DlacConfig {
                             rows,
                             cols,
+                            units,
                             out_buffers,
                             window,
                             scan_rate,
@@ -44,6 +47,8 @@ fn main() {
     let mut args = std::env::args().skip(1);
     let path = args.next().expect("usage: validate FILE.csv [EVENT_TILES]");
     let event_tiles: usize = args.next().map_or(16, |s| s.parse().expect("EVENT_TILES: a count"));
+    // optional: only the candidates whose label (e.g. `event-rows`) contains this
+    let only = args.next().unwrap_or_default();
     let w = Workload::load(std::path::Path::new(&path)).expect("workload");
     let want: Vec<f64> = w.ops.iter().map(|o| o.reference_flops_per_cycle.expect("a flops_per_cycle column")).collect();
     println!("{} rows; free parameters per candidate: {} ({})", w.ops.len(), FREE.len(), FREE.join(", "));
@@ -51,6 +56,10 @@ fn main() {
     println!("|---|---|---:|---:|---:|---:|");
     let candidates = [(Engine::Fast, false), (Engine::Fast, true), (Engine::Event, false), (Engine::Event, true)];
     for (engine, swap_operands) in candidates {
+        let label = format!("{}-{}", engine.name(), if swap_operands { "cols" } else { "rows" });
+        if !label.contains(&only) {
+            continue;
+        }
         let tiles = (engine == Engine::Event && event_tiles > 0).then_some(event_tiles);
         let g: Vec<DlacConfig> = grid().into_iter().map(|c| DlacConfig { swap_operands, ..c }).collect();
         // err[c][r]: |relative error| of config c on row r

@@ -684,7 +684,12 @@ mod tests {
         let o = MmOp::new("l", "backward", 512, 4608, 49, 0.0, 0.0);
         for engine in [Engine::Fast, Engine::Event] {
             let r = engine.simulate_op(&o, &cfg, 0, Some(8));
-            assert!((r.cycles - r.dense_cycles).abs() < 1e-6 * r.dense_cycles, "{engine:?}: {} vs {}", r.cycles, r.dense_cycles);
+            assert!(
+                (r.cycles - r.dense_cycles).abs() < 1e-6 * r.dense_cycles,
+                "{engine:?}: {} vs {}",
+                r.cycles,
+                r.dense_cycles
+            );
         }
     }
 
