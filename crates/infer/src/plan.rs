@@ -693,21 +693,26 @@ impl Plan {
                         .map(|(p, c)| ws.f32s[*src][p * stride + c])
                         .collect(),
                 };
-                // one image: a dot product per output (a GEMM call costs more than it computes)
+                // one image: a dot product per output (a GEMM call costs more than it computes).
+                // The weights (2 MB for ResNet's 512→1000) make it memory-bound: outputs are
+                // split over the threads so that each core streams half of them (and keeps
+                // its half in its own L2 from one image to the next).
+                use rayon::prelude::*;
                 let d_in = input.len();
-                let mut y: Vec<f32> = weights
-                    .chunks_exact(d_in)
-                    .zip(bias)
-                    .map(|(w, b)| {
-                        let mut acc = [0.0f32; 16];
-                        for (wc, xc) in w.chunks(16).zip(input.chunks(16)) {
-                            for i in 0..wc.len() {
-                                acc[i] += wc[i] * xc[i];
-                            }
+                let dot = |(w, b): (&[f32], &f32)| {
+                    let mut acc = [0.0f32; 16];
+                    for (wc, xc) in w.chunks(16).zip(input.chunks(16)) {
+                        for i in 0..wc.len() {
+                            acc[i] += wc[i] * xc[i];
                         }
-                        acc.iter().sum::<f32>() + b
-                    })
-                    .collect();
+                    }
+                    acc.iter().sum::<f32>() + b
+                };
+                let mut y: Vec<f32> = if weights.len() >= 1 << 16 {
+                    weights.par_chunks_exact(d_in).zip(bias.par_iter()).with_min_len(16).map(dot).collect()
+                } else {
+                    weights.chunks_exact(d_in).zip(bias).map(dot).collect()
+                };
                 if let Some(th) = relu {
                     y.iter_mut().for_each(|t| *t = if *t > *th { *t } else { 0.0 });
                 }
