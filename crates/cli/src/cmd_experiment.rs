@@ -383,7 +383,16 @@ fn run_phase(
                 loop {
                     let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     let Some(r) = runs.get(i) else { break };
-                    let res = one(r, backend.take(), true);
+                    // a device failure inside a kernel panics: it ends this run with an error
+                    // naming it (its last checkpoint stays), not the whole process
+                    let held = backend.take();
+                    let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| one(r, held, true)))
+                        .unwrap_or_else(|p| {
+                            Err(anyhow::anyhow!(
+                                "failed: {} (its last checkpoint, if any, is kept; the experiment resumes from it when run again)",
+                                crate::panic_text(p.as_ref())
+                            ))
+                        });
                     let res = res.map(|(res, be)| {
                         backend = be;
                         res

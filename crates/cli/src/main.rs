@@ -112,6 +112,28 @@ pub(crate) fn execute(argv: &[String]) -> anyhow::Result<()> {
     dispatch(cli.command)
 }
 
+/// The text of a panic's payload.
+pub(crate) fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "unknown panic".into())
+}
+
+/// A failure that ends in a panic (a device error inside a kernel, an invariant broken) is
+/// reported as one `error:` line naming where it happened, like any other error; with
+/// RUST_BACKTRACE set, Rust's own report (and backtrace) instead.
+fn install_panic_hook() {
+    if std::env::var_os("RUST_BACKTRACE").is_some() {
+        return;
+    }
+    std::panic::set_hook(Box::new(|info| {
+        let at = info.location().map(|l| format!(" (at {}:{})", l.file(), l.line())).unwrap_or_default();
+        eprintln!("error: {}{at}", panic_text(info.payload()));
+    }));
+}
+
 fn main() -> ExitCode {
     // Die quietly on a closed pipe (`tern models | head`), like other Unix tools, instead of
     // panicking in println!.
@@ -120,6 +142,7 @@ fn main() -> ExitCode {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
+    install_panic_hook();
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
