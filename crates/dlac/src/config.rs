@@ -117,13 +117,28 @@ impl DlacConfig {
         }
     }
 
-    pub const PRESETS: [&'static str; 2] = ["dlac-fp32-train", "dlac-fp16-infer"];
+    /// The training instance as the event engine fits it (`tern sim --engine event`): the
+    /// best fit of the leave-one-out validation's best candidate (decoupled FIFOs, weights on
+    /// PE rows) on the paper's 18 odd Fig. 5 rows (DLAC.md, "Validation"): 3 output buffers,
+    /// FIFOs of 4 steps, scan rate 3, 192 buffer words per cycle. Fitted, like the others.
+    pub fn fp32_event() -> Self {
+        DlacConfig {
+            name: "dlac-fp32-event".into(),
+            out_buffers: 3,
+            window: 4,
+            read_words_per_cycle: 192,
+            ..Self::fp32_train()
+        }
+    }
+
+    pub const PRESETS: [&'static str; 3] = ["dlac-fp32-train", "dlac-fp16-infer", "dlac-fp32-event"];
 
     /// A preset name or a TOML file.
     pub fn load(spec: &str) -> Result<Self> {
         let cfg = match spec {
             "dlac-fp32-train" => Self::fp32_train(),
             "dlac-fp16-infer" => Self::fp16_infer(),
+            "dlac-fp32-event" => Self::fp32_event(),
             path => {
                 let p = Path::new(path);
                 if !p.is_file() {

@@ -2,7 +2,7 @@
 //! cycles is a deliberate model change. Regenerate on purpose with
 //! `TERN_BLESS=1 cargo test -p tern-dlac --test golden` and review the diff.
 
-use tern_dlac::{simulate_op, DlacConfig, MmOp};
+use tern_dlac::{DlacConfig, Engine, MmOp};
 
 fn small() -> DlacConfig {
     DlacConfig {
@@ -33,7 +33,15 @@ fn small_configs_match_their_golden_cycles() {
     let mut lines = Vec::new();
     for (cfg_name, cfg) in [("small", small()), ("fp32-train", DlacConfig::fp32_train())] {
         for (i, o) in ops.iter().enumerate() {
-            let r = simulate_op(o, &cfg, 42 + i as u64, None);
+            let r = Engine::Fast.simulate_op(o, &cfg, 42 + i as u64, None);
+            lines.push(format!("{cfg_name} {} cycles {} dense {}", o.name, r.cycles, r.dense_cycles));
+        }
+    }
+    let latency = DlacConfig { fma_latency: 3, ..small() };
+    for (cfg_name, cfg) in [("event small", small()), ("event latency-3", latency), ("event", DlacConfig::fp32_event())]
+    {
+        for (i, o) in ops.iter().enumerate() {
+            let r = Engine::Event.simulate_op(o, &cfg, 42 + i as u64, None);
             lines.push(format!("{cfg_name} {} cycles {} dense {}", o.name, r.cycles, r.dense_cycles));
         }
     }
