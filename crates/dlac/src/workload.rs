@@ -347,6 +347,8 @@ mod tests {
         assert_eq!((w.ops[0].k, w.ops[0].crs, w.ops[0].pq), (96, 3 * 11 * 11, 54 * 54));
         assert_eq!((w.ops[1].k, w.ops[1].crs, w.ops[1].pq), (256, 96 * 25, 23 * 23));
         assert_eq!((w.ops[0].row_zero, w.ops[0].col_zero), (0.0, 0.0));
+        // the input feature map as stored (the memory model's size of the lowered operand)
+        assert_eq!((w.ops[0].ifm_words, w.ops[1].ifm_words), (Some(3 * 224 * 224), Some(96 * 27 * 27)));
         // with zero percentages
         std::fs::write(
             &csv,
@@ -388,6 +390,20 @@ mod tests {
         let w = Workload::load(&js).unwrap();
         assert_eq!(w.ops[0].dims(), (72, 8, 100));
         assert!(w.pt_layers.is_empty());
+        assert_eq!(w.ops[0].ifm_words, None);
+        // the input feature map's size, when the profiler wrote it, and a bad one named
+        let with_ifm = |v: &str| {
+            format!(
+                r#"{{"mm_ops":[{{"name":"c","pass":"forward","k":8,"crs":72,"pq":100,"zero_frac":[0,0],"ifm_elems":{v}}}]}}"#
+            )
+        };
+        std::fs::write(&js, with_ifm("800")).unwrap();
+        assert_eq!(Workload::load(&js).unwrap().ops[0].ifm_words, Some(800));
+        for bad in ["0", "-3", "\"x\"", "1e30"] {
+            std::fs::write(&js, with_ifm(bad)).unwrap();
+            let e = Workload::load(&js).unwrap_err().to_string();
+            assert!(e.contains("mm_ops[0].ifm_elems") && e.contains("w.json"), "{bad}: {e}");
+        }
         std::fs::write(
             &js,
             r#"{"mm_ops":[],"pt_ops":[{"name":"b","kind":"bn","elements":800},{"name":"r","kind":"relu","elements":800}]}"#,
