@@ -629,7 +629,7 @@ fn build_report(
     d.figure("profile-ternary/layers.svg", "Ternary model: non-zero fraction per layer and pass.");
 
     d.h(1, "DLAC simulation (Fig. 5)");
-    d.p("Each conv and linear layer of each pass is an mmOp on DLAC's PE grid; the cycle engine skips every multiply-add with a zero operand (operand masks drawn from the profiled zero fractions). `dlac-fp32-train` runs the three training passes, `dlac-fp16-infer` the forward pass. FLOP/cycle counts the dense layer's 2·K·CRS·PQ over the simulated cycles. The column with ptWiseOps adds the cycles of the forward program's BN (one mul-add), ReLU (one `?:`) and residual adds on the output buffers. The last row runs the same training workload on the real zeros of one profiled image (spatial structure included) instead of independent draws.");
+    d.p("Each conv and linear layer of each pass is an mmOp on DLAC's PE grid; the cycle engine skips every multiply-add with a zero operand (operand masks drawn from the profiled zero fractions). `dlac-fp32-train` runs the three training passes, `dlac-fp16-infer` the forward pass. FLOP/cycle counts the dense layer's 2·K·CRS·PQ over the simulated cycles. The column with ptWiseOps adds the cycles of the forward program's BN (one mul-add), ReLU (one `?:`) and residual adds on the output buffers. The last row runs the same training workload on the real zeros of one profiled image (spatial structure included) instead of independent draws. Energy per image comes from cited per-operation and per-access energies scaled to 14 nm, off-chip traffic included (DLAC.md, \"Energy model\").");
     let mut rows = Vec::new();
     for (m, t, s) in &sims {
         rows.push(vec![
@@ -650,6 +650,9 @@ fn build_report(
             format!("{:.2}", f(&s["tflops_per_mm2"])),
             format!("{:.2}", f(&s["speedup"])),
             format!("{:.2}–{:.2}", f(&s["speedup_min"]), f(&s["speedup_max"])),
+            format!("{:.0}", f(&s["energy_pj_per_image"]) * 1e-6),
+            format!("{:.2}", f(&s["pj_per_flop"])),
+            format!("{:.0}", f(&s["energy_saved_pct"])),
         ]);
     }
     d.table(
@@ -667,6 +670,9 @@ fn build_report(
             "TFLOP/s/mm²",
             "speedup",
             "per-op speedup",
+            "µJ / image",
+            "pJ / useful FLOP",
+            "energy saved %",
         ],
         rows,
     );
