@@ -62,6 +62,7 @@ pub fn run(a: SimArgs) -> anyhow::Result<()> {
         }
     }
     let engine = Engine::parse(&a.engine).expect("clap checked the value");
+    engine.check(&cfg)?;
     let tiles = a.max_tiles.unwrap_or(if engine == Engine::Event { 8 } else { 64 });
     let max_tiles = (tiles > 0).then_some(tiles);
     if !a.sweep.is_empty() {

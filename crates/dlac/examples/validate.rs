@@ -54,14 +54,26 @@ fn main() {
     println!("{} rows; free parameters per candidate: {} ({})", w.ops.len(), FREE.len(), FREE.join(", "));
     println!("| engine | first operand on | grid points | in-sample mean / max % | LOO mean / max % | LOO rows within 15 % |");
     println!("|---|---|---:|---:|---:|---:|");
-    let candidates = [(Engine::Fast, false), (Engine::Fast, true), (Engine::Event, false), (Engine::Event, true)];
-    for (engine, swap_operands) in candidates {
-        let label = format!("{}-{}", engine.name(), if swap_operands { "cols" } else { "rows" });
+    let candidates = [
+        (Engine::Fast, false, false),
+        (Engine::Fast, true, false),
+        (Engine::Event, false, false),
+        (Engine::Event, true, false),
+        (Engine::Event, false, true),
+    ];
+    for (engine, swap_operands, compressed_fifos) in candidates {
+        let label = format!(
+            "{}-{}{}",
+            engine.name(),
+            if swap_operands { "cols" } else { "rows" },
+            if compressed_fifos { "-compressed" } else { "" }
+        );
         if !label.contains(&only) {
             continue;
         }
         let tiles = (engine == Engine::Event && event_tiles > 0).then_some(event_tiles);
-        let g: Vec<DlacConfig> = grid().into_iter().map(|c| DlacConfig { swap_operands, ..c }).collect();
+        let g: Vec<DlacConfig> =
+            grid().into_iter().map(|c| DlacConfig { swap_operands, compressed_fifos, ..c }).collect();
         // err[c][r]: |relative error| of config c on row r
         let err: Vec<Vec<f64>> = g
             .par_iter()
@@ -98,8 +110,9 @@ fn main() {
         let loo_max = held.iter().cloned().fold(0.0, f64::max);
         let within = held.iter().filter(|&&e| e <= 0.15).count();
         println!(
-            "| {} | {} | {} | {:.1} / {:.1} | {:.1} / {:.1} | {} of {} |",
+            "| {}{} | {} | {} | {:.1} / {:.1} | {:.1} / {:.1} | {} of {} |",
             engine.name(),
+            if compressed_fifos { ", compressed FIFOs" } else { "" },
             if swap_operands { "PE columns" } else { "PE rows" },
             g.len(),
             100.0 * mean_without(best, None),

@@ -39,6 +39,11 @@ pub struct DlacConfig {
     /// swaps them, so the first operand's values go `out_buffers` at a time down PE columns.
     #[serde(default)]
     pub swap_operands: bool,
+    /// Event engine: the operand FIFOs hold only the steps that give their PE work (a zero
+    /// weight, or all-zero inputs, never take a slot), so the broadcast waits only for the PEs
+    /// it feeds. The fast engine has no FIFOs and refuses it.
+    #[serde(default)]
+    pub compressed_fifos: bool,
     /// Cycles between two accumulations into the same output buffer (the FP adder's pipeline
     /// depth, seen by the event engine; 1: forwarded, never a stall). The paper gives none.
     #[serde(default = "default_fma_latency")]
@@ -94,6 +99,7 @@ impl DlacConfig {
             read_words_per_cycle: 240,
             precision: Precision::Fp32,
             swap_operands: false,
+            compressed_fifos: false,
             fma_latency: default_fma_latency(),
             clock_mhz: 500.0,
             weight_buffer_kib: 216,

@@ -345,6 +345,26 @@ impl Engine {
             Engine::Event => "event",
         }
     }
+    /// Refuses a config with options this engine would ignore (the fast engine has no FIFOs
+    /// and no FP pipeline), naming the field.
+    pub fn check(self, cfg: &DlacConfig) -> tern_core::Result<()> {
+        if self == Engine::Fast {
+            if cfg.fma_latency > 1 {
+                return Err(tern_core::Error::invalid(
+                    "fma_latency",
+                    format!("{}: only the event engine models the FP pipeline (--engine event)", cfg.fma_latency),
+                ));
+            }
+            if cfg.compressed_fifos {
+                return Err(tern_core::Error::invalid(
+                    "compressed_fifos",
+                    "only the event engine models operand FIFOs (--engine event)",
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// One op on Bernoulli masks drawn from its zero fractions.
     pub fn simulate_op(self, op: &MmOp, cfg: &DlacConfig, seed: u64, max_tiles: Option<usize>) -> OpResult {
         let run = |o: &MmOp| match self {
