@@ -2,6 +2,7 @@
 //! the trainer (with checkpoints and resume).
 
 pub mod checkpoint;
+pub mod data_parallel;
 pub mod layer;
 pub mod layers;
 pub mod model;
