@@ -122,6 +122,10 @@ pub fn run(a: SimArgs) -> anyhow::Result<()> {
         s.cycles_with_memory,
         s.dram_gb_per_s_needed
     );
+    println!(
+        "buffers to read every operand once: {:.0} KiB weights + {:.0} KiB IFM (this config: {} + {} KiB)",
+        s.weight_buffer_kib_needed, s.ifm_buffer_kib_needed, cfg.weight_buffer_kib, cfg.ifm_buffer_kib
+    );
     if s.pointwise_cycles > 0.0 {
         println!(
             "ptWiseOps of the forward program ({} BN/ReLU/add layers): {:.3e} cycles more, {:.0} FLOP/cycle with them",

@@ -84,6 +84,20 @@ fn traffic_of(op: &MmOp, cfg: &DlacConfig) -> Traffic {
     Traffic { dram_bytes, loop_order, memory_cycles: dram_bytes / bytes_per_cycle }
 }
 
+/// The smallest (weight buffer, IFM buffer) capacities, in bytes, with which `op` reads each
+/// operand from DRAM once (image by image): a tile row's weights resident and the whole
+/// column operand on chip, or the mirror image, whichever needs less in all.
+pub fn buffers_needed(op: &MmOp, cfg: &DlacConfig) -> (f64, f64) {
+    let (m, red, n) = op.dims();
+    let (a, b, _) = operand_words(op);
+    let nt = n.div_ceil(cfg.cols * cfg.out_buffers) as f64;
+    let word_bytes = cfg.word_bits() as f64 / 8.0;
+    let rows_outer = ((cfg.rows.min(m) * red) as f64, b);
+    let cols_outer = (a, b / nt);
+    let (w, i) = if rows_outer.0 + rows_outer.1 <= cols_outer.0 + cols_outer.1 { rows_outer } else { cols_outer };
+    (w * word_bytes, i * word_bytes)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -123,6 +137,21 @@ mod tests {
         assert_eq!((t.dram_bytes, t.loop_order), ((a + b + c) * 4.0, "row_resident"));
         // bandwidth: bytes over bytes-per-cycle
         assert!((t.memory_cycles - t.dram_bytes / (cfg.dram_gb_per_s / (cfg.clock_mhz * 1e-3))).abs() < 1e-3);
+    }
+
+    #[test]
+    fn with_the_buffers_it_needs_an_op_reads_everything_once() {
+        let mut pick = tern_core::Rng::new(8);
+        for _ in 0..30 {
+            let pass = ["forward", "backward", "weight_grad"][pick.below(3)];
+            let mut o = op(pass, 1 + pick.below(600), 1 + pick.below(5000), 1 + pick.below(4000));
+            o.ifm_words = Some((1 + pick.below(o.crs)) as u64 * o.pq as u64);
+            let (w, i) = buffers_needed(&o, &DlacConfig::fp32_train());
+            let kib = |bytes: f64| (bytes / 1024.0).ceil() as usize;
+            let cfg = DlacConfig { weight_buffer_kib: kib(w), ifm_buffer_kib: kib(i), ..DlacConfig::fp32_train() };
+            let (a, b, c) = operand_words(&o);
+            assert_eq!(traffic(&o, &cfg).dram_bytes, (a + b + c) * 4.0, "{o:?} with {w} + {i} bytes");
+        }
     }
 
     #[test]

@@ -85,6 +85,10 @@ pub struct Summary {
     pub memory_bound_ops: usize,
     /// Off-chip bandwidth the workload needs to run at its simulated compute speed, GB/s.
     pub dram_gb_per_s_needed: f64,
+    /// The weight and IFM buffer sizes with which every op reads each operand from DRAM once
+    /// (the largest need over the ops), KiB; the config's are `config.*_buffer_kib`.
+    pub weight_buffer_kib_needed: f64,
+    pub ifm_buffer_kib_needed: f64,
     /// Energy of the mmOps per image (workloads are per image), pJ, and by component.
     pub energy_pj_per_image: f64,
     pub energy_breakdown_pj: Energy,
@@ -129,8 +133,12 @@ impl Summary {
         let executed: f64 = results.iter().map(|r| r.executed_macs).sum();
         let dram: f64 = results.iter().map(|r| r.dram_bytes).sum();
         let with_memory: f64 = results.iter().map(|r| r.cycles.max(r.memory_cycles)).sum();
+        let needed = results.iter().map(|r| crate::memory::buffers_needed(&r.op, cfg));
+        let (w_need, i_need) = needed.fold((0.0f64, 0.0f64), |acc, (w, i)| (acc.0.max(w), acc.1.max(i)));
         Summary {
             engine: engine.name(),
+            weight_buffer_kib_needed: w_need / 1024.0,
+            ifm_buffer_kib_needed: i_need / 1024.0,
             dram_bytes_per_image: dram,
             cycles_with_memory: with_memory,
             memory_bound_ops: results.iter().filter(|r| r.memory_bound).count(),
