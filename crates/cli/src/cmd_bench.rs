@@ -314,23 +314,13 @@ fn bench_infer(
     let plan = tern_infer::plan::Plan::quantise(&float, calib.data(), calib_n)?;
     let images = Tensor::randn(&[batch * per], 1.0, &mut rng);
     let mut ws = tern_infer::plan::Workspace::default();
-    let mut call = || {
+    let ms = crate::cmd_infer::timed_ms(reps, |_| {
         for x in images.data().chunks(per) {
             std::hint::black_box(plan.run(x, &mut ws));
         }
-    };
-    call();
-    call();
-    let mut ms: Vec<f64> = (0..reps)
-        .map(|_| {
-            let t = Instant::now();
-            call();
-            t.elapsed().as_secs_f64() * 1e3
-        })
-        .collect();
-    ms.sort_by(f64::total_cmp);
-    let at = |q: f64| ms[((ms.len() - 1) as f64 * q).round() as usize];
-    let (median, p90) = (at(0.5), at(0.9));
+    });
+    let q = |p: f64| crate::cmd_infer::quantile(&ms, p);
+    let (median, p90) = (q(0.5), q(0.9));
     let out = serde_json::json!({
         "model": name, "ternary": weight_zeros.is_some(), "weight_zeros": weight_zeros,
         "input": in_shape, "batch": batch, "reps": reps, "threads": rayon::current_num_threads(),

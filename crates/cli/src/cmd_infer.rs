@@ -62,8 +62,8 @@ fn argmax(v: &[f32]) -> usize {
     v.iter().enumerate().fold((0, f32::NEG_INFINITY), |b, (i, &x)| if x > b.1 { (i, x) } else { b }).0
 }
 
-/// Milliseconds per call of `f` over `reps` calls after two warm-up calls: (median, p90, p99).
-fn latency_ms(reps: usize, mut f: impl FnMut(usize)) -> [f64; 3] {
+/// Milliseconds of each of `reps` calls of `f` (after two warm-up calls), sorted.
+pub(crate) fn timed_ms(reps: usize, mut f: impl FnMut(usize)) -> Vec<f64> {
     f(0);
     f(1);
     let mut t: Vec<f64> = (0..reps)
@@ -74,8 +74,18 @@ fn latency_ms(reps: usize, mut f: impl FnMut(usize)) -> [f64; 3] {
         })
         .collect();
     t.sort_by(f64::total_cmp);
-    let at = |q: f64| t[((t.len() - 1) as f64 * q).round() as usize];
-    [at(0.5), at(0.9), at(0.99)]
+    t
+}
+
+/// The `q` quantile of sorted, non-empty times (nearest rank).
+pub(crate) fn quantile(sorted: &[f64], q: f64) -> f64 {
+    sorted[((sorted.len() - 1) as f64 * q).round() as usize]
+}
+
+/// (median, p90, p99) milliseconds per call of `f` over `reps` calls.
+fn latency_ms(reps: usize, f: impl FnMut(usize)) -> [f64; 3] {
+    let t = timed_ms(reps, f);
+    [quantile(&t, 0.5), quantile(&t, 0.9), quantile(&t, 0.99)]
 }
 
 /// Whether `label` is among the `k` largest of `v`.

@@ -123,25 +123,18 @@ fn train_then_eval_follow_the_contract_and_resume_extends() {
     }
 
     // The profiler's workload runs through the DLAC simulator.
+    let wl = prof.join("workload.json");
+    let (wls, masks) = (wl.to_str().unwrap().to_string(), prof.join("masks.bin").to_str().unwrap().to_string());
+    let sim_with = |args: &[&str]| tern(&[&["sim", "--workload", wls.as_str()][..], args].concat());
     let sim = out.path().join("sim");
-    let o = tern(&[
-        "sim",
-        "--workload",
-        prof.join("workload.json").to_str().unwrap(),
-        "--config",
-        "dlac-fp16-infer",
-        "--pass",
-        "forward",
-        "--out",
-        sim.to_str().unwrap(),
-    ]);
+    let o = sim_with(&["--config", "dlac-fp16-infer", "--pass", "forward", "--out", sim.to_str().unwrap()]);
     assert!(o.status.success(), "{}", stderr(&o));
     let layers = std::fs::read_to_string(sim.join("layers.csv")).unwrap();
     assert!(layers
         .starts_with("layer,pass,k,crs,pq,weight_zero_pct,ifm_zero_pct,cycles,flops_per_cycle,speedup,utilisation"));
     assert_eq!(layers.lines().count(), 1 + 5);
     assert!(std::fs::read_to_string(sim.join("flops_per_cycle.svg")).unwrap().contains("</svg>"));
-    let o = tern(&["sim", "--workload", prof.join("workload.json").to_str().unwrap(), "--config", "no-such-preset"]);
+    let o = sim_with(&["--config", "no-such-preset"]);
     assert!(!o.status.success() && stderr(&o).contains("--config"));
     let summary: serde_json::Value = serde_json::from_slice(&std::fs::read(sim.join("summary.json")).unwrap()).unwrap();
     for k in ["tflops_at_clock", "area_mm2", "tflops_per_mm2", "speedup", "flops_per_cycle_max"] {
@@ -150,32 +143,12 @@ fn train_then_eval_follow_the_contract_and_resume_extends() {
 
     // ... and on the real zeros the profiler saved
     let simm = out.path().join("sim-masks");
-    let o = tern(&[
-        "sim",
-        "--workload",
-        prof.join("workload.json").to_str().unwrap(),
-        "--masks",
-        prof.join("masks.bin").to_str().unwrap(),
-        "--out",
-        simm.to_str().unwrap(),
-    ]);
+    let o = sim_with(&["--masks", &masks, "--out", simm.to_str().unwrap()]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(std::fs::read_to_string(simm.join("layers.csv")).unwrap().lines().count(), 1 + 14);
     // the event engine on the same masks: the same contract, and its name in the summary
     let sime = out.path().join("sim-event");
-    let o = tern(&[
-        "sim",
-        "--workload",
-        prof.join("workload.json").to_str().unwrap(),
-        "--masks",
-        prof.join("masks.bin").to_str().unwrap(),
-        "--engine",
-        "event",
-        "--max-tiles",
-        "0",
-        "--out",
-        sime.to_str().unwrap(),
-    ]);
+    let o = sim_with(&["--masks", &masks, "--engine", "event", "--max-tiles", "0", "--out", sime.to_str().unwrap()]);
     assert!(o.status.success(), "{}", stderr(&o));
     let summary_of = |dir: &std::path::Path| -> serde_json::Value {
         serde_json::from_slice(&std::fs::read(dir.join("summary.json")).unwrap()).unwrap()
@@ -190,14 +163,13 @@ fn train_then_eval_follow_the_contract_and_resume_extends() {
     let header = std::fs::read_to_string(sime.join("layers.csv")).unwrap();
     let header = header.lines().next().unwrap().to_string();
     assert!(header.contains(",dram_bytes,") && header.contains(",energy_pj,"), "{header}");
-    let o = tern(&["sim", "--workload", prof.join("workload.json").to_str().unwrap(), "--engine", "exact"]);
+    let o = sim_with(&["--engine", "exact"]);
     assert!(!o.status.success() && stderr(&o).contains("--engine"), "{}", stderr(&o));
-    let o = tern(&["sim", "--workload", prof.join("workload.json").to_str().unwrap(), "--masks", wl_missing(&out)]);
+    let o = sim_with(&["--masks", wl_missing(&out)]);
     assert!(!o.status.success() && stderr(&o).contains("nowhere.bin"), "{}", stderr(&o));
 
     // The design-space sweep: every valid combination, one CSV row each, and a plot.
     let sweep = out.path().join("sweep");
-    let wl = prof.join("workload.json");
     let o = tern(&[
         "sim",
         "--workload",

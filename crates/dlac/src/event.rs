@@ -161,6 +161,12 @@ mod tests {
         MmOp::new("l", "forward", k, crs, pq, rz, cz)
     }
 
+    /// A forward op of random K, CRS, PQ (below `max`) and random zero fractions.
+    fn random_op(pick: &mut Rng, max: [usize; 3]) -> MmOp {
+        let (k, crs, pq) = (1 + pick.below(max[0]), 1 + pick.below(max[1]), 1 + pick.below(max[2]));
+        op(k, crs, pq, pick.uniform() as f64, pick.uniform() as f64)
+    }
+
     #[test]
     fn with_a_one_step_window_it_is_the_fast_engine() {
         // window 1, scan rate 1, buffers that keep up, latency 1: the FIFO of one step is the
@@ -177,13 +183,7 @@ mod tests {
                 ..DlacConfig::fp32_train()
             };
             let cfg = DlacConfig { units: 1 + pick.below(cfg.out_buffers), ..cfg };
-            let o = op(
-                1 + pick.below(20),
-                1 + pick.below(150),
-                1 + pick.below(60),
-                pick.uniform() as f64,
-                pick.uniform() as f64,
-            );
+            let o = random_op(&mut pick, [20, 150, 60]);
             let (fast, event) = (fast_op(&o, &cfg, case, None), simulate_op(&o, &cfg, case, None));
             assert_eq!(
                 (fast.cycles, fast.executed_macs),
@@ -211,13 +211,7 @@ mod tests {
                 fma_latency: 1 + pick.below(4),
                 ..DlacConfig::fp32_train()
             };
-            let o = op(
-                1 + pick.below(20),
-                1 + pick.below(200),
-                1 + pick.below(40),
-                pick.uniform() as f64,
-                pick.uniform() as f64,
-            );
+            let o = random_op(&mut pick, [20, 200, 40]);
             let (fast, event) = (fast_op(&o, &cfg, case, None), simulate_op(&o, &cfg, case, None));
             assert_eq!(fast.executed_macs, event.executed_macs, "case {case}");
             assert!(event.cycles >= (event.executed_macs / cfg.total_units() as f64).floor(), "case {case}");
@@ -258,13 +252,7 @@ mod tests {
                 ..DlacConfig::fp32_train()
             };
             let packed = DlacConfig { compressed_fifos: true, ..cfg.clone() };
-            let o = op(
-                1 + pick.below(20),
-                1 + pick.below(200),
-                1 + pick.below(40),
-                pick.uniform() as f64,
-                pick.uniform() as f64,
-            );
+            let o = random_op(&mut pick, [20, 200, 40]);
             let (plain, comp) = (simulate_op(&o, &cfg, case, None), simulate_op(&o, &packed, case, None));
             assert!(comp.cycles <= plain.cycles, "case {case}: {} > {}", comp.cycles, plain.cycles);
             assert_eq!(comp.executed_macs, plain.executed_macs);
