@@ -6,7 +6,7 @@
 #
 #   bash bench/gpu_experiments.sh PART OUTDIR
 #
-# PART: ablation-resnet20 | pretrain | depth | lowering | stream
+# PART: ablation-resnet20 | pretrain | depth | lowering | lowering-resnet18 | stream
 # Results land in OUTDIR/<experiment>/ (summary.csv, runs.csv, curves.csv, SVGs, per-run
 # metrics.json); pack them without checkpoints for the trip back:
 #   tar czf $OUT/PART.tgz --exclude='*.safetensors' -C OUTDIR .
@@ -27,10 +27,15 @@ case "$part" in
     $T experiment depth $D --small-model resnet20 --deep-model resnet32 $full --jobs 10 --out "$out" --quiet ;;
   lowering)           # §4.2: FP ResNet-20, lowered, fine-tuned 5 epochs
     $T experiment lowering $D --model resnet20 --width 0 $full --finetune-epochs 5 --jobs 10 --out "$out" --quiet ;;
+  lowering-resnet18)  # §4.2 on the net: FP ResNet-18 (small-image stem), lowered, fine-tuned
+    $T experiment lowering $D --model resnet18 --small-input --width 0 $full --finetune-epochs 5 --jobs 10 --out "$out" --quiet ;;
   stream)             # streamed JPEG folder feeding ternary ResNet-34 at 224 (loader vs GPU)
     python3 bench/make_jpeg_folder.py /tmp/jf 4096 100
     $T bench load --data folder --data-path /tmp/jf --image-size 224 --batch 256 --batches 14 --stream
     $T train --device cuda --data folder --data-path /tmp/jf --image-size 224 --stream --model resnet34 \
-      --ternary --fp-first-layer --epochs 3 --batch 256 --out "$out/stream" ;;
+      --ternary --fp-first-layer --epochs 3 --batch 256 --out "$out/stream"
+    # the same in bf16: the step alone outruns the loader there
+    $T train --device cuda --precision bf16 --data folder --data-path /tmp/jf --image-size 224 --stream \
+      --model resnet34 --ternary --fp-first-layer --epochs 2 --batch 256 --out "$out/stream-bf16" ;;
   *) echo "unknown part: $part" >&2; exit 2 ;;
 esac

@@ -133,6 +133,8 @@ def main():
                     help="also time tern with --layout nchw beside its default nhwc")
     ap.add_argument("--algorithms", default="deterministic", choices=["deterministic", "fastest"],
                     help="tern's cuDNN algorithm choice (PyTorch's cudnn.benchmark picks the fastest)")
+    ap.add_argument("--bf16-all", action="store_true",
+                    help="also time bf16 (tern --precision bf16 against PyTorch's bf16 autocast) on the small configs")
     a = ap.parse_args()
     torch.backends.cudnn.benchmark = True
     torch.backends.cudnn.allow_tf32 = True
@@ -154,7 +156,9 @@ def main():
                 r["torch_compile"] = torch_rate(name, batch, ch, side, classes, True, True, False, a.warmup, a.steps)
             except Exception as e:  # noqa: BLE001 - report and go on
                 r["torch_compile"] = {"error": str(e)[-300:]}
-        if side >= 224:
+        if side >= 224 or a.bf16_all:
+            r["tern_bf16"] = tern_rate(a.tern, name, batch, ch, side, classes, True, "bf16", a.warmup, a.steps,
+                                       a.algorithms)
             r["torch_bf16"] = torch_rate(name, batch, ch, side, classes, True, False, True, a.warmup, a.steps)
         if a.torch_nchw:
             r["torch_eager_nchw"] = torch_rate(name, batch, ch, side, classes, True, False, False, a.warmup, a.steps,
@@ -171,6 +175,15 @@ def main():
         print(f"{r['model']:<10} {r['batch']:>5} {t:>11.0f} {e:>9.0f} {c:>9.0f} {t / e:>8.2f} {t / c:>9.2f} {tm:>9.0f} {pm:>9.0f}")
         if "error" in r["tern"]:
             print("   tern error:", r["tern"]["error"])
+        if "tern_bf16" in r:
+            tb = r["tern_bf16"].get("images_per_s", float("nan"))
+            pb = r["torch_bf16"]["images_per_s"]
+            tbm = r["tern_bf16"].get("device_memory_bytes", 0) / 2**20
+            pbm = r["torch_bf16"]["peak_reserved_bytes"] / 2**20
+            print(f"   bf16: tern {tb:.0f} img/s, PyTorch autocast {pb:.0f} -> {tb / pb:.2f}x; "
+                  f"memory {tbm:.0f} vs {pbm:.0f} MiB")
+            if "error" in r["tern_bf16"]:
+                print("   tern bf16 error:", r["tern_bf16"]["error"])
         if "tern_nchw" in r:
             tn = r["tern_nchw"].get("images_per_s", float("nan"))
             print(f"   tern --layout nchw: {tn:.0f} img/s ({t / tn:.2f}x from nhwc)")

@@ -51,6 +51,10 @@ pub struct ExperimentArgs {
     /// Base channel width of --model (0: its default)
     #[arg(long, default_value_t = 16)]
     pub width: usize,
+    /// ImageNet-style ResNets (resnet18/34/50) with the small-image stem (3x3 conv, no
+    /// max-pool), as `tern train --small-input`: for 28-32 px data
+    #[arg(long)]
+    pub small_input: bool,
     /// Epochs per run
     #[arg(long, default_value_t = 4)]
     pub epochs: usize,
@@ -267,7 +271,7 @@ fn run_one(
         in_shape: [c, h, wd],
         classes: data.class_names.len(),
         width: v.width,
-        small_input: false,
+        small_input: a.small_input,
         spec: None,
     };
     let cfg = TrainConfig {

@@ -146,11 +146,7 @@ fn device_flags(d: &crate::common::DeviceArgs) -> Vec<String> {
         v.extend(["--device".to_string(), d.device.clone()]);
     }
     if let Some(p) = d.precision {
-        let name = match p {
-            crate::common::PrecisionArg::Fp32 => "fp32",
-            crate::common::PrecisionArg::Tf32 => "tf32",
-        };
-        v.extend(["--precision".to_string(), name.to_string()]);
+        v.extend(["--precision".to_string(), p.name().to_string()]);
     }
     if d.algorithms == crate::common::AlgorithmsArg::Fastest {
         v.extend(["--algorithms".to_string(), "fastest".to_string()]);

@@ -74,6 +74,21 @@ pub enum PrecisionArg {
     Fp32,
     /// TF32 tensor cores (FP32 storage and accumulation, 10-bit mantissa products)
     Tf32,
+    /// Mixed precision like PyTorch's bf16 autocast: activations and their gradients stored
+    /// as bfloat16, bf16 tensor-core convolutions with FP32 accumulation; weights, optimizer,
+    /// BN statistics, classifier and loss in FP32
+    Bf16,
+}
+
+impl PrecisionArg {
+    /// The flag's value as typed.
+    pub fn name(self) -> &'static str {
+        match self {
+            PrecisionArg::Fp32 => "fp32",
+            PrecisionArg::Tf32 => "tf32",
+            PrecisionArg::Bf16 => "bf16",
+        }
+    }
 }
 
 /// Where a command runs.
@@ -82,8 +97,9 @@ pub struct DeviceArgs {
     /// Where to run: cpu, cuda (GPU 0) or cuda:N
     #[arg(long, default_value = "cpu")]
     pub device: String,
-    /// Math of convolutions and matrix multiplies on a GPU: fp32 or tf32 [default: tf32 on cuda,
-    /// like PyTorch's convolutions on Hopper]; the CPU always computes in FP32
+    /// Math of convolutions and matrix multiplies on a GPU: fp32, tf32 or bf16 (mixed precision,
+    /// as PyTorch's bf16 autocast) [default: tf32 on cuda, like PyTorch's convolutions on
+    /// Hopper]; the CPU always computes in FP32
     #[arg(long, value_enum)]
     pub precision: Option<PrecisionArg>,
     /// GPU convolution algorithms: deterministic (the same bits for the same inputs; a resume
@@ -118,8 +134,11 @@ impl DeviceArgs {
         let device: tern_core::Device = self.device.parse()?;
         match device {
             tern_core::Device::Cpu => {
-                if self.precision == Some(PrecisionArg::Tf32) {
-                    anyhow::bail!("invalid value for --precision: tf32 needs --device cuda (the CPU computes in FP32)");
+                if let Some(p @ (PrecisionArg::Tf32 | PrecisionArg::Bf16)) = self.precision {
+                    let name = p.name();
+                    anyhow::bail!(
+                        "invalid value for --precision: {name} needs --device cuda (the CPU computes in FP32)"
+                    );
                 }
                 if self.algorithms != AlgorithmsArg::Deterministic {
                     anyhow::bail!(
@@ -137,6 +156,7 @@ impl DeviceArgs {
                 let p = match self.precision.unwrap_or(PrecisionArg::Tf32) {
                     PrecisionArg::Fp32 => tern_cuda::Precision::Fp32,
                     PrecisionArg::Tf32 => tern_cuda::Precision::Tf32,
+                    PrecisionArg::Bf16 => tern_cuda::Precision::Bf16,
                 };
                 let alg = match self.algorithms {
                     AlgorithmsArg::Deterministic => tern_cuda::Algorithms::Deterministic,

@@ -51,6 +51,12 @@ pub trait Backend: Send + Sync {
     // ---- memory ----
     /// A tensor whose every element the caller will overwrite (its values are unspecified).
     fn alloc(&self, shape: &[usize]) -> Tensor;
+    /// [`Backend::alloc`] for an activation or an activation's gradient (never a weight, its
+    /// gradient or optimizer state): a backend may store these at a lower precision (the
+    /// CUDA backend's bf16 mode does). Every operation accepts either storage as input.
+    fn alloc_activation(&self, shape: &[usize]) -> Tensor {
+        self.alloc(shape)
+    }
     fn zeros(&self, shape: &[usize]) -> Tensor;
     /// `t` on this backend's device (a handle clone if it is already there).
     fn upload(&self, t: &Tensor) -> Tensor;

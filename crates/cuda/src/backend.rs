@@ -1,8 +1,9 @@
 //! `CudaBackend`: tern-core's `Backend` on one CUDA device and one stream.
 
 use crate::conv::{Convs, Operands, Pass};
-use crate::kernels::{grid_for, Kernels};
+use crate::kernels::{act_kernel, grid_for, Kernels};
 use crate::memory::{CudaBuffer, Shared};
+use crate::staging::{Staging, PINNED_MIN_BYTES};
 use crate::{args, Algorithms, Layout, Precision};
 use cudarc::cublas::{result as blas, sys as blas_sys};
 use cudarc::driver::{result as drv, CudaContext};
@@ -33,6 +34,8 @@ pub struct CudaBackend {
     convs: Mutex<Convs>,
     /// The convolutions' workspace (grown to the largest chosen algorithm's need).
     workspace: Mutex<Option<CudaBuffer>>,
+    /// Pinned host buffers for large uploads (streamed batches).
+    staging: Mutex<Staging>,
     precision: Precision,
     algorithms: Algorithms,
     layout: Layout,
@@ -48,6 +51,8 @@ impl std::fmt::Debug for CudaBackend {
 
 impl Drop for CudaBackend {
     fn drop(&mut self) {
+        // the fields dropped after this (pinned buffers, pooled memory) need the context
+        let _ = self.shared.ctx.bind_to_thread();
         let _ = self.shared.stream.synchronize();
         let h = self.blas.get_mut().unwrap_or_else(|e| e.into_inner()).0;
         // SAFETY: created in `new`, destroyed once.
@@ -72,20 +77,47 @@ fn is_nhwc(t: &Tensor) -> bool {
     buf(t).nhwc.is_some()
 }
 
-/// An input's device pointer (noted if a graph is being recorded).
-fn ptr(t: &Tensor) -> u64 {
+/// Whether a tensor's device values are bfloat16.
+fn is_bf16(t: &Tensor) -> bool {
+    buf(t).bf16
+}
+
+/// An input's device pointer, whatever its storage (noted if a graph is being recorded).
+fn raw(t: &Tensor) -> u64 {
     let b = buf(t);
     b.note_use();
     b.ptr
 }
 
-/// The output's pointer (copy-on-write: a shared buffer is duplicated first).
-fn out(t: &mut Tensor) -> u64 {
+/// An FP32 input's device pointer: weights, statistics, indices, logits (never bf16: those
+/// are not allocated with `alloc_activation`).
+fn ptr(t: &Tensor) -> u64 {
+    assert!(!is_bf16(t), "a bf16 tensor {:?} was passed where FP32 is read", t.shape());
+    raw(t)
+}
+
+/// The output's pointer and whether it is stored as bf16 (copy-on-write: a shared buffer is
+/// duplicated first).
+fn raw_out(t: &mut Tensor) -> (u64, bool) {
     let shape = t.shape().to_vec();
     let b = t.device_buffer_mut().unwrap_or_else(|| panic!("a host tensor {shape:?} was passed to the CUDA backend"));
     let b = b.as_any().downcast_ref::<CudaBuffer>().expect("a CUDA buffer");
     b.note_use();
-    b.ptr
+    (b.ptr, b.bf16)
+}
+
+/// An FP32 output's pointer.
+fn out(t: &mut Tensor) -> u64 {
+    let (p, bf16) = raw_out(t);
+    assert!(!bf16, "a bf16 tensor {:?} was passed where FP32 is written", t.shape());
+    p
+}
+
+/// A device pointer to an input's values in a wanted storage: the tensor's own, or a
+/// converted copy that lives as long as this.
+struct Input {
+    ptr: u64,
+    _copy: Option<CudaBuffer>,
 }
 
 /// The sizes of a probed convolution (a linear layer: the 1x1 convolution of a 1x1 image).
@@ -117,10 +149,10 @@ impl CudaBackend {
     /// Three zeroed u64 totals for the probe kernels.
     fn probe_result(&self) -> CudaBuffer {
         let b = self.buffer(6);
-        let (p, n) = (b.ptr, 6i64);
+        let (p, n, f32_) = (b.ptr, 6i64, 0i32);
         let zero = 0.0f32;
         // SAFETY: b holds 6 floats (3 u64); 0.0f32 has all bits clear.
-        unsafe { self.launch("fill", grid_for(6), 256, args!(&p, &zero, &n)) };
+        unsafe { self.launch("fill", grid_for(6), 256, args!(&p, &f32_, &zero, &n)) };
         b
     }
     /// The three totals (macs, a, b) back on the host.
@@ -228,6 +260,9 @@ impl CudaBackend {
     pub fn new(ordinal: usize, precision: Precision, algorithms: Algorithms, layout: Layout) -> Result<CudaBackend> {
         let dev = format!("cuda:{ordinal}");
         let e = |what: String| Error::device(&dev, what);
+        if precision == Precision::Bf16 && layout != Layout::Nhwc {
+            return Err(e("bf16 precision needs the channels-last layout (--layout nhwc)".into()));
+        }
         // SAFETY: these only try to open the libraries.
         let libs = unsafe {
             [
@@ -251,9 +286,10 @@ impl CudaBackend {
         let gpu_name = ctx.name().unwrap_or_else(|_| "unknown GPU".into());
         let kernels = Kernels::load(&ctx, &dev)?;
         let handle = blas::create_handle().map_err(|err| e(format!("cuBLAS: {err:?}")))?;
+        // the classifier's GEMMs stay FP32 storage under bf16, with TF32 products
         let math = match precision {
             Precision::Fp32 => blas_sys::cublasMath_t::CUBLAS_DEFAULT_MATH,
-            Precision::Tf32 => blas_sys::cublasMath_t::CUBLAS_TF32_TENSOR_OP_MATH,
+            Precision::Tf32 | Precision::Bf16 => blas_sys::cublasMath_t::CUBLAS_TF32_TENSOR_OP_MATH,
         };
         // SAFETY: a fresh handle and the live stream.
         unsafe {
@@ -274,6 +310,7 @@ impl CudaBackend {
             blas: Mutex::new(Blas(handle, blas_ws)),
             convs: Mutex::new(convs),
             workspace: Mutex::new(None),
+            staging: Mutex::new(Staging::new()),
             precision,
             algorithms,
             layout,
@@ -298,14 +335,69 @@ impl CudaBackend {
         self.layout == Layout::Nhwc && shape.len() == 4
     }
 
-    /// dst = src converted between layouts (`to_nhwc`: src NCHW, dst NHWC; else back).
-    fn convert(&self, src: u64, dst: u64, shape: &[usize], to_nhwc: bool) {
+    /// Whether convolutions read and write bf16 (filters are rounded per call).
+    fn conv_bf16(&self) -> bool {
+        self.precision == Precision::Bf16
+    }
+
+    /// Whether this backend stores activations of `shape` as bf16 (image tensors under
+    /// `Precision::Bf16`).
+    fn stores_bf16(&self, shape: &[usize]) -> bool {
+        self.precision == Precision::Bf16 && self.stores_nhwc(shape)
+    }
+
+    /// dst = src converted between layouts (`to_nhwc`: src NCHW, dst NHWC; else back) and
+    /// storages (`*_bf16`).
+    fn convert(&self, src: (u64, bool), dst: (u64, bool), shape: &[usize], to_nhwc: bool) {
         let (c, hw) = (shape[1] as i32, (shape[2] * shape[3]) as i32);
         let (total, flag) = (shape.iter().product::<usize>() as i64, to_nhwc as i32);
-        // SAFETY: src and dst both hold the `shape.product()` values of an [n, c, h, w] tensor.
+        let (sp, sb, dp, db) = (src.0, src.1 as i32, dst.0, dst.1 as i32);
+        // SAFETY: src and dst both hold the `shape.product()` values of an [n, c, h, w] tensor
+        // in the storages given.
         unsafe {
-            self.launch("convert_layout", grid_for(total as usize), 256, args!(&src, &dst, &c, &hw, &flag, &total))
+            self.launch(
+                "convert_layout",
+                grid_for(total as usize),
+                256,
+                args!(&sp, &sb, &dp, &db, &c, &hw, &flag, &total),
+            )
         };
+    }
+
+    /// dst = src for `n` values, between storages.
+    fn cast(&self, src: (u64, bool), dst: (u64, bool), n: usize) {
+        let (sp, sb, dp, db, n) = (src.0, src.1 as i32, dst.0, dst.1 as i32, n as i64);
+        // SAFETY: src and dst hold n values in the storages given.
+        unsafe { self.launch("cast", grid_for(n as usize), 256, args!(&sp, &sb, &dp, &db, &n)) };
+    }
+
+    /// A buffer of `len` values in the storage `bf16` says.
+    fn buffer_of(&self, len: usize, bf16: bool) -> CudaBuffer {
+        let b = if bf16 { self.shared.alloc_bf16(len) } else { self.shared.alloc(len) };
+        b.unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// `t`'s values in the storage `bf16` says (converted when it is stored the other way:
+    /// a weight read by a bf16 convolution, a host-uploaded batch under bf16).
+    fn input(&self, t: &Tensor, bf16: bool) -> Input {
+        if is_bf16(t) == bf16 {
+            return Input { ptr: raw(t), _copy: None };
+        }
+        let copy = self.buffer_of(t.len(), bf16);
+        self.cast((raw(t), !bf16), (copy.ptr, bf16), t.len());
+        Input { ptr: copy.ptr, _copy: Some(copy) }
+    }
+
+    /// Runs `op` on a pointer to `t`'s values in storage `bf16`: `t`'s own, or a scratch
+    /// buffer converted into `t` afterwards.
+    fn output(&self, t: &mut Tensor, bf16: bool, op: impl FnOnce(u64)) {
+        let (p, own) = raw_out(t);
+        if own == bf16 {
+            return op(p);
+        }
+        let scratch = self.buffer_of(t.len(), bf16);
+        op(scratch.ptr);
+        self.cast((scratch.ptr, bf16), (p, own), t.len());
     }
 
     fn stream(&self) -> cudarc::driver::sys::CUstream {
@@ -368,17 +460,18 @@ impl CudaBackend {
 
     /// Per-channel partial (Σ x, Σ x²) of `x` in `partial` (c·splits pairs of doubles).
     fn partial_sums(&self, x: &Tensor, form: Form, partial: &CudaBuffer) {
-        let (xp, pp) = (ptr(x), partial.ptr);
+        let (xp, pp, bf) = (raw(x), partial.ptr, is_bf16(x));
         // SAFETY: x holds the tensor `form` describes; partial holds c·splits pairs of doubles.
         unsafe {
             match form {
                 Form::Planes { n, c, hw, splits } => {
                     let (ni, ci, hwi, si) = (n as i32, c as i32, hw as i32, splits as i32);
-                    self.launch("channel_partial_sums", form.grid(), 256, args!(&xp, &pp, &ni, &ci, &hwi, &si));
+                    let k = act_kernel("channel_partial_sums", bf);
+                    self.launch(&k, form.grid(), 256, args!(&xp, &pp, &ni, &ci, &hwi, &si));
                 }
                 Form::Rows { rows, c, splits } => {
                     let (ri, ci, si) = (rows as i64, c as i32, splits as i32);
-                    self.launch("rows_partial_sums", form.grid(), 256, args!(&xp, &pp, &ri, &ci, &si));
+                    self.launch(&act_kernel("rows_partial_sums", bf), form.grid(), 256, args!(&xp, &pp, &ri, &ci, &si));
                 }
             }
         }
@@ -397,9 +490,9 @@ impl CudaBackend {
 
     fn add_bias(&self, y: &mut Tensor, bias: &Tensor, inner: usize) {
         let (n, c) = (y.len() as i64, bias.len() as i64);
-        let (yp, bp, inner) = (out(y), ptr(bias), inner as i64);
+        let ((yp, bf), bp, inner) = (raw_out(y), ptr(bias), inner as i64);
         // SAFETY: y holds n values whose channel index is (i / inner) % c < bias.len().
-        unsafe { self.launch("add_bias", grid_for(n as usize), 256, args!(&yp, &bp, &inner, &c, &n)) };
+        unsafe { self.launch(&act_kernel("add_bias", bf), grid_for(n as usize), 256, args!(&yp, &bp, &inner, &c, &n)) };
     }
 
     /// C = op(A)·op(B) in column-major terms (see the linear layers for the mapping).
@@ -474,6 +567,14 @@ impl Backend for CudaBackend {
         }
         Tensor::from_device(shape, Box::new(b))
     }
+    fn alloc_activation(&self, shape: &[usize]) -> Tensor {
+        if !self.stores_bf16(shape) {
+            return self.alloc(shape);
+        }
+        let mut b = self.buffer_of(shape.iter().product(), true);
+        b.nhwc = Some([shape[0], shape[1], shape[2], shape[3]]);
+        Tensor::from_device(shape, Box::new(b))
+    }
     fn zeros(&self, shape: &[usize]) -> Tensor {
         let mut t = self.alloc(shape);
         self.fill(&mut t, 0.0);
@@ -488,9 +589,10 @@ impl Backend for CudaBackend {
         dst
     }
     fn fill(&self, t: &mut Tensor, v: f32) {
-        let (p, n) = (out(t), t.len() as i64);
-        // SAFETY: t holds n floats.
-        unsafe { self.launch("fill", grid_for(n as usize), 256, args!(&p, &v, &n)) };
+        let ((p, bf16), n) = (raw_out(t), t.len() as i64);
+        let bf = bf16 as i32;
+        // SAFETY: t holds n values in the storage `bf` says.
+        unsafe { self.launch("fill", grid_for(n as usize), 256, args!(&p, &bf, &v, &n)) };
     }
     fn synchronize(&self) {
         self.shared.stream.synchronize().unwrap_or_else(|e| panic!("{}: {e}", self.shared.device()));
@@ -500,6 +602,13 @@ impl Backend for CudaBackend {
         let mut t = self.alloc(&[slots]);
         let d = out(&mut t);
         self.bind();
+        if bytes.len() >= PINNED_MIN_BYTES && !self.shared.is_recording() {
+            let mut staging = self.staging.lock().unwrap_or_else(|e| e.into_inner());
+            // SAFETY: the context is bound; t holds slots·4 = bytes + tail bytes on it.
+            unsafe { staging.upload(bytes, slots * 4 - bytes.len(), d, self.stream()) }
+                .unwrap_or_else(|e| panic!("{}: upload through pinned memory: {e}", self.shared.device()));
+            return t;
+        }
         let whole = bytes.len() / 4 * 4;
         let mut tail = [0u8; 4];
         tail[..bytes.len() - whole].copy_from_slice(&bytes[whole..]);
@@ -520,25 +629,31 @@ impl Backend for CudaBackend {
     fn write(&self, dst: &mut Tensor, src: &Tensor) {
         assert_eq!(dst.len(), src.len(), "write: lengths differ");
         // in place, also when other handles share the storage (see the trait)
-        let d = ptr(dst);
+        let d = raw(dst);
+        let (d_nhwc, d_bf16) = (buf(dst).nhwc.is_some(), is_bf16(dst));
         self.bind();
         if src.device() == self.device() {
             assert_eq!(buf(src).nhwc, buf(dst).nhwc, "write: the layouts differ");
-            let s = ptr(src);
-            // SAFETY: both hold src.len() floats on this device, ordered on the stream.
-            unsafe { drv::memcpy_dtod_async(d, s, src.len() * 4, self.stream()) }
+            if is_bf16(src) != d_bf16 {
+                return self.cast((raw(src), is_bf16(src)), (d, d_bf16), src.len());
+            }
+            // SAFETY: both hold src.len() values of the same storage on this device, ordered
+            // on the stream.
+            unsafe { drv::memcpy_dtod_async(d, raw(src), buf(src).bytes(), self.stream()) }
                 .unwrap_or_else(|e| panic!("{}: write: {e}", self.shared.device()));
             return;
         }
         let host = src.host_values();
-        // a channels-last destination is filled through an NCHW staging buffer
-        let staging = buf(dst).nhwc.map(|_| self.buffer(host.len()));
+        // a channels-last or bf16 destination is filled through an NCHW FP32 staging buffer
+        let staging = (d_nhwc || d_bf16).then(|| self.buffer(host.len()));
         // SAFETY: the target holds host.len() floats; the copy is ordered on the stream, and
         // pageable memory is copied out before the call returns.
         unsafe { drv::memcpy_htod_async(staging.as_ref().map_or(d, |b| b.ptr), &host, self.stream()) }
             .unwrap_or_else(|e| panic!("{}: write: {e}", self.shared.device()));
-        if let Some(b) = staging {
-            self.convert(b.ptr, d, dst.shape(), true);
+        match staging {
+            Some(b) if d_nhwc => self.convert((b.ptr, false), (d, d_bf16), dst.shape(), true),
+            Some(b) => self.cast((b.ptr, false), (d, d_bf16), host.len()),
+            None => {}
         }
     }
     fn capture(&self, step: &mut dyn FnMut()) -> Option<Box<dyn tern_core::StepGraph>> {
@@ -613,14 +728,18 @@ impl Backend for CudaBackend {
     }
 
     fn conv2d_forward(&self, x: &Tensor, w: &Tensor, bias: Option<&Tensor>, g: &ConvGeometry, y: &mut Tensor) {
-        self.conv(g, Pass::Forward, Operands { x: ptr(x), w: ptr(w), y: out(y) });
+        let bf = self.conv_bf16();
+        let (xi, wi) = (self.input(x, bf), self.input(w, bf));
+        self.output(y, bf, |yp| self.conv(g, Pass::Forward, Operands { x: xi.ptr, w: wi.ptr, y: yp }));
         if let Some(b) = bias {
             let inner = if is_nhwc(y) { 1 } else { g.pq() };
             self.add_bias(y, b, inner);
         }
     }
     fn conv2d_backward_input(&self, dy: &Tensor, w: &Tensor, g: &ConvGeometry, dx: &mut Tensor) {
-        self.conv(g, Pass::BackwardData, Operands { x: out(dx), w: ptr(w), y: ptr(dy) });
+        let bf = self.conv_bf16();
+        let (dyi, wi) = (self.input(dy, bf), self.input(w, bf));
+        self.output(dx, bf, |dxp| self.conv(g, Pass::BackwardData, Operands { x: dxp, w: wi.ptr, y: dyi.ptr }));
     }
     fn conv2d_backward_weight(
         &self,
@@ -630,7 +749,10 @@ impl Backend for CudaBackend {
         dw: &mut Tensor,
         db: Option<&mut Tensor>,
     ) {
-        self.conv(g, Pass::BackwardFilter, Operands { x: ptr(x), w: out(dw), y: ptr(dy) });
+        // under bf16 the filter gradient comes out as bf16 and is widened into dw
+        let bf = self.conv_bf16();
+        let (xi, dyi) = (self.input(x, bf), self.input(dy, bf));
+        self.output(dw, bf, |dwp| self.conv(g, Pass::BackwardFilter, Operands { x: xi.ptr, w: dwp, y: dyi.ptr }));
         if let Some(db) = db {
             self.channel_sums_into(dy, db);
         }
@@ -639,7 +761,8 @@ impl Backend for CudaBackend {
     // C[d_out × n] = op_T(W'[d_in × d_out])·X'[d_in × n].
     fn linear_forward(&self, x: &Tensor, w: &Tensor, bias: Option<&Tensor>, y: &mut Tensor) {
         let (n, d_in, d_out) = (x.dim(0), x.dim(1), w.dim(0));
-        self.sgemm(true, false, d_out, n, d_in, ptr(w), d_in, ptr(x), d_in, out(y), d_out);
+        let xi = self.input(x, false);
+        self.sgemm(true, false, d_out, n, d_in, ptr(w), d_in, xi.ptr, d_in, out(y), d_out);
         if let Some(b) = bias {
             self.add_bias(y, b, 1);
         }
@@ -652,7 +775,8 @@ impl Backend for CudaBackend {
     // dw = dyᵀ·x: column-major dwᵀ[d_in × d_out] = X'[d_in × n]·op_T(DY'[d_out × n]).
     fn linear_backward_weight(&self, x: &Tensor, dy: &Tensor, dw: &mut Tensor, db: Option<&mut Tensor>) {
         let (n, d_in, d_out) = (x.dim(0), x.dim(1), dy.dim(1));
-        self.sgemm(false, true, d_in, d_out, n, ptr(x), d_in, ptr(dy), d_out, out(dw), d_in);
+        let xi = self.input(x, false);
+        self.sgemm(false, true, d_in, d_out, n, xi.ptr, d_in, ptr(dy), d_out, out(dw), d_in);
         if let Some(db) = db {
             self.channel_sums_into(dy, db);
         }
@@ -679,9 +803,11 @@ impl Backend for CudaBackend {
         let (mut mean, mut inv_std) = (self.alloc(&[c]), self.alloc(&[c]));
         let (ci, si) = (c as i32, s as i32);
         let count = (n * hw) as f64;
-        let (xp, pp, rm, rv, mp, ip) =
-            (ptr(x), partial.ptr, out(running_mean), out(running_var), out(&mut mean), out(&mut inv_std));
-        let (gp, bp, yp) = (ptr(gamma), ptr(beta), out(y));
+        let (pp, rm, rv, mp, ip) =
+            (partial.ptr, out(running_mean), out(running_var), out(&mut mean), out(&mut inv_std));
+        let (gp, bp, (yp, bf)) = (ptr(gamma), ptr(beta), raw_out(y));
+        let xi = self.input(x, bf);
+        let xp = xi.ptr;
         let (flag, t) = (relu.is_some() as i32, relu.unwrap_or(0.0));
         let (hw64, total) = (form.inner() as i64, x.len() as i64);
         // SAFETY: x, y: the tensor `form` describes; per-channel tensors: [c]; partial: c·s
@@ -694,7 +820,7 @@ impl Backend for CudaBackend {
                 args!(&pp, &si, &count, &eps, &momentum, &rm, &rv, &mp, &ip, &ci),
             );
             self.launch(
-                "bn_apply",
+                &act_kernel("bn_apply", bf),
                 grid_for(total as usize),
                 256,
                 args!(&xp, &yp, &gp, &bp, &mp, &ip, &flag, &t, &hw64, &ci, &total),
@@ -715,7 +841,9 @@ impl Backend for CudaBackend {
     ) -> BnSaved {
         let (_, c, _) = nchw(x);
         let (mut mean, mut inv_std) = (self.alloc(&[c]), self.alloc(&[c]));
-        let (xp, yp, gp, bp, rm, rv) = (ptr(x), out(y), ptr(gamma), ptr(beta), ptr(running_mean), ptr(running_var));
+        let ((yp, bf), gp, bp, rm, rv) = (raw_out(y), ptr(gamma), ptr(beta), ptr(running_mean), ptr(running_var));
+        let xi = self.input(x, bf);
+        let xp = xi.ptr;
         let (mp, ip, ci) = (out(&mut mean), out(&mut inv_std), c as i32);
         let (flag, t) = (relu.is_some() as i32, relu.unwrap_or(0.0));
         let (hw64, total) = (Form::of(x).inner() as i64, x.len() as i64);
@@ -723,7 +851,7 @@ impl Backend for CudaBackend {
         unsafe {
             self.launch("bn_eval_stats", (c.div_ceil(128) as u32, 1, 1), 128, args!(&rm, &rv, &eps, &mp, &ip, &ci));
             self.launch(
-                "bn_apply_eval",
+                &act_kernel("bn_apply_eval", bf),
                 grid_for(total as usize),
                 256,
                 args!(&xp, &yp, &gp, &bp, &rm, &rv, &eps, &flag, &t, &hw64, &ci, &total),
@@ -748,8 +876,10 @@ impl Backend for CudaBackend {
         let (ci, si) = (c as i32, s as i32);
         let (flag, t, extra) =
             (relu.is_some() as i32, relu.map_or(0.0, |r| r.threshold), relu.map_or(0.0, |r| r.extra));
+        let bf = is_bf16(x);
+        let dyi = self.input(dy, bf);
         let (xp, dp, gp, bp, mp, ip, pp) =
-            (ptr(x), ptr(dy), ptr(gamma), ptr(beta), ptr(&saved.mean), ptr(&saved.inv_std), partial.ptr);
+            (raw(x), dyi.ptr, ptr(gamma), ptr(beta), ptr(&saved.mean), ptr(&saved.inv_std), partial.ptr);
         let (dgp, dbp) = (out(dgamma), out(dbeta));
         // SAFETY: x, dy: the tensor `form` describes; per-channel tensors: [c]; partial: c·s
         // pairs of doubles.
@@ -758,7 +888,7 @@ impl Backend for CudaBackend {
                 Form::Planes { n, hw, .. } => {
                     let (ni, hwi) = (n as i32, hw as i32);
                     self.launch(
-                        "bn_bwd_partial",
+                        &act_kernel("bn_bwd_partial", bf),
                         form.grid(),
                         256,
                         args!(&xp, &dp, &gp, &bp, &mp, &ip, &flag, &t, &extra, &pp, &ni, &ci, &hwi, &si),
@@ -767,7 +897,7 @@ impl Backend for CudaBackend {
                 Form::Rows { rows, .. } => {
                     let ri = rows as i64;
                     self.launch(
-                        "bn_bwd_rows_partial",
+                        &act_kernel("bn_bwd_rows_partial", bf),
                         form.grid(),
                         256,
                         args!(&xp, &dp, &gp, &bp, &mp, &ip, &flag, &t, &extra, &pp, &ri, &ci, &si),
@@ -793,13 +923,15 @@ impl Backend for CudaBackend {
         let (flag, t, extra) =
             (relu.is_some() as i32, relu.map_or(0.0, |r| r.threshold), relu.map_or(0.0, |r| r.extra));
         let m = (n * hw) as f32;
-        let (xp, dp, gp, bp, mp, ip) = (ptr(x), ptr(dy), ptr(gamma), ptr(beta), ptr(&saved.mean), ptr(&saved.inv_std));
-        let (dgp, dbp, dxp) = (ptr(dgamma), ptr(dbeta), out(dx));
+        let (dxp, bf) = raw_out(dx);
+        let (xi, dyi) = (self.input(x, bf), self.input(dy, bf));
+        let (xp, dp, gp, bp, mp, ip) = (xi.ptr, dyi.ptr, ptr(gamma), ptr(beta), ptr(&saved.mean), ptr(&saved.inv_std));
+        let (dgp, dbp) = (ptr(dgamma), ptr(dbeta));
         let (hw64, ci, total) = (Form::of(x).inner() as i64, c as i32, x.len() as i64);
         // SAFETY: x, dy, dx: [n, c, hw]; per-channel tensors: [c].
         unsafe {
             self.launch(
-                "bn_bwd_input",
+                &act_kernel("bn_bwd_input", bf),
                 grid_for(total as usize),
                 256,
                 args!(&xp, &dp, &gp, &bp, &mp, &ip, &flag, &t, &extra, &dgp, &dbp, &m, &dxp, &hw64, &ci, &total),
@@ -815,12 +947,14 @@ impl Backend for CudaBackend {
         dx: &mut Tensor,
     ) {
         let (_, c, _) = nchw(dy);
-        let (dp, gp, rv, dxp) = (ptr(dy), ptr(gamma), ptr(running_var), out(dx));
+        let (dxp, bf) = raw_out(dx);
+        let dyi = self.input(dy, bf);
+        let (dp, gp, rv) = (dyi.ptr, ptr(gamma), ptr(running_var));
         let (hw64, ci, total) = (Form::of(dy).inner() as i64, c as i32, dy.len() as i64);
         // SAFETY: dy, dx: [n, c, hw]; gamma, running_var: [c].
         unsafe {
             self.launch(
-                "bn_frozen_bwd",
+                &act_kernel("bn_frozen_bwd", bf),
                 grid_for(total as usize),
                 256,
                 args!(&dp, &gp, &rv, &eps, &dxp, &hw64, &ci, &total),
@@ -829,33 +963,65 @@ impl Backend for CudaBackend {
     }
 
     fn relu_forward(&self, x: &Tensor, threshold: f32, y: &mut Tensor) {
-        let (xp, yp, n) = (ptr(x), out(y), x.len() as i64);
-        // SAFETY: x and y hold n floats.
-        unsafe { self.launch("relu_fwd", grid_for(n as usize), 256, args!(&xp, &yp, &threshold, &n)) };
+        let ((yp, bf), n) = (raw_out(y), x.len() as i64);
+        let xi = self.input(x, bf);
+        // SAFETY: x and y hold n values of y's storage.
+        unsafe {
+            self.launch(&act_kernel("relu_fwd", bf), grid_for(n as usize), 256, args!(&xi.ptr, &yp, &threshold, &n))
+        };
     }
     fn relu_backward(&self, x: &Tensor, dy: &Tensor, threshold: f32, extra: f32, dx: &mut Tensor) {
-        let (xp, dp, dxp, n) = (ptr(x), ptr(dy), out(dx), x.len() as i64);
-        // SAFETY: x, dy and dx hold n floats.
-        unsafe { self.launch("relu_bwd", grid_for(n as usize), 256, args!(&xp, &dp, &dxp, &threshold, &extra, &n)) };
+        let ((dxp, bf), n) = (raw_out(dx), x.len() as i64);
+        let (xi, dyi) = (self.input(x, bf), self.input(dy, bf));
+        let (xp, dp) = (xi.ptr, dyi.ptr);
+        // SAFETY: x, dy and dx hold n values of dx's storage.
+        unsafe {
+            self.launch(
+                &act_kernel("relu_bwd", bf),
+                grid_for(n as usize),
+                256,
+                args!(&xp, &dp, &dxp, &threshold, &extra, &n),
+            )
+        };
     }
     fn add(&self, a: &Tensor, b: &Tensor, y: &mut Tensor) {
-        let (ap, bp, yp, n) = (ptr(a), ptr(b), out(y), a.len() as i64);
-        // SAFETY: a, b and y hold n floats.
-        unsafe { self.launch("add", grid_for(n as usize), 256, args!(&ap, &bp, &yp, &n)) };
+        let ((yp, bf), n) = (raw_out(y), a.len() as i64);
+        let (ai, bi) = (self.input(a, bf), self.input(b, bf));
+        // SAFETY: a, b and y hold n values of y's storage.
+        unsafe { self.launch(&act_kernel("add", bf), grid_for(n as usize), 256, args!(&ai.ptr, &bi.ptr, &yp, &n)) };
     }
     fn add_relu(&self, a: &Tensor, b: &Tensor, threshold: f32, y: &mut Tensor) {
-        let (ap, bp, yp, n) = (ptr(a), ptr(b), out(y), a.len() as i64);
-        // SAFETY: a, b and y hold n floats.
-        unsafe { self.launch("add_relu", grid_for(n as usize), 256, args!(&ap, &bp, &yp, &threshold, &n)) };
+        let ((yp, bf), n) = (raw_out(y), a.len() as i64);
+        let (ai, bi) = (self.input(a, bf), self.input(b, bf));
+        let (ap, bp) = (ai.ptr, bi.ptr);
+        // SAFETY: a, b and y hold n values of y's storage.
+        unsafe {
+            self.launch(&act_kernel("add_relu", bf), grid_for(n as usize), 256, args!(&ap, &bp, &yp, &threshold, &n))
+        };
     }
 
     fn max_pool_forward(&self, x: &Tensor, g: &PoolGeometry, y: &mut Tensor, argmax: &mut Tensor) {
         let (c, nhwc, h, w, ho, wo, k, s, p) = Self::pool_dims(x, g);
-        let (xp, yp, ap, total) = (ptr(x), out(y), out(argmax), y.len() as i64);
+        let ((yp, bf), ap, total) = (raw_out(y), out(argmax), y.len() as i64);
+        let xi = self.input(x, bf);
+        let xp = xi.ptr;
+        if nhwc == 1 && c % 4 == 0 {
+            let total4 = total / 4;
+            // SAFETY: as below; with c a multiple of 4 every 4-channel group is aligned.
+            unsafe {
+                self.launch(
+                    &act_kernel("max_pool_fwd_nhwc4", bf),
+                    grid_for(total4 as usize),
+                    256,
+                    args!(&xp, &yp, &ap, &c, &h, &w, &ho, &wo, &k, &s, &p, &total4),
+                )
+            };
+            return;
+        }
         // SAFETY: x: [n, c, h, w]; y and argmax: [n, c, ho, wo]; all in the layout `nhwc` says.
         unsafe {
             self.launch(
-                "max_pool_fwd",
+                &act_kernel("max_pool_fwd", bf),
                 grid_for(total as usize),
                 256,
                 args!(&xp, &yp, &ap, &c, &nhwc, &h, &w, &ho, &wo, &k, &s, &p, &total),
@@ -864,11 +1030,26 @@ impl Backend for CudaBackend {
     }
     fn max_pool_backward(&self, dy: &Tensor, argmax: &Tensor, g: &PoolGeometry, dx: &mut Tensor) {
         let (c, nhwc, h, w, ho, wo, k, s, p) = Self::pool_dims(dy, g);
-        let (dp, ap, dxp, total) = (ptr(dy), ptr(argmax), out(dx), dx.len() as i64);
+        let ((dxp, bf), ap, total) = (raw_out(dx), ptr(argmax), dx.len() as i64);
+        let dyi = self.input(dy, bf);
+        let dp = dyi.ptr;
+        if nhwc == 1 && c % 4 == 0 {
+            let total4 = total / 4;
+            // SAFETY: as below; with c a multiple of 4 every 4-channel group is aligned.
+            unsafe {
+                self.launch(
+                    &act_kernel("max_pool_bwd_nhwc4", bf),
+                    grid_for(total4 as usize),
+                    256,
+                    args!(&dp, &ap, &dxp, &c, &h, &w, &ho, &wo, &k, &s, &p, &total4),
+                )
+            };
+            return;
+        }
         // SAFETY: dy and argmax: [n, c, ho, wo]; dx: [n, c, h, w]; all in the layout `nhwc` says.
         unsafe {
             self.launch(
-                "max_pool_bwd",
+                &act_kernel("max_pool_bwd", bf),
                 grid_for(total as usize),
                 256,
                 args!(&dp, &ap, &dxp, &c, &nhwc, &h, &w, &ho, &wo, &k, &s, &p, &total),
@@ -877,11 +1058,13 @@ impl Backend for CudaBackend {
     }
     fn avg_pool_forward(&self, x: &Tensor, g: &PoolGeometry, y: &mut Tensor) {
         let (c, nhwc, h, w, ho, wo, k, s, p) = Self::pool_dims(x, g);
-        let (xp, yp, total) = (ptr(x), out(y), y.len() as i64);
+        let ((yp, bf), total) = (raw_out(y), y.len() as i64);
+        let xi = self.input(x, bf);
+        let xp = xi.ptr;
         // SAFETY: x: [n, c, h, w]; y: [n, c, ho, wo]; both in the layout `nhwc` says.
         unsafe {
             self.launch(
-                "avg_pool_fwd",
+                &act_kernel("avg_pool_fwd", bf),
                 grid_for(total as usize),
                 256,
                 args!(&xp, &yp, &c, &nhwc, &h, &w, &ho, &wo, &k, &s, &p, &total),
@@ -890,11 +1073,13 @@ impl Backend for CudaBackend {
     }
     fn avg_pool_backward(&self, dy: &Tensor, g: &PoolGeometry, dx: &mut Tensor) {
         let (c, nhwc, h, w, ho, wo, k, s, p) = Self::pool_dims(dy, g);
-        let (dp, dxp, total) = (ptr(dy), out(dx), dx.len() as i64);
+        let ((dxp, bf), total) = (raw_out(dx), dx.len() as i64);
+        let dyi = self.input(dy, bf);
+        let dp = dyi.ptr;
         // SAFETY: dy: [n, c, ho, wo]; dx: [n, c, h, w]; both in the layout `nhwc` says.
         unsafe {
             self.launch(
-                "avg_pool_bwd",
+                &act_kernel("avg_pool_bwd", bf),
                 grid_for(total as usize),
                 256,
                 args!(&dp, &dxp, &c, &nhwc, &h, &w, &ho, &wo, &k, &s, &p, &total),
@@ -903,50 +1088,60 @@ impl Backend for CudaBackend {
     }
     fn global_avg_pool_forward(&self, x: &Tensor, y: &mut Tensor) {
         let (n, c, hw) = nchw(x);
-        let (xp, yp, hwi) = (ptr(x), out(y), hw as i32);
+        let (xp, bf, yp, hwi) = (raw(x), is_bf16(x), out(y), hw as i32);
         if is_nhwc(x) {
             let (ci, total) = (c as i32, (n * c) as i64);
+            let k = act_kernel("global_avg_pool_nhwc_fwd", bf);
             // SAFETY: x: [n, hw, c]; y: [n, c].
-            unsafe {
-                self.launch("global_avg_pool_nhwc_fwd", grid_for(n * c), 256, args!(&xp, &yp, &ci, &hwi, &total))
-            };
+            unsafe { self.launch(&k, grid_for(n * c), 256, args!(&xp, &yp, &ci, &hwi, &total)) };
         } else {
             let planes = (n * c) as i64;
             let blocks = (n * c).div_ceil(8) as u32; // 8 warps per block, one plane each
                                                      // SAFETY: x: [n·c, hw]; y: [n·c].
-            unsafe { self.launch("global_avg_pool_fwd", (blocks, 1, 1), 256, args!(&xp, &yp, &hwi, &planes)) };
+            unsafe {
+                self.launch(&act_kernel("global_avg_pool_fwd", bf), (blocks, 1, 1), 256, args!(&xp, &yp, &hwi, &planes))
+            };
         }
     }
     fn global_avg_pool_backward(&self, dy: &Tensor, dx: &mut Tensor) {
         let (_, c, hw) = nchw(dx);
         let nhwc = is_nhwc(dx) as i32;
-        let (dp, dxp, ci, hwi, total) = (ptr(dy), out(dx), c as i32, hw as i32, dx.len() as i64);
+        let ((dxp, bf), ci, hwi, total) = (raw_out(dx), c as i32, hw as i32, dx.len() as i64);
+        let dyi = self.input(dy, false);
+        let dp = dyi.ptr;
         // SAFETY: dy: [n, c]; dx: [n, c, hw] in the layout `nhwc` says.
         unsafe {
             self.launch(
-                "global_avg_pool_bwd",
+                &act_kernel("global_avg_pool_bwd", bf),
                 grid_for(total as usize),
                 256,
                 args!(&dp, &dxp, &ci, &hwi, &nhwc, &total),
             )
         };
     }
+    // The flat form feeds a classifier: FP32, NCHW order.
     fn flatten(&self, x: &Tensor) -> Tensor {
         let s = x.shape().to_vec();
         let flat = [s[0], s[1..].iter().product()];
-        if !is_nhwc(x) {
+        if !is_nhwc(x) && !is_bf16(x) {
             return x.clone().reshape(&flat);
         }
         let mut y = self.alloc(&flat);
-        self.convert(ptr(x), out(&mut y), &s, false);
+        let yp = out(&mut y);
+        if is_nhwc(x) {
+            self.convert((raw(x), is_bf16(x)), (yp, false), &s, false);
+        } else {
+            self.cast((raw(x), true), (yp, false), x.len());
+        }
         y
     }
     fn unflatten(&self, dy: &Tensor, shape: &[usize]) -> Tensor {
         if !self.stores_nhwc(shape) {
             return dy.clone().reshape(shape);
         }
-        let mut dx = self.alloc(shape);
-        self.convert(ptr(dy), out(&mut dx), shape, true);
+        let mut dx = self.alloc_activation(shape);
+        let dxp = raw_out(&mut dx);
+        self.convert((raw(dy), is_bf16(dy)), dxp, shape, true);
         dx
     }
 
@@ -976,12 +1171,12 @@ impl Backend for CudaBackend {
         assert_eq!(dst.dim(1) as i32, c, "render_batch: channels differ");
         let (total, nhwc) = (dst.len() as i64, is_nhwc(dst) as i32);
         // in place, also when other handles share the storage, as `write` (see the trait)
-        let (ip, pp, np, op) = (ptr(images), ptr(plan), ptr(norm), ptr(dst));
+        let (ip, pp, np, op, bf) = (ptr(images), ptr(plan), ptr(norm), raw(dst), is_bf16(dst));
         // SAFETY: images holds the data set's bytes (every plan index is an image of it, as the
         // loader drew them), plan [n, 4], norm [2c], out [n, c, dh, dw] in the layout `nhwc` says.
         unsafe {
             self.launch(
-                "render_batch",
+                &act_kernel("render_batch", bf),
                 grid_for(total as usize),
                 256,
                 args!(&ip, &pp, &np, &op, &c, &sh, &sw, &dh, &dw, &nhwc, &total),
@@ -1057,7 +1252,7 @@ impl Backend for CudaBackend {
 
     fn nonzero_forward(&self, x: &Tensor, w: &Tensor, g: &ConvGeometry) -> Nonzeros {
         let p = Probe::of(g);
-        let (xp, wp, xl, wl) = (ptr(x), ptr(w), is_nhwc(x) as i32, is_nhwc(w) as i32);
+        let (xp, wp, xl, wl) = (raw(x), raw(w), is_nhwc(x) as i32, is_nhwc(w) as i32);
         let (per_image, rows, w_cols) = (self.buffer(p.c * p.hw), self.buffer(p.crs), self.buffer(p.crs));
         let (pi, ro, wc) = (per_image.ptr, rows.ptr, w_cols.ptr);
         let (n, k, c, hw, rs, crs) = (p.n as i64, p.k as i64, p.c as i32, p.hw as i32, p.rs as i32, p.crs as i64);
@@ -1069,14 +1264,24 @@ impl Backend for CudaBackend {
         // SAFETY: x is [n, c, h·w] and w [k, c, r·s] in the layouts given; per_image holds
         // c·h·w counts, rows and w_cols crs each, res 3 u64.
         unsafe {
-            self.launch("nz_over_images", grid_for(p.c * p.hw), 256, args!(&xp, &pi, &n, &c, &hw, &xl));
+            self.launch(
+                &act_kernel("nz_over_images", is_bf16(x)),
+                grid_for(p.c * p.hw),
+                256,
+                args!(&xp, &pi, &n, &c, &hw, &xl),
+            );
             self.launch(
                 "nz_col_rows",
                 (p.crs as u32, 1, 1),
                 256,
                 args!(&pi, &ro, &h, &wd, &kh, &kw, &st, &pad, &ho, &wo),
             );
-            self.launch("nz_over_images", grid_for(p.crs), 256, args!(&wp, &wc, &k, &c, &rs, &wl));
+            self.launch(
+                &act_kernel("nz_over_images", is_bf16(w)),
+                grid_for(p.crs),
+                256,
+                args!(&wp, &wc, &k, &c, &rs, &wl),
+            );
             self.launch("nz_dot", grid_for(p.crs), 256, args!(&wc, &ro, &crs, &r0));
             self.launch("nz_dot", grid_for(p.c * p.hw), 256, args!(&pi, &null, &chw, &r2));
         }
@@ -1084,7 +1289,7 @@ impl Backend for CudaBackend {
     }
     fn nonzero_backward(&self, w: &Tensor, dy: &Tensor, g: &ConvGeometry) -> Nonzeros {
         let p = Probe::of(g);
-        let (wp, dp, wl, dl) = (ptr(w), ptr(dy), is_nhwc(w) as i32, is_nhwc(dy) as i32);
+        let (wp, dp, wl, dl) = (raw(w), raw(dy), is_nhwc(w) as i32, is_nhwc(dy) as i32);
         let (w_pos, w_rows) = (self.buffer(p.k * p.rs), self.buffer(p.k));
         let (dy_images, dy_rows) = (self.buffer(p.k * p.pq), self.buffer(p.k));
         let (wpo, wro, dyi, dyr) = (w_pos.ptr, w_rows.ptr, dy_images.ptr, dy_rows.ptr);
@@ -1096,9 +1301,19 @@ impl Backend for CudaBackend {
         // SAFETY: w is [k, c, r·s] and dy [n, k, pq] in the layouts given; w_pos holds k·r·s
         // counts, dy_images k·pq, w_rows and dy_rows k each, res 3 u64.
         unsafe {
-            self.launch("nz_over_channels", grid_for(p.k * p.rs), 256, args!(&wp, &wpo, &k, &c, &rs, &wl));
+            self.launch(
+                &act_kernel("nz_over_channels", is_bf16(w)),
+                grid_for(p.k * p.rs),
+                256,
+                args!(&wp, &wpo, &k, &c, &rs, &wl),
+            );
             self.launch("nz_row_sums", (p.k as u32, 1, 1), 256, args!(&wpo, &wro, &rs64));
-            self.launch("nz_over_images", grid_for(p.k * p.pq), 256, args!(&dp, &dyi, &n, &k32, &pq, &dl));
+            self.launch(
+                &act_kernel("nz_over_images", is_bf16(dy)),
+                grid_for(p.k * p.pq),
+                256,
+                args!(&dp, &dyi, &n, &k32, &pq, &dl),
+            );
             self.launch("nz_row_sums", (p.k as u32, 1, 1), 256, args!(&dyi, &dyr, &pq64));
             self.launch("nz_dot", grid_for(p.k), 256, args!(&wro, &dyr, &k, &r0));
             self.launch("nz_dot", grid_for(p.k), 256, args!(&dyr, &null, &k, &r2));
@@ -1107,7 +1322,7 @@ impl Backend for CudaBackend {
     }
     fn nonzero_weight_grad(&self, x: &Tensor, dy: &Tensor, g: &ConvGeometry) -> Nonzeros {
         let p = Probe::of(g);
-        let (xp, dp, xl, dl) = (ptr(x), ptr(dy), is_nhwc(x) as i32, is_nhwc(dy) as i32);
+        let (xp, dp, xl, dl) = (raw(x), raw(dy), is_nhwc(x) as i32, is_nhwc(dy) as i32);
         let (x_pixels, dy_pos) = (self.buffer(p.n * p.hw), self.buffer(p.n * p.pq));
         let (xpx, dyp) = (x_pixels.ptr, dy_pos.ptr);
         let (n, c, k, hw, pq) = (p.n as i64, p.c as i32, p.k as i32, p.hw as i32, p.pq as i32);
@@ -1119,8 +1334,18 @@ impl Backend for CudaBackend {
         // SAFETY: x is [n, c, h·w] and dy [n, k, pq] in the layouts given; x_pixels holds
         // n·h·w counts, dy_pos n·pq, res 3 u64.
         unsafe {
-            self.launch("nz_over_channels", grid_for(p.n * p.hw), 256, args!(&xp, &xpx, &n, &c, &hw, &xl));
-            self.launch("nz_over_channels", grid_for(p.n * p.pq), 256, args!(&dp, &dyp, &n, &k, &pq, &dl));
+            self.launch(
+                &act_kernel("nz_over_channels", is_bf16(x)),
+                grid_for(p.n * p.hw),
+                256,
+                args!(&xp, &xpx, &n, &c, &hw, &xl),
+            );
+            self.launch(
+                &act_kernel("nz_over_channels", is_bf16(dy)),
+                grid_for(p.n * p.pq),
+                256,
+                args!(&dp, &dyp, &n, &k, &pq, &dl),
+            );
             self.launch(
                 "nz_window_dot",
                 grid_for(p.n * p.pq),

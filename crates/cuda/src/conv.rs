@@ -75,6 +75,11 @@ impl Plan {
             move |err| Error::device("cudnn", format!("{what}: {err:?}"))
         }
         let f32_ = sys::cudnnDataType_t::CUDNN_DATA_FLOAT;
+        // bf16 operands accumulate in FP32 (cuDNN's BFLOAT16 "pseudo" configuration)
+        let data = match precision {
+            Precision::Bf16 => sys::cudnnDataType_t::CUDNN_DATA_BFLOAT16,
+            Precision::Fp32 | Precision::Tf32 => f32_,
+        };
         // the filter takes the tensors' format: KCRS with NCHW, KRSC with NHWC
         let tensor_format = match layout {
             Layout::Nchw => sys::cudnnTensorFormat_t::CUDNN_TENSOR_NCHW,
@@ -90,16 +95,16 @@ impl Plan {
         let plan = Plan { key: key(g), x, y, w, conv, chosen: [None; 3] };
         let math = match precision {
             Precision::Fp32 => sys::cudnnMathType_t::CUDNN_FMA_MATH,
-            Precision::Tf32 => sys::cudnnMathType_t::CUDNN_TENSOR_OP_MATH,
+            Precision::Tf32 | Precision::Bf16 => sys::cudnnMathType_t::CUDNN_TENSOR_OP_MATH,
         };
         let (p, s) = (g.pad as i32, g.stride as i32);
         // SAFETY: the descriptors were just created and are owned by `plan`.
         unsafe {
-            result::set_tensor4d_descriptor(x, tensor_format, f32_, dims([g.n, g.c_in, g.h, g.w]))
+            result::set_tensor4d_descriptor(x, tensor_format, data, dims([g.n, g.c_in, g.h, g.w]))
                 .map_err(e("input shape"))?;
-            result::set_tensor4d_descriptor(y, tensor_format, f32_, dims([g.n, g.c_out, g.h_out(), g.w_out()]))
+            result::set_tensor4d_descriptor(y, tensor_format, data, dims([g.n, g.c_out, g.h_out(), g.w_out()]))
                 .map_err(e("output shape"))?;
-            result::set_filter4d_descriptor(w, f32_, tensor_format, dims([g.c_out, g.c_in, g.k_h, g.k_w]))
+            result::set_filter4d_descriptor(w, data, tensor_format, dims([g.c_out, g.c_in, g.k_h, g.k_w]))
                 .map_err(e("filter shape"))?;
             for c in conv {
                 let mode = sys::cudnnConvolutionMode_t::CUDNN_CROSS_CORRELATION;
@@ -399,7 +404,7 @@ unsafe fn find(
         )
     };
     let usable = |r: &&(u32, sys::cudnnStatus_t, usize, sys::cudnnDeterminism_t, sys::cudnnMathType_t, f32)| {
-        r.1 == sys::cudnnStatus_t::CUDNN_STATUS_SUCCESS && (precision == Precision::Tf32 || !tensor_math(r.4))
+        r.1 == sys::cudnnStatus_t::CUDNN_STATUS_SUCCESS && (precision != Precision::Fp32 || !tensor_math(r.4))
     };
     // the fastest deterministic algorithm; where cuDNN has none for this shape (it happens
     // for some large layers), the fastest of any kind

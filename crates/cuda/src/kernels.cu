@@ -109,65 +109,83 @@ __device__ __forceinline__ long long at(long long img, int ch, int pos, int c, i
     return nhwc ? (img * positions + pos) * c + ch : (img * c + ch) * positions + pos;
 }
 
-// dst = src converted between layouts: to_nhwc != 0 reads NCHW and writes NHWC, else back.
-extern "C" __global__ void convert_layout(const float* src, float* dst, int c, int hw, int to_nhwc, long long total) {
+// ---------------------------------------------------------------- storage types
+// Activations are stored as FP32 or as bfloat16 (the upper half of an FP32: 8-bit exponent,
+// 7-bit mantissa); kernels load them widened to FP32 with ld() and store them rounded to
+// nearest-even with st(). The bf16 type is a plain 16-bit struct: NVRTC then needs no
+// <cuda_bf16.h>.
+struct bf16 {
+    unsigned short bits;
+};
+__device__ __forceinline__ float ld(const float* p) { return *p; }
+__device__ __forceinline__ float ld(const bf16* p) { return __uint_as_float(((unsigned)p->bits) << 16); }
+__device__ __forceinline__ void st(float* p, float v) { *p = v; }
+__device__ __forceinline__ unsigned short to_bf16(float v) {
+#if __CUDA_ARCH__ >= 800
+    unsigned short r;
+    asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(r) : "f"(v));
+    return r;
+#else
+    unsigned u = __float_as_uint(v);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return 0x7fc0;  // NaN stays NaN
+    return (unsigned short)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+#endif
+}
+__device__ __forceinline__ void st(bf16* p, float v) { p->bits = to_bf16(v); }
+// Four consecutive values (16-byte aligned for f32, 8-byte for bf16: element indices that are
+// multiples of 4 in buffers from the pool), for channels-last kernels that take 4 channels.
+struct F4 {
+    float v[4];
+};
+__device__ __forceinline__ F4 ld4(const float* p) {
+    float4 q = *(const float4*)p;
+    F4 r = {{q.x, q.y, q.z, q.w}};
+    return r;
+}
+__device__ __forceinline__ F4 ld4(const bf16* p) {
+    uint2 q = *(const uint2*)p;
+    F4 r = {{__uint_as_float(q.x << 16), __uint_as_float(q.x & 0xffff0000u), __uint_as_float(q.y << 16),
+             __uint_as_float(q.y & 0xffff0000u)}};
+    return r;
+}
+__device__ __forceinline__ void st4(float* p, F4 a) { *(float4*)p = make_float4(a.v[0], a.v[1], a.v[2], a.v[3]); }
+__device__ __forceinline__ void st4(bf16* p, F4 a) {
+    uint2 q;
+    q.x = (unsigned)to_bf16(a.v[0]) | ((unsigned)to_bf16(a.v[1]) << 16);
+    q.y = (unsigned)to_bf16(a.v[2]) | ((unsigned)to_bf16(a.v[3]) << 16);
+    *(uint2*)p = q;
+}
+
+// Element i of a buffer of either type (`bf`: bf16), for the few kernels that take both.
+__device__ __forceinline__ float ld_any(const void* p, long long i, int bf) {
+    return bf ? ld((const bf16*)p + i) : ((const float*)p)[i];
+}
+__device__ __forceinline__ void st_any(void* p, long long i, int bf, float v) {
+    if (bf) st((bf16*)p + i, v); else ((float*)p)[i] = v;
+}
+
+// dst = src converted between layouts (to_nhwc != 0 reads NCHW and writes NHWC, else back)
+// and storage types.
+extern "C" __global__ void convert_layout(const void* src, int src_bf, void* dst, int dst_bf, int c, int hw,
+                                          int to_nhwc, long long total) {
     GRID_STRIDE(i, total) {
         Nc e = split_index(i, c, hw, to_nhwc);
-        dst[i] = src[at(e.img, e.ch, e.pos, c, hw, !to_nhwc)];
+        st_any(dst, i, dst_bf, ld_any(src, at(e.img, e.ch, e.pos, c, hw, !to_nhwc), src_bf));
     }
 }
 
-// ---------------------------------------------------------------- point-wise
-
-extern "C" __global__ void fill(float* x, float v, long long n) {
-    GRID_STRIDE(i, n) x[i] = v;
+// dst = src, between storage types.
+extern "C" __global__ void cast(const void* src, int src_bf, void* dst, int dst_bf, long long n) {
+    GRID_STRIDE(i, n) st_any(dst, i, dst_bf, ld_any(src, i, src_bf));
 }
 
-extern "C" __global__ void relu_fwd(const float* x, float* y, float t, long long n) {
-    GRID_STRIDE(i, n) { float v = x[i]; y[i] = v > t ? v : 0.0f; }
-}
-
-extern "C" __global__ void relu_bwd(const float* x, const float* dy, float* dx, float t, float extra, long long n) {
-    GRID_STRIDE(i, n) dx[i] = x[i] > t ? dy[i] + extra : 0.0f;
-}
-
-extern "C" __global__ void add(const float* a, const float* b, float* y, long long n) {
-    GRID_STRIDE(i, n) y[i] = a[i] + b[i];
-}
-
-extern "C" __global__ void add_relu(const float* a, const float* b, float* y, float t, long long n) {
-    GRID_STRIDE(i, n) { float v = a[i] + b[i]; y[i] = v > t ? v : 0.0f; }
-}
-
-// y[i] += bias[(i / inner) % c]: a conv's channel bias (inner = h·w) or a linear layer's (inner = 1)
-extern "C" __global__ void add_bias(float* y, const float* bias, long long inner, long long c, long long n) {
-    GRID_STRIDE_CH(i, n, inner, (int)c, chan) y[i] += bias[chan.ch];
+extern "C" __global__ void fill(void* x, int bf, float v, long long n) {
+    GRID_STRIDE(i, n) st_any(x, i, bf, v);
 }
 
 // ---------------------------------------------------------------- per-channel sums
 // x: [n, c, hw]. Block (s, ch) sums images s·per .. (s+1)·per of channel ch; the partial
-// results are added in split order by the finalising kernels.
-
-// partial[(ch·splits + s)·2 + {0,1}] = (Σ x, Σ x²)
-extern "C" __global__ void channel_partial_sums(const float* x, double* partial, int n, int c, int hw, int splits) {
-    int s = blockIdx.x, ch = blockIdx.y;
-    int per = (n + splits - 1) / splits;
-    int i0 = s * per, i1 = min(n, i0 + per);
-    double a = 0.0, b = 0.0;
-    long long len = (long long)max(0, i1 - i0) * hw;
-    for (long long k = threadIdx.x; k < len; k += blockDim.x) {
-        long long img = i0 + k / hw, j = k % hw;
-        float v = x[(img * c + ch) * hw + j];
-        a += v;
-        b += (double)v * v;
-    }
-    a = block_sum(a);
-    b = block_sum(b);
-    if (threadIdx.x == 0) {
-        partial[(ch * splits + s) * 2] = a;
-        partial[(ch * splits + s) * 2 + 1] = b;
-    }
-}
+// results are added in split order by the finalising kernels (kernels_act.cu).
 
 // The same partial sums of x viewed as [rows, c] (NHWC, or a linear layer's [n, c]): block
 // (s, g) takes channels 32·g .. 32·g + 31 (one per lane, so reads are coalesced) over rows
@@ -196,18 +214,15 @@ __device__ void rows_partial(Term term, double* partial, long long rows, int c, 
     }
 }
 
+template <typename A>
 struct SumTerm {
-    const float* x;
+    const A* x;
     __device__ void operator()(long long i, int, double& a, double& b) const {
-        float v = x[i];
+        float v = ld(x + i);
         a += v;
         b += (double)v * v;
     }
 };
-
-extern "C" __global__ void rows_partial_sums(const float* x, double* partial, long long rows, int c, int splits) {
-    rows_partial(SumTerm{x}, partial, rows, c, splits);
-}
 
 // Σ over splits of partial[(ch·splits + s)·2 + k], one warp per channel, in a fixed order.
 __device__ double split_sum(const double* partial, int splits, int ch, int k) {
@@ -255,81 +270,26 @@ extern "C" __global__ void bn_eval_stats(const float* running_mean, const float*
     inv_std_out[ch] = 1.0f / sqrtf(running_var[ch] + eps);
 }
 
-// y = γ·(x − mean)·inv_std + β, then relu with threshold t if relu != 0.
-// scale = γ·inv_std and shift = β − mean·scale, as the CPU computes them.
-extern "C" __global__ void bn_apply(const float* x, float* y, const float* gamma, const float* beta, const float* mean,
-                                    const float* inv_std, int relu, float t, long long hw, int c, long long n) {
-    GRID_STRIDE_CH(i, n, hw, c, chan) {
-        int ch = chan.ch;
-        float sc = gamma[ch] * inv_std[ch];
-        float sh = beta[ch] - mean[ch] * sc;
-        float v = x[i] * sc + sh;
-        y[i] = relu ? (v > t ? v : 0.0f) : v;
-    }
-}
-
-// Eval-mode map from the running statistics: scale = γ/√(var+ε), as the CPU computes it.
-extern "C" __global__ void bn_apply_eval(const float* x, float* y, const float* gamma, const float* beta,
-                                         const float* running_mean, const float* running_var, float eps, int relu,
-                                         float t, long long hw, int c, long long n) {
-    GRID_STRIDE_CH(i, n, hw, c, chan) {
-        int ch = chan.ch;
-        float sc = gamma[ch] / sqrtf(running_var[ch] + eps);
-        float sh = beta[ch] - running_mean[ch] * sc;
-        float v = x[i] * sc + sh;
-        y[i] = relu ? (v > t ? v : 0.0f) : v;
-    }
-}
-
 // dz = dy through the fused ReLU's mask (recomputed from x), or dy.
 __device__ __forceinline__ float bn_dz(float xv, float d, float sc, float sh, int relu, float t, float extra) {
     if (!relu) return d;
     return xv * sc + sh > t ? d + extra : 0.0f;
 }
 
-// partial (Σ dz, Σ dz·(x − mean)) per channel and split.
-extern "C" __global__ void bn_bwd_partial(const float* x, const float* dy, const float* gamma, const float* beta,
-                                          const float* mean, const float* inv_std, int relu, float t, float extra,
-                                          double* partial, int n, int c, int hw, int splits) {
-    int s = blockIdx.x, ch = blockIdx.y;
-    int per = (n + splits - 1) / splits;
-    int i0 = s * per, i1 = min(n, i0 + per);
-    float sc = gamma[ch] * inv_std[ch], sh = beta[ch] - mean[ch] * sc, m = mean[ch];
-    double a = 0.0, b = 0.0;
-    long long len = (long long)max(0, i1 - i0) * hw;
-    for (long long k = threadIdx.x; k < len; k += blockDim.x) {
-        long long idx = ((i0 + k / hw) * c + ch) * hw + k % hw;
-        float xv = x[idx];
-        float dz = bn_dz(xv, dy[idx], sc, sh, relu, t, extra);
-        a += dz;
-        b += (double)dz * (xv - m);
-    }
-    a = block_sum(a);
-    b = block_sum(b);
-    if (threadIdx.x == 0) {
-        partial[(ch * splits + s) * 2] = a;
-        partial[(ch * splits + s) * 2 + 1] = b;
-    }
-}
-
+template <typename A>
 struct BnBwdTerm {
-    const float *x, *dy, *gamma, *beta, *mean, *inv_std;
+    const A *x, *dy;
+    const float *gamma, *beta, *mean, *inv_std;
     int relu;
     float t, extra;
     __device__ void operator()(long long i, int ch, double& a, double& b) const {
         float sc = gamma[ch] * inv_std[ch], sh = beta[ch] - mean[ch] * sc;
-        float xv = x[i];
-        float dz = bn_dz(xv, dy[i], sc, sh, relu, t, extra);
+        float xv = ld(x + i);
+        float dz = bn_dz(xv, ld(dy + i), sc, sh, relu, t, extra);
         a += dz;
         b += (double)dz * (xv - mean[ch]);
     }
 };
-
-extern "C" __global__ void bn_bwd_rows_partial(const float* x, const float* dy, const float* gamma, const float* beta,
-                                               const float* mean, const float* inv_std, int relu, float t, float extra,
-                                               double* partial, long long rows, int c, int splits) {
-    rows_partial(BnBwdTerm{x, dy, gamma, beta, mean, inv_std, relu, t, extra}, partial, rows, c, splits);
-}
 
 extern "C" __global__ void bn_bwd_finalize(const double* partial, int splits, const float* inv_std, float* dgamma,
                                            float* dbeta, int c) {
@@ -338,135 +298,6 @@ extern "C" __global__ void bn_bwd_finalize(const double* partial, int splits, co
     if (!LANE0) return;
     dbeta[ch] = (float)a;
     dgamma[ch] = (float)(b * (double)inv_std[ch]);
-}
-
-// dx = γ·inv_std/M · (M·dz − dβ − x̂·dγ)
-extern "C" __global__ void bn_bwd_input(const float* x, const float* dy, const float* gamma, const float* beta,
-                                        const float* mean, const float* inv_std, int relu, float t, float extra,
-                                        const float* dgamma, const float* dbeta, float m, float* dx, long long hw,
-                                        int c, long long n) {
-    GRID_STRIDE_CH(i, n, hw, c, chan) {
-        int ch = chan.ch;
-        float inv = inv_std[ch], sc = gamma[ch] * inv, sh = beta[ch] - mean[ch] * sc;
-        float xv = x[i];
-        float dz = bn_dz(xv, dy[i], sc, sh, relu, t, extra);
-        float xhat = (xv - mean[ch]) * inv;
-        dx[i] = gamma[ch] * inv / m * (m * dz - dbeta[ch] - xhat * dgamma[ch]);
-    }
-}
-
-// Frozen statistics: dx = dy·γ/√(var+ε).
-extern "C" __global__ void bn_frozen_bwd(const float* dy, const float* gamma, const float* running_var, float eps,
-                                         float* dx, long long hw, int c, long long n) {
-    GRID_STRIDE_CH(i, n, hw, c, chan) {
-        int ch = chan.ch;
-        dx[i] = dy[i] * (gamma[ch] / sqrtf(running_var[ch] + eps));
-    }
-}
-
-// ---------------------------------------------------------------- pooling
-// x: [n, c, h, w] or [n, h, w, c] (nhwc); argmax holds the input position ih·w + iw.
-
-extern "C" __global__ void max_pool_fwd(const float* x, float* y, u32* argmax, int c, int nhwc, int h, int w, int ho,
-                                        int wo, int k, int stride, int pad, long long total) {
-    GRID_STRIDE(i, total) {
-        Nc o = split_index(i, c, ho * wo, nhwc);
-        int p = o.pos / wo, q = o.pos % wo;
-        float best = NEG_INF;
-        u32 arg = 0;
-        for (int r = 0; r < k; r++) {
-            int ih = p * stride + r - pad;
-            if (ih < 0 || ih >= h) continue;
-            for (int s = 0; s < k; s++) {
-                int iw = q * stride + s - pad;
-                if (iw < 0 || iw >= w) continue;
-                float v = x[at(o.img, o.ch, ih * w + iw, c, h * w, nhwc)];
-                if (v > best) { best = v; arg = ih * w + iw; }
-            }
-        }
-        y[i] = best;
-        argmax[i] = arg;
-    }
-}
-
-// Gather form (one thread per input position, its covering windows in a fixed order): no atomics.
-extern "C" __global__ void max_pool_bwd(const float* dy, const u32* argmax, float* dx, int c, int nhwc, int h, int w,
-                                        int ho, int wo, int k, int stride, int pad, long long total) {
-    GRID_STRIDE(i, total) {
-        Nc e = split_index(i, c, h * w, nhwc);
-        int ih = e.pos / w, iw = e.pos % w;
-        int p0 = max(0, (ih + pad - k + stride) / stride), p1 = min(ho - 1, (ih + pad) / stride);
-        int q0 = max(0, (iw + pad - k + stride) / stride), q1 = min(wo - 1, (iw + pad) / stride);
-        float s = 0.0f;
-        for (int p = p0; p <= p1; p++)
-            for (int q = q0; q <= q1; q++) {
-                long long o = at(e.img, e.ch, p * wo + q, c, ho * wo, nhwc);
-                if (argmax[o] == (u32)e.pos) s += dy[o];
-            }
-        dx[i] = s;
-    }
-}
-
-extern "C" __global__ void avg_pool_fwd(const float* x, float* y, int c, int nhwc, int h, int w, int ho, int wo, int k,
-                                        int stride, int pad, long long total) {
-    GRID_STRIDE(i, total) {
-        Nc o = split_index(i, c, ho * wo, nhwc);
-        int p = o.pos / wo, q = o.pos % wo;
-        float s = 0.0f;
-        for (int r = 0; r < k; r++) {
-            int ih = p * stride + r - pad;
-            if (ih < 0 || ih >= h) continue;
-            for (int t = 0; t < k; t++) {
-                int iw = q * stride + t - pad;
-                if (iw >= 0 && iw < w) s += x[at(o.img, o.ch, ih * w + iw, c, h * w, nhwc)];
-            }
-        }
-        y[i] = s * (1.0f / (float)(k * k));
-    }
-}
-
-extern "C" __global__ void avg_pool_bwd(const float* dy, float* dx, int c, int nhwc, int h, int w, int ho, int wo,
-                                        int k, int stride, int pad, long long total) {
-    GRID_STRIDE(i, total) {
-        Nc e = split_index(i, c, h * w, nhwc);
-        int ih = e.pos / w, iw = e.pos % w;
-        int p0 = max(0, (ih + pad - k + stride) / stride), p1 = min(ho - 1, (ih + pad) / stride);
-        int q0 = max(0, (iw + pad - k + stride) / stride), q1 = min(wo - 1, (iw + pad) / stride);
-        float inv = 1.0f / (float)(k * k);
-        float s = 0.0f;
-        for (int p = p0; p <= p1; p++)
-            for (int q = q0; q <= q1; q++) s += dy[at(e.img, e.ch, p * wo + q, c, ho * wo, nhwc)] * inv;
-        dx[i] = s;
-    }
-}
-
-// NCHW: one warp per plane.
-extern "C" __global__ void global_avg_pool_fwd(const float* x, float* y, int hw, long long planes) {
-    long long plane = ((long long)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
-    int lane = threadIdx.x & 31;
-    if (plane >= planes) return;
-    float s = 0.0f;
-    for (int j = lane; j < hw; j += 32) s += x[plane * hw + j];
-    for (int o = 16; o > 0; o >>= 1) s += __shfl_down_sync(0xffffffff, s, o);
-    if (lane == 0) y[plane] = s / (float)hw;
-}
-
-// NHWC: one thread per (image, channel); neighbouring threads read neighbouring channels.
-extern "C" __global__ void global_avg_pool_nhwc_fwd(const float* x, float* y, int c, int hw, long long total) {
-    GRID_STRIDE(i, total) {
-        long long img = i / c;
-        int ch = (int)(i % c);
-        float s = 0.0f;
-        for (int j = 0; j < hw; j++) s += x[(img * hw + j) * c + ch];
-        y[i] = s / (float)hw;
-    }
-}
-
-extern "C" __global__ void global_avg_pool_bwd(const float* dy, float* dx, int c, int hw, int nhwc, long long total) {
-    GRID_STRIDE(i, total) {
-        Nc e = split_index(i, c, hw, nhwc);
-        dx[i] = dy[e.img * c + e.ch] / (float)hw;
-    }
 }
 
 // ---------------------------------------------------------------- loss
@@ -655,28 +486,6 @@ extern "C" __global__ void straight_through(const float* w, float* g, float clip
     GRID_STRIDE(i, n) if (fabsf(w[i]) > clip) g[i] = 0.0f;
 }
 
-// ---------------------------------------------------------------- data
-// A batch rendered from a data set held on the device: plan[s] = (image, oy, ox, flip);
-// norm = (mean[c], 1/std[c]). The arithmetic is tern-data's render_placed, operation for
-// operation (rounded operations, no contraction), so the bits are the CPU loader's.
-extern "C" __global__ void render_batch(const unsigned char* images, const u32* plan, const float* norm, float* out,
-                                        int c, int sh, int sw, int dh, int dw, int nhwc, long long total) {
-    GRID_STRIDE(i, total) {
-        Nc e = split_index(i, c, dh * dw, nhwc);
-        int x = e.pos % dw, y = e.pos / dw, ch = e.ch;
-        long long s = e.img;
-        u32 idx = plan[4 * s];
-        int oy = (int)plan[4 * s + 1], ox = (int)plan[4 * s + 2], flip = (int)plan[4 * s + 3];
-        int sy = y - oy, sx = (flip ? dw - 1 - x : x) - ox;
-        float v = 0.0f;
-        if (sy >= 0 && sy < sh && sx >= 0 && sx < sw) {
-            unsigned char b = images[((long long)idx * c + ch) * sh * sw + (long long)sy * sw + sx];
-            v = __fmul_rn(__fsub_rn(__fdiv_rn((float)b, 255.0f), norm[ch]), norm[c + ch]);
-        }
-        out[i] = v;
-    }
-}
-
 // ---------------------------------------------------------------- optimizer
 
 // guard (may be null): the step's loss; a non-finite one leaves w and v untouched.
@@ -700,30 +509,6 @@ extern "C" __global__ void sgd(float* w, const float* g, float* v, const float* 
 struct AddU64 {
     __device__ u64 operator()(u64 a, u64 b) const { return a + b; }
 };
-
-// out[ch·positions + pos] = Σ_img [x ≠ 0]. Threads walk the storage order of one image so
-// that neighbours read neighbouring values.
-extern "C" __global__ void nz_over_images(const float* x, u32* out, long long n, int c, int positions, int nhwc) {
-    long long total = (long long)c * positions;
-    GRID_STRIDE(i, total) {
-        int ch = nhwc ? (int)(i % c) : (int)(i / positions);
-        int pos = nhwc ? (int)(i / c) : (int)(i % positions);
-        u32 cnt = 0;
-        for (long long img = 0; img < n; img++) cnt += x[at(img, ch, pos, c, positions, nhwc)] != 0.0f;
-        out[(long long)ch * positions + pos] = cnt;
-    }
-}
-
-// out[img·positions + pos] = Σ_ch [x ≠ 0]
-extern "C" __global__ void nz_over_channels(const float* x, u32* out, long long n, int c, int positions, int nhwc) {
-    GRID_STRIDE(i, n * positions) {
-        long long img = i / positions;
-        int pos = (int)(i % positions);
-        u32 cnt = 0;
-        for (int ch = 0; ch < c; ch++) cnt += x[at(img, ch, pos, c, positions, nhwc)] != 0.0f;
-        out[i] = cnt;
-    }
-}
 
 // rows[(ch·kh + r)·kw + s] = Σ_(p,q) per_image[ch, p·stride + r − pad, q·stride + s − pad]
 // over the positions inside the image: the non-zeros of im2col's row (ch, r, s) over the

@@ -10,11 +10,13 @@ mod backend;
 mod conv;
 mod kernels;
 mod memory;
+mod staging;
 
 pub use backend::CudaBackend;
 pub use memory::CudaBuffer;
 
-/// The math of convolutions and matrix multiplies (point-wise kernels are always FP32).
+/// The math of convolutions and matrix multiplies, and how activations are stored
+/// (point-wise kernels always compute in FP32).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Precision {
     /// Strict FP32: cuDNN FMA kernels only, cuBLAS without tensor cores.
@@ -22,6 +24,12 @@ pub enum Precision {
     /// TF32 tensor cores for convolutions and GEMMs (10-bit mantissa products, FP32
     /// accumulation): what PyTorch uses for convolutions on Hopper by default.
     Tf32,
+    /// Mixed precision, as PyTorch's bf16 autocast: image activations and their gradients
+    /// are stored as bfloat16 (8-bit mantissa), convolutions run on bf16 tensor cores with
+    /// FP32 accumulation (filters rounded to bf16 per call, filter gradients widened to FP32);
+    /// weights, their gradients, the optimizer, BN statistics, the classifier (TF32) and the
+    /// loss stay FP32. Needs the channels-last layout.
+    Bf16,
 }
 
 /// Which convolution algorithms cuDNN may use.
@@ -60,6 +68,7 @@ impl Precision {
         match self {
             Precision::Fp32 => "fp32",
             Precision::Tf32 => "tf32",
+            Precision::Bf16 => "bf16",
         }
     }
 }

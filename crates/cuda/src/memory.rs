@@ -72,8 +72,16 @@ impl Shared {
             Some(p) => p,
             None => self.fresh(len)?,
         };
-        let b = CudaBuffer { ptr, len, nhwc: None, shared: self.clone() };
+        let b = CudaBuffer { ptr, len, nhwc: None, bf16: false, shared: self.clone() };
         b.note_use();
+        Ok(b)
+    }
+
+    /// A buffer of `len` bfloat16 elements (half as many f32 slots, rounded up).
+    pub fn alloc_bf16(self: &Arc<Self>, len: usize) -> Result<CudaBuffer> {
+        let mut b = self.alloc(len.div_ceil(2))?;
+        b.len = len;
+        b.bf16 = true;
         Ok(b)
     }
 
@@ -118,6 +126,11 @@ impl Shared {
     /// Bytes held from the driver, in use or cached.
     pub fn held_bytes(&self) -> usize {
         self.pool().held
+    }
+
+    /// Whether a graph is being recorded.
+    pub fn is_recording(&self) -> bool {
+        self.recording.load(Ordering::Relaxed)
     }
 
     /// Starts noting every buffer that device work touches (a graph recording).
@@ -183,23 +196,41 @@ fn move_free(from: &mut FreeList, to: &mut FreeList, pick: impl Fn(&sys::CUdevic
     }
 }
 
-/// `len` f32 values in device memory (see the module doc for the pool).
+/// `len` f32 (or bfloat16) values in device memory (see the module doc for the pool).
 #[derive(Debug)]
 pub struct CudaBuffer {
     pub ptr: sys::CUdeviceptr,
+    /// Elements (of the storage type).
     pub len: usize,
     /// Set when the values of an `[n, c, h, w]` tensor are stored channels-last
     /// (`[n, h, w, c]`; a conv filter `[k, r, s, c]`): the dimensions, in NCHW order.
     /// Host copies are converted back, so a host only ever sees NCHW.
     pub nhwc: Option<[usize; 4]>,
+    /// Set when the values are stored as bfloat16 (activations under `Precision::Bf16`);
+    /// host copies widen them to f32.
+    pub bf16: bool,
     pub shared: Arc<Shared>,
 }
 
 impl CudaBuffer {
+    /// The f32-sized slots the buffer holds (the pool's unit).
+    pub fn slots(&self) -> usize {
+        if self.bf16 {
+            self.len.div_ceil(2)
+        } else {
+            self.len
+        }
+    }
+
+    /// Bytes of the values.
+    pub fn bytes(&self) -> usize {
+        self.len * if self.bf16 { 2 } else { 4 }
+    }
+
     /// Gives the memory back to the driver instead of the pool (a large one-off scratch).
     pub fn release_to_driver(self) {
         let s = self.shared.clone();
-        let (ptr, len) = (self.ptr, self.len);
+        let (ptr, len) = (self.ptr, self.slots());
         std::mem::forget(self);
         let _ = s.stream.synchronize();
         // SAFETY: `ptr` came from malloc_sync, and this buffer was its only owner.
@@ -221,7 +252,7 @@ impl Drop for CudaBuffer {
         let mut p = self.shared.pool();
         let reserved = p.graph_owned.contains_key(&self.ptr) || p.recording.contains(&self.ptr);
         let list = if reserved && !p.recording.contains(&self.ptr) { &mut p.graph_free } else { &mut p.free };
-        list.entry(self.len).or_default().push(self.ptr);
+        list.entry(self.slots()).or_default().push(self.ptr);
     }
 }
 
@@ -233,15 +264,26 @@ impl DeviceBuffer for CudaBuffer {
         self.len
     }
     fn to_host(&self) -> Vec<f32> {
-        let mut out = vec![0.0f32; self.len];
         let s = &self.shared;
-        // SAFETY: `ptr` holds `len` f32 values; the stream orders the copy after every kernel
-        // that wrote them, and the synchronize completes it before `out` is read.
-        let r = unsafe { result::memcpy_dtoh_async(&mut out, self.ptr, s.stream.cu_stream()) }
-            .and_then(|_| s.stream.synchronize());
-        if let Err(e) = r {
+        let fail = |e: cudarc::driver::DriverError| {
             panic!("{}: copying a tensor to the host failed: {e}", s.device());
-        }
+        };
+        let out = if self.bf16 {
+            let mut raw = vec![0u16; self.len];
+            // SAFETY: `ptr` holds `len` bf16 values; ordered and completed as below.
+            unsafe { result::memcpy_dtoh_async(&mut raw, self.ptr, s.stream.cu_stream()) }
+                .and_then(|_| s.stream.synchronize())
+                .unwrap_or_else(&fail);
+            raw.into_iter().map(|b| f32::from_bits((b as u32) << 16)).collect()
+        } else {
+            let mut out = vec![0.0f32; self.len];
+            // SAFETY: `ptr` holds `len` f32 values; the stream orders the copy after every
+            // kernel that wrote them, and the synchronize completes it before `out` is read.
+            unsafe { result::memcpy_dtoh_async(&mut out, self.ptr, s.stream.cu_stream()) }
+                .and_then(|_| s.stream.synchronize())
+                .unwrap_or_else(fail);
+            out
+        };
         match self.nhwc {
             Some([n, c, h, w]) => nhwc_to_nchw(&out, n, c, h * w),
             None => out,
@@ -249,11 +291,12 @@ impl DeviceBuffer for CudaBuffer {
     }
     fn duplicate(&self) -> Box<dyn DeviceBuffer> {
         let s = &self.shared;
-        let mut copy = s.alloc(self.len).unwrap_or_else(|e| panic!("{e}"));
+        let mut copy =
+            if self.bf16 { s.alloc_bf16(self.len) } else { s.alloc(self.len) }.unwrap_or_else(|e| panic!("{e}"));
         copy.nhwc = self.nhwc;
         self.note_use();
-        // SAFETY: both buffers hold `len` f32 values on this stream's device.
-        unsafe { result::memcpy_dtod_async(copy.ptr, self.ptr, self.len * 4, s.stream.cu_stream()) }
+        // SAFETY: both buffers hold `len` values of the same type on this stream's device.
+        unsafe { result::memcpy_dtod_async(copy.ptr, self.ptr, self.bytes(), s.stream.cu_stream()) }
             .unwrap_or_else(|e| panic!("{}: device copy failed: {e}", s.device()));
         Box::new(copy)
     }

@@ -103,7 +103,7 @@ impl Stepper {
         if self.x.as_ref().is_none_or(|t| t.shape() != x_shape || t.device() != be.device()) {
             // new shapes (the last, partial batch) or a new device: new buffers, new recording
             self.invalidate();
-            self.x = Some(be.alloc(x_shape));
+            self.x = Some(be.alloc_activation(x_shape));
             self.labels = Some(be.alloc(&[n]));
             self.lr = Some(be.alloc(&[1]));
             self.stats = Some(be.zeros(&[loss_stats::LEN]));

@@ -222,7 +222,7 @@ pub fn evaluate(
         let plans = tern_data::epoch_plans(&ds, &cfg, 0, false);
         obs.eval_start(plans.len());
         for plan in &plans {
-            let mut x = backend.alloc(&[plan.len(), c, h, w]);
+            let mut x = backend.alloc_activation(&[plan.len(), c, h, w]);
             dd.render(backend, plan, &mut x);
             let labels: Vec<u32> = plan.iter().map(|s| ds.labels[s.index]).collect();
             eval_batch(&x, &labels);
@@ -235,7 +235,7 @@ pub fn evaluate(
         obs.eval_start(iter.len());
         for rb in iter {
             let rb = rb?;
-            let mut x = backend.alloc(&[rb.plan.len(), c, h, w]);
+            let mut x = backend.alloc_activation(&[rb.plan.len(), c, h, w]);
             DeviceData::of_batch(backend, &rb, shape, normalize).render(backend, &rb.plan, &mut x);
             eval_batch(&x, &rb.labels);
             obs.eval_batch();

@@ -24,7 +24,7 @@ impl Relu {
     /// backward: with a threshold ≥ 0 the output passes the threshold exactly where its input
     /// did, so the mask is the same.
     pub fn forward_after_add(&mut self, ctx: &Ctx, a: &Tensor, b: &Tensor) -> Tensor {
-        let mut y = ctx.backend.alloc(a.shape());
+        let mut y = ctx.backend.alloc_activation(a.shape());
         ctx.backend.add_relu(a, b, self.threshold, &mut y);
         self.cache_x = ctx.train.then(|| y.clone());
         y
@@ -43,14 +43,14 @@ impl Layer for Relu {
         input.to_vec()
     }
     fn forward(&mut self, ctx: &Ctx, x: &Tensor) -> Tensor {
-        let mut y = ctx.backend.alloc(x.shape());
+        let mut y = ctx.backend.alloc_activation(x.shape());
         ctx.backend.relu_forward(x, self.threshold, &mut y);
         self.cache_x = ctx.train.then(|| x.clone());
         y
     }
     fn backward_input(&mut self, ctx: &Ctx, dy: &Tensor) -> Tensor {
         let x = self.cache_x.as_ref().expect("backward without a train-mode forward");
-        let mut dx = ctx.backend.alloc(x.shape());
+        let mut dx = ctx.backend.alloc_activation(x.shape());
         // d(λ·Σ|y|/n)/dy = λ/n where y > 0, which is where the mask passes (threshold ≥ 0).
         let extra = self.l1 / x.dim(0) as f32;
         ctx.backend.relu_backward(x, dy, self.threshold, extra, &mut dx);

@@ -153,7 +153,7 @@ impl Layer for Residual {
         if ctx.fusing() {
             return self.relu.forward_after_add(ctx, &a, &s);
         }
-        let mut z = ctx.backend.alloc(a.shape());
+        let mut z = ctx.backend.alloc_activation(a.shape());
         ctx.backend.add(&a, &s, &mut z);
         ctx.probe(&format!("{}.add", self.name), &z);
         let y = self.relu.forward(ctx, &z);
@@ -172,7 +172,7 @@ impl Layer for Residual {
         };
         match (da, ds) {
             (Some(a), Some(s)) => {
-                let mut dx = ctx.backend.alloc(a.shape());
+                let mut dx = ctx.backend.alloc_activation(a.shape());
                 ctx.backend.add(&a, &s, &mut dx);
                 Some(dx)
             }

@@ -69,7 +69,7 @@ impl Conv2d {
 
     fn run_forward(&mut self, ctx: &Ctx, x: &Tensor, sums: bool) -> (Tensor, Option<ChannelSums>) {
         let g = self.geometry(x.shape());
-        let mut y = ctx.backend.alloc(&[g.n, g.c_out, g.h_out(), g.w_out()]);
+        let mut y = ctx.backend.alloc_activation(&[g.n, g.c_out, g.h_out(), g.w_out()]);
         let bias = self.bias.as_ref().map(|b| &b.value);
         let w = self.ternary.forward_weight(ctx.backend, &self.weight.value, self.c_out);
         let (s, ms) = ctx.timed(|| {
@@ -106,7 +106,7 @@ impl Layer for Conv2d {
     fn backward_input(&mut self, ctx: &Ctx, dy: &Tensor) -> Tensor {
         let x = self.cache_x.as_ref().expect("backward without a train-mode forward");
         let g = self.geometry(x.shape());
-        let mut dx = ctx.backend.alloc(x.shape());
+        let mut dx = ctx.backend.alloc_activation(x.shape());
         let w = self.ternary.used_weight(&self.weight.value);
         let ((), ms) = ctx.timed(|| ctx.backend.conv2d_backward_input(dy, w, &g, &mut dx));
         if let Some(p) = ctx.profiler {

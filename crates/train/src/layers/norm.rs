@@ -54,7 +54,7 @@ impl BatchNorm {
     /// this layer's backward applies its mask).
     pub fn forward_fused(&mut self, ctx: &Ctx, x: &Tensor, sums: Option<ChannelSums>, relu: Option<&Relu>) -> Tensor {
         let (n, _) = self.dims(x.shape());
-        let mut y = ctx.backend.alloc(x.shape());
+        let mut y = ctx.backend.alloc_activation(x.shape());
         let threshold = relu.map(|r| r.threshold);
         self.fused_relu = relu.map(|r| FusedRelu { threshold: r.threshold, extra: r.l1 / n as f32 });
         let (g, b) = (&self.gamma.value, &self.beta.value);
@@ -105,7 +105,7 @@ impl Layer for BatchNorm {
     /// the two in that order.
     fn backward_input(&mut self, ctx: &Ctx, dy: &Tensor) -> Tensor {
         let x = self.cache_x.as_ref().expect("backward without a train-mode forward");
-        let mut dx = ctx.backend.alloc(x.shape());
+        let mut dx = ctx.backend.alloc_activation(x.shape());
         if self.frozen_stats {
             let (g, rv) = (&self.gamma.value, &self.running_var);
             ctx.backend.batch_norm_frozen_backward_input(dy, g, rv, self.eps, &mut dx);

@@ -38,7 +38,7 @@ impl Layer for MaxPool2d {
     fn forward(&mut self, ctx: &Ctx, x: &Tensor) -> Tensor {
         let g = pool_geometry(&self.name, x.shape(), self.k, self.stride, self.pad);
         let out = [g.n, g.c, g.h_out(), g.w_out()];
-        let mut y = ctx.backend.alloc(&out);
+        let mut y = ctx.backend.alloc_activation(&out);
         // the last step's argmax buffer, reused: a fresh one page-faults megabytes per step
         let reuse = self.cache.take().map(|(_, a)| a).filter(|a| a.shape() == out && a.device() == x.device());
         let mut arg = reuse.unwrap_or_else(|| ctx.backend.alloc(&out));
@@ -49,7 +49,7 @@ impl Layer for MaxPool2d {
     fn backward_input(&mut self, ctx: &Ctx, dy: &Tensor) -> Tensor {
         let (shape, arg) = self.cache.as_ref().expect("backward without a train-mode forward");
         let g = pool_geometry(&self.name, shape, self.k, self.stride, self.pad);
-        let mut dx = ctx.backend.alloc(shape);
+        let mut dx = ctx.backend.alloc_activation(shape);
         ctx.backend.max_pool_backward(dy, arg, &g, &mut dx);
         dx
     }
@@ -86,14 +86,14 @@ impl Layer for AvgPool2d {
     }
     fn forward(&mut self, ctx: &Ctx, x: &Tensor) -> Tensor {
         let g = pool_geometry(&self.name, x.shape(), self.k, self.stride, self.pad);
-        let mut y = ctx.backend.alloc(&[g.n, g.c, g.h_out(), g.w_out()]);
+        let mut y = ctx.backend.alloc_activation(&[g.n, g.c, g.h_out(), g.w_out()]);
         ctx.backend.avg_pool_forward(x, &g, &mut y);
         self.in_shape = x.shape().to_vec();
         y
     }
     fn backward_input(&mut self, ctx: &Ctx, dy: &Tensor) -> Tensor {
         let g = pool_geometry(&self.name, &self.in_shape, self.k, self.stride, self.pad);
-        let mut dx = ctx.backend.alloc(&self.in_shape);
+        let mut dx = ctx.backend.alloc_activation(&self.in_shape);
         ctx.backend.avg_pool_backward(dy, &g, &mut dx);
         dx
     }
@@ -125,13 +125,13 @@ impl Layer for GlobalAvgPool {
     }
     fn forward(&mut self, ctx: &Ctx, x: &Tensor) -> Tensor {
         let s = x.shape();
-        let mut y = ctx.backend.alloc(&self.out_shape(s));
+        let mut y = ctx.backend.alloc_activation(&self.out_shape(s));
         ctx.backend.global_avg_pool_forward(x, &mut y);
         self.in_shape = s.to_vec();
         y
     }
     fn backward_input(&mut self, ctx: &Ctx, dy: &Tensor) -> Tensor {
-        let mut dx = ctx.backend.alloc(&self.in_shape);
+        let mut dx = ctx.backend.alloc_activation(&self.in_shape);
         ctx.backend.global_avg_pool_backward(dy, &mut dx);
         dx
     }
