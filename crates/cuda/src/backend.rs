@@ -205,6 +205,25 @@ fn row_splits(rows: usize, c: usize) -> usize {
     (1024 / c.div_ceil(32)).clamp(1, rows.div_ceil(128).max(1))
 }
 
+/// The element-wise kernel for `len` values and the count it takes: the 4-at-a-time form
+/// (`four`, vector loads) when `len` is a multiple of 4.
+fn elementwise(one: &'static str, four: &'static str, bf16: bool, len: usize) -> (std::borrow::Cow<'static, str>, i64) {
+    if len.is_multiple_of(4) {
+        (act_kernel(four, bf16), (len / 4) as i64)
+    } else {
+        (act_kernel(one, bf16), len as i64)
+    }
+}
+
+/// For the 4-channel forms of the per-channel maps: the number of 4-value groups, when the
+/// tensor is in rows form (channels-last or 2-D) with a multiple of 4 channels.
+fn four_channels(form: Form, c: usize) -> Option<i64> {
+    match form {
+        Form::Rows { rows, .. } if c.is_multiple_of(4) => Some((rows * c / 4) as i64),
+        _ => None,
+    }
+}
+
 /// Threads of a one-warp-per-channel kernel, in blocks of 256.
 fn warp_per_channel(c: usize) -> (u32, u32, u32) {
     ((c * 32).div_ceil(256) as u32, 1, 1)
@@ -819,12 +838,17 @@ impl Backend for CudaBackend {
                 256,
                 args!(&pp, &si, &count, &eps, &momentum, &rm, &rv, &mp, &ip, &ci),
             );
-            self.launch(
-                &act_kernel("bn_apply", bf),
-                grid_for(total as usize),
-                256,
-                args!(&xp, &yp, &gp, &bp, &mp, &ip, &flag, &t, &hw64, &ci, &total),
-            );
+            if let Some(n4) = four_channels(form, c) {
+                let k = act_kernel("bn_apply4", bf);
+                self.launch(&k, grid_for(n4 as usize), 256, args!(&xp, &yp, &gp, &bp, &mp, &ip, &flag, &t, &ci, &n4));
+            } else {
+                self.launch(
+                    &act_kernel("bn_apply", bf),
+                    grid_for(total as usize),
+                    256,
+                    args!(&xp, &yp, &gp, &bp, &mp, &ip, &flag, &t, &hw64, &ci, &total),
+                );
+            }
         }
         BnSaved { mean, inv_std }
     }
@@ -850,12 +874,21 @@ impl Backend for CudaBackend {
         // SAFETY: x, y: [n, c, hw]; per-channel tensors: [c].
         unsafe {
             self.launch("bn_eval_stats", (c.div_ceil(128) as u32, 1, 1), 128, args!(&rm, &rv, &eps, &mp, &ip, &ci));
-            self.launch(
-                &act_kernel("bn_apply_eval", bf),
-                grid_for(total as usize),
-                256,
-                args!(&xp, &yp, &gp, &bp, &rm, &rv, &eps, &flag, &t, &hw64, &ci, &total),
-            );
+            if let Some(n4) = four_channels(Form::of(x), c) {
+                self.launch(
+                    &act_kernel("bn_apply_eval4", bf),
+                    grid_for(n4 as usize),
+                    256,
+                    args!(&xp, &yp, &gp, &bp, &rm, &rv, &eps, &flag, &t, &ci, &n4),
+                );
+            } else {
+                self.launch(
+                    &act_kernel("bn_apply_eval", bf),
+                    grid_for(total as usize),
+                    256,
+                    args!(&xp, &yp, &gp, &bp, &rm, &rv, &eps, &flag, &t, &hw64, &ci, &total),
+                );
+            }
         }
         BnSaved { mean, inv_std }
     }
@@ -930,12 +963,21 @@ impl Backend for CudaBackend {
         let (hw64, ci, total) = (Form::of(x).inner() as i64, c as i32, x.len() as i64);
         // SAFETY: x, dy, dx: [n, c, hw]; per-channel tensors: [c].
         unsafe {
-            self.launch(
-                &act_kernel("bn_bwd_input", bf),
-                grid_for(total as usize),
-                256,
-                args!(&xp, &dp, &gp, &bp, &mp, &ip, &flag, &t, &extra, &dgp, &dbp, &m, &dxp, &hw64, &ci, &total),
-            );
+            if let Some(n4) = four_channels(Form::of(x), c) {
+                self.launch(
+                    &act_kernel("bn_bwd_input4", bf),
+                    grid_for(n4 as usize),
+                    256,
+                    args!(&xp, &dp, &gp, &bp, &mp, &ip, &flag, &t, &extra, &dgp, &dbp, &m, &dxp, &ci, &n4),
+                );
+            } else {
+                self.launch(
+                    &act_kernel("bn_bwd_input", bf),
+                    grid_for(total as usize),
+                    256,
+                    args!(&xp, &dp, &gp, &bp, &mp, &ip, &flag, &t, &extra, &dgp, &dbp, &m, &dxp, &hw64, &ci, &total),
+                );
+            }
         }
     }
     fn batch_norm_frozen_backward_input(
@@ -953,51 +995,49 @@ impl Backend for CudaBackend {
         let (hw64, ci, total) = (Form::of(dy).inner() as i64, c as i32, dy.len() as i64);
         // SAFETY: dy, dx: [n, c, hw]; gamma, running_var: [c].
         unsafe {
-            self.launch(
-                &act_kernel("bn_frozen_bwd", bf),
-                grid_for(total as usize),
-                256,
-                args!(&dp, &gp, &rv, &eps, &dxp, &hw64, &ci, &total),
-            )
+            if let Some(n4) = four_channels(Form::of(dy), c) {
+                let k = act_kernel("bn_frozen_bwd4", bf);
+                self.launch(&k, grid_for(n4 as usize), 256, args!(&dp, &gp, &rv, &eps, &dxp, &ci, &n4))
+            } else {
+                self.launch(
+                    &act_kernel("bn_frozen_bwd", bf),
+                    grid_for(total as usize),
+                    256,
+                    args!(&dp, &gp, &rv, &eps, &dxp, &hw64, &ci, &total),
+                )
+            }
         };
     }
 
     fn relu_forward(&self, x: &Tensor, threshold: f32, y: &mut Tensor) {
-        let ((yp, bf), n) = (raw_out(y), x.len() as i64);
+        let (yp, bf) = raw_out(y);
         let xi = self.input(x, bf);
-        // SAFETY: x and y hold n values of y's storage.
-        unsafe {
-            self.launch(&act_kernel("relu_fwd", bf), grid_for(n as usize), 256, args!(&xi.ptr, &yp, &threshold, &n))
-        };
+        let (k, n) = elementwise("relu_fwd", "relu_fwd4", bf, x.len());
+        // SAFETY: x and y hold x.len() values of y's storage (n units of the kernel).
+        unsafe { self.launch(&k, grid_for(n as usize), 256, args!(&xi.ptr, &yp, &threshold, &n)) };
     }
     fn relu_backward(&self, x: &Tensor, dy: &Tensor, threshold: f32, extra: f32, dx: &mut Tensor) {
-        let ((dxp, bf), n) = (raw_out(dx), x.len() as i64);
+        let (dxp, bf) = raw_out(dx);
         let (xi, dyi) = (self.input(x, bf), self.input(dy, bf));
         let (xp, dp) = (xi.ptr, dyi.ptr);
-        // SAFETY: x, dy and dx hold n values of dx's storage.
-        unsafe {
-            self.launch(
-                &act_kernel("relu_bwd", bf),
-                grid_for(n as usize),
-                256,
-                args!(&xp, &dp, &dxp, &threshold, &extra, &n),
-            )
-        };
+        let (k, n) = elementwise("relu_bwd", "relu_bwd4", bf, x.len());
+        // SAFETY: x, dy and dx hold x.len() values of dx's storage (n units of the kernel).
+        unsafe { self.launch(&k, grid_for(n as usize), 256, args!(&xp, &dp, &dxp, &threshold, &extra, &n)) };
     }
     fn add(&self, a: &Tensor, b: &Tensor, y: &mut Tensor) {
-        let ((yp, bf), n) = (raw_out(y), a.len() as i64);
+        let (yp, bf) = raw_out(y);
         let (ai, bi) = (self.input(a, bf), self.input(b, bf));
-        // SAFETY: a, b and y hold n values of y's storage.
-        unsafe { self.launch(&act_kernel("add", bf), grid_for(n as usize), 256, args!(&ai.ptr, &bi.ptr, &yp, &n)) };
+        let (k, n) = elementwise("add", "add4", bf, a.len());
+        // SAFETY: a, b and y hold a.len() values of y's storage (n units of the kernel).
+        unsafe { self.launch(&k, grid_for(n as usize), 256, args!(&ai.ptr, &bi.ptr, &yp, &n)) };
     }
     fn add_relu(&self, a: &Tensor, b: &Tensor, threshold: f32, y: &mut Tensor) {
-        let ((yp, bf), n) = (raw_out(y), a.len() as i64);
+        let (yp, bf) = raw_out(y);
         let (ai, bi) = (self.input(a, bf), self.input(b, bf));
         let (ap, bp) = (ai.ptr, bi.ptr);
-        // SAFETY: a, b and y hold n values of y's storage.
-        unsafe {
-            self.launch(&act_kernel("add_relu", bf), grid_for(n as usize), 256, args!(&ap, &bp, &yp, &threshold, &n))
-        };
+        let (k, n) = elementwise("add_relu", "add_relu4", bf, a.len());
+        // SAFETY: a, b and y hold a.len() values of y's storage (n units of the kernel).
+        unsafe { self.launch(&k, grid_for(n as usize), 256, args!(&ap, &bp, &yp, &threshold, &n)) };
     }
 
     fn max_pool_forward(&self, x: &Tensor, g: &PoolGeometry, y: &mut Tensor, argmax: &mut Tensor) {

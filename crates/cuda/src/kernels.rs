@@ -47,6 +47,14 @@ const ACT_NAMES: &[&str] = &[
     "render_batch",
     "nz_over_images",
     "nz_over_channels",
+    "relu_fwd4",
+    "relu_bwd4",
+    "add4",
+    "add_relu4",
+    "bn_apply4",
+    "bn_apply_eval4",
+    "bn_bwd_input4",
+    "bn_frozen_bwd4",
 ];
 
 /// Every `extern "C"` kernel of `kernels.cu`.

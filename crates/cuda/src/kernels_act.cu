@@ -342,3 +342,104 @@ extern "C" __global__ void K(nz_over_channels)(const ACT* x, u32* out, long long
         out[i] = cnt;
     }
 }
+
+// ---------------------------------------------------------------- point-wise, 4 at a time
+// The same maps on 4 consecutive values per thread (vector loads: the scalar forms reach a
+// lower fraction of the memory bandwidth, bf16 ones most of all). Element-wise kernels need
+// n % 4 == 0; the per-channel ones rows form ([rows, c], channels-last) with c % 4 == 0, so
+// that 4 consecutive values are 4 channels of one row.
+
+extern "C" __global__ void K(relu_fwd4)(const ACT* x, ACT* y, float t, long long n4) {
+    GRID_STRIDE(i, n4) {
+        F4 v = ld4(x + 4 * i);
+        for (int j = 0; j < 4; j++) v.v[j] = v.v[j] > t ? v.v[j] : 0.0f;
+        st4(y + 4 * i, v);
+    }
+}
+
+extern "C" __global__ void K(relu_bwd4)(const ACT* x, const ACT* dy, ACT* dx, float t, float extra, long long n4) {
+    GRID_STRIDE(i, n4) {
+        F4 v = ld4(x + 4 * i), d = ld4(dy + 4 * i);
+        for (int j = 0; j < 4; j++) d.v[j] = v.v[j] > t ? d.v[j] + extra : 0.0f;
+        st4(dx + 4 * i, d);
+    }
+}
+
+extern "C" __global__ void K(add4)(const ACT* a, const ACT* b, ACT* y, long long n4) {
+    GRID_STRIDE(i, n4) {
+        F4 u = ld4(a + 4 * i), v = ld4(b + 4 * i);
+        for (int j = 0; j < 4; j++) u.v[j] += v.v[j];
+        st4(y + 4 * i, u);
+    }
+}
+
+extern "C" __global__ void K(add_relu4)(const ACT* a, const ACT* b, ACT* y, float t, long long n4) {
+    GRID_STRIDE(i, n4) {
+        F4 u = ld4(a + 4 * i), v = ld4(b + 4 * i);
+        for (int j = 0; j < 4; j++) {
+            float s = u.v[j] + v.v[j];
+            u.v[j] = s > t ? s : 0.0f;
+        }
+        st4(y + 4 * i, u);
+    }
+}
+
+// bn_apply on [rows, c]: thread i takes channels 4·(i mod c/4) .. +3 of row i / (c/4).
+extern "C" __global__ void K(bn_apply4)(const ACT* x, ACT* y, const float* gamma, const float* beta, const float* mean,
+                                        const float* inv_std, int relu, float t, int c, long long n4) {
+    GRID_STRIDE_CH(i, n4, 1, c >> 2, chan) {
+        int ch = 4 * chan.ch;
+        F4 v = ld4(x + 4 * i);
+        for (int j = 0; j < 4; j++) {
+            float sc = gamma[ch + j] * inv_std[ch + j];
+            float sh = beta[ch + j] - mean[ch + j] * sc;
+            float o = v.v[j] * sc + sh;
+            v.v[j] = relu ? (o > t ? o : 0.0f) : o;
+        }
+        st4(y + 4 * i, v);
+    }
+}
+
+extern "C" __global__ void K(bn_apply_eval4)(const ACT* x, ACT* y, const float* gamma, const float* beta,
+                                             const float* running_mean, const float* running_var, float eps,
+                                             int relu, float t, int c, long long n4) {
+    GRID_STRIDE_CH(i, n4, 1, c >> 2, chan) {
+        int ch = 4 * chan.ch;
+        F4 v = ld4(x + 4 * i);
+        for (int j = 0; j < 4; j++) {
+            float sc = gamma[ch + j] / sqrtf(running_var[ch + j] + eps);
+            float sh = beta[ch + j] - running_mean[ch + j] * sc;
+            float o = v.v[j] * sc + sh;
+            v.v[j] = relu ? (o > t ? o : 0.0f) : o;
+        }
+        st4(y + 4 * i, v);
+    }
+}
+
+extern "C" __global__ void K(bn_bwd_input4)(const ACT* x, const ACT* dy, const float* gamma, const float* beta,
+                                            const float* mean, const float* inv_std, int relu, float t, float extra,
+                                            const float* dgamma, const float* dbeta, float m, ACT* dx, int c,
+                                            long long n4) {
+    GRID_STRIDE_CH(i, n4, 1, c >> 2, chan) {
+        int ch = 4 * chan.ch;
+        F4 v = ld4(x + 4 * i), d = ld4(dy + 4 * i);
+        for (int j = 0; j < 4; j++) {
+            int cj = ch + j;
+            float inv = inv_std[cj], sc = gamma[cj] * inv, sh = beta[cj] - mean[cj] * sc;
+            float dz = bn_dz(v.v[j], d.v[j], sc, sh, relu, t, extra);
+            float xhat = (v.v[j] - mean[cj]) * inv;
+            d.v[j] = gamma[cj] * inv / m * (m * dz - dbeta[cj] - xhat * dgamma[cj]);
+        }
+        st4(dx + 4 * i, d);
+    }
+}
+
+extern "C" __global__ void K(bn_frozen_bwd4)(const ACT* dy, const float* gamma, const float* running_var, float eps,
+                                             ACT* dx, int c, long long n4) {
+    GRID_STRIDE_CH(i, n4, 1, c >> 2, chan) {
+        int ch = 4 * chan.ch;
+        F4 d = ld4(dy + 4 * i);
+        for (int j = 0; j < 4; j++) d.v[j] *= gamma[ch + j] / sqrtf(running_var[ch + j] + eps);
+        st4(dx + 4 * i, d);
+    }
+}
