@@ -6,7 +6,7 @@
 #
 #   bash bench/gpu_experiments.sh PART OUTDIR
 #
-# PART: ablation-resnet20 | pretrain | depth | lowering | lowering-resnet18 | stream
+# PART: ablation-resnet20 | pretrain | depth | depth-resnet34 | lowering | lowering-resnet18 | stream
 # Results land in OUTDIR/<experiment>/ (summary.csv, runs.csv, curves.csv, SVGs, per-run
 # metrics.json); pack them without checkpoints for the trip back:
 #   tar czf $OUT/PART.tgz --exclude='*.safetensors' -C OUTDIR .
@@ -25,6 +25,8 @@ case "$part" in
     $T experiment pretrain $D --model resnet32 --width 0 --small-model resnet20 $full --jobs 10 --out "$out" --quiet ;;
   depth)              # ternary ResNet-32 vs FP ResNet-20, all with the cosine schedule
     $T experiment depth $D --small-model resnet20 --deep-model resnet32 $full --jobs 10 --out "$out" --quiet ;;
+  depth-resnet34)     # the paper's own pair: ternary ResNet-34 vs FP ResNet-18 (small-image stem)
+    $T experiment depth $D --small-model resnet18 --deep-model resnet34 --small-input $full --jobs 10 --out "$out" --quiet ;;
   lowering)           # §4.2: FP ResNet-20, lowered, fine-tuned 5 epochs
     $T experiment lowering $D --model resnet20 --width 0 $full --finetune-epochs 5 --jobs 10 --out "$out" --quiet ;;
   lowering-resnet18)  # §4.2 on the net: FP ResNet-18 (small-image stem), lowered, fine-tuned

@@ -202,18 +202,20 @@ fn variants(a: &ExperimentArgs) -> anyhow::Result<Vec<Variant>> {
                 v(&format!("{m} ternary PI LR"), m, w, pi, &plateau),
             ]
         }
+        // the claim's pair first (shallow FP, deep ternary): with --jobs they run in the first
+        // wave, so an experiment cut short still answers it
         Experiment::Depth => vec![
             v(&format!("{} fp32", a.small_model), &a.small_model, 0, Recipe::default(), &cosine),
             v(
-                &format!("{} ternary", a.small_model),
-                &a.small_model,
+                &format!("{} ternary", a.deep_model),
+                &a.deep_model,
                 0,
                 Recipe { fp_first_layer: true, ..base.clone() },
                 &cosine,
             ),
             v(
-                &format!("{} ternary", a.deep_model),
-                &a.deep_model,
+                &format!("{} ternary", a.small_model),
+                &a.small_model,
                 0,
                 Recipe { fp_first_layer: true, ..base.clone() },
                 &cosine,
