@@ -430,6 +430,17 @@ impl CudaBackend {
             .unwrap_or_else(|e| panic!("{}: binding the context: {e}", self.shared.device()));
     }
 
+    /// Ends the process's use of the device with what failed, and what the stream reports
+    /// once drained: an asynchronous fault of an earlier kernel (an illegal address, say) is
+    /// sticky and surfaces at whatever call comes next, so the failing call alone can mislead.
+    fn fail(&self, what: &str) -> ! {
+        let sticky = match self.shared.stream.synchronize() {
+            Ok(()) => "the stream itself reports no fault".to_string(),
+            Err(e) => format!("the stream reports {e}: an earlier kernel may have faulted"),
+        };
+        panic!("{}: {what} ({sticky}; CUDA_LAUNCH_BLOCKING=1 makes every launch report its own fault)", self.device())
+    }
+
     fn buffer(&self, len: usize) -> CudaBuffer {
         self.shared.alloc(len).unwrap_or_else(|e| panic!("{e}"))
     }
@@ -441,7 +452,8 @@ impl CudaBackend {
     unsafe fn launch(&self, name: &str, grid: (u32, u32, u32), block: u32, args: &mut [*mut std::ffi::c_void]) {
         self.bind();
         // SAFETY: forwarded from the caller.
-        unsafe { self.kernels.launch(name, self.stream(), grid, block, args) }.unwrap_or_else(|e| panic!("{e}"));
+        unsafe { self.kernels.launch(name, self.stream(), grid, block, args) }
+            .unwrap_or_else(|e| self.fail(&format!("{e}")));
     }
 
     fn conv(&self, g: &ConvGeometry, pass: Pass, o: Operands) {
@@ -470,7 +482,8 @@ impl CudaBackend {
         };
         // SAFETY: the operands hold tensors of `g`'s shapes on this device (the Backend
         // contract), and `workspace` returns buffers of the requested size.
-        unsafe { convs.run(g, pass, &o, find_ws, &mut workspace) }.unwrap_or_else(|e| panic!("{e}"));
+        unsafe { convs.run(g, pass, &o, find_ws, &mut workspace) }
+            .unwrap_or_else(|e| self.fail(&format!("{e} in the {pass:?} pass of {g:?}")));
         if let Some(b) = find_buf {
             // a GiB or two used once per geometry: not worth keeping in the pool
             b.release_to_driver();
