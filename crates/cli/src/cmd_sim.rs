@@ -18,8 +18,9 @@ pub struct SimArgs {
     /// SCALE-Sim topology CSV (optionally with weight_zero_pct and ifm_zero_pct columns)
     #[arg(long)]
     pub workload: PathBuf,
-    /// A preset (dlac-fp32-train, dlac-fp16-infer; dlac-fp32-event: the event engine's fit) or
-    /// a TOML file
+    /// A preset (dlac-fp32-train, dlac-fp16-infer; dlac-fp32-event: the event engine's fit;
+    /// dlac-fp32-fmap: the event engine with input zeros drawn on the feature map, the best
+    /// validated) or a TOML file
     #[arg(long, default_value = "dlac-fp32-train")]
     pub config: String,
     /// Only these passes (forward, backward, weight_grad; default: all in the workload)

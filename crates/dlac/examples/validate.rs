@@ -4,7 +4,10 @@
 //! The mean and max of those held-out errors are the expected error of the model on a new
 //! layer; the in-sample error of the overall best fit is printed beside them. Candidates:
 //! the fast (window barrier) and the event (decoupled FIFOs) engine, each with the first
-//! operand (weights, forward) broadcast along PE rows or along PE columns.
+//! operand (weights, forward) broadcast along PE rows or along PE columns; and the two
+//! engines on input zeros drawn on the feature map and lowered through im2col (`-fmap`,
+//! `feature_map_zeros`: a zero input then appears at every window position that reads it,
+//! and padding adds zeros), instead of independently in the lowered matrix.
 //!
 //! Run: cargo run --release -p tern-dlac --example validate -- ../shared/paper/fig5-odd-rows.csv [TILES [ONLY]]
 //! (TILES: tiles simulated per op for the event engine, default 16, 0: all; the fast engine
@@ -55,25 +58,30 @@ fn main() {
     println!("| engine | first operand on | grid points | in-sample mean / max % | LOO mean / max % | LOO rows within 15 % |");
     println!("|---|---|---:|---:|---:|---:|");
     let candidates = [
-        (Engine::Fast, false, false),
-        (Engine::Fast, true, false),
-        (Engine::Event, false, false),
-        (Engine::Event, true, false),
-        (Engine::Event, false, true),
+        (Engine::Fast, false, false, false),
+        (Engine::Fast, true, false, false),
+        (Engine::Event, false, false, false),
+        (Engine::Event, true, false, false),
+        (Engine::Event, false, true, false),
+        (Engine::Fast, false, false, true),
+        (Engine::Event, false, false, true),
     ];
-    for (engine, swap_operands, compressed_fifos) in candidates {
+    for (engine, swap_operands, compressed_fifos, fmap) in candidates {
         let label = format!(
-            "{}-{}{}",
+            "{}-{}{}{}",
             engine.name(),
             if swap_operands { "cols" } else { "rows" },
-            if compressed_fifos { "-compressed" } else { "" }
+            if compressed_fifos { "-compressed" } else { "" },
+            if fmap { "-fmap" } else { "" }
         );
         if !label.contains(&only) {
             continue;
         }
         let tiles = (engine == Engine::Event && event_tiles > 0).then_some(event_tiles);
-        let g: Vec<DlacConfig> =
-            grid().into_iter().map(|c| DlacConfig { swap_operands, compressed_fifos, ..c }).collect();
+        let g: Vec<DlacConfig> = grid()
+            .into_iter()
+            .map(|c| DlacConfig { swap_operands, compressed_fifos, feature_map_zeros: fmap, ..c })
+            .collect();
         // err[c][r]: |relative error| of config c on row r
         let err: Vec<Vec<f64>> = g
             .par_iter()
@@ -110,9 +118,10 @@ fn main() {
         let loo_max = held.iter().cloned().fold(0.0, f64::max);
         let within = held.iter().filter(|&&e| e <= 0.15).count();
         println!(
-            "| {}{} | {} | {} | {:.1} / {:.1} | {:.1} / {:.1} | {} of {} |",
+            "| {}{}{} | {} | {} | {:.1} / {:.1} | {:.1} / {:.1} | {} of {} |",
             engine.name(),
             if compressed_fifos { ", compressed FIFOs" } else { "" },
+            if fmap { ", input zeros on the feature map" } else { "" },
             if swap_operands { "PE columns" } else { "PE rows" },
             g.len(),
             100.0 * mean_without(best, None),
@@ -122,6 +131,9 @@ fn main() {
             within,
             held.len()
         );
+        let rows: Vec<String> =
+            w.ops.iter().zip(&held).map(|(op, e)| format!("{} {:.1}", op.name, 100.0 * e)).collect();
+        println!("  held-out error % per row: {}", rows.join(", "));
         let c = &g[best];
         println!(
             "  best fit on all rows: {}x{} PEs, {} output buffers, window {}, scan rate {}, {} buffer words/cycle",

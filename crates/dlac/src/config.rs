@@ -44,6 +44,14 @@ pub struct DlacConfig {
     /// it feeds. The fast engine has no FIFOs and refuses it.
     #[serde(default)]
     pub compressed_fifos: bool,
+    /// Where Bernoulli input zeros are drawn: `false`, independently in the lowered (im2col)
+    /// matrix; `true`, on the input feature map, then lowered as the convolution reads it —
+    /// a zero input then appears at every window position that covers it, and padding adds
+    /// zeros, as in a real network. Needs the forward op's convolution (given by the workload
+    /// or inferred from K, CRS and PQ, see `masks::infer_conv`); other ops keep the lowered
+    /// draw. Real masks (`--masks`) are used as they are either way.
+    #[serde(default)]
+    pub feature_map_zeros: bool,
     /// Cycles between two accumulations into the same output buffer (the FP adder's pipeline
     /// depth, seen by the event engine; 1: forwarded, never a stall). The paper gives none.
     #[serde(default = "default_fma_latency")]
@@ -100,6 +108,7 @@ impl DlacConfig {
             precision: Precision::Fp32,
             swap_operands: false,
             compressed_fifos: false,
+            feature_map_zeros: false,
             fma_latency: default_fma_latency(),
             clock_mhz: 500.0,
             weight_buffer_kib: 216,
@@ -137,7 +146,23 @@ impl DlacConfig {
         }
     }
 
-    pub const PRESETS: [&'static str; 3] = ["dlac-fp32-train", "dlac-fp16-infer", "dlac-fp32-event"];
+    /// The event engine with input zeros drawn on the feature map: the best fit of the
+    /// validation's best candidate (DLAC.md, "Validation"; LOO 7.6 % mean, 20.3 % max): 3
+    /// output buffers, FIFOs of 4 steps, scan rate 4, buffer reads never the limit (352 words
+    /// per cycle: a full tile's 64 + 8·3 words per step at 4 steps a cycle). Fitted.
+    pub fn fp32_fmap() -> Self {
+        DlacConfig {
+            name: "dlac-fp32-fmap".into(),
+            out_buffers: 3,
+            window: 4,
+            scan_rate: 4,
+            read_words_per_cycle: 352,
+            feature_map_zeros: true,
+            ..Self::fp32_train()
+        }
+    }
+
+    pub const PRESETS: [&'static str; 4] = ["dlac-fp32-train", "dlac-fp16-infer", "dlac-fp32-event", "dlac-fp32-fmap"];
 
     /// A preset name or a TOML file.
     pub fn load(spec: &str) -> Result<Self> {
@@ -145,6 +170,7 @@ impl DlacConfig {
             "dlac-fp32-train" => Self::fp32_train(),
             "dlac-fp16-infer" => Self::fp16_infer(),
             "dlac-fp32-event" => Self::fp32_event(),
+            "dlac-fp32-fmap" => Self::fp32_fmap(),
             path => {
                 let p = Path::new(path);
                 if !p.is_file() {

@@ -365,8 +365,14 @@ impl Engine {
         Ok(())
     }
 
-    /// One op on Bernoulli masks drawn from its zero fractions.
+    /// One op on Bernoulli masks drawn from its zero fractions (input zeros on the feature
+    /// map where `cfg.feature_map_zeros` asks and the op's convolution is known).
     pub fn simulate_op(self, op: &MmOp, cfg: &DlacConfig, seed: u64, max_tiles: Option<usize>) -> OpResult {
+        if cfg.feature_map_zeros {
+            if let Some(m) = OpMasks::bernoulli_feature_map(op, seed) {
+                return self.simulate_op_masked(op, cfg, &m, max_tiles);
+            }
+        }
         let run = |o: &MmOp| match self {
             Engine::Fast => simulate_op(o, cfg, seed, max_tiles),
             Engine::Event => crate::event::simulate_op(o, cfg, seed, max_tiles),

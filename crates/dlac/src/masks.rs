@@ -81,7 +81,71 @@ fn infer_stride_pad(h: usize, r: usize, p: usize, w: usize, s: usize, q: usize) 
     (both.len() == 1).then(|| both[0])
 }
 
+/// The convolution behind a forward op, as the feature-map draw needs it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LoweredConv {
+    /// Input channels, kernel side, stride, padding, input side, output side.
+    pub c: usize,
+    pub kernel: usize,
+    pub stride: usize,
+    pub pad: usize,
+    pub h_in: usize,
+    pub side: usize,
+}
+
+/// The square convolution behind a forward op's (K, CRS, PQ), by the rules of ResNet-style
+/// nets (what the paper's Fig. 5 lists): CRS 147 is the RGB stem (7x7, stride 2, padding 3);
+/// a multiple of 9 is a 3x3 with padding 1, stride 2 where K = 2C (the first layer of a
+/// stage); anything else a 1x1 (stride 2 where K = 2C: a shortcut). None for other passes,
+/// a non-square PQ, or a result that contradicts the op's known input size.
+pub fn infer_conv(op: &MmOp) -> Option<LoweredConv> {
+    if op.pass != "forward" {
+        return None;
+    }
+    let side = (op.pq as f64).sqrt().round() as usize;
+    if side == 0 || side * side != op.pq {
+        return None;
+    }
+    let (c, kernel, pad) = if op.crs == 147 {
+        (3, 7, 3)
+    } else if op.crs.is_multiple_of(9) {
+        (op.crs / 9, 3, 1)
+    } else {
+        (op.crs, 1, 0)
+    };
+    let stride = if op.crs == 147 || op.k == 2 * c { 2 } else { 1 };
+    let h_in = side * stride;
+    if (h_in + 2 * pad - kernel) / stride + 1 != side || op.ifm_words.is_some_and(|w| w != (c * h_in * h_in) as u64) {
+        return None;
+    }
+    Some(LoweredConv { c, kernel, stride, pad, h_in, side })
+}
+
 impl OpMasks {
+    /// Bernoulli operands of a forward op with its input zeros drawn on the feature map
+    /// (`[c][h][w]`, each zero with the op's column zero fraction) and lowered through
+    /// im2col with zero padding; weights drawn independently. None where the convolution
+    /// cannot be inferred ([`infer_conv`]).
+    pub fn bernoulli_feature_map(op: &MmOp, seed: u64) -> Option<OpMasks> {
+        let conv = infer_conv(op)?;
+        let LoweredConv { c, kernel: r, stride, pad, h_in: h, side } = conv;
+        let mut rng = tern_core::Rng::new(seed);
+        let weights: Vec<bool> = (0..op.k * op.crs).map(|_| rng.uniform() >= op.row_zero as f32).collect();
+        let a = BitMatrix::from_fn(op.k, op.crs, |i, j| weights[i * op.crs + j]);
+        let mut rng = tern_core::Rng::new(seed ^ 0x5EED);
+        let fmap: Vec<bool> = (0..c * h * h).map(|_| rng.uniform() >= op.col_zero as f32).collect();
+        let bt = BitMatrix::from_fn(op.pq, op.crs, |l, j| {
+            let (p, q) = (l / side, l % side);
+            let (ch, rr, ss) = (j / (r * r), (j / r) % r, j % r);
+            let (ih, iw) = ((p * stride + rr).checked_sub(pad), (q * stride + ss).checked_sub(pad));
+            match (ih, iw) {
+                (Some(ih), Some(iw)) if ih < h && iw < h => fmap[(ch * h + ih) * h + iw],
+                _ => false,
+            }
+        });
+        Some(OpMasks { a, bt })
+    }
+
     /// Lowers the records of `op.name` to the operands of `op.pass`.
     pub fn from_records(op: &MmOp, records: &[MaskRecord], source: &str) -> Result<OpMasks> {
         let find = |operand: Operand| {
@@ -194,6 +258,82 @@ impl OpMasks {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn fwd(k: usize, crs: usize, pq: usize, wz: f64, iz: f64) -> MmOp {
+        MmOp::new("l", "forward", k, crs, pq, wz, iz)
+    }
+
+    #[test]
+    fn resnet_convolutions_are_inferred_from_k_crs_pq() {
+        let conv = |c, kernel, stride, pad, h_in, side| Some(LoweredConv { c, kernel, stride, pad, h_in, side });
+        assert_eq!(infer_conv(&fwd(64, 147, 12544, 0.0, 0.0)), conv(3, 7, 2, 3, 224, 112), "stem");
+        assert_eq!(infer_conv(&fwd(64, 576, 3136, 0.0, 0.0)), conv(64, 3, 1, 1, 56, 56), "3x3");
+        assert_eq!(infer_conv(&fwd(256, 1152, 196, 0.0, 0.0)), conv(128, 3, 2, 1, 28, 14), "3x3 stride 2");
+        assert_eq!(infer_conv(&fwd(256, 128, 196, 0.0, 0.0)), conv(128, 1, 2, 0, 28, 14), "shortcut");
+        assert_eq!(infer_conv(&fwd(64, 576, 3000, 0.0, 0.0)), None, "PQ not a square");
+        assert_eq!(infer_conv(&MmOp::new("l", "backward", 64, 576, 3136, 0.0, 0.0)), None, "not forward");
+        let known = MmOp { ifm_words: Some(64 * 56 * 56), ..fwd(64, 576, 3136, 0.0, 0.0) };
+        assert!(infer_conv(&known).is_some(), "agrees with the workload's input size");
+        let other = MmOp { ifm_words: Some(64 * 58 * 58), ..fwd(64, 576, 3136, 0.0, 0.0) };
+        assert_eq!(infer_conv(&other), None, "contradicts the workload's input size");
+    }
+
+    #[test]
+    fn feature_map_zeros_are_lowered_as_the_convolution_reads_them() {
+        // 3x3, stride 1, padding 1 on 8 channels of 10x10 (K = 12: not a stage's first layer)
+        let op = fwd(12, 72, 100, 0.4, 0.6);
+        let m = OpMasks::bernoulli_feature_map(&op, 3).expect("a 3x3 convolution");
+        assert_eq!((m.a.rows, m.a.cols, m.bt.rows, m.bt.cols), (12, 72, 100, 72));
+        let bit = |l: usize, j: usize| m.bt.bits(l, j, 1) == 1;
+        let at = |p: usize, q: usize, c: usize, r: usize, s: usize| bit(p * 10 + q, (c * 3 + r) * 3 + s);
+        let (mut nonzero, mut inside) = (0, 0);
+        for c in 0..8 {
+            for p in 0..10 {
+                for q in 0..10 {
+                    // the window centre reads input (p, q): so do the neighbours' other taps
+                    let v = at(p, q, c, 1, 1);
+                    if q + 1 < 10 {
+                        assert_eq!(at(p, q + 1, c, 1, 0), v, "one input, two window positions");
+                    }
+                    if p + 1 < 10 {
+                        assert_eq!(at(p + 1, q, c, 0, 1), v, "one input, two window positions");
+                    }
+                    nonzero += v as usize;
+                    inside += 1;
+                }
+                // the padding column is zero
+                assert!(!at(p, 0, c, 1, 0) && !at(p, 9, c, 1, 2), "padding reads zero");
+            }
+        }
+        let frac = 1.0 - nonzero as f64 / inside as f64;
+        assert!((frac - 0.6).abs() < 0.06, "feature-map zero fraction {frac}, asked 0.6");
+        assert!((m.a.zero_fraction() - 0.4).abs() < 0.06, "weight zero fraction {}", m.a.zero_fraction());
+        // the same seed draws the same masks
+        let again = OpMasks::bernoulli_feature_map(&op, 3).unwrap();
+        assert!((0..100).all(|l| m.bt.bits(l, 0, 64) == again.bt.bits(l, 0, 64)));
+    }
+
+    #[test]
+    fn the_engine_draws_on_the_feature_map_only_where_asked_and_known() {
+        use crate::{DlacConfig, Engine};
+        let op = fwd(64, 576, 196, 0.5, 0.7);
+        let flat = DlacConfig { feature_map_zeros: false, ..DlacConfig::fp32_fmap() };
+        let fmap = DlacConfig::fp32_fmap();
+        for engine in [Engine::Fast, Engine::Event] {
+            let a = engine.simulate_op(&op, &flat, 1, None);
+            let b = engine.simulate_op(&op, &fmap, 1, None);
+            let masks = OpMasks::bernoulli_feature_map(&op, 1).unwrap();
+            let c = engine.simulate_op_masked(&op, &flat, &masks, None);
+            assert_eq!(b.cycles, c.cycles, "{engine:?}: the option is the feature-map masks");
+            assert_ne!(a.cycles, b.cycles, "{engine:?}: and differs from the lowered draw");
+            // a backward op has no inferable convolution: the lowered draw, unchanged
+            let back = MmOp::new("l", "backward", 64, 576, 196, 0.5, 0.7);
+            assert_eq!(engine.simulate_op(&back, &fmap, 1, None).cycles, {
+                let plain = DlacConfig { feature_map_zeros: false, ..fmap.clone() };
+                engine.simulate_op(&back, &plain, 1, None).cycles
+            });
+        }
+    }
 
     #[test]
     fn bit_extraction_crosses_word_boundaries() {
