@@ -19,8 +19,8 @@ pub struct SimArgs {
     #[arg(long)]
     pub workload: PathBuf,
     /// A preset (dlac-fp32-train, dlac-fp16-infer; dlac-fp32-event: the event engine's fit;
-    /// dlac-fp32-fmap: the event engine with input zeros drawn on the feature map, the best
-    /// validated) or a TOML file
+    /// dlac-fp32-fmap: the event engine with input zeros drawn on the feature map and lowered,
+    /// the smallest worst-case validation error) or a TOML file
     #[arg(long, default_value = "dlac-fp32-train")]
     pub config: String,
     /// Only these passes (forward, backward, weight_grad; default: all in the workload)

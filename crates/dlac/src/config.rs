@@ -146,10 +146,11 @@ impl DlacConfig {
         }
     }
 
-    /// The event engine with input zeros drawn on the feature map: the best fit of the
-    /// validation's best candidate (DLAC.md, "Validation"; LOO 7.6 % mean, 20.3 % max): 3
-    /// output buffers, FIFOs of 4 steps, scan rate 4, buffer reads never the limit (352 words
-    /// per cycle: a full tile's 64 + 8·3 words per step at 4 steps a cycle). Fitted.
+    /// The event engine with input zeros drawn on the feature map: that candidate's best fit on
+    /// the 18 odd Fig. 5 rows (DLAC.md, "Validation"; LOO 8.6 % mean, 26.7 % max, against
+    /// 8.3 / 31.8 for the lowered draw): 3 output buffers, FIFOs of 4 steps, scan rate 4,
+    /// buffer reads never the limit (352 words per cycle: a full tile's 64 + 8·3 words per step
+    /// at 4 steps a cycle). Fitted.
     pub fn fp32_fmap() -> Self {
         DlacConfig {
             name: "dlac-fp32-fmap".into(),
