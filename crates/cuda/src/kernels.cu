@@ -164,6 +164,13 @@ __device__ __forceinline__ void st_any(void* p, long long i, int bf, float v) {
     if (bf) st((bf16*)p + i, v); else ((float*)p)[i] = v;
 }
 
+// The output positions lo..=hi (clipped to 0..n_out-1) of a pooling window of k taps with
+// this stride and padding that cover input position i (for the backward gather forms).
+__device__ __forceinline__ void covering(int i, int pad, int k, int stride, int n_out, int& lo, int& hi) {
+    lo = max(0, (i + pad - k + stride) / stride);
+    hi = min(n_out - 1, (i + pad) / stride);
+}
+
 // dst = src converted between layouts (to_nhwc != 0 reads NCHW and writes NHWC, else back)
 // and storage types.
 extern "C" __global__ void convert_layout(const void* src, int src_bf, void* dst, int dst_bf, int c, int hw,

@@ -168,8 +168,9 @@ extern "C" __global__ void K(max_pool_bwd)(const ACT* dy, const u32* argmax, ACT
     GRID_STRIDE(i, total) {
         Nc e = split_index(i, c, h * w, nhwc);
         int ih = e.pos / w, iw = e.pos % w;
-        int p0 = max(0, (ih + pad - k + stride) / stride), p1 = min(ho - 1, (ih + pad) / stride);
-        int q0 = max(0, (iw + pad - k + stride) / stride), q1 = min(wo - 1, (iw + pad) / stride);
+        int p0, p1, q0, q1;
+        covering(ih, pad, k, stride, ho, p0, p1);
+        covering(iw, pad, k, stride, wo, q0, q1);
         float s = 0.0f;
         for (int p = p0; p <= p1; p++)
             for (int q = q0; q <= q1; q++) {
@@ -214,8 +215,9 @@ extern "C" __global__ void K(max_pool_bwd_nhwc4)(const ACT* dy, const u32* argma
     GRID_STRIDE(t, total4) {
         Nc e = split_index(t, c4, h * w, 1);
         int ih = e.pos / w, iw = e.pos % w;
-        int p0 = max(0, (ih + pad - k + stride) / stride), p1 = min(ho - 1, (ih + pad) / stride);
-        int q0 = max(0, (iw + pad - k + stride) / stride), q1 = min(wo - 1, (iw + pad) / stride);
+        int p0, p1, q0, q1;
+        covering(ih, pad, k, stride, ho, p0, p1);
+        covering(iw, pad, k, stride, wo, q0, q1);
         F4 s = {{0.0f, 0.0f, 0.0f, 0.0f}};
         for (int p = p0; p <= p1; p++)
             for (int q = q0; q <= q1; q++) {
@@ -256,8 +258,9 @@ extern "C" __global__ void K(avg_pool_bwd)(const ACT* dy, ACT* dx, int c, int nh
     GRID_STRIDE(i, total) {
         Nc e = split_index(i, c, h * w, nhwc);
         int ih = e.pos / w, iw = e.pos % w;
-        int p0 = max(0, (ih + pad - k + stride) / stride), p1 = min(ho - 1, (ih + pad) / stride);
-        int q0 = max(0, (iw + pad - k + stride) / stride), q1 = min(wo - 1, (iw + pad) / stride);
+        int p0, p1, q0, q1;
+        covering(ih, pad, k, stride, ho, p0, p1);
+        covering(iw, pad, k, stride, wo, q0, q1);
         float inv = 1.0f / (float)(k * k);
         float s = 0.0f;
         for (int p = p0; p <= p1; p++)

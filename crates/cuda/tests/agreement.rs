@@ -399,49 +399,55 @@ fn ternarisation_and_sgd_agree() {
     }
 }
 
+/// `steps` SGD steps of the same model (built from seed 5) on the CPU and on `be`, from the
+/// same batch: the losses of each step ([cpu, device]) and both models.
+fn steps_on_cpu_and_device(
+    be: &dyn Backend,
+    (name, width, ternary): (&str, usize, bool),
+    batch: usize,
+    lr: f32,
+    steps: usize,
+) -> ([Vec<f32>; 2], tern_train::Model, tern_train::Model) {
+    use tern_train::{models, Ctx, ModelConfig, Sgd, SgdConfig};
+    let cfg =
+        ModelConfig { name: name.into(), in_shape: [1, 16, 16], classes: 10, width, small_input: false, spec: None };
+    let mut rng = Rng::new(5);
+    let mut a = models::build(&cfg, &mut rng).unwrap();
+    let mut b = models::build(&cfg, &mut Rng::new(5)).unwrap();
+    if ternary {
+        a.set_ternary(Some(TernaryConfig::default()), true, false);
+        b.set_ternary(Some(TernaryConfig::default()), true, false);
+    }
+    b.to_backend(be);
+    let sgd = || Sgd::new(SgdConfig { momentum: 0.9, nesterov: false, weight_decay: 5e-4 });
+    let (mut sa, mut sb) = (sgd(), sgd());
+    let x = randn(&[batch, 1, 16, 16], &mut rng);
+    let labels = Tensor::from_u32(&[batch], &(0..batch as u32).map(|i| i % 10).collect::<Vec<u32>>());
+    let lr = Tensor::from_vec(&[1], vec![lr]);
+    let cpu = CpuBackend;
+    let mut losses = [Vec::new(), Vec::new()];
+    for (k, (m, s, bk)) in [(&mut a, &mut sa, &cpu as &dyn Backend), (&mut b, &mut sb, be)].into_iter().enumerate() {
+        // the batch in activation storage (bf16 under the bf16 backend)
+        let mut xb = bk.alloc_activation(x.shape());
+        bk.write(&mut xb, &x);
+        for _ in 0..steps {
+            let ctx = Ctx::new(bk, true);
+            let logits = m.forward(&ctx, &xb);
+            let (mut d, mut st) = (bk.alloc(logits.shape()), bk.zeros(&[loss_stats::LEN]));
+            bk.softmax_cross_entropy(&logits, &bk.upload(&labels), 1, false, Some(&mut d), &mut st);
+            losses[k].push(st.to_host().data()[0]);
+            m.backward(&ctx, &d);
+            s.step(bk, m, &bk.upload(&lr), None);
+        }
+    }
+    (losses, a, b)
+}
+
 #[test]
 fn training_steps_of_whole_models_agree() {
-    use tern_train::{models, Ctx, ModelConfig, Sgd, SgdConfig};
     for be in gpus() {
-        let cpu = CpuBackend;
         for (name, width, ternary) in [("vgg-small", 8, false), ("resnet20", 4, true), ("lenet5", 0, true)] {
-            let cfg = ModelConfig {
-                name: name.into(),
-                in_shape: [1, 16, 16],
-                classes: 10,
-                width,
-                small_input: false,
-                spec: None,
-            };
-            let mut rng = Rng::new(5);
-            let mut a = models::build(&cfg, &mut rng).unwrap();
-            let mut b = models::build(&cfg, &mut Rng::new(5)).unwrap();
-            if ternary {
-                a.set_ternary(Some(TernaryConfig::default()), true, false);
-                b.set_ternary(Some(TernaryConfig::default()), true, false);
-            }
-            b.to_backend(&be);
-            let (mut sa, mut sb) = (
-                Sgd::new(SgdConfig { momentum: 0.9, nesterov: false, weight_decay: 5e-4 }),
-                Sgd::new(SgdConfig { momentum: 0.9, nesterov: false, weight_decay: 5e-4 }),
-            );
-            let x = randn(&[8, 1, 16, 16], &mut rng);
-            let labels = Tensor::from_u32(&[8], &(0..8).map(|i| i % 10).collect::<Vec<u32>>());
-            let lr = Tensor::from_vec(&[1], vec![0.01]);
-            let mut losses = Vec::new();
-            for (m, s, bk) in [(&mut a, &mut sa, &cpu as &dyn Backend), (&mut b, &mut sb, &be as &dyn Backend)] {
-                let mut per_step = Vec::new();
-                for _ in 0..3 {
-                    let ctx = Ctx::new(bk, true);
-                    let logits = m.forward(&ctx, &bk.upload(&x));
-                    let (mut d, mut st) = (bk.alloc(logits.shape()), bk.zeros(&[loss_stats::LEN]));
-                    bk.softmax_cross_entropy(&logits, &bk.upload(&labels), 1, false, Some(&mut d), &mut st);
-                    per_step.push(st.to_host().data()[0]);
-                    m.backward(&ctx, &d);
-                    s.step(bk, m, &bk.upload(&lr), None);
-                }
-                losses.push(per_step);
-            }
+            let (losses, mut a, mut b) = steps_on_cpu_and_device(&be, (name, width, ternary), 8, 0.01, 3);
             for (la, lb) in losses[0].iter().zip(&losses[1]) {
                 assert!(
                     (la - lb).abs() <= 1e-3 * la.abs().max(1.0),
@@ -844,47 +850,9 @@ fn bf16_operations_agree_within_one_rounding() {
 
 #[test]
 fn bf16_training_steps_follow_fp32() {
-    use tern_train::{models, Ctx, ModelConfig, Sgd, SgdConfig};
     let Some(be) = bf16_gpu() else { return };
-    let cpu = CpuBackend;
     for (name, width, ternary) in [("vgg-small", 8, false), ("resnet20", 4, true)] {
-        let cfg = ModelConfig {
-            name: name.into(),
-            in_shape: [1, 16, 16],
-            classes: 10,
-            width,
-            small_input: false,
-            spec: None,
-        };
-        let mut rng = Rng::new(5);
-        let mut a = models::build(&cfg, &mut rng).unwrap();
-        let mut b = models::build(&cfg, &mut Rng::new(5)).unwrap();
-        if ternary {
-            a.set_ternary(Some(TernaryConfig::default()), true, false);
-            b.set_ternary(Some(TernaryConfig::default()), true, false);
-        }
-        b.to_backend(&be);
-        let sgd = || Sgd::new(SgdConfig { momentum: 0.9, nesterov: false, weight_decay: 5e-4 });
-        let (mut sa, mut sb) = (sgd(), sgd());
-        let x = randn(&[16, 1, 16, 16], &mut rng);
-        let labels = Tensor::from_u32(&[16], &(0..16).map(|i| i % 10).collect::<Vec<u32>>());
-        let lr = Tensor::from_vec(&[1], vec![0.05]);
-        let mut losses = Vec::new();
-        for (m, s, bk) in [(&mut a, &mut sa, &cpu as &dyn Backend), (&mut b, &mut sb, &be as &dyn Backend)] {
-            let mut per_step = Vec::new();
-            let mut xb = bk.alloc_activation(x.shape());
-            bk.write(&mut xb, &x);
-            for _ in 0..5 {
-                let ctx = Ctx::new(bk, true);
-                let logits = m.forward(&ctx, &xb);
-                let (mut d, mut st) = (bk.alloc(logits.shape()), bk.zeros(&[loss_stats::LEN]));
-                bk.softmax_cross_entropy(&logits, &bk.upload(&labels), 1, false, Some(&mut d), &mut st);
-                per_step.push(st.to_host().data()[0]);
-                m.backward(&ctx, &d);
-                s.step(bk, m, &bk.upload(&lr), None);
-            }
-            losses.push(per_step);
-        }
+        let (losses, mut a, mut b) = steps_on_cpu_and_device(&be, (name, width, ternary), 16, 0.05, 5);
         eprintln!("{name}: FP32 CPU losses {:?}, bf16 GPU {:?}", losses[0], losses[1]);
         for (la, lb) in losses[0].iter().zip(&losses[1]) {
             assert!((la - lb).abs() <= 3e-2 * la.abs().max(1.0), "{name}: losses {:?} vs {:?}", losses[0], losses[1]);
