@@ -442,7 +442,7 @@ impl CudaBackend {
     }
 
     fn buffer(&self, len: usize) -> CudaBuffer {
-        self.shared.alloc(len).unwrap_or_else(|e| panic!("{e}"))
+        self.buffer_of(len, false)
     }
 
     /// Launches a kernel; a failure here is a device fault or a programmer error.
