@@ -278,10 +278,7 @@ pub fn run(a: InferArgs) -> anyhow::Result<()> {
     if a.zeros {
         json["zeros"] = serde_json::to_value(&zeros)?;
     }
-    json["kernels"] = tuned
-        .iter()
-        .map(|(l, d, s, c)| serde_json::json!({"layer": l, "dense_ms": d, "zero_skipping_ms": s, "zero_skipping": c}))
-        .collect();
+    json["kernels"] = serde_json::to_value(&tuned)?;
     if let Some(path) = &a.out {
         tern_core::checkpoint::write_atomic(path, serde_json::to_string_pretty(&json)?.as_bytes())?;
     }
@@ -307,13 +304,8 @@ pub fn run(a: InferArgs) -> anyhow::Result<()> {
         }
         print!("{}", t.render());
     }
-    if a.zeros && !tuned.is_empty() {
-        let mut t = Table::new(&["convolution", "dense ms", "zero-skipping ms", "runs"]);
-        for (l, d, s, c) in &tuned {
-            let runs = if *c { "zero-skipping" } else { "dense" };
-            t.row(vec![l.clone(), format!("{d:.3}"), format!("{s:.3}"), runs.into()]);
-        }
-        print!("{}", t.render());
+    if !tuned.is_empty() && (a.zeros || tuned.iter().any(|k| k.kernel != tern_infer::conv::ConvKernel::Dense)) {
+        print!("{}", kernel_table(&tuned).render());
     }
     let lat = format!("latency ms (batch {})", a.batch);
     let mut t = Table::new(&["engine", "top-1 %", "top-5 %", &lat, "p90 ms", "p99 ms", "images/s"]);
@@ -352,4 +344,28 @@ pub fn run(a: InferArgs) -> anyhow::Result<()> {
         println!("u8 engine {:.2}x the FP32 forward at batch {} (median of {reps} calls)", f / u, a.batch);
     }
     Ok(())
+}
+
+/// The kernel chosen per convolution with the timings behind the choice.
+pub fn kernel_table(tuned: &[tern_infer::plan::KernelChoice]) -> Table {
+    let mut t = Table::new(&[
+        "convolution",
+        "zero weight units %",
+        "dense ms",
+        "skip zero inputs ms",
+        "skip zero weight units ms",
+        "runs",
+    ]);
+    let ms = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.3}"));
+    for k in tuned {
+        t.row(vec![
+            k.layer.clone(),
+            format!("{:.1}", 100.0 * k.zero_weight_units),
+            format!("{:.3}", k.dense_ms),
+            ms(k.skip_zero_inputs_ms),
+            ms(k.skip_zero_weight_units_ms),
+            k.kernel.name().into(),
+        ]);
+    }
+    t
 }

@@ -136,6 +136,11 @@ pub struct TrainArgs {
     /// GradUpdate: zero error for correctly classified samples; skip the backward pass of an all-correct batch
     #[arg(long, help_heading = "Ternary recipe")]
     pub skip_correct: bool,
+    /// Block sparsity (for `tern infer`'s skipping kernel): hold this fraction of the 16x4 weight
+    /// units (16 output x 4 input channels at one tap) of every ternary conv at zero, ramped in
+    /// over the first half of the ternary epochs
+    #[arg(long, default_value_t = 0.0, help_heading = "Ternary recipe")]
+    pub block_sparsity: f64,
     /// Start from a trained checkpoint's weights (same model) and fine-tune, e.g. ternarise a trained FP network
     #[arg(long, value_name = "CHECKPOINT", help_heading = "Ternary recipe")]
     pub init_from: Option<PathBuf>,
@@ -234,6 +239,7 @@ fn fresh(a: &TrainArgs) -> anyhow::Result<(Trainer, PathBuf)> {
         relu_threshold: a.relu_threshold,
         relu_threshold_from_epoch: a.relu_threshold_from_epoch - 1,
         skip_correct: a.skip_correct,
+        block_sparsity: a.block_sparsity,
     };
     let cfg = TrainConfig {
         epochs: a.epochs.unwrap_or(DEFAULT_EPOCHS),

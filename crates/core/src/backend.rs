@@ -286,6 +286,8 @@ pub trait Backend: Send + Sync {
     fn ternarize(&self, w: &Tensor, rows: usize, cfg: &TernaryConfig, q: &mut Tensor, zero_fraction: &mut Tensor);
     /// Straight-through gradient: zeroes `grad` where |w| > clip.
     fn straight_through(&self, w: &Tensor, grad: &mut Tensor, clip: f32);
+    /// `x[i] *= mask[i]` (block-sparse ternary weights and their gradients; equal lengths).
+    fn mask(&self, x: &mut Tensor, mask: &Tensor);
     /// SGD with momentum (PyTorch semantics): v = μ·v + (g + λ·w); w -= lr·(Nesterov ?
     /// g + λ·w + μ·v : v), with the rate read from `lr: [1]`. With a `guard` whose first
     /// value is not finite (the step's loss), nothing changes: a diverged step leaves the
@@ -562,6 +564,10 @@ impl Backend for CpuBackend {
     }
     fn straight_through(&self, w: &Tensor, grad: &mut Tensor, clip: f32) {
         crate::quant::straight_through(w.data(), grad.data_mut(), Some(clip))
+    }
+    fn mask(&self, x: &mut Tensor, mask: &Tensor) {
+        assert_eq!(x.len(), mask.len(), "mask of {} values for a tensor of {}", mask.len(), x.len());
+        x.data_mut().iter_mut().zip(mask.data()).for_each(|(v, m)| *v *= m);
     }
     fn sgd_step(
         &self,

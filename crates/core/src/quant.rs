@@ -150,6 +150,67 @@ pub fn straight_through(w: &[f32], grad_q: &mut [f32], clip: Option<f32>) {
     }
 }
 
+/// Output channels of one weight unit of block sparsity: one 512-bit register of s32 sums
+/// in tern-infer's VNNI kernel.
+pub const UNIT_OUT: usize = 16;
+/// Input channels of one weight unit: the 4 bytes one `vpdpbusd` lane reduces.
+pub const UNIT_IN: usize = 4;
+
+/// The unit of block sparsity: 16 output channels × 4 input channels at one kernel tap
+/// (ragged at the edges), the step tern-infer's VNNI kernel skips when all its weights are
+/// zero. Returns a mask over `w: [c_out, c_in, taps]` that zeroes the `fraction` of units
+/// with the smallest mean |w| (ties by position, so the choice is deterministic).
+pub fn unit_mask(w: &[f32], c_out: usize, c_in: usize, taps: usize, fraction: f64) -> Vec<f32> {
+    assert_eq!(w.len(), c_out * c_in * taps, "weights of a [{c_out}, {c_in}, {taps}] convolution");
+    let (ob, cg) = (c_out.div_ceil(UNIT_OUT), c_in.div_ceil(UNIT_IN));
+    let unit = |o: usize, c: usize, t: usize| (o / UNIT_OUT * cg + c / UNIT_IN) * taps + t;
+    let mut sums = vec![(0.0f64, 0usize); ob * cg * taps];
+    for o in 0..c_out {
+        for c in 0..c_in {
+            for t in 0..taps {
+                let u = &mut sums[unit(o, c, t)];
+                u.0 += w[(o * c_in + c) * taps + t].abs() as f64;
+                u.1 += 1;
+            }
+        }
+    }
+    let mean: Vec<f64> = sums.iter().map(|&(s, n)| s / n.max(1) as f64).collect();
+    let mut order: Vec<usize> = (0..mean.len()).collect();
+    order.sort_by(|&a, &b| mean[a].total_cmp(&mean[b]).then(a.cmp(&b)));
+    let zeroed = ((fraction.clamp(0.0, 1.0) * mean.len() as f64).round() as usize).min(mean.len());
+    let mut keep = vec![true; mean.len()];
+    for &u in &order[..zeroed] {
+        keep[u] = false;
+    }
+    let mut mask = vec![0.0; w.len()];
+    for o in 0..c_out {
+        for c in 0..c_in {
+            for t in 0..taps {
+                if keep[unit(o, c, t)] {
+                    mask[(o * c_in + c) * taps + t] = 1.0;
+                }
+            }
+        }
+    }
+    mask
+}
+
+/// Fraction of the units (as [`unit_mask`] groups them) whose weights are all zero.
+pub fn zero_unit_fraction(w: &[f32], c_out: usize, c_in: usize, taps: usize) -> f64 {
+    let (ob, cg) = (c_out.div_ceil(UNIT_OUT), c_in.div_ceil(UNIT_IN));
+    let mut nonzero = vec![false; ob * cg * taps];
+    for o in 0..c_out {
+        for c in 0..c_in {
+            for t in 0..taps {
+                if w[(o * c_in + c) * taps + t] != 0.0 {
+                    nonzero[(o / UNIT_OUT * cg + c / UNIT_IN) * taps + t] = true;
+                }
+            }
+        }
+    }
+    nonzero.iter().filter(|&&n| !n).count() as f64 / nonzero.len().max(1) as f64
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -223,4 +284,39 @@ mod tests {
         assert!(TernaryConfig::parse("magic", "none", None).is_err());
         assert!(TernaryConfig::parse("twn", "row", None).unwrap_err().to_string().contains("--ternary-scale"));
     }
+
+    #[test]
+    fn unit_masks_zero_the_weakest_whole_units() {
+        let mut rng = Rng::new(3);
+        // 20 output channels (two unit rows, one ragged), 6 inputs (two groups), 9 taps
+        let (k, c, t) = (20, 6, 9);
+        let mut w: Vec<f32> = (0..k * c * t).map(|_| rng.normal()).collect();
+        // make unit (block 0, group 1, tap 4) the weakest by far
+        for o in 0..16 {
+            for ch in 4..6 {
+                w[(o * c + ch) * t + 4] *= 1e-3;
+            }
+        }
+        let m = unit_mask(&w, k, c, t, 0.25);
+        let units = 2 * 2 * 9;
+        let zeroed_units = (units as f64 * 0.25).round() as usize;
+        let masked: Vec<f32> = w.iter().zip(&m).map(|(a, b)| a * b).collect();
+        assert!((zero_unit_fraction(&masked, k, c, t) - zeroed_units as f64 / units as f64).abs() < 1e-12);
+        assert_eq!(m[(3 * c + 5) * t + 4], 0.0, "the weakest unit is zeroed");
+        // every unit is all kept or all zeroed
+        for ob in 0..2 {
+            for g in 0..2 {
+                for tap in 0..t {
+                    let vals: Vec<f32> = (ob * 16..(ob * 16 + 16).min(k))
+                        .flat_map(|o| (g * 4..(g * 4 + 4).min(c)).map(move |ch| (o, ch)))
+                        .map(|(o, ch)| m[(o * c + ch) * t + tap])
+                        .collect();
+                    assert!(vals.iter().all(|&v| v == vals[0]), "unit ({ob}, {g}, {tap}) split: {vals:?}");
+                }
+            }
+        }
+        assert!(unit_mask(&w, k, c, t, 0.0).iter().all(|&v| v == 1.0));
+        assert!(unit_mask(&w, k, c, t, 1.0).iter().all(|&v| v == 0.0));
+    }
+
 }

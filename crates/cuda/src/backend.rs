@@ -1278,6 +1278,12 @@ impl Backend for CudaBackend {
         // SAFETY: w and grad hold n floats.
         unsafe { self.launch("straight_through", grid_for(n as usize), 256, args!(&wp, &gp, &clip, &n)) };
     }
+    fn mask(&self, x: &mut Tensor, mask: &Tensor) {
+        assert_eq!(x.len(), mask.len(), "mask of {} values for a tensor of {}", mask.len(), x.len());
+        let (xp, mp, n) = (out(x), ptr(mask), x.len() as i64);
+        // SAFETY: x and mask hold n floats (asserted).
+        unsafe { self.launch("mask_multiply", grid_for(n as usize), 256, args!(&xp, &mp, &n)) };
+    }
     fn sgd_step(
         &self,
         w: &mut Tensor,

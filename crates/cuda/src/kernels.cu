@@ -493,6 +493,10 @@ extern "C" __global__ void straight_through(const float* w, float* g, float clip
     GRID_STRIDE(i, n) if (fabsf(w[i]) > clip) g[i] = 0.0f;
 }
 
+extern "C" __global__ void mask_multiply(float* x, const float* m, long long n) {
+    GRID_STRIDE(i, n) x[i] *= m[i];
+}
+
 // ---------------------------------------------------------------- optimizer
 
 // guard (may be null): the step's loss; a non-finite one leaves w and v untouched.

@@ -73,6 +73,7 @@ const NAMES: &[&str] = &[
     "tern_apply",
     "tern_zero_fraction",
     "straight_through",
+    "mask_multiply",
     "sgd",
     "nz_col_rows",
     "nz_row_sums",

@@ -52,6 +52,12 @@ pub struct PackedConv {
     pub code_sums: Vec<i32>,
     /// The codes as given, `[c_out][c_in][k][k]` (the reference reads these).
     pub codes: Vec<i8>,
+    /// Block sparsity: block b's non-zero weight units (16 output channels × 4 input
+    /// channels at one tap) are `units[unit_starts[b]..unit_starts[b + 1]]`, each coded
+    /// `tap << 16 | group`, with their 64 weight bytes at the same index of `unit_weights`.
+    pub unit_starts: Vec<usize>,
+    pub units: Vec<u32>,
+    pub unit_weights: Vec<i8>,
 }
 
 impl PackedConv {
@@ -74,7 +80,61 @@ impl PackedConv {
                 }
             }
         }
-        PackedConv { shape, packed, code_sums, codes }
+        let (mut unit_starts, mut units, mut unit_weights) = (vec![0], Vec::new(), Vec::new());
+        let unit_bytes = LANES * 4;
+        for b in 0..blocks {
+            for tap in 0..k * k {
+                for g in 0..c4 {
+                    let at = ((b * k * k + tap) * c4 + g) * unit_bytes;
+                    let unit = &packed[at..at + unit_bytes];
+                    if unit.iter().any(|&v| v != 0) {
+                        units.push(((tap as u32) << 16) | g as u32);
+                        unit_weights.extend_from_slice(unit);
+                    }
+                }
+            }
+            unit_starts.push(units.len());
+        }
+        PackedConv { shape, packed, code_sums, codes, unit_starts, units, unit_weights }
+    }
+
+    /// Fraction of the weight units (16 output × 4 input channels at one tap) that are all
+    /// zero: the work [`conv_units`] skips.
+    pub fn zero_unit_fraction(&self) -> f64 {
+        let s = self.shape;
+        1.0 - self.units.len() as f64 / (s.blocks() * s.k * s.k * s.c4()).max(1) as f64
+    }
+}
+
+/// Which kernel runs a convolution (all give the same bits; `Plan::tune` picks by time).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub enum ConvKernel {
+    /// [`conv`]: every weight, register tiles of several channel blocks.
+    Dense,
+    /// [`conv_sparse`]: skips all-zero groups of 4 input channels, pixel by pixel.
+    SkipZeroInputs,
+    /// [`conv_units`]: skips all-zero weight units (block sparsity), one block at a time.
+    SkipZeroWeightUnits,
+}
+
+impl ConvKernel {
+    pub const ALL: [ConvKernel; 3] = [ConvKernel::Dense, ConvKernel::SkipZeroInputs, ConvKernel::SkipZeroWeightUnits];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ConvKernel::Dense => "dense",
+            ConvKernel::SkipZeroInputs => "skip-zero-inputs",
+            ConvKernel::SkipZeroWeightUnits => "skip-zero-weight-units",
+        }
+    }
+
+    /// Runs the convolution with this kernel.
+    pub fn run<'a>(self, x: &U8Image<'a>, pc: &PackedConv, ep: &Epilogue, out: Output, scratch: &'a mut Vec<u8>) {
+        match self {
+            ConvKernel::Dense => conv(x, pc, ep, out, scratch),
+            ConvKernel::SkipZeroInputs => conv_sparse(x, pc, ep, out, scratch),
+            ConvKernel::SkipZeroWeightUnits => conv_units(x, pc, ep, out, scratch),
+        }
     }
 }
 
@@ -282,6 +342,23 @@ pub fn conv_sparse<'a>(x: &U8Image<'a>, pc: &PackedConv, ep: &Epilogue, out: Out
         let xp = pad_input(x, pc.shape.pad, scratch);
         // SAFETY: as in `conv`.
         unsafe { vnni::conv_sparse(xp, x.w + 2 * pc.shape.pad, x.stride, pc, ep, out, ho, wo) };
+        return;
+    }
+    conv(x, pc, ep, out, scratch)
+}
+
+/// The same convolution visiting only the non-zero weight units of each block of 16
+/// output channels (block-sparse ternary weights, `tern train --block-sparsity`): a unit
+/// that is all zero costs nothing. Exact for any zero point (a zero weight multiplies the
+/// padding's zero point by nothing, as in the correction). Falls back to [`conv`] without
+/// the VNNI kernel.
+pub fn conv_units<'a>(x: &U8Image<'a>, pc: &PackedConv, ep: &Epilogue, out: Output, scratch: &'a mut Vec<u8>) {
+    #[cfg(target_arch = "x86_64")]
+    if vnni_available() {
+        let (ho, wo) = check(x, pc, ep, &out);
+        let xp = pad_input(x, pc.shape.pad, scratch);
+        // SAFETY: as in `conv`.
+        unsafe { vnni::conv_units(xp, x.w + 2 * pc.shape.pad, x.stride, x.zero, pc, ep, out, ho, wo) };
         return;
     }
     conv(x, pc, ep, out, scratch)
@@ -628,6 +705,95 @@ mod vnni {
         run_tasks(ho * groups, ho * wo * ks * s.c4() * 4 * s.k * s.k, task);
     }
 
+    /// Sums of PX output pixels of one channel block over its non-zero weight units only;
+    /// `tap_bytes[t]` is tap t's offset in the padded input.
+    ///
+    /// # Safety
+    /// AVX-512 F/BW/VNNI must be present; `x` and the units' weights must cover every tap and
+    /// group the units name, for PX pixels `pixel_step` bytes apart.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    unsafe fn unit_sums<const PX: usize>(
+        x: *const u8,
+        units: &[u32],
+        weights: *const i8,
+        tap_bytes: &[usize],
+        pixel_step: usize,
+    ) -> [[__m512i; PX]; 1] {
+        let mut acc = [_mm512_setzero_si512(); PX];
+        for (i, &u) in units.iter().enumerate() {
+            // SAFETY (pointer arithmetic): inside the unit weights and the padded input.
+            let wv = unsafe { _mm512_loadu_si512(weights.add(i * LANES * 4) as *const _) };
+            let xu = unsafe { x.add(tap_bytes[(u >> 16) as usize] + (u & 0xffff) as usize * 4) };
+            for (px, a) in acc.iter_mut().enumerate() {
+                let xv = _mm512_set1_epi32(unsafe { (xu.add(px * pixel_step) as *const i32).read_unaligned() });
+                *a = _mm512_dpbusd_epi32(*a, xv, wv);
+            }
+        }
+        [acc]
+    }
+
+    /// The block-sparse convolution: tasks are (output row, channel block).
+    ///
+    /// # Safety
+    /// As for [`conv`].
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn conv_units(
+        xp: &[u8],
+        wp: usize,
+        cs: usize,
+        zero: u8,
+        pc: &PackedConv,
+        ep: &Epilogue,
+        out: Output,
+        ho: usize,
+        wo: usize,
+    ) {
+        let s = pc.shape;
+        let ks = s.blocks() * LANES;
+        let g = Geometry::new(&s, wp, cs, 1);
+        let tap_bytes: Vec<usize> = (0..s.k * s.k).map(|t| (t / s.k) * g.row_bytes + (t % s.k) * cs).collect();
+        let corrections = pc.code_sums.iter().map(|&c| c * zero as i32).collect();
+        let f = Finish { ep, corrections, ks, wo };
+        let (y_u8, y_f32, quant) = out_pointers(out);
+        let pixel_step = s.stride * cs;
+        let blocks = s.blocks();
+        let task = |t: usize| {
+            let (p, b) = (t / blocks, t % blocks);
+            let (row_u8, row_f32) = (y_u8.offset(p * wo * ks), y_f32.offset(p * wo * ks));
+            let (a, e) = (pc.unit_starts[b], pc.unit_starts[b + 1]);
+            let (units, weights) = (&pc.units[a..e], pc.unit_weights[a * LANES * 4..].as_ptr());
+            let x_row = p * s.stride * g.row_bytes;
+            let mut q = 0;
+            while q < wo {
+                // SAFETY: pixel q's taps start here, inside xp (the caller's guarantee).
+                let x = unsafe { xp.as_ptr().add(x_row + q * pixel_step) };
+                macro_rules! tile {
+                    ($px:literal) => {{
+                        // SAFETY: forwarded from the caller; the task writes its own row and
+                        // block only.
+                        unsafe {
+                            let acc = unit_sums::<$px>(x, units, weights, &tap_bytes, pixel_step);
+                            store::<1, $px>(&acc, &f, b, p, q, row_u8, row_f32, quant);
+                        }
+                        q += $px;
+                    }};
+                }
+                // at most 14 pixels: 14 sums + 14 broadcasts + the weights fit the 32
+                // registers (with 24, LLVM hoists the broadcasts and spills the sums)
+                match wo - q {
+                    14.. => tile!(14),
+                    12..=13 => tile!(12),
+                    8..=11 => tile!(8),
+                    7 => tile!(7),
+                    4..=6 => tile!(4),
+                    2..=3 => tile!(2),
+                    _ => tile!(1),
+                }
+            }
+        };
+        run_tasks(ho * blocks, ho * wo * LANES * pc.units.len() * 4, task);
+    }
+
     /// The non-zero groups of 4 bytes of every pixel of the padded input, as compressed rows:
     /// pixel i's groups are `groups[starts[i]..starts[i + 1]]`.
     struct NonZero {
@@ -805,9 +971,19 @@ mod tests {
             }
         }
         let n = shape.c_out * shape.c_in * shape.k * shape.k;
-        let codes = (0..n)
+        let mut codes: Vec<i8> = (0..n)
             .map(|_| if ternary { rng.below(3) as i8 - 1 } else { (rng.below(255) as i32 - 127) as i8 })
             .collect();
+        // whole zero weight units (16 outputs x 4 inputs at a tap), the block-sparse kernel's skip
+        let taps = shape.k * shape.k;
+        let units = shape.blocks() * shape.c4() * taps;
+        let zeroed: Vec<bool> = (0..units).map(|_| rng.uniform() < 0.4).collect();
+        for (i, v) in codes.iter_mut().enumerate() {
+            let (o, c, t) = (i / (shape.c_in * taps), i / taps % shape.c_in, i % taps);
+            if zeroed[(o / LANES * shape.c4() + c / 4) * taps + t] {
+                *v = 0;
+            }
+        }
         (x, stride, zero, PackedConv::new(shape, codes))
     }
 
@@ -853,13 +1029,44 @@ mod tests {
                     b.fill(1);
                     conv_sparse(&img, &pc, &ep, Output::U8 { data: &mut b, inv_scale: 9.0, zero: 3 }, &mut Vec::new());
                     assert_eq!(a, b, "u8 zero-skipping {what} (zero point {})", img.zero);
+                    b.fill(1);
+                    conv_units(&img, &pc, &ep, Output::U8 { data: &mut b, inv_scale: 9.0, zero: 3 }, &mut Vec::new());
+                    assert_eq!(a, b, "u8 block-sparse {what} ({:.2} zero units)", pc.zero_unit_fraction());
                     let (mut a, mut b) = (vec![0f32; ho * wo * ks], vec![1f32; ho * wo * ks]);
                     reference(&img, &pc, &ep, Output::F32 { data: &mut a });
                     conv(&img, &pc, &ep, Output::F32 { data: &mut b }, &mut Vec::new());
                     assert!(a.iter().zip(&b).all(|(p, q)| p.to_bits() == q.to_bits()), "f32 {what}");
+                    b.fill(1.0);
+                    conv_units(&img, &pc, &ep, Output::F32 { data: &mut b }, &mut Vec::new());
+                    assert!(a.iter().zip(&b).all(|(p, q)| p.to_bits() == q.to_bits()), "f32 block-sparse {what}");
                 }
             }
         }
+    }
+
+    #[test]
+    fn unit_lists_hold_exactly_the_non_zero_units() {
+        let mut rng = Rng::new(4);
+        let shape = ConvShape { c_in: 9, c_out: 20, k: 3, stride: 1, pad: 1 };
+        let (_, _, _, pc) = random_case(&mut rng, shape, 4, 4, true);
+        let taps = 9;
+        let mut nonzero = 0;
+        for b in 0..shape.blocks() {
+            let listed = &pc.units[pc.unit_starts[b]..pc.unit_starts[b + 1]];
+            for t in 0..taps {
+                for g in 0..shape.c4() {
+                    let any = (b * LANES..(b * LANES + LANES).min(shape.c_out)).any(|o| {
+                        (g * 4..(g * 4 + 4).min(shape.c_in)).any(|c| pc.codes[(o * shape.c_in + c) * taps + t] != 0)
+                    });
+                    assert_eq!(listed.contains(&(((t as u32) << 16) | g as u32)), any, "block {b} tap {t} group {g}");
+                    nonzero += any as usize;
+                }
+            }
+        }
+        assert!(nonzero > 0 && nonzero < shape.blocks() * taps * shape.c4(), "a degenerate case");
+        assert_eq!(pc.unit_weights.len(), nonzero * LANES * 4);
+        let expected = 1.0 - nonzero as f64 / (shape.blocks() * taps * shape.c4()) as f64;
+        assert!((pc.zero_unit_fraction() - expected).abs() < 1e-12);
     }
 
     #[test]
@@ -899,28 +1106,52 @@ mod tests {
 mod speed {
     use super::*;
 
-    /// `cargo test --release -p tern-infer -- --ignored --nocapture speed`: one ResNet-18
-    /// 3x3 layer (64→64 at 56x56), ms per call and GMAC/s.
+    /// `cargo test --release -p tern-infer -- --ignored --nocapture speed`: ResNet-18's 3x3
+    /// layers, ms per call and GMAC/s of the dense kernel, then the block-sparse kernel at 0,
+    /// 50 and 75 % zero weight units (its time against the dense one).
     #[test]
     #[ignore]
-    fn speed_of_a_resnet18_layer() {
+    fn speed_of_resnet18_layers() {
+        // the best of 7 runs of 10 calls (the machine is shared)
+        let time = |f: &mut dyn FnMut()| {
+            f();
+            (0..7)
+                .map(|_| {
+                    let t = std::time::Instant::now();
+                    (0..10).for_each(|_| f());
+                    t.elapsed().as_secs_f64() / 10.0
+                })
+                .fold(f64::INFINITY, f64::min)
+        };
         for (c, hw) in [(64usize, 56usize), (128, 28), (256, 14), (512, 7), (64, 32), (128, 16)] {
             let shape = ConvShape { c_in: c, c_out: c, k: 3, stride: 1, pad: 1 };
             let x = vec![3u8; hw * hw * c];
-            let pc = PackedConv::new(shape, vec![1; c * c * 9]);
             let (mul, add) = (vec![0.01; c], vec![0.0; c]);
             let ep = Epilogue { mul: &mul, add: &add, relu: Some(0.0), residual: None };
             let mut y = vec![0u8; hw * hw * c];
             let img = U8Image { data: &x, h: hw, w: hw, stride: c, zero: 0 };
-            let reps = 50;
             let mut scratch = Vec::new();
-            let t = std::time::Instant::now();
-            for _ in 0..reps {
-                conv(&img, &pc, &ep, Output::U8 { data: &mut y, inv_scale: 1.0, zero: 0 }, &mut scratch);
-            }
-            let s = t.elapsed().as_secs_f64() / reps as f64;
+            let pc = PackedConv::new(shape, vec![1; c * c * 9]);
+            let dense = time(&mut || {
+                conv(&img, &pc, &ep, Output::U8 { data: &mut y, inv_scale: 1.0, zero: 0 }, &mut scratch)
+            });
             let macs = (hw * hw * c * c * 9) as f64;
-            println!("{c}x{hw}: {:.3} ms, {:.1} GMAC/s ({})", s * 1e3, macs / s / 1e9, kernel_name());
+            print!("{c}x{hw}: dense {:.3} ms, {:.1} GMAC/s ({});", dense * 1e3, macs / dense / 1e9, kernel_name());
+            for zero in [0.0, 0.5, 0.75] {
+                let mask = tern_core::quant::unit_mask(
+                    &(0..c * c * 9).map(|i| ((i * 7919) % 1000) as f32).collect::<Vec<_>>(),
+                    c,
+                    c,
+                    9,
+                    zero,
+                );
+                let pc = PackedConv::new(shape, mask.iter().map(|&m| m as i8).collect());
+                let t = time(&mut || {
+                    conv_units(&img, &pc, &ep, Output::U8 { data: &mut y, inv_scale: 1.0, zero: 0 }, &mut scratch)
+                });
+                print!(" {:.0} % zero units {:.3} ms ({:.2}x dense);", zero * 100.0, t * 1e3, dense / t);
+            }
+            println!();
         }
     }
 }

@@ -7,7 +7,7 @@
 //! FNV-1a 64 of every byte before it (u64 LE). The header names each tensor's place in the
 //! payload; every size is checked against the graph before it is used.
 
-use crate::conv::{ConvShape, PackedConv, LANES};
+use crate::conv::{ConvKernel, ConvShape, PackedConv, LANES};
 use crate::plan::{Op, Plan, Pool, Shape, Storage};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -245,7 +245,7 @@ impl Packed {
                         mul: r.f32s(mul, ks, &at("conv multipliers"))?,
                         add: r.f32s(add, ks, &at("conv offsets"))?,
                         relu: *relu,
-                        sparse: false,
+                        kernel: ConvKernel::Dense,
                     }
                 }
                 OpRecord::Pool(p) => {

@@ -9,7 +9,7 @@
 //! with a zero point; values that can be negative and feed only an epilogue or a classifier
 //! stay f32.
 
-use crate::conv::{self, ConvShape, Epilogue, Output, PackedConv, Residual, U8Image, LANES};
+use crate::conv::{self, ConvKernel, ConvShape, Epilogue, Output, PackedConv, Residual, U8Image, LANES};
 use tern_core::kernels::{conv as fconv, linear as flinear, pool as fpool};
 use tern_core::{ConvGeometry, Error, PoolGeometry, Result};
 use tern_train::layers::Sequential;
@@ -292,6 +292,19 @@ pub enum Storage {
     F32 { stride: usize },
 }
 
+/// One convolution's kernel choice and the timings behind it ([`Plan::tune`]).
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct KernelChoice {
+    pub layer: String,
+    /// Fraction of its weight units (16 output × 4 input channels at one tap) all zero.
+    pub zero_weight_units: f64,
+    pub dense_ms: f64,
+    /// None where the kernel could not win (a non-zero input zero point, no zero units).
+    pub skip_zero_inputs_ms: Option<f64>,
+    pub skip_zero_weight_units_ms: Option<f64>,
+    pub kernel: ConvKernel,
+}
+
 /// One operation of the quantised plan.
 #[derive(Clone, Debug)]
 pub enum Op {
@@ -303,8 +316,8 @@ pub enum Op {
         mul: Vec<f32>,
         add: Vec<f32>,
         relu: Option<f32>,
-        /// Run the zero-skipping kernel (set by [`Plan::tune`] where it measured faster).
-        sparse: bool,
+        /// The kernel that runs it (set by [`Plan::tune`] to the fastest measured).
+        kernel: ConvKernel,
     },
     Pool(Pool),
     GlobalAvgPool {
@@ -437,7 +450,7 @@ impl Plan {
                         mul,
                         add,
                         relu: *relu,
-                        sparse: false,
+                        kernel: ConvKernel::Dense,
                     }
                 }
                 FloatOp::Pool(p) => Op::Pool(*p),
@@ -583,50 +596,66 @@ impl Plan {
         ws.f32s[last][..c].to_vec()
     }
 
-    /// Chooses, per convolution, between the dense kernel and the zero-skipping one by
-    /// timing both on the inputs `images` produce (the best of three runs each; the skipping
-    /// kernel must win by 10 %). Both give the same bits, so only speed changes. Returns
-    /// each convolution's (label, dense ms, zero-skipping ms, chosen), summed over images.
-    pub fn tune(&mut self, images: &[&[f32]], ws: &mut Workspace) -> Vec<(String, f64, f64, bool)> {
+    /// Chooses, per convolution, the kernel ([`ConvKernel`]) by timing each that could win
+    /// on the inputs `images` produce (the best of three runs each; a skipping kernel must
+    /// beat the dense one by 10 %). All give the same bits, so only speed changes.
+    pub fn tune(&mut self, images: &[&[f32]], ws: &mut Workspace) -> Vec<KernelChoice> {
         let convs: Vec<usize> = (0..self.ops.len()).filter(|&i| matches!(self.ops[i], Op::Conv { .. })).collect();
-        let mut times = vec![(0.0f64, 0.0f64); convs.len()];
+        let mut times = vec![[f64::NAN; 3]; convs.len()];
         for x in images {
             self.run(x, ws); // fills every value for this image
             for (j, &i) in convs.iter().enumerate() {
-                let best = |plan: &mut Plan, sparse: bool, ws: &mut Workspace| {
-                    if let Op::Conv { sparse: sp, .. } = &mut plan.ops[i] {
-                        *sp = sparse;
+                let Op::Conv { packed, src, .. } = &self.ops[i] else { unreachable!() };
+                let zero_point = matches!(self.storage[*src], Storage::U8 { zero: 0, .. });
+                let candidates = [true, zero_point, packed.zero_unit_fraction() > 0.0];
+                for (k, kernel) in ConvKernel::ALL.into_iter().enumerate() {
+                    if !candidates[k] {
+                        continue;
                     }
-                    (0..3)
+                    if let Op::Conv { kernel: kn, .. } = &mut self.ops[i] {
+                        *kn = kernel;
+                    }
+                    let best = (0..3)
                         .map(|_| {
                             let t = std::time::Instant::now();
-                            plan.step(&plan.ops[i], ws);
+                            self.step(&self.ops[i], ws);
                             t.elapsed().as_secs_f64() * 1e3
                         })
-                        .fold(f64::INFINITY, f64::min)
-                };
-                times[j].0 += best(self, false, ws);
-                times[j].1 += best(self, true, ws);
+                        .fold(f64::INFINITY, f64::min);
+                    let slot = &mut times[j][k];
+                    *slot = if slot.is_nan() { best } else { *slot + best };
+                }
             }
         }
         convs
             .iter()
             .zip(times)
-            .map(|(&i, (dense, sparse))| {
-                let chosen = sparse < 0.9 * dense;
-                let label = self.ops[i].label();
-                if let Op::Conv { sparse: sp, .. } = &mut self.ops[i] {
-                    *sp = chosen;
+            .map(|(&i, ms)| {
+                let mut chosen = ConvKernel::Dense;
+                for k in 1..3 {
+                    if ms[k] < 0.9 * ms[0] && !(ms[k] >= ms[chosen as usize]) {
+                        chosen = ConvKernel::ALL[k];
+                    }
                 }
-                (label, dense, sparse, chosen)
+                let label = self.ops[i].label();
+                let Op::Conv { kernel, packed, .. } = &mut self.ops[i] else { unreachable!() };
+                *kernel = chosen;
+                let ms = |k: usize| (!ms[k].is_nan()).then_some(ms[k]);
+                KernelChoice {
+                    layer: label,
+                    zero_weight_units: packed.zero_unit_fraction(),
+                    dense_ms: ms(0).unwrap_or(0.0),
+                    skip_zero_inputs_ms: ms(1),
+                    skip_zero_weight_units_ms: ms(2),
+                    kernel: chosen,
+                }
             })
             .collect()
     }
 
     fn step(&self, op: &Op, ws: &mut Workspace) {
         match op {
-            Op::Conv { src, dst, residual, packed, mul, add, relu, sparse } => {
-                let run = if *sparse { conv::conv_sparse } else { conv::conv };
+            Op::Conv { src, dst, residual, packed, mul, add, relu, kernel } => {
                 let s = self.values[*src];
                 let d = self.values[*dst];
                 let Storage::U8 { zero, stride, .. } = self.storage[*src] else { unreachable!() };
@@ -646,11 +675,11 @@ impl Plan {
                         Storage::U8 { scale, zero, stride } => {
                             u8_out.resize(d.h * d.w * stride, 0);
                             let out = Output::U8 { data: &mut u8_out, inv_scale: 1.0 / scale, zero: zero as i32 };
-                            run(&x, packed, &ep, out, &mut scratch);
+                            kernel.run(&x, packed, &ep, out, &mut scratch);
                         }
                         Storage::F32 { stride } => {
                             f32_out.resize(d.h * d.w * stride, 0.0);
-                            run(&x, packed, &ep, Output::F32 { data: &mut f32_out }, &mut scratch);
+                            kernel.run(&x, packed, &ep, Output::F32 { data: &mut f32_out }, &mut scratch);
                         }
                     }
                 }

@@ -54,6 +54,7 @@ pub fn load_into(path: &Path, c: &Checkpoint, model: &mut Model) -> Result<Optio
             what: format!("holds a `{}` model, expected `{}`", cfg.name, model.config.name),
         });
     }
+    adopt_unit_masks(c, model);
     let mut err = None;
     let mut copy = |name: &str, t: &mut Tensor| {
         if err.is_some() {
@@ -83,6 +84,16 @@ pub fn load_into(path: &Path, c: &Checkpoint, model: &mut Model) -> Result<Optio
     Ok((!velocity.is_empty()).then_some(velocity))
 }
 
+/// Gives every mmOp layer whose block-sparsity mask the checkpoint holds that mask (the
+/// masks are state a run creates, not part of a freshly built model).
+fn adopt_unit_masks(c: &Checkpoint, model: &mut Model) {
+    model.visit_mm_layers(&mut |name, t| {
+        if let Some(m) = c.get(&format!("{name}.unit_mask")) {
+            t.mask = Some(m.clone());
+        }
+    });
+}
+
 /// Copies a checkpoint of another task into `model` (the §4.2 path for a network trained on
 /// other data): every tensor must match, except that a classifier (the last linear layer)
 /// with another number of classes keeps its fresh initialisation, and a first convolution
@@ -108,6 +119,7 @@ pub fn load_into_adapted(path: &Path, c: &Checkpoint, model: &mut Model) -> Resu
             first_conv = Some(l.name().to_string());
         }
     });
+    // block-sparsity masks stay behind: the new task's run sets its own (if any)
     let (mut notes, mut err) = (Vec::new(), None);
     let mut copy = |name: &str, t: &mut Tensor| {
         if err.is_some() {

@@ -96,6 +96,18 @@ impl Model {
         });
     }
 
+    /// Block sparsity: in every ternary convolution, holds the `fraction` of its weakest
+    /// 16×4 weight units at zero (masks recomputed from the shadow weights now).
+    pub fn set_unit_masks(&mut self, backend: &dyn tern_core::Backend, fraction: f64) {
+        self.net.visit_leaves(&mut |l| {
+            if let Some(c) = l.as_any_mut().downcast_mut::<Conv2d>() {
+                if c.ternary.config.is_some() {
+                    c.ternary.set_unit_mask(backend, &c.weight.value, c.c_in, fraction);
+                }
+            }
+        });
+    }
+
     /// Sets every ReLU's threshold and L1 activation penalty.
     pub fn set_relu(&mut self, threshold: f32, l1: f32) {
         self.net.visit_leaves(&mut |l| {

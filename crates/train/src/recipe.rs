@@ -27,6 +27,12 @@ pub struct Recipe {
     /// Zero error for correctly classified samples; no backward pass for an all-correct batch
     /// (GradUpdate).
     pub skip_correct: bool,
+    /// Block sparsity (beyond the paper, for tern-infer's skipping kernel): the fraction of
+    /// 16×4 weight units (16 output × 4 input channels at one tap) of every ternary
+    /// convolution held at zero, reached by a cubic ramp over the first half of the ternary
+    /// epochs (0: off).
+    #[serde(default)]
+    pub block_sparsity: f64,
 }
 
 impl Recipe {
@@ -36,6 +42,15 @@ impl Recipe {
         }
         if !(self.relu_threshold >= 0.0 && self.relu_threshold.is_finite()) {
             return Err(Error::invalid("--relu-threshold", format!("{}: expected a number >= 0", self.relu_threshold)));
+        }
+        if !(0.0..1.0).contains(&self.block_sparsity) {
+            return Err(Error::invalid(
+                "--block-sparsity",
+                format!("{}: expected a fraction in [0, 1)", self.block_sparsity),
+            ));
+        }
+        if self.ternary.is_none() && self.block_sparsity > 0.0 {
+            return Err(Error::invalid("--block-sparsity", "only makes sense with --ternary"));
         }
         if self.ternary.is_none() && (self.fp_warmup_epochs > 0 || self.fp_first_layer || self.fp_last_layer) {
             return Err(Error::invalid(
@@ -63,6 +78,18 @@ impl Recipe {
         model.set_ternary(ternary, self.fp_first_layer, self.fp_last_layer);
         let t = if epoch >= self.relu_threshold_from_epoch { self.relu_threshold } else { 0.0 };
         model.set_relu(t, self.act_l1);
+    }
+
+    /// The block-sparsity fraction to set at the start of epoch `epoch` of `epochs`, while
+    /// it ramps (None: off, not a ternary epoch, or the masks are frozen after the ramp):
+    /// f·(1 − (1 − k/R)³) at the k-th ternary epoch (1-based), R = half the ternary epochs.
+    pub fn block_sparsity_at(&self, epoch: usize, epochs: usize) -> Option<f64> {
+        if self.block_sparsity <= 0.0 || !self.ternary_at(epoch) {
+            return None;
+        }
+        let ramp = (epochs.saturating_sub(self.fp_warmup_epochs) / 2).max(1);
+        let k = epoch - self.fp_warmup_epochs + 1;
+        (k <= ramp).then(|| self.block_sparsity * (1.0 - (1.0 - k as f64 / ramp as f64).powi(3)))
     }
 
     /// The state for evaluating a finished run: as after the last epoch.

@@ -448,6 +448,9 @@ impl Trainer {
         let epoch = self.next_epoch;
         let start = Instant::now();
         self.cfg.recipe.apply(&mut self.model, epoch);
+        if let Some(f) = self.cfg.recipe.block_sparsity_at(epoch, self.cfg.epochs) {
+            self.model.set_unit_masks(self.backend.as_ref(), f);
+        }
         let skip_correct = self.cfg.recipe.skip_correct;
         let (mut skipped_samples, mut skipped_batches) = (0usize, 0usize);
         let profile_now = self.cfg.profile_every > 0 && (epoch + 1).is_multiple_of(self.cfg.profile_every);

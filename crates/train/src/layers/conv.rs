@@ -151,8 +151,13 @@ impl Layer for Conv2d {
     fn clear_cache(&mut self) {
         self.cache_x = None;
     }
+    fn visit_buffers(&mut self, f: &mut dyn FnMut(&str, &mut Tensor)) {
+        if let Some(m) = &mut self.ternary.mask {
+            f(&format!("{}.unit_mask", self.name), m);
+        }
+    }
     fn to_backend(&mut self, backend: &dyn Backend) {
-        self.ternary.clear();
+        self.ternary.to_backend(backend);
         self.cache_x = None;
         self.visit_params(&mut |p| p.to_backend(backend));
     }
