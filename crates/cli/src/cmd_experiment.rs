@@ -27,6 +27,9 @@ pub enum Experiment {
     /// §4.2: --model trained in FP for --epochs, then lowered to ternary (FP first layer) and
     /// fine-tuned for --finetune-epochs at --finetune-lr: accuracy against fine-tuning epochs
     Lowering,
+    /// Beyond the paper: ternary --model (FP first layer) with --block-sparsities of its 16x4
+    /// weight units held at zero (what `tern infer` skips), beside FP32 and plain ternary
+    BlockSparsity,
 }
 
 #[derive(Args, Debug)]
@@ -70,6 +73,9 @@ pub struct ExperimentArgs {
     /// `lowering`: peak learning rate of the fine-tuning (cosine)
     #[arg(long, default_value_t = 0.01)]
     pub finetune_lr: f32,
+    /// `block-sparsity`: comma-separated fractions of zero weight units
+    #[arg(long, default_value = "0.5,0.75,0.875")]
+    pub block_sparsities: String,
     /// Seeds per configuration (0, 1, ...)
     #[arg(long, default_value_t = 3)]
     pub seeds: u64,
@@ -233,6 +239,22 @@ fn variants(a: &ExperimentArgs) -> anyhow::Result<Vec<Variant>> {
                 ..v(&format!("{m} lowered"), m, w, Recipe { fp_first_layer: true, ..base.clone() }, &cosine)
             };
             vec![v(&format!("{m} fp32"), m, w, Recipe::default(), &cosine), lowered]
+        }
+        Experiment::BlockSparsity => {
+            let ternary = Recipe { fp_first_layer: true, ..base.clone() };
+            let mut arms = vec![
+                v(&format!("{m} fp32"), m, w, Recipe::default(), &cosine),
+                v(&format!("{m} ternary"), m, w, ternary.clone(), &cosine),
+            ];
+            for f in a.block_sparsities.split(',') {
+                let f: f64 = f.trim().parse().map_err(|_| {
+                    anyhow::anyhow!("invalid value for --block-sparsities: `{f}`: expected fractions like 0.5,0.75")
+                })?;
+                let recipe = Recipe { block_sparsity: f, ..ternary.clone() };
+                recipe.validate(a.epochs).map_err(|e| anyhow::anyhow!("--block-sparsities: {e}"))?;
+                arms.push(v(&format!("{m} ternary {:.1} % zero units", f * 100.0), m, w, recipe, &cosine));
+            }
+            arms
         }
     })
 }

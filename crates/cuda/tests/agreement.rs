@@ -370,6 +370,14 @@ fn ternarisation_and_sgd_agree() {
         cpu.straight_through(&w, &mut g, 0.1);
         be.straight_through(&wd, &mut gd, 0.1);
         close("straight-through", &gd, &g, 0.0);
+        // a block-sparsity mask (Tensor of 0/1 from whole units) on the weights' gradient
+        let m = Tensor::from_vec(
+            w.shape(),
+            tern_core::quant::unit_mask(&w.host_values(), w.dim(0), w.dim(1), w.len() / w.dim(0) / w.dim(1), 0.5),
+        );
+        cpu.mask(&mut g, &m);
+        be.mask(&mut gd, &be.upload(&m));
+        close("mask", &gd, &g, 0.0);
 
         for nesterov in [false, true] {
             let (mut w1, mut v1) = (w.clone(), randn(w.shape(), &mut rng));
