@@ -115,6 +115,11 @@ pub enum BenchKind {
         /// With --ternary: the fraction of each layer's weights that are zero
         #[arg(long, default_value_t = 0.5, requires = "ternary")]
         weight_zeros: f32,
+        /// With --ternary: hold this fraction of each ternary conv's 16x4 weight units at zero
+        /// (block sparsity, as `tern train --block-sparsity` leaves them); each conv then runs
+        /// the kernel that measures fastest on the random images
+        #[arg(long, requires = "ternary")]
+        block_sparsity: Option<f64>,
         /// Image side length
         #[arg(long, default_value_t = 224)]
         size: usize,
@@ -212,8 +217,20 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
                 })
             );
         }
-        BenchKind::Infer { model, ternary, weight_zeros, size, channels, classes, batch, reps, json } => {
-            bench_infer(&model, ternary.then_some(weight_zeros), [channels, size, size], classes, batch, reps, json)?;
+        BenchKind::Infer {
+            model,
+            ternary,
+            weight_zeros,
+            block_sparsity,
+            size,
+            channels,
+            classes,
+            batch,
+            reps,
+            json,
+        } => {
+            let zeros = ternary.then_some(weight_zeros);
+            bench_infer(&model, zeros, block_sparsity, [channels, size, size], classes, batch, reps, json)?;
         }
         BenchKind::Train {
             model,
@@ -282,9 +299,11 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
 }
 
 /// `tern bench infer`: plan and quantise a freshly built zoo model, then time its u8 engine.
+#[allow(clippy::too_many_arguments)]
 fn bench_infer(
     name: &str,
     weight_zeros: Option<f32>,
+    block_sparsity: Option<f64>,
     in_shape: [usize; 3],
     classes: usize,
     batch: usize,
@@ -306,14 +325,23 @@ fn bench_infer(
         let t = tern_core::quant::TernaryConfig::parse(&format!("zeros:{z}"), "layer", None)?;
         model.set_ternary(Some(t), true, false);
     }
+    if let Some(f) = block_sparsity {
+        if !(0.0..1.0).contains(&f) {
+            anyhow::bail!("invalid value for --block-sparsity: {f}: expected a fraction in [0, 1)");
+        }
+        model.set_unit_masks(&tern_core::CpuBackend, f);
+    }
     let float = tern_infer::plan::FloatPlan::of(&mut model)?;
     let per: usize = in_shape.iter().product();
     // u8 scales from random N(0, 1) images (the normalised input's distribution)
     let calib_n = 8;
     let calib = Tensor::randn(&[calib_n * per], 1.0, &mut rng);
-    let plan = tern_infer::plan::Plan::quantise(&float, calib.data(), calib_n)?;
+    let mut plan = tern_infer::plan::Plan::quantise(&float, calib.data(), calib_n)?;
     let images = Tensor::randn(&[batch * per], 1.0, &mut rng);
     let mut ws = tern_infer::plan::Workspace::default();
+    // the fastest kernel per convolution, timed on two of the images
+    let tuned = plan.tune(&images.data().chunks(per).take(2).collect::<Vec<_>>(), &mut ws);
+    let skipping = tuned.iter().filter(|k| k.kernel != tern_infer::conv::ConvKernel::Dense).count();
     let ms = crate::cmd_infer::timed_ms(reps, |_| {
         for x in images.data().chunks(per) {
             std::hint::black_box(plan.run(x, &mut ws));
@@ -323,6 +351,7 @@ fn bench_infer(
     let (median, p90) = (q(0.5), q(0.9));
     let out = serde_json::json!({
         "model": name, "ternary": weight_zeros.is_some(), "weight_zeros": weight_zeros,
+        "block_sparsity": block_sparsity, "skipping_convs": skipping, "convs": tuned.len(),
         "input": in_shape, "batch": batch, "reps": reps, "threads": rayon::current_num_threads(),
         "kernel": tern_infer::conv::kernel_name(),
         "ms_median": median, "ms_p90": p90, "ms_min": ms[0], "images_per_s": batch as f64 * 1e3 / median,

@@ -318,5 +318,4 @@ mod tests {
         assert!(unit_mask(&w, k, c, t, 0.0).iter().all(|&v| v == 1.0));
         assert!(unit_mask(&w, k, c, t, 1.0).iter().all(|&v| v == 0.0));
     }
-
 }

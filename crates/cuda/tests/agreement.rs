@@ -905,8 +905,7 @@ fn bf16_training_steps_follow_fp32() {
         // storage rounds at every step, so it may drift further, but not by a different order
         // (measured on the H200: 1.2x and 1.3x the sensitivity).
         let bf16 = weight_distance(name, &mut a, &mut b);
-        let (_, mut c, mut d) =
-            steps_on_cpu_and_device(&CpuBackend, model, 16, 0.05, 5, Some(round_params_to_bf16));
+        let (_, mut c, mut d) = steps_on_cpu_and_device(&CpuBackend, model, 16, 0.05, 5, Some(round_params_to_bf16));
         let sensitivity = weight_distance(name, &mut c, &mut d);
         eprintln!("{name}: all weights after 5 steps: bf16 GPU vs FP32 {bf16:.2e}, FP32 from bf16-rounded start {sensitivity:.2e}");
         assert!(

@@ -108,6 +108,7 @@ impl PackedConv {
 
 /// Which kernel runs a convolution (all give the same bits; `Plan::tune` picks by time).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum ConvKernel {
     /// [`conv`]: every weight, register tiles of several channel blocks.
     Dense,
@@ -1132,9 +1133,8 @@ mod speed {
             let img = U8Image { data: &x, h: hw, w: hw, stride: c, zero: 0 };
             let mut scratch = Vec::new();
             let pc = PackedConv::new(shape, vec![1; c * c * 9]);
-            let dense = time(&mut || {
-                conv(&img, &pc, &ep, Output::U8 { data: &mut y, inv_scale: 1.0, zero: 0 }, &mut scratch)
-            });
+            let dense =
+                time(&mut || conv(&img, &pc, &ep, Output::U8 { data: &mut y, inv_scale: 1.0, zero: 0 }, &mut scratch));
             let macs = (hw * hw * c * c * 9) as f64;
             print!("{c}x{hw}: dense {:.3} ms, {:.1} GMAC/s ({});", dense * 1e3, macs / dense / 1e9, kernel_name());
             for zero in [0.0, 0.5, 0.75] {

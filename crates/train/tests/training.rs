@@ -4,6 +4,7 @@ use tern_core::Error;
 use tern_data::{synthetic, Augment};
 use tern_train::checkpoint;
 use tern_train::trainer::{Silent, Trainer, CHECKPOINT_FILE};
+use tern_train::Layer;
 use tern_train::{ModelConfig, Recipe, ScheduleKind, SgdConfig, TrainConfig};
 
 fn model(name: &str, width: usize) -> ModelConfig {
@@ -177,4 +178,53 @@ fn weights_do_not_depend_on_the_thread_count() {
             assert_eq!(t1.data(), t3.data(), "{name}: {n1} differs between 1 and 3 threads");
         }
     }
+}
+
+#[test]
+fn block_sparse_training_holds_whole_units_at_zero_and_resumes_exactly() {
+    let data = synthetic::split(96, 32, [1, 16, 16], 10, 0.5, 6);
+    let mut cfg = config(4, 0.02);
+    cfg.recipe =
+        Recipe { ternary: Some(Default::default()), fp_first_layer: true, block_sparsity: 0.5, ..Recipe::default() };
+    // the ramp: half the 4 ternary epochs, cubic, then frozen
+    assert_eq!(cfg.recipe.block_sparsity_at(0, 4), Some(0.5 * (1.0 - 0.125)));
+    assert_eq!(cfg.recipe.block_sparsity_at(1, 4), Some(0.5));
+    assert_eq!(cfg.recipe.block_sparsity_at(2, 4), None);
+    let m = model("resnet20", 16);
+
+    let a = tempfile::tempdir().unwrap();
+    let mut full = Trainer::new(&m, &data, cfg.clone(), a.path()).unwrap();
+    full.run(&mut Silent).unwrap();
+    // every ternary conv: half of its 16x4 units all zero in the weights the forward uses
+    let mut convs = 0;
+    full.model.net.visit_leaves(&mut |l| {
+        if let Some(c) = l.as_any_mut().downcast_mut::<tern_train::layers::Conv2d>() {
+            if c.ternary.config.is_some() {
+                let q = c.ternary.host_weight(&c.weight.value, c.c_out);
+                let z = tern_core::quant::zero_unit_fraction(&q, c.c_out, c.c_in, c.k * c.k);
+                assert!((0.5..0.6).contains(&z), "{}: {z} of its units zero", c.name());
+                convs += 1;
+            }
+        }
+    });
+    assert!(convs > 10);
+
+    // killed after the first (ramping) epoch, resumed: the same weights and masks
+    let b = tempfile::tempdir().unwrap();
+    let mut part = Trainer::new(&m, &data, cfg.clone(), b.path()).unwrap();
+    part.run_until(1, &mut Silent).unwrap();
+    drop(part);
+    let mut resumed = Trainer::resume(&m, &data, cfg.clone(), b.path()).unwrap();
+    resumed.run(&mut Silent).unwrap();
+    let wa = checkpoint::named_tensors(&mut full.model);
+    let wb = checkpoint::named_tensors(&mut resumed.model);
+    assert!(wa.iter().any(|(n, _)| n.ends_with(".unit_mask")), "the masks are checkpoint state");
+    assert_eq!(wa.len(), wb.len());
+    for ((na, ta), (nb, tb)) in wa.iter().zip(&wb) {
+        assert_eq!(na, nb);
+        assert_eq!(ta.data(), tb.data(), "tensor {na} differs after resume");
+    }
+    // refused without ternary weights
+    let bad = Recipe { block_sparsity: 0.5, ..Recipe::default() };
+    assert!(bad.validate(4).unwrap_err().to_string().contains("--block-sparsity"));
 }

@@ -82,7 +82,8 @@ impl TernaryWeight {
     /// in place where a mask exists (a recorded device step keeps its pointers).
     pub fn set_unit_mask(&mut self, backend: &dyn Backend, w: &Tensor, c_in: usize, fraction: f64) {
         let (c_out, taps) = (w.dim(0), w.len() / w.dim(0) / c_in);
-        let host = Tensor::from_vec(w.shape(), tern_core::quant::unit_mask(&w.host_values(), c_out, c_in, taps, fraction));
+        let host =
+            Tensor::from_vec(w.shape(), tern_core::quant::unit_mask(&w.host_values(), c_out, c_in, taps, fraction));
         match &mut self.mask {
             Some(m) if m.shape() == w.shape() && m.device() == w.device() => backend.write(m, &host),
             m => *m = Some(backend.upload(&host)),
