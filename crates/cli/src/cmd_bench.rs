@@ -129,7 +129,7 @@ pub enum BenchKind {
         /// Classes
         #[arg(long, default_value_t = 1000)]
         classes: usize,
-        /// Images per timed call (run one after another)
+        /// Images per timed call (several: each thread runs its share)
         #[arg(long, default_value_t = 1)]
         batch: usize,
         /// Timed calls (after two warm-up calls)
@@ -342,10 +342,10 @@ fn bench_infer(
     // the fastest kernel per convolution, timed on two of the images
     let tuned = plan.tune(&images.data().chunks(per).take(2).collect::<Vec<_>>(), &mut ws);
     let skipping = tuned.iter().filter(|k| k.kernel != tern_infer::conv::ConvKernel::Dense).count();
+    let xs: Vec<&[f32]> = images.data().chunks(per).collect();
+    let mut wss = Vec::new();
     let ms = crate::cmd_infer::timed_ms(reps, |_| {
-        for x in images.data().chunks(per) {
-            std::hint::black_box(plan.run(x, &mut ws));
-        }
+        std::hint::black_box(plan.run_batch(&xs, &mut wss));
     });
     let q = |p: f64| crate::cmd_infer::quantile(&ms, p);
     let (median, p90) = (q(0.5), q(0.9));

@@ -37,11 +37,15 @@ pub fn run(a: ExportArgs) -> anyhow::Result<()> {
         let bytes = q.packed.write(path)?;
         let totals = tern_train::summary::totals(&q.model.summary());
         let params = totals.bytes_fp32 / 4;
+        let weights = q.packed.weight_bytes();
         println!(
-            "{} -> {} ({:.1} KiB; FP32 weights {:.1} KiB, int8 {:.1} KiB; u8 scales from {} training images)",
+            "{} -> {} ({:.1} KiB, of which weights {:.1} KiB: {:.1}x smaller than int8; FP32 weights {:.1} KiB, \
+             int8 {:.1} KiB; u8 scales from {} training images)",
             q.model.config.name,
             path.display(),
             bytes as f64 / 1024.0,
+            weights as f64 / 1024.0,
+            params as f64 / weights.max(1) as f64,
             (4 * params) as f64 / 1024.0,
             params as f64 / 1024.0,
             q.calibration_images

@@ -37,8 +37,8 @@ pub struct InferArgs {
     /// (0: no timing): latency percentiles per call of --batch images, images/s
     #[arg(long, default_value_t = 32)]
     pub bench: usize,
-    /// Images per timed call, run one after another (the engine works on one image at a time,
-    /// each convolution split over the threads)
+    /// Images per timed call (one image: each convolution split over the threads; several:
+    /// each thread runs its share of the images)
     #[arg(long, default_value_t = 1)]
     pub batch: usize,
     /// Count, per convolution, the zeros its kernel could skip in its input (values, groups
@@ -234,11 +234,11 @@ pub fn run(a: InferArgs) -> anyhow::Result<()> {
     let reps = bench_images.len() / per;
     let img = |i: usize| &bench_images[(i % reps) * per..(i % reps + 1) * per];
     // each timed call runs --batch images, starting at image i·batch
+    let mut wss = Vec::new();
     let u8_lat = (reps > 0).then(|| {
         latency_ms(reps, |i| {
-            for j in 0..a.batch {
-                std::hint::black_box(plan.run(img(i * a.batch + j), &mut ws));
-            }
+            let xs: Vec<&[f32]> = (0..a.batch).map(|j| img(i * a.batch + j)).collect();
+            std::hint::black_box(plan.run_batch(&xs, &mut wss));
         })
     });
     let u8_ms = u8_lat.map(|l| l[0]);

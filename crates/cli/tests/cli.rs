@@ -822,6 +822,14 @@ fn infer_runs_a_checkpoint_on_the_u8_engine_and_reports_both_accuracies() {
     }
     let bad = tern(&["bench", "infer", "--model", "lenet5", "--size", "28", "--ternary", "--weight-zeros", "1.5"]);
     assert!(!bad.status.success() && stderr(&bad).contains("--weight-zeros"), "{}", stderr(&bad));
+    // block-sparse weights: the kernel per conv chosen by timing, reported
+    let lenet = ["bench", "infer", "--model", "lenet5", "--size", "28", "--channels", "1", "--ternary"];
+    let o = tern(&[&lenet[..], &["--block-sparsity", "0.5", "--json"]].concat());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let b: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(b["block_sparsity"] == 0.5 && b["convs"].as_u64() == Some(2) && b["skipping_convs"].is_u64(), "{b}");
+    let bad = tern(&[&lenet[..], &["--block-sparsity", "1"]].concat());
+    assert!(!bad.status.success() && stderr(&bad).contains("--block-sparsity"), "{}", stderr(&bad));
     // each convolution's kernel was chosen by timing both
     let kernels = r["kernels"].as_array().unwrap();
     assert!(kernels.len() >= 5 && kernels.iter().all(|k| k["dense_ms"].as_f64().unwrap() > 0.0), "{r}");

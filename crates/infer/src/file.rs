@@ -1,5 +1,6 @@
 //! The packed `.tern` file: a quantised [`Plan`] with everything needed to run it and to
-//! check it — 2-bit ternary weight codes (s8 for full-precision layers), the folded BN and
+//! check it — 2-bit ternary weight codes (s8 for full-precision layers; a convolution's
+//! all-zero 16×4 weight units left out behind a bitmap, from version 2), the folded BN and
 //! activation scales, the graph, the input normalisation, a reference input with its
 //! expected logits — behind a version and a checksum.
 //!
@@ -14,14 +15,29 @@ use std::path::Path;
 use tern_core::{Error, Result};
 
 const MAGIC: &[u8; 8] = b"TERNPACK";
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
+/// The oldest version this build reads (version 1 has no `ternary2-units` codes).
+const OLDEST_VERSION: u32 = 1;
+
+/// Weight i of a `[c_out][c_in][k][k]` convolution → its 16×4 unit (as [`PackedConv`] counts
+/// them: block of 16 outputs, tap, group of 4 inputs), and the number of units.
+fn unit_of(s: ConvShape) -> (impl Fn(usize) -> usize, usize) {
+    let (kk, c4) = (s.k * s.k, s.c4());
+    let unit = move |i: usize| {
+        let (o, c, t) = (i / (s.c_in * kk), i / kk % s.c_in, i % kk);
+        ((o / LANES) * kk + t) * c4 + c / 4
+    };
+    (unit, s.blocks() * kk * c4)
+}
 
 /// A tensor's place in the payload.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 struct Blob {
     offset: u64,
     bytes: u64,
-    /// `ternary2` (four 2-bit codes per byte: 0, +1, −1), `i8` or `f32`.
+    /// `ternary2` (four 2-bit codes per byte: 0, +1, −1), `ternary2-units` (a conv's codes:
+    /// one bit per 16×4 unit, 1 where stored, then the stored units' codes as `ternary2` in
+    /// weight order), `i8` or `f32`.
     dtype: String,
     count: u64,
 }
@@ -102,27 +118,94 @@ impl Writer {
     fn f32s(&mut self, v: &[f32]) -> Blob {
         self.blob("f32", v.len(), v.iter().flat_map(|x| x.to_le_bytes()).collect())
     }
+    /// A convolution's codes: without its all-zero units where that is smaller.
+    fn conv_codes(&mut self, v: &[i8], shape: ConvShape) -> Blob {
+        if !v.iter().all(|&c| (-1..=1).contains(&c)) {
+            return self.codes(v);
+        }
+        let (unit, units) = unit_of(shape);
+        let mut keep = vec![false; units];
+        for (i, &c) in v.iter().enumerate() {
+            keep[unit(i)] |= c != 0;
+        }
+        let stored: Vec<i8> = v.iter().enumerate().filter(|&(i, _)| keep[unit(i)]).map(|(_, &c)| c).collect();
+        if units.div_ceil(8) + stored.len().div_ceil(4) >= v.len().div_ceil(4) {
+            return self.codes(v);
+        }
+        let mut b = vec![0u8; units.div_ceil(8)];
+        for (u, &k) in keep.iter().enumerate() {
+            b[u / 8] |= (k as u8) << (u % 8);
+        }
+        b.extend(ternary2(&stored));
+        self.blob("ternary2-units", v.len(), b)
+    }
     fn codes(&mut self, v: &[i8]) -> Blob {
         if v.iter().all(|&c| (-1..=1).contains(&c)) {
-            let mut b = vec![0u8; v.len().div_ceil(4)];
-            for (i, &c) in v.iter().enumerate() {
-                let code = match c {
-                    0 => 0u8,
-                    1 => 1,
-                    _ => 3,
-                };
-                b[i / 4] |= code << (2 * (i % 4));
-            }
-            self.blob("ternary2", v.len(), b)
+            self.blob("ternary2", v.len(), ternary2(v))
         } else {
             self.blob("i8", v.len(), v.iter().map(|&c| c as u8).collect())
         }
     }
 }
 
+/// Four 2-bit codes per byte (0, 1 = +1, 3 = −1), the first in the low bits.
+fn ternary2(v: &[i8]) -> Vec<u8> {
+    let mut b = vec![0u8; v.len().div_ceil(4)];
+    for (i, &c) in v.iter().enumerate() {
+        let code = match c {
+            0 => 0u8,
+            1 => 1,
+            _ => 3,
+        };
+        b[i / 4] |= code << (2 * (i % 4));
+    }
+    b
+}
+
+/// Decodes `count` 2-bit codes.
+fn from_ternary2(raw: &[u8], count: usize, what: &str) -> std::result::Result<Vec<i8>, String> {
+    (0..count)
+        .map(|i| match (raw[i / 4] >> (2 * (i % 4))) & 3 {
+            0 => Ok(0),
+            1 => Ok(1),
+            3 => Ok(-1),
+            _ => Err(format!("{what}: code 2 at {i} (codes are 0, 1 = +1, 3 = −1)")),
+        })
+        .collect()
+}
+
 impl Packed {
     /// The file's bytes.
     pub fn to_bytes(&self) -> Vec<u8> {
+        let (header, payload) = self.encode();
+        let header = serde_json::to_vec(&header).expect("a plan serialises");
+        let mut out = Vec::with_capacity(28 + header.len() + payload.len());
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&VERSION.to_le_bytes());
+        out.extend_from_slice(&(header.len() as u64).to_le_bytes());
+        out.extend_from_slice(&header);
+        out.extend_from_slice(&payload);
+        let sum = fnv1a(&out);
+        out.extend_from_slice(&sum.to_le_bytes());
+        out
+    }
+
+    /// Bytes the weights take in the file (convolution codes, classifier weights and their
+    /// row scales), as encoded: what compares with an int8 or FP32 model's weights.
+    pub fn weight_bytes(&self) -> usize {
+        let (h, _) = self.encode();
+        h.ops
+            .iter()
+            .map(|op| match op {
+                OpRecord::Conv { codes, .. } => codes.bytes,
+                OpRecord::Linear { weights, row_scales, .. } => weights.bytes + row_scales.as_ref().map_or(0, |b| b.bytes),
+                _ => 0,
+            })
+            .sum::<u64>() as usize
+    }
+
+    /// The header and the payload it points into.
+    fn encode(&self) -> (Header, Vec<u8>) {
         let mut w = Writer { payload: Vec::new() };
         let ops = self
             .plan
@@ -134,7 +217,7 @@ impl Packed {
                     dst: *dst,
                     residual: *residual,
                     shape: packed.shape,
-                    codes: w.codes(&packed.codes),
+                    codes: w.conv_codes(&packed.codes, packed.shape),
                     mul: w.f32s(mul),
                     add: w.f32s(add),
                     relu: *relu,
@@ -167,16 +250,7 @@ impl Packed {
             reference_input: w.f32s(&self.reference_input),
             reference_logits: w.f32s(&self.reference_logits),
         };
-        let header = serde_json::to_vec(&header).expect("a plan serialises");
-        let mut out = Vec::with_capacity(28 + header.len() + w.payload.len());
-        out.extend_from_slice(MAGIC);
-        out.extend_from_slice(&VERSION.to_le_bytes());
-        out.extend_from_slice(&(header.len() as u64).to_le_bytes());
-        out.extend_from_slice(&header);
-        out.extend_from_slice(&w.payload);
-        let sum = fnv1a(&out);
-        out.extend_from_slice(&sum.to_le_bytes());
-        out
+        (header, w.payload)
     }
 
     /// Writes the file atomically; returns its size in bytes.
@@ -197,8 +271,8 @@ impl Packed {
             return Err("not a packed tern model (no TERNPACK signature)".into());
         }
         let version = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
-        if version != VERSION {
-            return Err(format!("format version {version}; this build reads version {VERSION}"));
+        if !(OLDEST_VERSION..=VERSION).contains(&version) {
+            return Err(format!("format version {version}; this build reads versions {OLDEST_VERSION} to {VERSION}"));
         }
         let (body, sum) = bytes.split_at(bytes.len() - 8);
         if fnv1a(body) != u64::from_le_bytes(sum.try_into().expect("8 bytes")) {
@@ -236,7 +310,7 @@ impl Packed {
                         return Err(format!("{}: {shape:?} cannot give {d:?}", at("conv")));
                     }
                     let ks = shape.blocks() * LANES;
-                    let codes = r.codes(codes, shape.c_out * shape.c_in * shape.k * shape.k, &at("conv codes"))?;
+                    let codes = r.conv_codes(codes, *shape, &at("conv codes"))?;
                     Op::Conv {
                         src: *src,
                         dst: *dst,
@@ -353,20 +427,33 @@ impl Reader<'_> {
         }
         Ok(raw.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes"))).collect())
     }
+    /// A convolution's codes, with or without its zero units.
+    fn conv_codes(&self, b: &Blob, shape: ConvShape, what: &str) -> std::result::Result<Vec<i8>, String> {
+        let count = shape.c_out * shape.c_in * shape.k * shape.k;
+        if b.dtype != "ternary2-units" {
+            return self.codes(b, count, what);
+        }
+        let raw = self.bytes(b, "ternary2-units", count, what)?;
+        let (unit, units) = unit_of(shape);
+        let map = units.div_ceil(8);
+        if raw.len() < map {
+            return Err(format!("{what}: {} bytes, less than the bitmap of {units} units", raw.len()));
+        }
+        let keep = |i: usize| (raw[unit(i) / 8] >> (unit(i) % 8)) & 1 == 1;
+        let stored = (0..count).filter(|&i| keep(i)).count();
+        if raw.len() != map + stored.div_ceil(4) {
+            return Err(format!("{what}: {} bytes for {units} units of which {stored} codes stored", raw.len()));
+        }
+        let mut codes = from_ternary2(&raw[map..], stored, what)?.into_iter();
+        Ok((0..count).map(|i| if keep(i) { codes.next().expect("counted") } else { 0 }).collect())
+    }
     fn codes(&self, b: &Blob, count: usize, what: &str) -> std::result::Result<Vec<i8>, String> {
         if b.dtype == "ternary2" {
             let raw = self.bytes(b, "ternary2", count, what)?;
             if raw.len() != count.div_ceil(4) {
                 return Err(format!("{what}: {} bytes for {count} 2-bit codes", raw.len()));
             }
-            (0..count)
-                .map(|i| match (raw[i / 4] >> (2 * (i % 4))) & 3 {
-                    0 => Ok(0),
-                    1 => Ok(1),
-                    3 => Ok(-1),
-                    _ => Err(format!("{what}: code 2 at {i} (codes are 0, 1 = +1, 3 = −1)")),
-                })
-                .collect()
+            from_ternary2(raw, count, what)
         } else {
             let raw = self.bytes(b, "i8", count, what)?;
             if raw.len() != count {
@@ -385,10 +472,18 @@ mod tests {
     use tern_train::ModelConfig;
 
     fn packed(name: &str, shape: [usize; 3]) -> Packed {
+        packed_sparse(name, shape, 0.0)
+    }
+
+    /// With `block_sparsity` of each ternary conv's 16x4 weight units zero.
+    fn packed_sparse(name: &str, shape: [usize; 3], block_sparsity: f64) -> Packed {
         let cfg =
-            ModelConfig { name: name.into(), in_shape: shape, classes: 10, width: 8, small_input: false, spec: None };
+            ModelConfig { name: name.into(), in_shape: shape, classes: 10, width: 16, small_input: false, spec: None };
         let mut m = tern_train::models::build(&cfg, &mut Rng::new(2)).unwrap();
         m.set_ternary(Some(Default::default()), true, false);
+        if block_sparsity > 0.0 {
+            m.set_unit_masks(&tern_core::CpuBackend, block_sparsity);
+        }
         let mut rng = Rng::new(9);
         let per = shape.iter().product::<usize>();
         let x: Vec<f32> = (0..4 * per).map(|_| rng.normal()).collect();
@@ -426,6 +521,53 @@ mod tests {
         }
     }
 
+    fn header_of(bytes: &[u8]) -> serde_json::Value {
+        let hl = u64::from_le_bytes(bytes[12..20].try_into().unwrap()) as usize;
+        serde_json::from_slice(&bytes[20..20 + hl]).unwrap()
+    }
+
+    /// `bytes` with header `h` and a fresh checksum.
+    fn reseal(bytes: &[u8], h: &serde_json::Value) -> Vec<u8> {
+        let hl = u64::from_le_bytes(bytes[12..20].try_into().unwrap()) as usize;
+        let h = serde_json::to_vec(h).unwrap();
+        let mut out = bytes[..12].to_vec();
+        out.extend_from_slice(&(h.len() as u64).to_le_bytes());
+        out.extend_from_slice(&h);
+        out.extend_from_slice(&bytes[20 + hl..bytes.len() - 8]);
+        let s = fnv1a(&out);
+        out.extend_from_slice(&s.to_le_bytes());
+        out
+    }
+
+    #[test]
+    fn zero_weight_units_are_left_out_of_the_file() {
+        let (dense, sparse) =
+            (packed("resnet20", [3, 32, 32]).to_bytes(), packed_sparse("resnet20", [3, 32, 32], 0.75).to_bytes());
+        let q = Packed::from_bytes(&sparse).unwrap();
+        assert_eq!(q.verify().unwrap(), 0.0, "the same logits after the round trip");
+        let h = header_of(&sparse);
+        let dtypes: Vec<&str> =
+            h["ops"].as_array().unwrap().iter().filter_map(|o| o["Conv"]["codes"]["dtype"].as_str()).collect();
+        assert!(dtypes[1..].iter().all(|&d| d == "ternary2-units"), "{dtypes:?}");
+        // the codes: 3/4 of the units left out, a bit per unit added
+        assert!(sparse.len() < dense.len() * 2 / 3, "{} vs {} bytes", sparse.len(), dense.len());
+        // every conv's zero units come back as zeros and the rest as written
+        let p = packed_sparse("resnet20", [3, 32, 32], 0.75);
+        for (a, b) in p.plan.ops.iter().zip(&q.plan.ops) {
+            if let (Op::Conv { packed: pa, .. }, Op::Conv { packed: pb, .. }) = (a, b) {
+                assert_eq!(pa.codes, pb.codes);
+            }
+        }
+        // a stored-code count that disagrees with the bitmap is a clear error
+        let mut h2 = h.clone();
+        let idx =
+            h["ops"].as_array().unwrap().iter().position(|o| o["Conv"]["codes"]["dtype"] == "ternary2-units").unwrap();
+        h2["ops"][idx]["Conv"]["codes"]["bytes"] =
+            (h["ops"][idx]["Conv"]["codes"]["bytes"].as_u64().unwrap() - 1).into();
+        let e = Packed::from_bytes(&reseal(&sparse, &h2)).expect_err("an error");
+        assert!(e.contains("units of which"), "{e}");
+    }
+
     #[test]
     fn broken_files_are_clear_errors() {
         let bytes = packed("resnet20", [3, 32, 32]).to_bytes();
@@ -437,21 +579,13 @@ mod tests {
         flipped[bytes.len() / 2] ^= 0x10;
         assert!(err(&flipped).contains("checksum"));
         let mut v2 = bytes.clone();
-        v2[8] = 2;
-        assert!(err(&v2).contains("version 2"));
+        v2[8] = 3;
+        assert!(err(&v2).contains("version 3"));
         // a header that lies about a size, with a valid checksum: named, not a panic
         let resealed = |edit: &dyn Fn(&mut serde_json::Value)| {
-            let hl = u64::from_le_bytes(bytes[12..20].try_into().unwrap()) as usize;
-            let mut h: serde_json::Value = serde_json::from_slice(&bytes[20..20 + hl]).unwrap();
+            let mut h = header_of(&bytes);
             edit(&mut h);
-            let h = serde_json::to_vec(&h).unwrap();
-            let mut out = bytes[..12].to_vec();
-            out.extend_from_slice(&(h.len() as u64).to_le_bytes());
-            out.extend_from_slice(&h);
-            out.extend_from_slice(&bytes[20 + hl..bytes.len() - 8]);
-            let s = fnv1a(&out);
-            out.extend_from_slice(&s.to_le_bytes());
-            out
+            reseal(&bytes, &h)
         };
         let e = err(&resealed(&|h| h["ops"][0]["Conv"]["codes"]["count"] = 7.into()));
         assert!(e.contains("op 0 (conv codes)"), "{e}");

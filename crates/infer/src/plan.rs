@@ -552,6 +552,34 @@ impl Plan {
         Ok(())
     }
 
+    /// Logits of several images, one contiguous share of them per rayon thread, each with its
+    /// own workspace in `wss` (resized to the thread count): each image's convolutions then
+    /// mostly stay on their thread — no fork-join per layer. Same logits as [`Plan::run`]
+    /// image by image. (A thread waiting inside a convolution may run another share; each
+    /// share owns its workspace, so nothing is locked.)
+    pub fn run_batch(&self, images: &[&[f32]], wss: &mut Vec<Workspace>) -> Vec<Vec<f32>> {
+        let threads = rayon::current_num_threads().min(images.len()).max(1);
+        wss.resize_with(wss.len().max(threads), Workspace::default);
+        let mut out = vec![Vec::new(); images.len()];
+        if threads == 1 {
+            for (o, x) in out.iter_mut().zip(images) {
+                *o = self.run(x, &mut wss[0]);
+            }
+            return out;
+        }
+        let share = images.len().div_ceil(threads);
+        rayon::scope(|s| {
+            for ((ws, outs), xs) in wss.iter_mut().zip(out.chunks_mut(share)).zip(images.chunks(share)) {
+                s.spawn(move |_| {
+                    for (o, x) in outs.iter_mut().zip(xs) {
+                        *o = self.run(x, ws);
+                    }
+                });
+            }
+        });
+        out
+    }
+
     /// Logits of one image `x: [c, h, w]` (normalised), with scratch buffers kept in `ws`.
     pub fn run(&self, x: &[f32], ws: &mut Workspace) -> Vec<f32> {
         let nv = self.values.len();
@@ -933,6 +961,10 @@ mod tests {
                 let err = rel(&q, &want);
                 eprintln!("{name} ternary {ternary}: u8 plan rel. error {err:.4}");
                 assert!(err < 0.06, "{name} ternary {ternary}: u8 plan off by {err:.3}");
+                // images shared out over the threads: the same logits, bit for bit
+                let xs: Vec<&[f32]> = x.chunks(per).collect();
+                let batched: Vec<f32> = plan.run_batch(&xs, &mut Vec::new()).concat();
+                assert!(q.iter().zip(&batched).all(|(a, b)| a.to_bits() == b.to_bits()), "{name}: run_batch");
             }
         }
     }
