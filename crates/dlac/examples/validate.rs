@@ -46,6 +46,31 @@ fn grid() -> Vec<DlacConfig> {
     g
 }
 
+/// The dead-channel candidate's grid: the fmap candidate's best PE grid (64x8, one unit per
+/// PE, buffer reads never the limit) with the dead channels' share of the input zeros as
+/// the fifth free parameter (3·3·3·4 = 108 points, fewer than the others' 360).
+fn dead_channel_grid() -> Vec<DlacConfig> {
+    let mut g = Vec::new();
+    for out_buffers in [2, 3, 4] {
+        for window in [4, 8, 12] {
+            for scan_rate in [2, 3, 4] {
+                for dead_channel_share in [0.0, 0.25, 0.5, 0.75] {
+                    g.push(DlacConfig {
+                        out_buffers,
+                        window,
+                        scan_rate,
+                        read_words_per_cycle: 1 << 20,
+                        feature_map_zeros: true,
+                        dead_channel_share,
+                        ..DlacConfig::fp32_train()
+                    });
+                }
+            }
+        }
+    }
+    g
+}
+
 fn main() {
     let mut args = std::env::args().skip(1);
     let path = args.next().expect("usage: validate FILE.csv [EVENT_TILES]");
@@ -66,22 +91,29 @@ fn main() {
         (Engine::Fast, false, false, true),
         (Engine::Event, false, false, true),
     ];
-    for (engine, swap_operands, compressed_fifos, fmap) in candidates {
+    // the last candidate: feature-map zeros with a share of dead channels (its own grid)
+    let dead_candidate = (Engine::Event, false, false, true);
+    for (n, (engine, swap_operands, compressed_fifos, fmap)) in
+        candidates.into_iter().chain([dead_candidate]).enumerate()
+    {
+        let dead = n == candidates.len();
         let label = format!(
-            "{}-{}{}{}",
+            "{}-{}{}{}{}",
             engine.name(),
             if swap_operands { "cols" } else { "rows" },
             if compressed_fifos { "-compressed" } else { "" },
-            if fmap { "-fmap" } else { "" }
+            if fmap { "-fmap" } else { "" },
+            if dead { "-dead" } else { "" }
         );
         if !label.contains(&only) {
             continue;
         }
         let tiles = (engine == Engine::Event && event_tiles > 0).then_some(event_tiles);
-        let g: Vec<DlacConfig> = grid()
-            .into_iter()
-            .map(|c| DlacConfig { swap_operands, compressed_fifos, feature_map_zeros: fmap, ..c })
-            .collect();
+        let g: Vec<DlacConfig> = if dead {
+            dead_channel_grid()
+        } else {
+            grid().into_iter().map(|c| DlacConfig { swap_operands, compressed_fifos, feature_map_zeros: fmap, ..c }).collect()
+        };
         // err[c][r]: |relative error| of config c on row r
         let err: Vec<Vec<f64>> = g
             .par_iter()
@@ -118,10 +150,11 @@ fn main() {
         let loo_max = held.iter().cloned().fold(0.0, f64::max);
         let within = held.iter().filter(|&&e| e <= 0.15).count();
         println!(
-            "| {}{}{} | {} | {} | {:.1} / {:.1} | {:.1} / {:.1} | {} of {} |",
+            "| {}{}{}{} | {} | {} | {:.1} / {:.1} | {:.1} / {:.1} | {} of {} |",
             engine.name(),
             if compressed_fifos { ", compressed FIFOs" } else { "" },
             if fmap { ", input zeros on the feature map" } else { "" },
+            if dead { " with dead channels" } else { "" },
             if swap_operands { "PE columns" } else { "PE rows" },
             g.len(),
             100.0 * mean_without(best, None),
@@ -136,8 +169,9 @@ fn main() {
         println!("  held-out error % per row: {}", rows.join(", "));
         let c = &g[best];
         println!(
-            "  best fit on all rows: {}x{} PEs, {} output buffers, window {}, scan rate {}, {} buffer words/cycle",
-            c.rows, c.cols, c.out_buffers, c.window, c.scan_rate, c.read_words_per_cycle
+            "  best fit on all rows: {}x{} PEs, {} output buffers, window {}, scan rate {}, {} buffer words/cycle, \
+             dead-channel share {}",
+            c.rows, c.cols, c.out_buffers, c.window, c.scan_rate, c.read_words_per_cycle, c.dead_channel_share
         );
     }
 }

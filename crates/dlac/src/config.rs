@@ -52,6 +52,12 @@ pub struct DlacConfig {
     /// draw. Real masks (`--masks`) are used as they are either way.
     #[serde(default)]
     pub feature_map_zeros: bool,
+    /// With `feature_map_zeros`: the share of the input zeros that come as whole dead
+    /// channels (a channel all zero over the image, as ReLU leaves many), the rest drawn
+    /// element by element at the rate that keeps the op's zero fraction (0: independent
+    /// elements only). A structural candidate of the validation (DLAC.md).
+    #[serde(default)]
+    pub dead_channel_share: f64,
     /// Cycles between two accumulations into the same output buffer (the FP adder's pipeline
     /// depth, seen by the event engine; 1: forwarded, never a stall). The paper gives none.
     #[serde(default = "default_fma_latency")]
@@ -109,6 +115,7 @@ impl DlacConfig {
             swap_operands: false,
             compressed_fifos: false,
             feature_map_zeros: false,
+            dead_channel_share: 0.0,
             fma_latency: default_fma_latency(),
             clock_mhz: 500.0,
             weight_buffer_kib: 216,
@@ -213,6 +220,12 @@ impl DlacConfig {
             if v == 0 {
                 return Err(Error::invalid(field, "must be at least 1"));
             }
+        }
+        if !(0.0..=1.0).contains(&self.dead_channel_share) {
+            return Err(Error::invalid("dead_channel_share", format!("{}: expected a share in [0, 1]", self.dead_channel_share)));
+        }
+        if self.dead_channel_share > 0.0 && !self.feature_map_zeros {
+            return Err(Error::invalid("dead_channel_share", "only with feature_map_zeros = true (channels live on the feature map)"));
         }
         if self.units > self.out_buffers {
             return Err(Error::invalid(

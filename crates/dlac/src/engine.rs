@@ -369,7 +369,7 @@ impl Engine {
     /// map where `cfg.feature_map_zeros` asks and the op's convolution is known).
     pub fn simulate_op(self, op: &MmOp, cfg: &DlacConfig, seed: u64, max_tiles: Option<usize>) -> OpResult {
         if cfg.feature_map_zeros {
-            if let Some(m) = OpMasks::bernoulli_feature_map(op, seed) {
+            if let Some(m) = OpMasks::bernoulli_feature_map(op, seed, cfg.dead_channel_share) {
                 return self.simulate_op_masked(op, cfg, &m, max_tiles);
             }
         }

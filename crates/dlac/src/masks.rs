@@ -124,16 +124,23 @@ pub fn infer_conv(op: &MmOp) -> Option<LoweredConv> {
 impl OpMasks {
     /// Bernoulli operands of a forward op with its input zeros drawn on the feature map
     /// (`[c][h][w]`, each zero with the op's column zero fraction) and lowered through
-    /// im2col with zero padding; weights drawn independently. None where the convolution
-    /// cannot be inferred ([`infer_conv`]).
-    pub fn bernoulli_feature_map(op: &MmOp, seed: u64) -> Option<OpMasks> {
+    /// im2col with zero padding; weights drawn independently. A share `dead` of the input
+    /// zeros comes as whole dead channels (each channel dead with probability dead·z, the
+    /// other elements zero with z(1 − dead)/(1 − dead·z), so the expected fraction stays z).
+    /// None where the convolution cannot be inferred ([`infer_conv`]).
+    pub fn bernoulli_feature_map(op: &MmOp, seed: u64, dead: f64) -> Option<OpMasks> {
         let conv = infer_conv(op)?;
         let LoweredConv { c, kernel: r, stride, pad, h_in: h, side } = conv;
         let mut rng = tern_core::Rng::new(seed);
         let weights: Vec<bool> = (0..op.k * op.crs).map(|_| rng.uniform() >= op.row_zero as f32).collect();
         let a = BitMatrix::from_fn(op.k, op.crs, |i, j| weights[i * op.crs + j]);
         let mut rng = tern_core::Rng::new(seed ^ 0x5EED);
-        let fmap: Vec<bool> = (0..c * h * h).map(|_| rng.uniform() >= op.col_zero as f32).collect();
+        let z = op.col_zero.clamp(0.0, 1.0);
+        let dead = dead.clamp(0.0, 1.0);
+        let (p_dead, p_elem) = if dead > 0.0 && z < 1.0 { (dead * z, z * (1.0 - dead) / (1.0 - dead * z)) } else { (0.0, z) };
+        let live: Vec<bool> = (0..c).map(|_| p_dead == 0.0 || rng.uniform() as f64 >= p_dead).collect();
+        let fmap: Vec<bool> =
+            (0..c * h * h).map(|i| rng.uniform() >= p_elem as f32 && live[i / (h * h)]).collect();
         let bt = BitMatrix::from_fn(op.pq, op.crs, |l, j| {
             let (p, q) = (l / side, l % side);
             let (ch, rr, ss) = (j / (r * r), (j / r) % r, j % r);
@@ -282,7 +289,7 @@ mod tests {
     fn feature_map_zeros_are_lowered_as_the_convolution_reads_them() {
         // 3x3, stride 1, padding 1 on 8 channels of 10x10 (K = 12: not a stage's first layer)
         let op = fwd(12, 72, 100, 0.4, 0.6);
-        let m = OpMasks::bernoulli_feature_map(&op, 3).expect("a 3x3 convolution");
+        let m = OpMasks::bernoulli_feature_map(&op, 3, 0.0).expect("a 3x3 convolution");
         assert_eq!((m.a.rows, m.a.cols, m.bt.rows, m.bt.cols), (12, 72, 100, 72));
         let bit = |l: usize, j: usize| m.bt.bits(l, j, 1) == 1;
         let at = |p: usize, q: usize, c: usize, r: usize, s: usize| bit(p * 10 + q, (c * 3 + r) * 3 + s);
@@ -309,8 +316,25 @@ mod tests {
         assert!((frac - 0.6).abs() < 0.06, "feature-map zero fraction {frac}, asked 0.6");
         assert!((m.a.zero_fraction() - 0.4).abs() < 0.06, "weight zero fraction {}", m.a.zero_fraction());
         // the same seed draws the same masks
-        let again = OpMasks::bernoulli_feature_map(&op, 3).unwrap();
+        let again = OpMasks::bernoulli_feature_map(&op, 3, 0.0).unwrap();
         assert!((0..100).all(|l| m.bt.bits(l, 0, 64) == again.bt.bits(l, 0, 64)));
+    }
+
+    #[test]
+    fn dead_channels_keep_the_zero_fraction_and_zero_whole_channels() {
+        // 3x3 on 64 channels of 14x14, 60 % zero inputs, half of them as dead channels
+        let op = fwd(64, 576, 196, 0.4, 0.6);
+        let m = OpMasks::bernoulli_feature_map(&op, 5, 0.5).expect("a 3x3 convolution");
+        let centre = |l: usize, c: usize| m.bt.bits(l, (c * 3 + 1) * 3 + 1, 1) == 1;
+        let nonzero: usize = (0..64).map(|c| (0..196).filter(|&l| centre(l, c)).count()).sum();
+        let frac = 1.0 - nonzero as f64 / (64.0 * 196.0);
+        assert!((frac - 0.6).abs() < 0.08, "zero fraction {frac}, asked 0.6");
+        let dead = (0..64).filter(|&c| (0..196).all(|l| !centre(l, c))).count();
+        // expected 0.3 · 64 ≈ 19 dead channels; without the share, none
+        assert!((10..=30).contains(&dead), "{dead} dead channels");
+        let plain = OpMasks::bernoulli_feature_map(&op, 5, 0.0).unwrap();
+        let dead0 = (0..64).filter(|&c| (0..196).all(|l| plain.bt.bits(l, (c * 3 + 1) * 3 + 1, 1) == 0)).count();
+        assert_eq!(dead0, 0);
     }
 
     #[test]
@@ -322,7 +346,7 @@ mod tests {
         for engine in [Engine::Fast, Engine::Event] {
             let a = engine.simulate_op(&op, &flat, 1, None);
             let b = engine.simulate_op(&op, &fmap, 1, None);
-            let masks = OpMasks::bernoulli_feature_map(&op, 1).unwrap();
+            let masks = OpMasks::bernoulli_feature_map(&op, 1, 0.0).unwrap();
             let c = engine.simulate_op_masked(&op, &flat, &masks, None);
             assert_eq!(b.cycles, c.cycles, "{engine:?}: the option is the feature-map masks");
             assert_ne!(a.cycles, b.cycles, "{engine:?}: and differs from the lowered draw");
