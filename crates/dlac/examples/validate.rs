@@ -112,7 +112,10 @@ fn main() {
         let g: Vec<DlacConfig> = if dead {
             dead_channel_grid()
         } else {
-            grid().into_iter().map(|c| DlacConfig { swap_operands, compressed_fifos, feature_map_zeros: fmap, ..c }).collect()
+            grid()
+                .into_iter()
+                .map(|c| DlacConfig { swap_operands, compressed_fifos, feature_map_zeros: fmap, ..c })
+                .collect()
         };
         // err[c][r]: |relative error| of config c on row r
         let err: Vec<Vec<f64>> = g

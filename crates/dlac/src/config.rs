@@ -222,10 +222,16 @@ impl DlacConfig {
             }
         }
         if !(0.0..=1.0).contains(&self.dead_channel_share) {
-            return Err(Error::invalid("dead_channel_share", format!("{}: expected a share in [0, 1]", self.dead_channel_share)));
+            return Err(Error::invalid(
+                "dead_channel_share",
+                format!("{}: expected a share in [0, 1]", self.dead_channel_share),
+            ));
         }
         if self.dead_channel_share > 0.0 && !self.feature_map_zeros {
-            return Err(Error::invalid("dead_channel_share", "only with feature_map_zeros = true (channels live on the feature map)"));
+            return Err(Error::invalid(
+                "dead_channel_share",
+                "only with feature_map_zeros = true (channels live on the feature map)",
+            ));
         }
         if self.units > self.out_buffers {
             return Err(Error::invalid(

@@ -137,10 +137,10 @@ impl OpMasks {
         let mut rng = tern_core::Rng::new(seed ^ 0x5EED);
         let z = op.col_zero.clamp(0.0, 1.0);
         let dead = dead.clamp(0.0, 1.0);
-        let (p_dead, p_elem) = if dead > 0.0 && z < 1.0 { (dead * z, z * (1.0 - dead) / (1.0 - dead * z)) } else { (0.0, z) };
+        let (p_dead, p_elem) =
+            if dead > 0.0 && z < 1.0 { (dead * z, z * (1.0 - dead) / (1.0 - dead * z)) } else { (0.0, z) };
         let live: Vec<bool> = (0..c).map(|_| p_dead == 0.0 || rng.uniform() as f64 >= p_dead).collect();
-        let fmap: Vec<bool> =
-            (0..c * h * h).map(|i| rng.uniform() >= p_elem as f32 && live[i / (h * h)]).collect();
+        let fmap: Vec<bool> = (0..c * h * h).map(|i| rng.uniform() >= p_elem as f32 && live[i / (h * h)]).collect();
         let bt = BitMatrix::from_fn(op.pq, op.crs, |l, j| {
             let (p, q) = (l / side, l % side);
             let (ch, rr, ss) = (j / (r * r), (j / r) % r, j % r);

@@ -198,7 +198,9 @@ impl Packed {
             .iter()
             .map(|op| match op {
                 OpRecord::Conv { codes, .. } => codes.bytes,
-                OpRecord::Linear { weights, row_scales, .. } => weights.bytes + row_scales.as_ref().map_or(0, |b| b.bytes),
+                OpRecord::Linear { weights, row_scales, .. } => {
+                    weights.bytes + row_scales.as_ref().map_or(0, |b| b.bytes)
+                }
                 _ => 0,
             })
             .sum::<u64>() as usize
