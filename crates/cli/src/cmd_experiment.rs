@@ -73,9 +73,9 @@ pub struct ExperimentArgs {
     /// `lowering`: peak learning rate of the fine-tuning (cosine)
     #[arg(long, default_value_t = 0.01)]
     pub finetune_lr: f32,
-    /// `block-sparsity`: comma-separated fractions of zero weight units
-    #[arg(long, default_value = "0.5,0.75,0.875")]
-    pub block_sparsities: String,
+    /// `block-sparsity`: comma-separated fractions of zero weight units [default: 0.5,0.75,0.875]
+    #[arg(long)]
+    pub block_sparsities: Option<String>,
     /// Seeds per configuration (0, 1, ...)
     #[arg(long, default_value_t = 3)]
     pub seeds: u64,
@@ -154,6 +154,9 @@ fn variants(a: &ExperimentArgs) -> anyhow::Result<Vec<Variant>> {
         init_from: None,
     };
     let (m, w) = (a.model.as_str(), a.width);
+    if a.block_sparsities.is_some() && !matches!(a.name, Experiment::BlockSparsity) {
+        anyhow::bail!("--block-sparsities only applies to `tern experiment block-sparsity`");
+    }
     Ok(match a.name {
         Experiment::Ablation => vec![
             v("fp32", m, w, Recipe::default(), &cosine),
@@ -246,7 +249,7 @@ fn variants(a: &ExperimentArgs) -> anyhow::Result<Vec<Variant>> {
                 v(&format!("{m} fp32"), m, w, Recipe::default(), &cosine),
                 v(&format!("{m} ternary"), m, w, ternary.clone(), &cosine),
             ];
-            for f in a.block_sparsities.split(',') {
+            for f in a.block_sparsities.as_deref().unwrap_or("0.5,0.75,0.875").split(',') {
                 let f: f64 = f.trim().parse().map_err(|_| {
                     anyhow::anyhow!("invalid value for --block-sparsities: `{f}`: expected fractions like 0.5,0.75")
                 })?;

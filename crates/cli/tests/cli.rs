@@ -489,6 +489,10 @@ fn flags_that_would_be_ignored_are_refused() {
         (&["sim", "--workload", "w.json", "--sweep", "rows=16", "--masks", "m.bin"][..], "--masks"),
         (&["train", "--precision", "tf32"][..], "tf32 needs --device cuda"),
         (&["train", "--device", "gpu"][..], "--device"),
+        (&["train", "--block-sparsity", "0.5"][..], "--block-sparsity"),
+        (&["train", "--ternary", "--block-sparsity", "1.0"][..], "--block-sparsity"),
+        (&["experiment", "ablation", "--block-sparsities", "0.5"][..], "--block-sparsities"),
+        (&["bench", "infer", "--model", "lenet5", "--block-sparsity", "0.5"][..], "--ternary"),
     ] {
         let o = tern(args);
         assert!(!o.status.success(), "{args:?} was accepted");
