@@ -552,6 +552,9 @@ mod vnni {
         quant: (f32, i32),
     ) {
         let ep = f.ep;
+        // a ReLU at a threshold ≥ 0 leaves v ≥ 0; with inv > 0 and zero in 0..=255 the u8
+        // store needs no lower clamps (checked per call: the same for every tile)
+        let non_negative = ep.relu.is_some_and(|t| t >= 0.0) && quant.0 > 0.0 && (0..=255).contains(&quant.1);
         for cb in 0..CB {
             let ch = (block0 + cb) * LANES;
             // SAFETY: the per-channel arrays hold blocks·16 values (checked by `check`).
@@ -591,11 +594,19 @@ mod vnni {
                 } else {
                     let (inv, zero) = quant;
                     let s = _mm512_mul_ps(v, _mm512_set1_ps(inv));
-                    let s = _mm512_min_ps(_mm512_max_ps(s, _mm512_set1_ps(-256.0)), _mm512_set1_ps(256.0));
-                    let i = _mm512_add_epi32(_mm512_cvtps_epi32(s), _mm512_set1_epi32(zero));
-                    let i = _mm512_min_epi32(_mm512_max_epi32(i, _mm512_setzero_si512()), _mm512_set1_epi32(255));
+                    let q = if non_negative {
+                        // v ≥ 0 after the ReLU and inv > 0: the lower clamps cannot bite, and
+                        // the unsigned saturating narrowing is the upper one (same bits)
+                        let s = _mm512_min_ps(s, _mm512_set1_ps(256.0));
+                        _mm512_cvtusepi32_epi8(_mm512_add_epi32(_mm512_cvtps_epi32(s), _mm512_set1_epi32(zero)))
+                    } else {
+                        let s = _mm512_min_ps(_mm512_max_ps(s, _mm512_set1_ps(-256.0)), _mm512_set1_ps(256.0));
+                        let i = _mm512_add_epi32(_mm512_cvtps_epi32(s), _mm512_set1_epi32(zero));
+                        let i = _mm512_min_epi32(_mm512_max_epi32(i, _mm512_setzero_si512()), _mm512_set1_epi32(255));
+                        _mm512_cvtepi32_epi8(i)
+                    };
                     // SAFETY: 16 bytes of this pixel's output.
-                    unsafe { _mm_storeu_si128(y_u8.add(at) as *mut _, _mm512_cvtepi32_epi8(i)) };
+                    unsafe { _mm_storeu_si128(y_u8.add(at) as *mut _, q) };
                 }
             }
         }
