@@ -535,6 +535,14 @@ mod vnni {
         wo: usize,
     }
 
+    impl<'a> Finish<'a> {
+        /// The epilogue of `pc` on an input with zero point `zero`, `wo` outputs per row.
+        fn new(ep: &'a Epilogue<'a>, pc: &PackedConv, zero: u8, wo: usize) -> Finish<'a> {
+            let corrections = pc.code_sums.iter().map(|&c| c * zero as i32).collect();
+            Finish { ep, corrections, ks: pc.shape.blocks() * LANES, wo }
+        }
+    }
+
     /// The epilogue and store of a tile (same operations, same order as `super::finish`);
     /// `y_u8` (or `y_f32` when it is null) points at output row `p`.
     ///
@@ -700,8 +708,7 @@ mod vnni {
         let ks = s.blocks() * LANES;
         let sevens = wo.is_multiple_of(7) && row_cycles(s.blocks(), wo, 3) < row_cycles(s.blocks(), wo, 4);
         let g = Geometry::new(&s, wp, cs, if sevens { 3 } else { 4 });
-        let corrections = pc.code_sums.iter().map(|&c| c * zero as i32).collect();
-        let f = Finish { ep, corrections, ks, wo };
+        let f = Finish::new(ep, pc, zero, wo);
         // Tasks are (output row, group of up to 4 channel blocks): small late layers (7x7
         // outputs) have too few rows to share between threads by rows alone.
         let groups = s.blocks().div_ceil(g.group);
@@ -764,8 +771,7 @@ mod vnni {
         let ks = s.blocks() * LANES;
         let g = Geometry::new(&s, wp, cs, 1);
         let tap_bytes: Vec<usize> = (0..s.k * s.k).map(|t| (t / s.k) * g.row_bytes + (t % s.k) * cs).collect();
-        let corrections = pc.code_sums.iter().map(|&c| c * zero as i32).collect();
-        let f = Finish { ep, corrections, ks, wo };
+        let f = Finish::new(ep, pc, zero, wo);
         let (y_u8, y_f32, quant) = out_pointers(out);
         let pixel_step = s.stride * cs;
         let blocks = s.blocks();
@@ -884,7 +890,7 @@ mod vnni {
         let g = Geometry::new(&s, wp, cs, 8);
         let hp = xp.len() / (wp * cs);
         let nz = nonzero_groups(xp, hp * wp, cs, s.c4());
-        let f = Finish { ep, corrections: vec![0; ks], ks, wo };
+        let f = Finish::new(ep, pc, 0, wo);
         let groups = s.blocks().div_ceil(g.group);
         let (y_u8, y_f32, quant) = out_pointers(out);
         let task = |t: usize| {
