@@ -9,7 +9,8 @@ use clap::Args;
 use std::path::PathBuf;
 use tern_core::checkpoint::write_atomic;
 use tern_dlac::{
-    simulate_workload, simulate_workload_masked, DlacConfig, Engine, OpResult, Precision, Summary, Workload,
+    simulate_workload, simulate_workload_masked, DlacConfig, Engine, OpResult, Orientation, Precision, Summary,
+    Workload,
 };
 
 #[derive(Args, Debug)]
@@ -19,8 +20,9 @@ pub struct SimArgs {
     #[arg(long)]
     pub workload: PathBuf,
     /// A preset (dlac-fp32-train, dlac-fp16-infer; dlac-fp32-event: the event engine's fit;
-    /// dlac-fp32-fmap: the event engine with input zeros drawn on the feature map and lowered,
-    /// the smallest worst-case validation error) or a TOML file
+    /// dlac-fp32-fmap: the event engine with input zeros drawn on the feature map and lowered;
+    /// dlac-fp32-orient: that, with each op's larger output dimension along the 64 PE rows,
+    /// the preset for prediction, run it with --engine event) or a TOML file
     #[arg(long, default_value = "dlac-fp32-train")]
     pub config: String,
     /// Only these passes (forward, backward, weight_grad; default: all in the workload)
@@ -47,7 +49,8 @@ pub struct SimArgs {
     pub out: PathBuf,
     /// Design-space sweep: AXIS=V1,V2,... (repeatable; axes rows, cols, units, out_buffers,
     /// window, scan_rate, read_words_per_cycle, batch, weight_buffer_kib, ifm_buffer_kib,
-    /// precision); every combination of the values,
+    /// precision, orientation: fixed, fewest-dense-cycles, larger-along-longer); every
+    /// combination of the values,
     /// starting from --config
     #[arg(long, value_name = "AXIS=VALUES", conflicts_with = "masks")]
     pub sweep: Vec<String>,
@@ -258,7 +261,7 @@ pub fn layers_table(results: &[OpResult]) -> Table {
     t
 }
 
-const SWEEP_AXES: [&str; 11] = [
+const SWEEP_AXES: [&str; 12] = [
     "rows",
     "cols",
     "units",
@@ -270,6 +273,7 @@ const SWEEP_AXES: [&str; 11] = [
     "weight_buffer_kib",
     "ifm_buffer_kib",
     "precision",
+    "orientation",
 ];
 
 /// Parses `--sweep AXIS=V1,V2` flags into (axis, values).
@@ -287,13 +291,16 @@ fn parse_sweep(flags: &[String]) -> anyhow::Result<Vec<(String, Vec<String>)>> {
         }
         let vals: Vec<String> = values.split(',').map(|v| v.trim().to_string()).filter(|v| !v.is_empty()).collect();
         for v in &vals {
-            let ok =
-                if axis == "precision" { matches!(v.as_str(), "fp32" | "fp16") } else { v.parse::<usize>().is_ok() };
+            let (ok, expected) = match axis {
+                "precision" => (matches!(v.as_str(), "fp32" | "fp16"), "precision (fp32 or fp16)".to_string()),
+                "orientation" => (
+                    orientation(v).is_some(),
+                    format!("orientation ({})", Orientation::ALL.map(|o| o.name()).join(", ")),
+                ),
+                _ => (v.parse::<usize>().is_ok(), "whole number".to_string()),
+            };
             if !ok {
-                anyhow::bail!(
-                    "invalid value `{f}` for --sweep: `{v}` is not a {}",
-                    if axis == "precision" { "precision (fp32 or fp16)" } else { "whole number" }
-                );
+                anyhow::bail!("invalid value `{f}` for --sweep: `{v}` is not a {expected}");
             }
         }
         if vals.is_empty() {
@@ -302,6 +309,11 @@ fn parse_sweep(flags: &[String]) -> anyhow::Result<Vec<(String, Vec<String>)>> {
         axes.push((axis.to_string(), vals));
     }
     Ok(axes)
+}
+
+/// An orientation rule by its name (as in config files).
+fn orientation(name: &str) -> Option<Orientation> {
+    Orientation::ALL.into_iter().find(|o| o.name() == name)
 }
 
 fn with_axis(cfg: &DlacConfig, axis: &str, v: &str) -> DlacConfig {
@@ -318,6 +330,7 @@ fn with_axis(cfg: &DlacConfig, axis: &str, v: &str) -> DlacConfig {
         "batch" => c.batch = n(),
         "weight_buffer_kib" => c.weight_buffer_kib = n(),
         "ifm_buffer_kib" => c.ifm_buffer_kib = n(),
+        "orientation" => c.orientation = orientation(v).unwrap_or_default(),
         _ => c.precision = if v == "fp16" { Precision::Fp16 } else { Precision::Fp32 },
     }
     c

@@ -195,6 +195,7 @@ fn train_then_eval_follow_the_contract_and_resume_extends() {
         ("rows=a", "whole number"),
         ("rows", "AXIS=V1"),
         ("precision=fp8", "fp32 or fp16"),
+        ("orientation=diagonal", "larger-along-longer"),
     ] {
         let o = tern(&["sim", "--workload", wl.to_str().unwrap(), "--sweep", bad]);
         assert!(

@@ -9,7 +9,7 @@
 //! Operand zeros are drawn as independent Bernoulli masks from the op's zero fractions
 //! (probabilities rounded to 1/4096), 64 steps per random word.
 
-use crate::config::DlacConfig;
+use crate::config::{DlacConfig, Orientation};
 use crate::energy::{self, Energy};
 use crate::masks::OpMasks;
 use crate::memory;
@@ -377,7 +377,7 @@ impl Engine {
             Engine::Fast => simulate_op(o, cfg, seed, max_tiles),
             Engine::Event => crate::event::simulate_op(o, cfg, seed, max_tiles),
         };
-        if cfg.swap_operands {
+        if swaps(cfg, op) {
             unswapped(op, cfg, run(&swapped(op)))
         } else {
             run(op)
@@ -395,7 +395,7 @@ impl Engine {
             Engine::Fast => simulate_op_masked(o, cfg, m, max_tiles),
             Engine::Event => crate::event::simulate_op_masked(o, cfg, m, max_tiles),
         };
-        if cfg.swap_operands {
+        if swaps(cfg, op) {
             let m = OpMasks { a: masks.bt.clone(), bt: masks.a.clone() };
             let r = run(&swapped(op), &m);
             let real = MmOp { row_zero: r.op.col_zero, col_zero: r.op.row_zero, ..op.clone() };
@@ -475,19 +475,44 @@ pub(crate) fn run_tiles_with<S: OperandBits>(
         .reduce(|| (0.0, 0.0), |a, b| (a.0 + b.0, a.1 + b.1));
     // Buffer reads are analytic: every step of every tile reads its valid rows and columns.
     let reads = (red * (m * nt_count + n * mt_count)) as u64;
-    // Dense cycles are analytic (per tile and window).
-    let mut dense = 0u64;
+    let dense = dense_cycles(cfg, m, red, n);
+    OpResult::from_counts(op, cfg, cycles, dense as f64, reads as f64, executed, chosen.len(), tiles)
+}
+
+/// Cycles of `[m x red]·[red x n]` without skipping, the first operand on PE rows: analytic,
+/// per tile and window.
+fn dense_cycles(cfg: &DlacConfig, m: usize, red: usize, n: usize) -> u64 {
     let b = cfg.out_buffers;
-    for nt in 0..nt_count {
-        let first = nt * cfg.cols * b;
-        let widest = n.saturating_sub(first).min(b);
+    let mut dense = 0u64;
+    for first in (0..n).step_by(cfg.cols * b) {
+        let widest = (n - first).min(b);
         let cols_words = n.min(first + cfg.cols * b) - first;
-        for mt in 0..mt_count {
-            let rows_valid = (m - mt * cfg.rows).min(cfg.rows);
+        for first_row in (0..m).step_by(cfg.rows) {
+            let rows_valid = (m - first_row).min(cfg.rows);
             dense += dense_tile_cycles(cfg, red, widest, rows_valid + cols_words);
         }
     }
-    OpResult::from_counts(op, cfg, cycles, dense as f64, reads as f64, executed, chosen.len(), tiles)
+    dense
+}
+
+/// Whether `op` runs swapped (its first operand along the PE columns): `swap_operands`, or
+/// as the config's [`Orientation`] rule decides for this op (a tie keeps `swap_operands`).
+pub(crate) fn swaps(cfg: &DlacConfig, op: &MmOp) -> bool {
+    let (m, red, n) = op.dims();
+    // (cost as given, cost swapped): the side with the lower cost wins
+    let (plain, swapped) = match cfg.orientation {
+        Orientation::Fixed => return cfg.swap_operands,
+        Orientation::FewestDenseCycles => (dense_cycles(cfg, m, red, n), dense_cycles(cfg, n, red, m)),
+        // the larger output dimension along the longer side: a tile is `rows` high and
+        // `cols · out_buffers` wide, and the first operand's dimension `m` runs along its height
+        Orientation::LargerAlongLonger if cfg.rows >= cfg.cols * cfg.out_buffers => (n as u64, m as u64),
+        Orientation::LargerAlongLonger => (m as u64, n as u64),
+    };
+    if plain == swapped {
+        cfg.swap_operands
+    } else {
+        swapped < plain
+    }
 }
 
 /// The tiles to simulate, with the number of tiles each stands for: all of them, or at most
@@ -672,6 +697,48 @@ mod tests {
         let full = OpMasks { a: BitMatrix::from_fn(37, 50, |_, _| true), bt: BitMatrix::from_fn(333, 50, |_, _| true) };
         let r = simulate_op_masked(&op(37, 50, 333, 0.0, 0.0), &DlacConfig::fp32_train(), &full, None);
         assert_eq!(r.cycles, r.dense_cycles);
+    }
+
+    #[test]
+    fn orientation_rules_pick_the_side_they_name() {
+        // a tall grid: tiles 64 high, 8 · 3 = 24 wide
+        let tall = DlacConfig { out_buffers: 3, ..DlacConfig::fp32_train() };
+        let stem = op(64, 147, 12544, 0.6, 0.0); // K 64 < PQ 12544
+        let deep = op(512, 4608, 49, 0.5, 0.8); // K 512 > PQ 49
+        let with = |o: Orientation, swap_operands| DlacConfig { orientation: o, swap_operands, ..tall.clone() };
+        for swap in [false, true] {
+            assert_eq!(swaps(&with(Orientation::Fixed, swap), &stem), swap);
+            assert_eq!(swaps(&with(Orientation::Fixed, swap), &deep), swap);
+        }
+        // the larger dimension (PQ of the stem, K of the deep layer) along the 64-high side
+        let longer = with(Orientation::LargerAlongLonger, false);
+        assert!(swaps(&longer, &stem) && !swaps(&longer, &deep));
+        // on a wide grid (8 high, 64 · 3 wide) the other way round
+        let wide = DlacConfig { rows: 8, cols: 64, ..longer.clone() };
+        assert!(!swaps(&wide, &stem) && swaps(&wide, &deep));
+        // a tie keeps swap_operands
+        let square = op(100, 9, 100, 0.5, 0.5);
+        assert!(!swaps(&longer, &square) && swaps(&with(Orientation::LargerAlongLonger, true), &square));
+        // fewest dense cycles: the analytic counts decide, and the choice is never the worse one
+        let fewest = with(Orientation::FewestDenseCycles, false);
+        let mut pick = Rng::new(11);
+        for _ in 0..50 {
+            let o = op(1 + pick.below(600), 1 + pick.below(300), 1 + pick.below(600), 0.0, 0.0);
+            let chosen = Engine::Fast.simulate_op(&o, &fewest, 0, None);
+            for swap in [false, true] {
+                let fixed = Engine::Fast.simulate_op(&o, &with(Orientation::Fixed, swap), 0, None);
+                assert!(chosen.dense_cycles <= fixed.dense_cycles, "{o:?}");
+            }
+            assert_eq!(chosen.cycles, chosen.dense_cycles, "no zeros: dense");
+        }
+        // a 64 x 8 grid maps K = 64, PQ = 3136 without skipping in fewer cycles as given
+        // (131 tiles) than swapped (147): the utilisation rule keeps the weights on PE rows
+        assert!(!swaps(&fewest, &op(64, 576, 3136, 0.5, 0.5)));
+        // TOML spells the rules in kebab case
+        let t: DlacConfig =
+            toml::from_str(&toml::to_string(&longer).unwrap().replace("larger-along-longer", "fewest-dense-cycles"))
+                .unwrap();
+        assert_eq!(t.orientation, Orientation::FewestDenseCycles);
     }
 
     #[test]

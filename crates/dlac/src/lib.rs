@@ -14,7 +14,7 @@ pub mod summary;
 pub mod workload;
 
 pub use area::Area;
-pub use config::{DlacConfig, Precision};
+pub use config::{DlacConfig, Orientation, Precision};
 pub use energy::Energy;
 pub use engine::{simulate_op, simulate_op_masked, Engine, OpResult};
 pub use masks::OpMasks;
