@@ -188,11 +188,11 @@ pub fn run(a: SimArgs) -> anyhow::Result<()> {
 
 /// DIR/layers.csv: one row per simulated op.
 pub fn layers_csv(results: &[OpResult]) -> String {
-    let mut csv = String::from("layer,pass,k,crs,pq,weight_zero_pct,ifm_zero_pct,cycles,flops_per_cycle,speedup,utilisation,buffer_reads,reference_flops_per_cycle,error_pct,dram_bytes,memory_cycles,memory_bound,loop_order,energy_pj,dense_energy_pj\n");
+    let mut csv = String::from("layer,pass,k,crs,pq,weight_zero_pct,ifm_zero_pct,cycles,flops_per_cycle,speedup,utilisation,buffer_reads,reference_flops_per_cycle,error_pct,dram_bytes,memory_cycles,memory_bound,loop_order,energy_pj,dense_energy_pj,first_operand_on\n");
     for r in results {
         let reference = r.op.reference_flops_per_cycle;
         csv.push_str(&format!(
-            "{},{},{},{},{},{:.2},{:.2},{:.0},{:.2},{:.3},{:.4},{:.0},{},{},{:.0},{:.0},{},{},{:.1},{:.1}\n",
+            "{},{},{},{},{},{:.2},{:.2},{:.0},{:.2},{:.3},{:.4},{:.0},{},{},{:.0},{:.0},{},{},{:.1},{:.1},{}\n",
             r.op.name,
             r.op.pass,
             r.op.k,
@@ -212,7 +212,8 @@ pub fn layers_csv(results: &[OpResult]) -> String {
             r.memory_bound,
             r.loop_order,
             r.energy.total,
-            r.dense_energy_pj
+            r.dense_energy_pj,
+            r.first_operand_on
         ));
     }
     csv

@@ -38,6 +38,9 @@ pub struct OpResult {
     /// Tiles simulated cycle by cycle (the rest are taken as the mean of these).
     pub tiles_simulated: usize,
     pub tiles: usize,
+    /// Where the op's first operand (the weights, forward) ran: along the PE `rows`, or
+    /// `columns` when the op was swapped (`swap_operands` or the orientation rule).
+    pub first_operand_on: &'static str,
     /// Off-chip bytes moved (the cheaper loop order under the buffer capacities).
     pub dram_bytes: f64,
     pub loop_order: &'static str,
@@ -76,6 +79,7 @@ impl OpResult {
             utilisation: executed_macs / (cycles.max(1.0) * cfg.total_units() as f64),
             tiles_simulated,
             tiles,
+            first_operand_on: "rows",
             dram_bytes: t.dram_bytes,
             loop_order: t.loop_order,
             memory_cycles: t.memory_cycles,
@@ -408,7 +412,7 @@ impl Engine {
 
 /// A result simulated on the swapped op, reported for `op` (memory and energy of `op`).
 fn unswapped(op: &MmOp, cfg: &DlacConfig, r: OpResult) -> OpResult {
-    OpResult::from_counts(
+    let r = OpResult::from_counts(
         op,
         cfg,
         r.cycles,
@@ -417,7 +421,8 @@ fn unswapped(op: &MmOp, cfg: &DlacConfig, r: OpResult) -> OpResult {
         r.executed_macs,
         r.tiles_simulated,
         r.tiles,
-    )
+    );
+    OpResult { first_operand_on: "columns", ..r }
 }
 
 /// `op` with its operands exchanged: `[n x red]·[red x m]`, written as a forward op (whose
@@ -713,6 +718,11 @@ mod tests {
         // the larger dimension (PQ of the stem, K of the deep layer) along the 64-high side
         let longer = with(Orientation::LargerAlongLonger, false);
         assert!(swaps(&longer, &stem) && !swaps(&longer, &deep));
+        for engine in [Engine::Fast, Engine::Event] {
+            let small_stem = op(64, 27, 900, 0.6, 0.3);
+            assert_eq!(engine.simulate_op(&small_stem, &longer, 0, Some(4)).first_operand_on, "columns");
+            assert_eq!(engine.simulate_op(&small_stem, &tall, 0, Some(4)).first_operand_on, "rows");
+        }
         // on a wide grid (8 high, 64 · 3 wide) the other way round
         let wide = DlacConfig { rows: 8, cols: 64, ..longer.clone() };
         assert!(!swaps(&wide, &stem) && swaps(&wide, &deep));
