@@ -148,6 +148,23 @@ fn candidates() -> Vec<Candidate> {
     ]
 }
 
+/// One config's structure and constants, as the output's fold and best-fit lines show them.
+fn describe(c: &DlacConfig) -> String {
+    format!(
+        "{}x{} PEs, {} unit(s) and {} output buffers per PE, window {}, scan rate {}, {} buffer words/cycle, \
+         dead-channel share {}, orientation {}",
+        c.rows,
+        c.cols,
+        c.units,
+        c.out_buffers,
+        c.window,
+        c.scan_rate,
+        c.read_words_per_cycle,
+        c.dead_channel_share,
+        c.orientation.name()
+    )
+}
+
 fn main() {
     let mut args = std::env::args().skip(1);
     let path = args.next().expect("usage: validate FILE.csv [TILES [ONLY [SEED]]]");
@@ -219,35 +236,8 @@ fn main() {
                 None => chosen.push((c, 1)),
             }
         }
-        let describe = |c: &DlacConfig| {
-            format!(
-                "{}x{}/{}u b{} w{} s{} r{} dead {} {}",
-                c.rows,
-                c.cols,
-                c.units,
-                c.out_buffers,
-                c.window,
-                c.scan_rate,
-                c.read_words_per_cycle,
-                c.dead_channel_share,
-                c.orientation.name()
-            )
-        };
         let picks: Vec<String> = chosen.iter().map(|&(c, n)| format!("{} x{n}", describe(&g[c]))).collect();
         println!("  the folds chose: {}", picks.join("; "));
-        let c = &g[best];
-        println!(
-            "  best fit on all rows: {}x{} PEs, {} unit(s) and {} output buffers per PE, window {}, scan rate {}, \
-             {} buffer words/cycle, dead-channel share {}, orientation {}",
-            c.rows,
-            c.cols,
-            c.units,
-            c.out_buffers,
-            c.window,
-            c.scan_rate,
-            c.read_words_per_cycle,
-            c.dead_channel_share,
-            c.orientation.name()
-        );
+        println!("  best fit on all rows: {}", describe(&g[best]));
     }
 }
